@@ -1,0 +1,113 @@
+// The per-step kernels of the unfolded recurrence, on the packed layout (rows of step t
+// are the sequences still running, a prefix of those of step t-1).
+//
+// forward_step:  h(t) = phi(pre(t) + W_hh h(t-1)), in place on the layer's state buffer
+//                whose rows of step t already hold the hoisted W_ih x(t) + b.
+// backward_step: dA(t) = (g(t) + W_hh^T dA(t+1)) * phi'(h(t)), in place on the gradient
+//                buffer whose rows of step t hold g(t), the gradient arriving from the
+//                readout or the layer above; rows past n_next get no recurrent term.
+//
+// Each workgroup computes 16 rows x 16 hidden units, one per thread, staging 16-wide
+// slices of the state and of W_hh through workgroup memory.
+
+struct StepParams {
+    rows: u32,         // sequences running at step t
+    rows_next: u32,    // backward: sequences running at step t+1 (0 at the last step)
+    hidden: u32,
+    cur_offset: u32,   // element offset of row 0 of step t
+    other_offset: u32, // forward: row 0 of step t-1; backward: row 0 of step t+1
+    w_offset: u32,     // element offset of W_hh in the parameter buffer
+    relu: u32,         // 0: tanh, 1: relu
+    has_other: u32,    // forward: 0 at t = 0 with a zero initial state
+}
+
+@group(0) @binding(0) var<uniform> p: StepParams;
+@group(0) @binding(1) var<storage, read> params: array<f32>;
+@group(0) @binding(2) var<storage, read_write> state: array<f32>;  // forward: h; backward: g
+@group(0) @binding(3) var<storage, read> hidden_out: array<f32>;   // backward: h (forward: unused)
+
+var<workgroup> left_tile: array<array<f32, 16>, 16>;
+var<workgroup> w_tile: array<array<f32, 16>, 16>;
+
+fn activate(v: f32) -> f32 {
+    if (p.relu != 0u) {
+        return max(v, 0.0);
+    }
+    // clamped: some drivers overflow inside tanh for large |v|; tanh(15) is 1 in f32
+    return tanh(clamp(v, -15.0, 15.0));
+}
+
+fn derivative(h: f32) -> f32 {
+    if (p.relu != 0u) {
+        return select(0.0, 1.0, h > 0.0);
+    }
+    return 1.0 - h * h;
+}
+
+@compute @workgroup_size(16, 16)
+fn forward_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wg.y * 16u + lid.y;
+    let unit = wg.x * 16u + lid.x;
+    let h = p.hidden;
+    var acc = 0.0;
+    if (p.has_other != 0u) {
+        for (var k0 = 0u; k0 < h; k0 += 16u) {
+            let kk = k0 + lid.x;
+            var hv = 0.0;
+            if (row < p.rows && kk < h) {
+                hv = state[p.other_offset + row * h + kk];
+            }
+            left_tile[lid.y][lid.x] = hv;
+            // W_hh[u][k]: tile row = unit, column = k
+            let wu = wg.x * 16u + lid.y;
+            var wv = 0.0;
+            if (wu < h && kk < h) {
+                wv = params[p.w_offset + wu * h + kk];
+            }
+            w_tile[lid.y][lid.x] = wv;
+            workgroupBarrier();
+            for (var j = 0u; j < 16u; j++) {
+                acc = fma(left_tile[lid.y][j], w_tile[lid.x][j], acc);
+            }
+            workgroupBarrier();
+        }
+    }
+    if (row < p.rows && unit < h) {
+        let at = p.cur_offset + row * h + unit;
+        state[at] = activate(state[at] + acc);
+    }
+}
+
+@compute @workgroup_size(16, 16)
+fn backward_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wg.y * 16u + lid.y;
+    let unit = wg.x * 16u + lid.x;
+    let h = p.hidden;
+    var acc = 0.0;
+    if (p.rows_next > 0u) {
+        for (var k0 = 0u; k0 < h; k0 += 16u) {
+            let kk = k0 + lid.x;
+            var dv = 0.0;
+            if (row < p.rows_next && kk < h) {
+                dv = state[p.other_offset + row * h + kk];
+            }
+            left_tile[lid.y][lid.x] = dv;
+            // W_hh[k][u]: tile row = k, column = unit
+            let wk = k0 + lid.y;
+            var wv = 0.0;
+            if (wk < h && unit < h) {
+                wv = params[p.w_offset + wk * h + unit];
+            }
+            w_tile[lid.y][lid.x] = wv;
+            workgroupBarrier();
+            for (var j = 0u; j < 16u; j++) {
+                acc = fma(left_tile[lid.y][j], w_tile[j][lid.x], acc);
+            }
+            workgroupBarrier();
+        }
+    }
+    if (row < p.rows && unit < h) {
+        let at = p.cur_offset + row * h + unit;
+        state[at] = (state[at] + acc) * derivative(hidden_out[at]);
+    }
+}

@@ -1,0 +1,121 @@
+//! The long-lived GPU context: one adapter, device and queue, and every pipeline compiled
+//! once.
+
+use super::kernels::Kernels;
+use crate::{Error, Result};
+
+pub struct GpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) info: wgpu::AdapterInfo,
+    pub(crate) limits: wgpu::Limits,
+    pub(crate) kernels: Kernels,
+}
+
+/// Rank of an adapter type: lower is preferred.
+fn type_rank(t: wgpu::DeviceType, low_power: bool) -> u8 {
+    use wgpu::DeviceType::*;
+    match (t, low_power) {
+        (DiscreteGpu, false) | (IntegratedGpu, true) => 0,
+        (IntegratedGpu, false) | (DiscreteGpu, true) => 1,
+        (VirtualGpu, _) => 2,
+        (Cpu, _) => 3,
+        (Other, _) => 4,
+    }
+}
+
+/// Every adapter wgpu sees through the backends `WGPU_BACKEND` allows (all by default).
+pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
+    let instance = new_instance();
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all().with_env()))
+        .iter()
+        .map(|a| a.get_info())
+        .collect()
+}
+
+fn new_instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = wgpu::Backends::all().with_env();
+    wgpu::Instance::new(desc)
+}
+
+/// One line about an adapter: name, backend, type.
+pub fn describe_adapter(info: &wgpu::AdapterInfo) -> String {
+    format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
+}
+
+/// Picks the adapter: `WGPU_ADAPTER_NAME` (case-insensitive substring) if set, else the
+/// best type, honouring `WGPU_POWER_PREF=low`. GL adapters rank after the others at equal
+/// type, since compute on GL lacks what wgpu needs on some drivers.
+fn choose_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all().with_env()));
+    let seen: Vec<String> = adapters.iter().map(|a| describe_adapter(&a.get_info())).collect();
+    if let Ok(want) = std::env::var("WGPU_ADAPTER_NAME") {
+        let want_lower = want.to_lowercase();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&want_lower))
+            .ok_or_else(|| Error::NoAdapter {
+                detail: format!(" matching WGPU_ADAPTER_NAME={want:?} (adapters seen: {})", list_or_none(&seen)),
+            });
+    }
+    let low_power = wgpu::PowerPreference::from_env() == Some(wgpu::PowerPreference::LowPower);
+    adapters
+        .into_iter()
+        .min_by_key(|a| {
+            let info = a.get_info();
+            (type_rank(info.device_type, low_power), info.backend == wgpu::Backend::Gl)
+        })
+        .ok_or_else(|| Error::NoAdapter { detail: String::new() })
+}
+
+fn list_or_none(seen: &[String]) -> String {
+    if seen.is_empty() {
+        "none".into()
+    } else {
+        seen.join(", ")
+    }
+}
+
+impl GpuContext {
+    pub fn new() -> Result<Self> {
+        let instance = new_instance();
+        let adapter = choose_adapter(&instance)?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("unfold"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("requesting a device from {}: {e}", describe_adapter(&info))))?;
+        let kernels = Kernels::new(&device)?;
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            kernels,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!("GPU {}", describe_adapter(&self.info))
+    }
+
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// Waits for all submitted work, turning a lost device into an error.
+    pub(crate) fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: None,
+            })
+            .map(|_| ())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))
+    }
+}

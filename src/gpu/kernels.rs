@@ -1,0 +1,229 @@
+//! Compute pipelines, compiled once per device, and the uniform parameter block of each
+//! kernel family, declared field for field as in its WGSL file.
+
+use super::shaders;
+use crate::{Error, Result};
+use bytemuck::{Pod, Zeroable};
+
+/// How a kernel binds each of its buffers (binding 0 is always its uniform block).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    Read,
+    ReadWrite,
+}
+
+use Access::{Read, ReadWrite as Write};
+
+pub(crate) struct Kernel {
+    pub id: usize,
+    pub name: &'static str,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    /// Size of the uniform block in bytes.
+    pub uniform_size: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct MatmulParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub flags: u32,
+    pub a_offset: u32,
+    pub b_offset: u32,
+    pub c_offset: u32,
+    pub bias_offset: u32,
+    pub lda: u32,
+    pub ldb: u32,
+    pub ldc: u32,
+    pub alpha: f32,
+    pub beta: f32,
+    pub _pad: [u32; 3],
+}
+
+pub(crate) const TRANS_A: u32 = 1;
+pub(crate) const TRANS_B: u32 = 2;
+pub(crate) const ADD_BIAS: u32 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct StepParams {
+    pub rows: u32,
+    pub rows_next: u32,
+    pub hidden: u32,
+    pub cur_offset: u32,
+    pub other_offset: u32,
+    pub w_offset: u32,
+    pub relu: u32,
+    pub has_other: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct LossParams {
+    pub rows: u32,
+    pub cols: u32,
+    pub scale: f32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct ReduceParams {
+    pub len: u32,
+    pub offset: u32,
+    pub square: u32,
+    pub cols: u32,
+    pub out_offset: u32,
+    pub scale: f32,
+    pub _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct RowsParams {
+    pub rows: u32,
+    pub cols: u32,
+    pub src_offset: u32,
+    pub dst_offset: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct OptimParams {
+    pub len: u32,
+    pub has_clip: u32,
+    pub max_norm: f32,
+    pub lr: f32,
+    pub momentum: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub step_size: f32,
+    pub bias_correction2_sqrt: f32,
+    pub _pad: [u32; 3],
+}
+
+/// Every pipeline unfold uses.
+pub(crate) struct Kernels {
+    pub matmul: Kernel,
+    pub forward_step: Kernel,
+    pub backward_step: Kernel,
+    pub cross_entropy: Kernel,
+    pub squared_error: Kernel,
+    pub partial_sums: Kernel,
+    pub finish_sum: Kernel,
+    pub column_sums: Kernel,
+    pub gather_rows: Kernel,
+    pub scatter_rows: Kernel,
+    pub prepare_update: Kernel,
+    pub sgd: Kernel,
+    pub momentum: Kernel,
+    pub adam: Kernel,
+}
+
+impl Kernels {
+    /// Compiles every kernel inside a validation error scope, so that a shader or layout
+    /// mismatch is an `Err`, not a panic.
+    pub fn new(device: &wgpu::Device) -> Result<Self> {
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = |name: &str, source: &str| {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            })
+        };
+        let matmul = module("matmul", shaders::MATMUL);
+        let recurrent = module("recurrent", shaders::RECURRENT);
+        let loss = module("loss", shaders::LOSS);
+        let reduce = module("reduce", shaders::REDUCE);
+        let rows = module("rows", shaders::ROWS);
+        let optimizer = module("optimizer", shaders::OPTIMIZER);
+        let mut next_id = 0;
+        let mut kernel = |module: &wgpu::ShaderModule, name: &'static str, uniform: usize, access: &[Access]| {
+            next_id += 1;
+            Kernel::new(device, next_id, module, name, uniform as u64, access)
+        };
+        use std::mem::size_of;
+        let kernels = Kernels {
+            matmul: kernel(&matmul, "matmul", size_of::<MatmulParams>(), &[Read, Read, Read, Write]),
+            forward_step: kernel(&recurrent, "forward_step", size_of::<StepParams>(), &[Read, Write, Read]),
+            backward_step: kernel(&recurrent, "backward_step", size_of::<StepParams>(), &[Read, Write, Read]),
+            cross_entropy: kernel(&loss, "cross_entropy", size_of::<LossParams>(), &[Read, Write, Write, Read, Read]),
+            squared_error: kernel(&loss, "squared_error", size_of::<LossParams>(), &[Read, Write, Write, Read, Read]),
+            partial_sums: kernel(&reduce, "partial_sums", size_of::<ReduceParams>(), &[Read, Write]),
+            finish_sum: kernel(&reduce, "finish_sum", size_of::<ReduceParams>(), &[Read, Write]),
+            column_sums: kernel(&reduce, "column_sums", size_of::<ReduceParams>(), &[Read, Write]),
+            gather_rows: kernel(&rows, "gather_rows", size_of::<RowsParams>(), &[Read, Read, Write]),
+            scatter_rows: kernel(&rows, "scatter_rows", size_of::<RowsParams>(), &[Read, Read, Write]),
+            prepare_update: kernel(&optimizer, "prepare", size_of::<OptimParams>(), &[Write, Read, Write, Write, Write]),
+            sgd: kernel(&optimizer, "sgd", size_of::<OptimParams>(), &[Write, Read, Write, Write, Write]),
+            momentum: kernel(&optimizer, "momentum", size_of::<OptimParams>(), &[Write, Read, Write, Write, Write]),
+            adam: kernel(&optimizer, "adam", size_of::<OptimParams>(), &[Write, Read, Write, Write, Write]),
+        };
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!("compiling the kernels: {e}")));
+        }
+        Ok(kernels)
+    }
+}
+
+impl Kernel {
+    fn new(
+        device: &wgpu::Device,
+        id: usize,
+        module: &wgpu::ShaderModule,
+        name: &'static str,
+        uniform_size: u64,
+        access: &[Access],
+    ) -> Kernel {
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: true,
+                min_binding_size: wgpu::BufferSize::new(uniform_size),
+            },
+            count: None,
+        }];
+        for (i, a) in access.iter().enumerate() {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: i as u32 + 1,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage {
+                        read_only: *a == Access::Read,
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(name),
+            entries: &entries,
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(name),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(name),
+            layout: Some(&pipeline_layout),
+            module,
+            entry_point: Some(name),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        Kernel {
+            id,
+            name,
+            pipeline,
+            layout,
+            uniform_size,
+        }
+    }
+}

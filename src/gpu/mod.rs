@@ -1,0 +1,26 @@
+//! The GPU path: WGSL kernels (in `shaders/`) driven by a Rust host that owns the time
+//! loop. A whole training step — hoisted input products, every forward step, readout,
+//! loss, every backward step, weight-gradient products over all steps, clipping and the
+//! update — is recorded into one command buffer and submitted once. Parameters and
+//! optimizer state stay on the device; only the loss comes back each step.
+
+mod context;
+mod kernels;
+mod model;
+mod recorder;
+pub mod shaders;
+
+pub use context::{describe_adapter, list_adapters, GpuContext};
+pub(crate) use model::GpuRnn;
+
+/// Optimizer moments living on the GPU (see [`crate::Optimizer`]).
+#[derive(Debug)]
+pub(crate) struct OptimizerBuffers {
+    /// Momentum buffer or Adam's first moment (absent for plain SGD).
+    pub m: Option<wgpu::Buffer>,
+    /// Adam's second moment.
+    pub v: Option<wgpu::Buffer>,
+    pub len: usize,
+    /// The device the buffers belong to.
+    pub device: wgpu::Device,
+}

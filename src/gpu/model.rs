@@ -1,0 +1,552 @@
+//! `GpuRnn`: the model's parameters and work buffers on one device, and the recording of
+//! forward passes and training steps.
+
+use super::kernels::{self, LossParams, MatmulParams, OptimParams, ReduceParams, RowsParams, StepParams};
+use super::recorder::{read_back, BindGroupCache, Recorder};
+use super::{GpuContext, OptimizerBuffers};
+use crate::batch::{Packing, SequenceBatch, Targets};
+use crate::model::{RnnConfig, RnnParams};
+use crate::optim::{AdamCoefficients, Optimizer, OptimizerKind, State};
+use crate::rnn::{check_finite_step, Forward};
+use crate::{Error, Head, Nonlinearity, Result};
+use ndarray::{ArrayView2, Axis};
+use std::sync::Arc;
+
+/// Element offsets of every tensor in the flat parameter (and gradient) buffer, in the
+/// order of [`RnnParams::tensors`].
+#[derive(Clone, Debug)]
+struct ParamLayout {
+    w_ih: Vec<u32>,
+    w_hh: Vec<u32>,
+    b: Vec<u32>,
+    w_out: u32,
+    b_out: u32,
+    len: usize,
+}
+
+impl ParamLayout {
+    fn new(config: &RnnConfig) -> Self {
+        let h = config.hidden_size;
+        let mut at = 0usize;
+        let mut take = |n: usize| {
+            let o = at as u32;
+            at += n;
+            o
+        };
+        let (mut w_ih, mut w_hh, mut b) = (vec![], vec![], vec![]);
+        for l in 0..config.num_layers {
+            w_ih.push(take(h * config.layer_input_size(l)));
+            w_hh.push(take(h * h));
+            b.push(take(h));
+        }
+        let w_out = take(config.output_size * h);
+        let b_out = take(config.output_size);
+        ParamLayout { w_ih, w_hh, b, w_out, b_out, len: at }
+    }
+}
+
+/// Work buffers sized for batches up to a capacity.
+struct BatchBuffers {
+    tokens: usize,
+    batch: usize,
+    x: wgpu::Buffer,
+    hs: Vec<wgpu::Buffer>,
+    g: wgpu::Buffer,
+    g_below: wgpu::Buffer,
+    hprev: wgpu::Buffer,
+    last: wgpu::Buffer,
+    out: wgpu::Buffer,
+    d_out: wgpu::Buffer,
+    row_loss: wgpu::Buffer,
+    classes: wgpu::Buffer,
+    values: wgpu::Buffer,
+    last_index: wgpu::Buffer,
+    prev_index: wgpu::Buffer,
+    final_h: wgpu::Buffer,
+}
+
+pub(crate) struct GpuRnn {
+    ctx: Arc<GpuContext>,
+    layout: ParamLayout,
+    params: wgpu::Buffer,
+    grads: wgpu::Buffer,
+    /// `[loss, sum of squared gradients, clip scale, step ok]`
+    scalars: wgpu::Buffer,
+    partials: wgpu::Buffer,
+    dummies: [wgpu::Buffer; 3],
+    work: Option<BatchBuffers>,
+    cache: std::sync::Mutex<BindGroupCache>,
+}
+
+const PARTIALS: usize = 256;
+
+fn storage(ctx: &GpuContext, label: &str, floats: usize) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: (floats.max(1) * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    })
+}
+
+/// Largest storage buffer a kernel may bind, in bytes.
+fn max_binding(ctx: &GpuContext) -> u64 {
+    (ctx.limits.max_storage_buffer_binding_size as u64).min(ctx.limits.max_buffer_size)
+}
+
+fn check_fits(ctx: &GpuContext, what: &str, floats: usize) -> Result<()> {
+    let bytes = floats as u64 * 4;
+    let limit = max_binding(ctx);
+    if bytes > limit || floats > u32::MAX as usize {
+        return Err(Error::ExceedsDeviceLimit {
+            what: what.to_string(),
+            needed: bytes,
+            limit,
+            hint: "use a smaller batch or shorter sequences",
+        });
+    }
+    Ok(())
+}
+
+impl GpuRnn {
+    pub fn new(ctx: Arc<GpuContext>, config: &RnnConfig, params: &RnnParams) -> Result<Self> {
+        let layout = ParamLayout::new(config);
+        check_fits(&ctx, "the parameter buffer", layout.len)?;
+        let buf = storage(&ctx, "params", layout.len);
+        ctx.queue.write_buffer(&buf, 0, bytemuck::cast_slice(&params.to_flat()));
+        let grads = storage(&ctx, "grads", layout.len);
+        let scalars = storage(&ctx, "scalars", 4);
+        let partials = storage(&ctx, "partials", PARTIALS);
+        let dummies = [storage(&ctx, "dummy0", 4), storage(&ctx, "dummy1", 4), storage(&ctx, "dummy2", 4)];
+        Ok(GpuRnn {
+            ctx,
+            layout,
+            params: buf,
+            grads,
+            scalars,
+            partials,
+            dummies,
+            work: None,
+            cache: Default::default(),
+        })
+    }
+
+    /// Makes sure the work buffers fit `batch`, reallocating (to the new size) when not.
+    fn ensure_work(&mut self, config: &RnnConfig, p: &Packing) -> Result<()> {
+        let (tokens, batch) = (p.tokens(), p.batch());
+        if let Some(w) = &self.work {
+            if w.tokens >= tokens && w.batch >= batch {
+                return Ok(());
+            }
+        }
+        let (tokens, batch) = match &self.work {
+            Some(w) => (w.tokens.max(tokens), w.batch.max(batch)),
+            None => (tokens, batch),
+        };
+        let (i, h, o, l) = (config.input_size, config.hidden_size, config.output_size, config.num_layers);
+        let rows = if config.head == Head::PerStep { tokens } else { batch };
+        for (what, n) in [
+            ("the packed inputs (tokens x input_size)", tokens * i),
+            ("one layer's states (tokens x hidden_size)", tokens * h),
+            ("the outputs (rows x output_size)", rows * o),
+            ("the final states", l * batch * h),
+        ] {
+            check_fits(&self.ctx, what, n)?;
+        }
+        let ctx = &self.ctx;
+        self.cache.get_mut().expect("bind group cache").clear();
+        self.work = Some(BatchBuffers {
+            tokens,
+            batch,
+            x: storage(ctx, "x", tokens * i),
+            hs: (0..l).map(|_| storage(ctx, "hs", tokens * h)).collect(),
+            g: storage(ctx, "g", tokens * h),
+            g_below: storage(ctx, "g_below", tokens * h),
+            hprev: storage(ctx, "hprev", tokens * h),
+            last: storage(ctx, "last", batch * h),
+            out: storage(ctx, "out", rows * o),
+            d_out: storage(ctx, "d_out", rows * o),
+            row_loss: storage(ctx, "row_loss", rows),
+            classes: storage(ctx, "classes", rows),
+            values: storage(ctx, "values", rows * o),
+            last_index: storage(ctx, "last_index", batch),
+            prev_index: storage(ctx, "prev_index", tokens),
+            final_h: storage(ctx, "final_h", l * batch * h),
+        });
+        Ok(())
+    }
+
+    /// Uploads the batch: packed inputs, packed targets and the row indices.
+    fn upload(&self, config: &RnnConfig, batch: &SequenceBatch) {
+        let w = self.work.as_ref().expect("ensure_work ran");
+        let p = batch.packing();
+        let q = &self.ctx.queue;
+        let mut x: Vec<f32> = Vec::with_capacity(p.tokens() * config.input_size);
+        for (t, &n) in p.batch_sizes.iter().enumerate() {
+            for &i in &p.order[..n] {
+                x.extend(batch.inputs()[i].row(t).iter());
+            }
+        }
+        q.write_buffer(&w.x, 0, bytemuck::cast_slice(&x));
+        let per_step = config.head == Head::PerStep;
+        match batch.targets() {
+            Targets::Classes(c) => {
+                let mut packed = Vec::new();
+                crate::cpu::pack_classes(c, p, per_step, &mut packed);
+                q.write_buffer(&w.classes, 0, bytemuck::cast_slice(&packed));
+            }
+            Targets::Values(v) => {
+                let mut packed = ndarray::Array2::<f32>::zeros((0, 0));
+                crate::cpu::pack_values(v, p, per_step, &mut packed);
+                q.write_buffer(&w.values, 0, bytemuck::cast_slice(packed.as_slice().expect("fresh array")));
+            }
+        }
+        let to_u32 = |v: Vec<usize>| v.into_iter().map(|r| r as u32).collect::<Vec<u32>>();
+        q.write_buffer(&w.last_index, 0, bytemuck::cast_slice(&to_u32(p.last_rows())));
+        let prev = to_u32(p.previous_rows());
+        if !prev.is_empty() {
+            q.write_buffer(&w.prev_index, 0, bytemuck::cast_slice(&prev));
+        }
+    }
+
+    /// Records the forward pass and the loss (into `scalars[0]`, with `d_out`).
+    fn record_forward<'a>(&'a self, rec: &mut Recorder<'a>, config: &RnnConfig, batch: &SequenceBatch) {
+        let k = &self.ctx.kernels;
+        let w = self.work.as_ref().expect("ensure_work ran");
+        let p = batch.packing();
+        let (h, o) = (config.hidden_size as u32, config.output_size as u32);
+        let tokens = p.tokens() as u32;
+        let relu = (config.nonlinearity == Nonlinearity::Relu) as u32;
+        for l in 0..config.num_layers {
+            let input = if l == 0 { &w.x } else { &w.hs[l - 1] };
+            let in_size = config.layer_input_size(l) as u32;
+            // hoisted: W_ih x(t) + b for every step at once
+            rec.dispatch(
+                &k.matmul,
+                matmul(tokens, h, in_size, kernels::TRANS_B | kernels::ADD_BIAS, (0, in_size), (self.layout.w_ih[l], in_size), (0, h), self.layout.b[l]),
+                &[input, &self.params, &self.params, &w.hs[l]],
+                matmul_groups(tokens, h),
+            );
+            for (t, &n) in p.batch_sizes.iter().enumerate() {
+                let step = StepParams {
+                    rows: n as u32,
+                    rows_next: 0,
+                    hidden: h,
+                    cur_offset: p.offsets[t] as u32 * h,
+                    other_offset: if t > 0 { p.offsets[t - 1] as u32 * h } else { 0 },
+                    w_offset: self.layout.w_hh[l],
+                    relu,
+                    has_other: (t > 0) as u32,
+                };
+                rec.dispatch(&k.forward_step, step, &[&self.params, &w.hs[l], &self.dummies[0]], [h.div_ceil(16), (n as u32).div_ceil(16), 1]);
+            }
+        }
+        let top = &w.hs[config.num_layers - 1];
+        let (head_in, rows) = match config.head {
+            Head::PerStep => (top, tokens),
+            Head::LastStep => {
+                let b = p.batch() as u32;
+                rec.dispatch_1d(&k.gather_rows, RowsParams { rows: b, cols: h, src_offset: 0, dst_offset: 0 }, &[&w.last_index, top, &w.last], (b * h) as usize);
+                (&w.last, b)
+            }
+        };
+        rec.dispatch(
+            &k.matmul,
+            matmul(rows, o, h, kernels::TRANS_B | kernels::ADD_BIAS, (0, h), (self.layout.w_out, h), (0, o), self.layout.b_out),
+            &[head_in, &self.params, &self.params, &w.out],
+            matmul_groups(rows, o),
+        );
+        let (kernel, scale, finish_scale) = match batch.targets() {
+            Targets::Classes(_) => (&k.cross_entropy, 1.0 / rows as f32, 1.0 / rows as f64),
+            Targets::Values(_) => (&k.squared_error, 2.0 / (rows as f32 * o as f32), 1.0 / (rows as f64 * o as f64)),
+        };
+        rec.dispatch_1d(
+            kernel,
+            LossParams { rows, cols: o, scale, _pad: 0 },
+            &[&w.out, &w.d_out, &w.row_loss, &w.classes, &w.values],
+            rows as usize,
+        );
+        self.record_sum(rec, &w.row_loss, rows as usize, false, 0, finish_scale as f32);
+    }
+
+    /// `scalars[slot] = scale * Σ input[..len]` (of squares when `square`).
+    fn record_sum<'a>(&'a self, rec: &mut Recorder<'a>, input: &'a wgpu::Buffer, len: usize, square: bool, slot: u32, scale: f32) {
+        let k = &self.ctx.kernels;
+        let groups = len.div_ceil(256).clamp(1, PARTIALS) as u32;
+        let params = ReduceParams { len: len as u32, offset: 0, square: square as u32, cols: 0, out_offset: slot, scale, _pad: [0; 2] };
+        rec.dispatch(&k.partial_sums, params, &[input, &self.partials], [groups, 1, 1]);
+        rec.dispatch(&k.finish_sum, ReduceParams { len: groups, ..params }, &[&self.partials, &self.scalars], [1, 1, 1]);
+    }
+
+    /// Records back-propagation through time after [`GpuRnn::record_forward`], writing
+    /// every gradient into the flat gradient buffer.
+    fn record_backward<'a>(&'a self, rec: &mut Recorder<'a>, config: &RnnConfig, batch: &SequenceBatch) {
+        let k = &self.ctx.kernels;
+        let w = self.work.as_ref().expect("ensure_work ran");
+        let lay = &self.layout;
+        let p = batch.packing();
+        let (h, o) = (config.hidden_size as u32, config.output_size as u32);
+        let tokens = p.tokens() as u32;
+        let b = p.batch() as u32;
+        let top = config.num_layers - 1;
+        let relu = (config.nonlinearity == Nonlinearity::Relu) as u32;
+        let (head_in, rows) = match config.head {
+            Head::PerStep => (&w.hs[top], tokens),
+            Head::LastStep => (&w.last, b),
+        };
+        // readout: dW_out = d_outᵀ · head_in, db_out = Σ rows d_out
+        rec.dispatch(
+            &k.matmul,
+            matmul(o, h, rows, kernels::TRANS_A, (0, o), (0, h), (lay.w_out, h), 0),
+            &[&w.d_out, head_in, &self.params, &self.grads],
+            matmul_groups(o, h),
+        );
+        self.record_column_sums(rec, &w.d_out, rows, o, lay.b_out);
+        // gradient arriving at the top layer's states
+        match config.head {
+            Head::PerStep => rec.dispatch(
+                &k.matmul,
+                matmul(tokens, h, o, 0, (0, o), (lay.w_out, h), (0, h), 0),
+                &[&w.d_out, &self.params, &self.params, &w.g],
+                matmul_groups(tokens, h),
+            ),
+            Head::LastStep => {
+                rec.clear(&w.g);
+                rec.dispatch(
+                    &k.matmul,
+                    matmul(b, h, o, 0, (0, o), (lay.w_out, h), (0, h), 0),
+                    &[&w.d_out, &self.params, &self.params, &w.hprev],
+                    matmul_groups(b, h),
+                );
+                rec.dispatch_1d(&k.scatter_rows, RowsParams { rows: b, cols: h, src_offset: 0, dst_offset: 0 }, &[&w.last_index, &w.hprev, &w.g], (b * h) as usize);
+            }
+        }
+        let (mut g, mut g_below) = (&w.g, &w.g_below);
+        for l in (0..config.num_layers).rev() {
+            let hs = &w.hs[l];
+            for t in (0..p.max_len()).rev() {
+                let n = p.batch_sizes[t] as u32;
+                let n_next = p.batch_sizes.get(t + 1).copied().unwrap_or(0) as u32;
+                let step = StepParams {
+                    rows: n,
+                    rows_next: n_next,
+                    hidden: h,
+                    cur_offset: p.offsets[t] as u32 * h,
+                    other_offset: if n_next > 0 { p.offsets[t + 1] as u32 * h } else { 0 },
+                    w_offset: lay.w_hh[l],
+                    relu,
+                    has_other: 0,
+                };
+                rec.dispatch(&k.backward_step, step, &[&self.params, g, hs], [h.div_ceil(16), n.div_ceil(16), 1]);
+            }
+            let input = if l == 0 { &w.x } else { &w.hs[l - 1] };
+            let in_size = config.layer_input_size(l) as u32;
+            // dW_ih = Σ_t dA(t)ᵀ in(t): one product over all steps
+            rec.dispatch(
+                &k.matmul,
+                matmul(h, in_size, tokens, kernels::TRANS_A, (0, h), (0, in_size), (lay.w_ih[l], in_size), 0),
+                &[g, input, &self.params, &self.grads],
+                matmul_groups(h, in_size),
+            );
+            self.record_column_sums(rec, g, tokens, h, lay.b[l]);
+            // dW_hh = Σ_{t≥1} dA(t)ᵀ h(t-1); fixed-length batches read h(t-1) in place
+            let later = tokens - b;
+            let fixed_length = p.batch_sizes.iter().all(|&n| n as u32 == b);
+            let prev = if fixed_length || later == 0 {
+                hs
+            } else {
+                rec.dispatch_1d(&k.gather_rows, RowsParams { rows: later, cols: h, src_offset: 0, dst_offset: 0 }, &[&w.prev_index, hs, &w.hprev], (later * h) as usize);
+                &w.hprev
+            };
+            rec.dispatch(
+                &k.matmul,
+                matmul(h, h, later, kernels::TRANS_A, (b * h, h), (0, h), (lay.w_hh[l], h), 0),
+                &[g, prev, &self.params, &self.grads],
+                matmul_groups(h, h),
+            );
+            if l > 0 {
+                // the gradient reaching the layer below's states: one product over all steps
+                rec.dispatch(
+                    &k.matmul,
+                    matmul(tokens, h, h, 0, (0, h), (lay.w_ih[l], h), (0, h), 0),
+                    &[g, &self.params, &self.params, g_below],
+                    matmul_groups(tokens, h),
+                );
+                std::mem::swap(&mut g, &mut g_below);
+            }
+        }
+    }
+
+    fn record_column_sums<'a>(&'a self, rec: &mut Recorder<'a>, input: &'a wgpu::Buffer, rows: u32, cols: u32, out_offset: u32) {
+        let params = ReduceParams { len: rows, offset: 0, square: 0, cols, out_offset, scale: 1.0, _pad: [0; 2] };
+        rec.dispatch_1d(&self.ctx.kernels.column_sums, params, &[input, &self.grads], cols as usize);
+    }
+
+    pub fn forward(&mut self, config: &RnnConfig, batch: &SequenceBatch) -> Result<Forward> {
+        let p = batch.packing();
+        self.ensure_work(config, p)?;
+        self.upload(config, batch);
+        let mut rec = Recorder::new(&self.ctx);
+        self.record_forward(&mut rec, config, batch);
+        let w = self.work.as_ref().expect("ensure_work ran");
+        let (h, b) = (config.hidden_size as u32, p.batch() as u32);
+        for l in 0..config.num_layers {
+            rec.dispatch_1d(
+                &self.ctx.kernels.gather_rows,
+                RowsParams { rows: b, cols: h, src_offset: 0, dst_offset: l as u32 * b * h },
+                &[&w.last_index, &w.hs[l], &w.final_h],
+                (b * h) as usize,
+            );
+        }
+        rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
+        let rows = if config.head == Head::PerStep { p.tokens() } else { p.batch() };
+        let (o, hu, bu) = (config.output_size, config.hidden_size, p.batch());
+        let data = read_back(&self.ctx, &[(&w.out, 0, rows * o), (&w.final_h, 0, config.num_layers * bu * hu), (&self.scalars, 0, 1)])?;
+        let out = ArrayView2::from_shape((rows, o), &data[0]).expect("sized above");
+        let outputs = match config.head {
+            Head::PerStep => p.unpack_steps(out),
+            Head::LastStep => p.unpack_sequences(out).insert_axis(Axis(1)),
+        };
+        let mut final_hidden = ndarray::Array3::zeros((config.num_layers, bu, hu));
+        for l in 0..config.num_layers {
+            let rows = ArrayView2::from_shape((bu, hu), &data[1][l * bu * hu..(l + 1) * bu * hu]).expect("sized above");
+            final_hidden.index_axis_mut(Axis(0), l).assign(&p.unpack_sequences(rows));
+        }
+        Ok(Forward { outputs, final_hidden, loss: data[2][0] })
+    }
+
+    pub fn loss_and_gradients(&mut self, config: &RnnConfig, batch: &SequenceBatch) -> Result<(f32, RnnParams)> {
+        self.ensure_work(config, batch.packing())?;
+        self.upload(config, batch);
+        let mut rec = Recorder::new(&self.ctx);
+        self.record_forward(&mut rec, config, batch);
+        self.record_backward(&mut rec, config, batch);
+        rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
+        let data = read_back(&self.ctx, &[(&self.scalars, 0, 1), (&self.grads, 0, self.layout.len)])?;
+        let mut grads = RnnParams::zeros(config);
+        grads.assign_flat(&data[1]);
+        Ok((data[0][0], grads))
+    }
+
+    pub fn train_step(&mut self, config: &RnnConfig, batch: &SequenceBatch, optimizer: &mut Optimizer) -> Result<f32> {
+        self.ensure_work(config, batch.packing())?;
+        self.ensure_optimizer(optimizer)?;
+        self.upload(config, batch);
+        let State::Gpu(state) = &optimizer.state else { unreachable!("ensure_optimizer set the state") };
+        let mut rec = Recorder::new(&self.ctx);
+        self.record_forward(&mut rec, config, batch);
+        self.record_backward(&mut rec, config, batch);
+        let k = &self.ctx.kernels;
+        let n = self.layout.len;
+        self.record_sum(&mut rec, &self.grads, n, true, 1, 1.0);
+        let step = optimizer.steps + 1;
+        let mut params = OptimParams {
+            len: n as u32,
+            has_clip: optimizer.clip().is_some() as u32,
+            max_norm: optimizer.clip().unwrap_or(0.0),
+            ..Default::default()
+        };
+        let kernel = match optimizer.kind() {
+            OptimizerKind::Sgd { lr } => {
+                params.lr = lr;
+                &k.sgd
+            }
+            OptimizerKind::Momentum { lr, momentum } => {
+                params.lr = lr;
+                params.momentum = momentum;
+                &k.momentum
+            }
+            OptimizerKind::Adam { lr, beta1, beta2, eps } => {
+                let c = AdamCoefficients::new(lr, beta1, beta2, step);
+                params.lr = lr;
+                params.momentum = beta1;
+                params.beta2 = beta2;
+                params.eps = eps;
+                params.step_size = c.step_size;
+                params.bias_correction2_sqrt = c.bias_correction2_sqrt;
+                &k.adam
+            }
+        };
+        let m = state.m.as_ref().unwrap_or(&self.dummies[1]);
+        let v = state.v.as_ref().unwrap_or(&self.dummies[2]);
+        let buffers = [&self.scalars, &self.grads, &self.params, m, v];
+        rec.dispatch(&k.prepare_update, params, &buffers, [1, 1, 1]);
+        rec.dispatch_1d(kernel, params, &buffers, n);
+        rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
+        let data = read_back(&self.ctx, &[(&self.scalars, 0, 4)])?;
+        let (loss, sum_sq, ok) = (data[0][0], data[0][1], data[0][3]);
+        check_finite_step(loss, sum_sq.is_finite())?;
+        debug_assert_eq!(ok, 1.0);
+        optimizer.steps = step;
+        Ok(loss)
+    }
+
+    /// Gives a fresh optimizer its moment buffers on this device; refuses state that
+    /// belongs to another model or device.
+    fn ensure_optimizer(&self, optimizer: &mut Optimizer) -> Result<()> {
+        let n = self.layout.len;
+        match &optimizer.state {
+            State::Fresh => {
+                let (needs_m, needs_v) = match optimizer.kind() {
+                    OptimizerKind::Sgd { .. } => (false, false),
+                    OptimizerKind::Momentum { .. } => (true, false),
+                    OptimizerKind::Adam { .. } => (true, true),
+                };
+                let zeroed = |label| {
+                    let b = storage(&self.ctx, label, n);
+                    self.ctx.queue.write_buffer(&b, 0, bytemuck::cast_slice(&vec![0f32; n]));
+                    b
+                };
+                optimizer.state = State::Gpu(OptimizerBuffers {
+                    m: needs_m.then(|| zeroed("optimizer m")),
+                    v: needs_v.then(|| zeroed("optimizer v")),
+                    len: n,
+                    device: self.ctx.device.clone(),
+                });
+                Ok(())
+            }
+            State::Gpu(s) if s.len == n && s.device == self.ctx.device => Ok(()),
+            State::Gpu(s) => Err(Error::OptimizerMismatch(format!(
+                "state is for {} parameters on {}, this model has {n} on {}",
+                s.len,
+                if s.device == self.ctx.device { "this device" } else { "another device" },
+                self.ctx.describe()
+            ))),
+            State::Cpu(_) => Err(Error::OptimizerMismatch(
+                "this optimizer's state lives on the CPU; use a fresh optimizer for a GPU model".into(),
+            )),
+        }
+    }
+
+    pub fn params(&self, config: &RnnConfig) -> Result<RnnParams> {
+        let data = read_back(&self.ctx, &[(&self.params, 0, self.layout.len)])?;
+        let mut params = RnnParams::zeros(config);
+        params.assign_flat(&data[0]);
+        Ok(params)
+    }
+}
+
+/// A matrix product's parameters: `(offset, stride)` of A, B and C.
+#[allow(clippy::too_many_arguments)]
+fn matmul(m: u32, n: u32, k: u32, flags: u32, a: (u32, u32), b: (u32, u32), c: (u32, u32), bias_offset: u32) -> MatmulParams {
+    MatmulParams {
+        m,
+        n,
+        k,
+        flags,
+        a_offset: a.0,
+        b_offset: b.0,
+        c_offset: c.0,
+        bias_offset,
+        lda: a.1,
+        ldb: b.1,
+        ldc: c.1,
+        alpha: 1.0,
+        beta: 0.0,
+        _pad: [0; 3],
+    }
+}
+
+fn matmul_groups(m: u32, n: u32) -> [u32; 3] {
+    [n.div_ceil(64), m.div_ceil(64), 1]
+}

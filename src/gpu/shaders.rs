@@ -1,0 +1,28 @@
+//! Every WGSL source, compiled into the binary: nothing is read from disk at run time.
+
+pub const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
+pub const RECURRENT: &str = include_str!("../../shaders/recurrent.wgsl");
+pub const LOSS: &str = include_str!("../../shaders/loss.wgsl");
+pub const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
+pub const ROWS: &str = include_str!("../../shaders/rows.wgsl");
+pub const OPTIMIZER: &str = include_str!("../../shaders/optimizer.wgsl");
+
+/// `(file name, source)` of every shader, for validation without an adapter.
+pub const ALL: &[(&str, &str)] = &[
+    ("matmul.wgsl", MATMUL),
+    ("recurrent.wgsl", RECURRENT),
+    ("loss.wgsl", LOSS),
+    ("reduce.wgsl", REDUCE),
+    ("rows.wgsl", ROWS),
+    ("optimizer.wgsl", OPTIMIZER),
+];
+
+/// Parses and validates a WGSL source with naga, as wgpu would before compiling it.
+pub fn validate(name: &str, source: &str) -> Result<(), String> {
+    use wgpu::naga;
+    let module = naga::front::wgsl::parse_str(source).map_err(|e| format!("{name}: {}", e.emit_to_string(source)))?;
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+        .validate(&module)
+        .map_err(|e| format!("{name}: {}", e.emit_to_string(source)))?;
+    Ok(())
+}

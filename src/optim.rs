@@ -1,0 +1,221 @@
+//! Optimizers with PyTorch's semantics. An [`Optimizer`] is a device-independent
+//! description plus its state (step count, moment vectors), which lives on the device of
+//! the model it was first used with.
+
+use crate::{Error, Result, RnnParams};
+
+/// Which update rule, with its hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OptimizerKind {
+    /// `p -= lr · g`
+    Sgd { lr: f32 },
+    /// `buf = momentum · buf + g; p -= lr · buf` (`torch.optim.SGD(momentum=..)`,
+    /// no dampening, not Nesterov)
+    Momentum { lr: f32, momentum: f32 },
+    /// `torch.optim.Adam` without weight decay.
+    Adam { lr: f32, beta1: f32, beta2: f32, eps: f32 },
+}
+
+/// Moment vectors kept on the CPU.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct CpuMoments {
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+#[derive(Debug)]
+pub(crate) enum State {
+    /// Not used yet: the first step allocates the moments where the model lives.
+    Fresh,
+    Cpu(CpuMoments),
+    Gpu(crate::gpu::OptimizerBuffers),
+}
+
+/// An optimizer: update rule, optional gradient clipping, and state.
+#[derive(Debug)]
+pub struct Optimizer {
+    kind: OptimizerKind,
+    clip: Option<f32>,
+    /// Number of updates applied (Adam's `t`).
+    pub(crate) steps: u64,
+    pub(crate) state: State,
+}
+
+impl Optimizer {
+    fn with(kind: OptimizerKind) -> Self {
+        Optimizer {
+            kind,
+            clip: None,
+            steps: 0,
+            state: State::Fresh,
+        }
+    }
+
+    pub fn sgd(lr: f32) -> Self {
+        Self::with(OptimizerKind::Sgd { lr })
+    }
+
+    pub fn sgd_momentum(lr: f32, momentum: f32) -> Self {
+        Self::with(OptimizerKind::Momentum { lr, momentum })
+    }
+
+    /// Betas (0.9, 0.999), eps 1e-8, as `torch.optim.Adam`.
+    pub fn adam(lr: f32) -> Self {
+        Self::with(OptimizerKind::Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        })
+    }
+
+    /// Scales the gradients so that their global L2 norm over all parameters is at most
+    /// `max_norm` before each update, as `torch.nn.utils.clip_grad_norm_`.
+    pub fn clip_grad_norm(mut self, max_norm: f32) -> Self {
+        self.clip = Some(max_norm);
+        self
+    }
+
+    pub fn kind(&self) -> OptimizerKind {
+        self.kind
+    }
+
+    pub fn clip(&self) -> Option<f32> {
+        self.clip
+    }
+
+    pub fn lr(&self) -> f32 {
+        match self.kind {
+            OptimizerKind::Sgd { lr } | OptimizerKind::Momentum { lr, .. } | OptimizerKind::Adam { lr, .. } => lr,
+        }
+    }
+
+    /// Changes the learning rate from the next update on (for schedules).
+    pub fn set_lr(&mut self, new_lr: f32) {
+        match &mut self.kind {
+            OptimizerKind::Sgd { lr } | OptimizerKind::Momentum { lr, .. } | OptimizerKind::Adam { lr, .. } => *lr = new_lr,
+        }
+    }
+
+    /// Number of updates applied so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Checks the hyper-parameters: a bad value is an error before anything changes.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &'static str, expected: &'static str, v: f32| {
+            Err(Error::InvalidConfig {
+                what,
+                expected,
+                got: v.to_string(),
+            })
+        };
+        let lr = self.lr();
+        if !(lr.is_finite() && lr >= 0.0) {
+            return bad("learning rate", "finite and >= 0", lr);
+        }
+        match self.kind {
+            OptimizerKind::Momentum { momentum, .. } if !(0.0..=1.0).contains(&momentum) => {
+                return bad("momentum", "in [0, 1]", momentum)
+            }
+            OptimizerKind::Adam { beta1, beta2, eps, .. } => {
+                if !(0.0..1.0).contains(&beta1) {
+                    return bad("Adam beta1", "in [0, 1)", beta1);
+                }
+                if !(0.0..1.0).contains(&beta2) {
+                    return bad("Adam beta2", "in [0, 1)", beta2);
+                }
+                if !(eps.is_finite() && eps > 0.0) {
+                    return bad("Adam eps", "finite and > 0", eps);
+                }
+            }
+            _ => {}
+        }
+        if let Some(c) = self.clip {
+            if !(c.is_finite() && c > 0.0) {
+                return bad("clip_grad_norm max_norm", "finite and > 0", c);
+            }
+        }
+        Ok(())
+    }
+
+    /// One update on the CPU: clips `grads` in place (when asked) and updates `params`.
+    pub(crate) fn apply_cpu(&mut self, params: &mut RnnParams, grads: &mut RnnParams) -> Result<()> {
+        self.validate()?;
+        let n = params.len();
+        if let State::Fresh = self.state {
+            let v_len = if matches!(self.kind, OptimizerKind::Adam { .. }) { n } else { 0 };
+            self.state = State::Cpu(CpuMoments {
+                m: vec![0.0; n],
+                v: vec![0.0; v_len],
+            });
+        }
+        let State::Cpu(moments) = &mut self.state else {
+            return Err(Error::OptimizerMismatch(
+                "this optimizer's state lives on the GPU; use a fresh optimizer for a CPU model".into(),
+            ));
+        };
+        if moments.m.len() != n {
+            return Err(Error::OptimizerMismatch(format!(
+                "state is for {} parameters, this model has {n}",
+                moments.m.len()
+            )));
+        }
+        let mut grads = grads.tensors_mut();
+        if let Some(max_norm) = self.clip {
+            let sum_sq: f64 = grads.iter().flat_map(|t| t.iter()).map(|&g| (g as f64) * (g as f64)).sum();
+            let scale = clip_scale(sum_sq.sqrt() as f32, max_norm);
+            grads.iter_mut().flat_map(|t| t.iter_mut()).for_each(|g| *g *= scale);
+        }
+        self.steps += 1;
+        let mut at = 0;
+        for (p, g) in params.tensors_mut().into_iter().zip(grads) {
+            let range = at..at + p.len();
+            at += p.len();
+            match self.kind {
+                OptimizerKind::Sgd { lr } => p.iter_mut().zip(g.iter()).for_each(|(p, g)| *p -= lr * g),
+                OptimizerKind::Momentum { lr, momentum } => {
+                    for ((p, g), b) in p.iter_mut().zip(g.iter()).zip(&mut moments.m[range]) {
+                        *b = momentum * *b + g;
+                        *p -= lr * *b;
+                    }
+                }
+                OptimizerKind::Adam { lr, beta1, beta2, eps } => {
+                    let c = AdamCoefficients::new(lr, beta1, beta2, self.steps);
+                    let (m, v) = (&mut moments.m[range.clone()], &mut moments.v[range]);
+                    for (((p, g), m), v) in p.iter_mut().zip(g.iter()).zip(m).zip(v) {
+                        *m = beta1 * *m + (1.0 - beta1) * g;
+                        *v = beta2 * *v + (1.0 - beta2) * g * g;
+                        let denom = v.sqrt() / c.bias_correction2_sqrt + eps;
+                        *p -= c.step_size * *m / denom;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The per-step scalars of Adam, computed as PyTorch's single-tensor Adam does.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AdamCoefficients {
+    pub step_size: f32,
+    pub bias_correction2_sqrt: f32,
+}
+
+impl AdamCoefficients {
+    pub fn new(lr: f32, beta1: f32, beta2: f32, step: u64) -> Self {
+        let bias_correction1 = 1.0 - (beta1 as f64).powi(step as i32);
+        let bias_correction2 = 1.0 - (beta2 as f64).powi(step as i32);
+        AdamCoefficients {
+            step_size: (lr as f64 / bias_correction1) as f32,
+            bias_correction2_sqrt: bias_correction2.sqrt() as f32,
+        }
+    }
+}
+
+/// `clip_grad_norm_`'s factor: `min(1, max_norm / (norm + 1e-6))`.
+pub(crate) fn clip_scale(norm: f32, max_norm: f32) -> f32 {
+    (max_norm / (norm + 1e-6)).min(1.0)
+}

@@ -1,0 +1,120 @@
+//! `Rnn`: a model bound to a device, with the operations of the public API.
+
+use crate::batch::SequenceBatch;
+use crate::cpu::{self, Workspace};
+use crate::device::DeviceKind;
+use crate::gpu::GpuRnn;
+use crate::model::{RnnConfig, RnnParams};
+use crate::optim::Optimizer;
+use crate::{Device, Error, Result};
+use ndarray::Array3;
+
+/// What a forward pass returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Forward {
+    /// `[batch, max_len, output]`, zero past each length; `[batch, 1, output]` for the
+    /// last-step head.
+    pub outputs: Array3<f32>,
+    /// `[num_layers, batch, hidden]`: each sequence's state at its own last valid step.
+    pub final_hidden: Array3<f32>,
+    pub loss: f32,
+}
+
+/// An RNN with its parameters on a device.
+pub struct Rnn {
+    config: RnnConfig,
+    backend: Backend,
+}
+
+enum Backend {
+    Cpu { params: RnnParams, ws: Workspace<f32> },
+    Gpu(Box<GpuRnn>),
+}
+
+impl Rnn {
+    /// Binds `params` (checked against `config`) to `device`.
+    pub fn new(config: RnnConfig, params: RnnParams, device: &Device) -> Result<Rnn> {
+        params.validate(&config)?;
+        let params = params.into_standard_layout();
+        let backend = match &device.kind {
+            DeviceKind::Cpu => Backend::Cpu {
+                params,
+                ws: Workspace::default(),
+            },
+            DeviceKind::Gpu(ctx) => Backend::Gpu(Box::new(GpuRnn::new(ctx.clone(), &config, &params)?)),
+        };
+        Ok(Rnn { config, backend })
+    }
+
+    pub fn config(&self) -> &RnnConfig {
+        &self.config
+    }
+
+    /// Outputs, final states and loss of `batch`.
+    pub fn forward(&mut self, batch: &SequenceBatch) -> Result<Forward> {
+        batch.check_against(&self.config)?;
+        match &mut self.backend {
+            Backend::Cpu { params, ws } => {
+                let loss = cpu::forward(&self.config, params, batch, None, ws);
+                Ok(Forward {
+                    outputs: cpu::outputs(&self.config, batch, ws),
+                    final_hidden: cpu::final_hidden(&self.config, batch, ws),
+                    loss,
+                })
+            }
+            Backend::Gpu(g) => g.forward(&self.config, batch),
+        }
+    }
+
+    /// The loss of `batch` and its gradient with respect to every parameter.
+    pub fn loss_and_gradients(&mut self, batch: &SequenceBatch) -> Result<(f32, RnnParams)> {
+        batch.check_against(&self.config)?;
+        match &mut self.backend {
+            Backend::Cpu { params, ws } => {
+                let loss = cpu::forward(&self.config, params, batch, None, ws);
+                let grads = cpu::backward(&self.config, params, batch, None, ws);
+                Ok((loss, grads))
+            }
+            Backend::Gpu(g) => g.loss_and_gradients(&self.config, batch),
+        }
+    }
+
+    /// One training step: forward, back-propagation through time, optional clipping and
+    /// the optimizer's update. Returns the loss before the update. A step whose loss or
+    /// gradients are not finite is refused with an error and changes nothing.
+    pub fn train_step(&mut self, batch: &SequenceBatch, optimizer: &mut Optimizer) -> Result<f32> {
+        batch.check_against(&self.config)?;
+        optimizer.validate()?;
+        match &mut self.backend {
+            Backend::Cpu { params, ws } => {
+                let loss = cpu::forward(&self.config, params, batch, None, ws);
+                let mut grads = cpu::backward(&self.config, params, batch, None, ws);
+                check_finite_step(loss, grads.tensors().iter().all(|(_, t)| t.iter().all(|g| g.is_finite())))?;
+                optimizer.apply_cpu(params, &mut grads)?;
+                Ok(loss)
+            }
+            Backend::Gpu(g) => g.train_step(&self.config, batch, optimizer),
+        }
+    }
+
+    /// A copy of the current parameters (read back from the GPU on a GPU device).
+    pub fn params(&self) -> Result<RnnParams> {
+        match &self.backend {
+            Backend::Cpu { params, .. } => Ok(params.clone()),
+            Backend::Gpu(g) => g.params(&self.config),
+        }
+    }
+}
+
+pub(crate) fn check_finite_step(loss: f32, grads_finite: bool) -> Result<()> {
+    if !loss.is_finite() || !grads_finite {
+        return Err(Error::NonFinite {
+            what: "training step".into(),
+            detail: format!(
+                "loss is {loss}{}; the parameters were not updated (lower the learning rate or clip the gradients)",
+                if grads_finite { "" } else { " and some gradients are not finite" }
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Helpers shared by the integration tests: deterministic random problems, comparisons
+//! that explain themselves, and the GPU device (which must exist when CI says so).
+#![allow(dead_code)]
+
+use unfold::ndarray::{Array2, ArrayD, IxDyn};
+use unfold::rng::SplitMix64;
+use unfold::{Device, Head, Nonlinearity, RnnConfig, RnnParams, SequenceBatch, Targets};
+
+/// The GPU device for a test: `Some` if an adapter exists. When `UNFOLD_REQUIRE_GPU=1`
+/// (as in CI), a missing adapter fails the test instead of skipping it.
+pub fn gpu() -> Option<Device> {
+    match Device::gpu() {
+        Ok(d) => {
+            eprintln!("testing on {}", d.describe());
+            Some(d)
+        }
+        Err(e) => {
+            if std::env::var("UNFOLD_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("UNFOLD_REQUIRE_GPU=1 but no GPU adapter: {e}");
+            }
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+    }
+}
+
+/// Relative error ‖a−b‖/‖b‖ with a floor on ‖b‖, and on failure the worst element.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let diff: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+    let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+    let rel = diff / norm.max(1e-6);
+    if rel > tol || got.iter().any(|v| !v.is_finite()) {
+        let (worst, _) = got
+            .iter()
+            .zip(want)
+            .enumerate()
+            .map(|(i, (a, b))| (i, ((a - b) as f64).abs()))
+            .fold((0, -1.0), |m, x| if x.1 > m.1 { x } else { m });
+        let bad = got.iter().zip(want).filter(|(a, b)| ((*a - *b) as f64).abs() > tol * (b.abs() as f64).max(1e-3)).count();
+        panic!(
+            "{what}: relative error {rel:.3e} > {tol:.0e}; {bad} of {} elements off, worst at {worst}: got {} want {}",
+            got.len(),
+            got[worst],
+            want[worst]
+        );
+    }
+}
+
+/// Compares every tensor of two parameter sets.
+pub fn assert_params_close(what: &str, got: &RnnParams, want: &RnnParams, tol: f64) {
+    for ((name, g), (_, w)) in got.tensors().into_iter().zip(want.tensors()) {
+        assert_close(&format!("{what} {name}"), g, w, tol);
+    }
+}
+
+pub fn flat<D: unfold::ndarray::Dimension>(a: &unfold::ndarray::Array<f32, D>) -> Vec<f32> {
+    a.iter().copied().collect()
+}
+
+/// A random batch for `config` with the given lengths (class or value targets).
+pub fn random_batch(config: &RnnConfig, lengths: &[usize], values: bool, seed: u64) -> SequenceBatch {
+    let mut rng = SplitMix64::new(seed);
+    let inputs: Vec<Array2<f32>> = lengths
+        .iter()
+        .map(|&len| Array2::from_shape_simple_fn((len, config.input_size), || rng.normal()))
+        .collect();
+    let rows = |len: usize| if config.head == Head::PerStep { len } else { 1 };
+    let targets = if values {
+        Targets::Values(
+            lengths
+                .iter()
+                .map(|&len| Array2::from_shape_simple_fn((rows(len), config.output_size), || rng.normal()))
+                .collect(),
+        )
+    } else {
+        Targets::Classes(
+            lengths
+                .iter()
+                .map(|&len| (0..rows(len)).map(|_| rng.below(config.output_size) as u32).collect())
+                .collect(),
+        )
+    };
+    SequenceBatch::new(inputs, targets).expect("valid random batch")
+}
+
+/// A config from its parts.
+pub fn config(i: usize, h: usize, o: usize, layers: usize, relu: bool, last_step: bool) -> RnnConfig {
+    RnnConfig::new(i, h, o)
+        .num_layers(layers)
+        .nonlinearity(if relu { Nonlinearity::Relu } else { Nonlinearity::Tanh })
+        .head(if last_step { Head::LastStep } else { Head::PerStep })
+}
+
+/// Parameters with a random (nonzero) bias so that relu units are a mix of on and off.
+pub fn params(config: &RnnConfig, seed: u64) -> RnnParams {
+    RnnParams::init(config, seed)
+}
+
+pub fn dyn_array(shape: &[usize], data: Vec<f32>) -> ArrayD<f32> {
+    ArrayD::from_shape_vec(IxDyn(shape), data).expect("shape matches data")
+}
