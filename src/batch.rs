@@ -121,7 +121,8 @@ impl Packing {
         let mut out = Array3::zeros((self.batch(), self.max_len(), rows.ncols()));
         for (t, &n) in self.batch_sizes.iter().enumerate() {
             for (j, &i) in self.order[..n].iter().enumerate() {
-                out.slice_mut(s![i, t, ..]).assign(&rows.row(self.offsets[t] + j));
+                out.slice_mut(s![i, t, ..])
+                    .assign(&rows.row(self.offsets[t] + j));
             }
         }
         out
@@ -169,7 +170,11 @@ impl SequenceBatch {
             check_finite(&format!("inputs[{i}]"), x)?;
         }
         if targets.len() != inputs.len() {
-            return Err(Error::shape("number of target sequences", inputs.len(), targets.len()));
+            return Err(Error::shape(
+                "number of target sequences",
+                inputs.len(),
+                targets.len(),
+            ));
         }
         for (i, x) in inputs.iter().enumerate() {
             let rows = targets.rows(i);
@@ -185,7 +190,11 @@ impl SequenceBatch {
             let width = v[0].ncols();
             for (i, y) in v.iter().enumerate() {
                 if y.ncols() != width {
-                    return Err(Error::shape(format!("targets[{i}] width"), width, y.ncols()));
+                    return Err(Error::shape(
+                        format!("targets[{i}] width"),
+                        width,
+                        y.ncols(),
+                    ));
                 }
                 check_finite(&format!("targets[{i}]"), y)?;
             }
@@ -242,21 +251,37 @@ impl SequenceBatch {
     /// value width.
     pub fn check_against(&self, config: &crate::RnnConfig) -> Result<()> {
         if self.input_size() != config.input_size {
-            return Err(Error::shape("input feature width (input_size)", config.input_size, self.input_size()));
+            return Err(Error::shape(
+                "input feature width (input_size)",
+                config.input_size,
+                self.input_size(),
+            ));
         }
         let per_step = config.head == crate::Head::PerStep;
         for (i, &len) in self.lengths.iter().enumerate() {
             let want = if per_step { len } else { 1 };
             let rows = self.targets.rows(i);
             if rows != want {
-                let head = if per_step { "per-step head: one per step" } else { "last-step head: one per sequence" };
-                return Err(Error::shape(format!("targets[{i}] length"), format!("{want} ({head})"), rows));
+                let head = if per_step {
+                    "per-step head: one per step"
+                } else {
+                    "last-step head: one per sequence"
+                };
+                return Err(Error::shape(
+                    format!("targets[{i}] length"),
+                    format!("{want} ({head})"),
+                    rows,
+                ));
             }
         }
         match &self.targets {
             Targets::Classes(c) => {
                 for (i, seq) in c.iter().enumerate() {
-                    if let Some((t, &class)) = seq.iter().enumerate().find(|(_, &k)| k as usize >= config.output_size) {
+                    if let Some((t, &class)) = seq
+                        .iter()
+                        .enumerate()
+                        .find(|(_, &k)| k as usize >= config.output_size)
+                    {
                         return Err(Error::ClassOutOfRange {
                             sequence: i,
                             step: t,
@@ -268,7 +293,11 @@ impl SequenceBatch {
             }
             Targets::Values(v) => {
                 if v[0].ncols() != config.output_size {
-                    return Err(Error::shape("value target width (output_size)", config.output_size, v[0].ncols()));
+                    return Err(Error::shape(
+                        "value target width (output_size)",
+                        config.output_size,
+                        v[0].ncols(),
+                    ));
                 }
             }
         }

@@ -20,7 +20,9 @@ pub(crate) enum DeviceKind {
 impl Device {
     /// The CPU reference path (ndarray).
     pub fn cpu() -> Device {
-        Device { kind: DeviceKind::Cpu }
+        Device {
+            kind: DeviceKind::Cpu,
+        }
     }
 
     /// A wgpu adapter chosen through wgpu's environment conventions: `WGPU_BACKEND`

@@ -71,7 +71,11 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn shape(what: impl Into<String>, expected: impl ToString, got: impl ToString) -> Self {
+    pub(crate) fn shape(
+        what: impl Into<String>,
+        expected: impl ToString,
+        got: impl ToString,
+    ) -> Self {
         Error::ShapeMismatch {
             what: what.into(),
             expected: expected.to_string(),

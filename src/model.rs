@@ -197,7 +197,10 @@ impl<F: Real> RnnParams<F> {
         for (k, l) in self.layers.iter().enumerate() {
             out.push((format!("weight_ih_l{k}"), slice(&l.w_ih)));
             out.push((format!("weight_hh_l{k}"), slice(&l.w_hh)));
-            out.push((format!("bias_l{k}"), l.b.as_slice().expect("owned arrays are contiguous")));
+            out.push((
+                format!("bias_l{k}"),
+                l.b.as_slice().expect("owned arrays are contiguous"),
+            ));
         }
         out.push(("out.weight".into(), slice(&self.w_out)));
         out.push((
@@ -216,13 +219,20 @@ impl<F: Real> RnnParams<F> {
             out.push(l.b.as_slice_mut().expect("owned arrays are contiguous"));
         }
         out.push(slice_mut(&mut self.w_out));
-        out.push(self.b_out.as_slice_mut().expect("owned arrays are contiguous"));
+        out.push(
+            self.b_out
+                .as_slice_mut()
+                .expect("owned arrays are contiguous"),
+        );
         out
     }
 
     /// All scalars as one vector, in the order of [`RnnParams::tensors`].
     pub fn to_flat(&self) -> Vec<F> {
-        self.tensors().into_iter().flat_map(|(_, s)| s.iter().copied()).collect()
+        self.tensors()
+            .into_iter()
+            .flat_map(|(_, s)| s.iter().copied())
+            .collect()
     }
 
     /// Overwrites every scalar from a flat vector (the inverse of [`RnnParams::to_flat`]).
@@ -239,16 +249,28 @@ impl<F: Real> RnnParams<F> {
     /// [`RnnParams::tensors`] needs; arrays already in that layout are moved, not copied.
     pub fn into_standard_layout(self) -> Self {
         fn std2<F: Clone>(a: Array2<F>) -> Array2<F> {
-            if a.is_standard_layout() { a } else { a.as_standard_layout().into_owned() }
+            if a.is_standard_layout() {
+                a
+            } else {
+                a.as_standard_layout().into_owned()
+            }
         }
         fn std1<F: Clone>(a: Array1<F>) -> Array1<F> {
-            if a.is_standard_layout() { a } else { a.as_standard_layout().into_owned() }
+            if a.is_standard_layout() {
+                a
+            } else {
+                a.as_standard_layout().into_owned()
+            }
         }
         RnnParams {
             layers: self
                 .layers
                 .into_iter()
-                .map(|l| LayerParams { w_ih: std2(l.w_ih), w_hh: std2(l.w_hh), b: std1(l.b) })
+                .map(|l| LayerParams {
+                    w_ih: std2(l.w_ih),
+                    w_hh: std2(l.w_hh),
+                    b: std1(l.b),
+                })
                 .collect(),
             w_out: std2(self.w_out),
             b_out: std1(self.b_out),
@@ -277,18 +299,31 @@ impl<F: Real> RnnParams<F> {
         let h = config.hidden_size;
         let check2 = |what: String, a: &Array2<F>, rows: usize, cols: usize| {
             if a.dim() != (rows, cols) {
-                return Err(Error::shape(what, format!("[{rows}, {cols}]"), format!("{:?}", a.shape())));
+                return Err(Error::shape(
+                    what,
+                    format!("[{rows}, {cols}]"),
+                    format!("{:?}", a.shape()),
+                ));
             }
             Ok(())
         };
         let check1 = |what: String, a: &Array1<F>, n: usize| {
             if a.len() != n {
-                return Err(Error::shape(what, format!("[{n}]"), format!("{:?}", a.shape())));
+                return Err(Error::shape(
+                    what,
+                    format!("[{n}]"),
+                    format!("{:?}", a.shape()),
+                ));
             }
             Ok(())
         };
         for (k, l) in self.layers.iter().enumerate() {
-            check2(format!("layers[{k}].w_ih"), &l.w_ih, h, config.layer_input_size(k))?;
+            check2(
+                format!("layers[{k}].w_ih"),
+                &l.w_ih,
+                h,
+                config.layer_input_size(k),
+            )?;
             check2(format!("layers[{k}].w_hh"), &l.w_hh, h, h)?;
             check1(format!("layers[{k}].b"), &l.b, h)?;
         }
@@ -331,5 +366,6 @@ fn slice<F>(a: &Array2<F>) -> &[F] {
 }
 
 fn slice_mut<F>(a: &mut Array2<F>) -> &mut [F] {
-    a.as_slice_mut().expect("parameters are standard-layout arrays")
+    a.as_slice_mut()
+        .expect("parameters are standard-layout arrays")
 }

@@ -13,7 +13,12 @@ pub enum OptimizerKind {
     /// no dampening, not Nesterov)
     Momentum { lr: f32, momentum: f32 },
     /// `torch.optim.Adam` without weight decay.
-    Adam { lr: f32, beta1: f32, beta2: f32, eps: f32 },
+    Adam {
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+    },
 }
 
 /// Moment vectors kept on the CPU.
@@ -86,14 +91,18 @@ impl Optimizer {
 
     pub fn lr(&self) -> f32 {
         match self.kind {
-            OptimizerKind::Sgd { lr } | OptimizerKind::Momentum { lr, .. } | OptimizerKind::Adam { lr, .. } => lr,
+            OptimizerKind::Sgd { lr }
+            | OptimizerKind::Momentum { lr, .. }
+            | OptimizerKind::Adam { lr, .. } => lr,
         }
     }
 
     /// Changes the learning rate from the next update on (for schedules).
     pub fn set_lr(&mut self, new_lr: f32) {
         match &mut self.kind {
-            OptimizerKind::Sgd { lr } | OptimizerKind::Momentum { lr, .. } | OptimizerKind::Adam { lr, .. } => *lr = new_lr,
+            OptimizerKind::Sgd { lr }
+            | OptimizerKind::Momentum { lr, .. }
+            | OptimizerKind::Adam { lr, .. } => *lr = new_lr,
         }
     }
 
@@ -119,7 +128,9 @@ impl Optimizer {
             OptimizerKind::Momentum { momentum, .. } if !(0.0..=1.0).contains(&momentum) => {
                 return bad("momentum", "in [0, 1]", momentum)
             }
-            OptimizerKind::Adam { beta1, beta2, eps, .. } => {
+            OptimizerKind::Adam {
+                beta1, beta2, eps, ..
+            } => {
                 if !(0.0..1.0).contains(&beta1) {
                     return bad("Adam beta1", "in [0, 1)", beta1);
                 }
@@ -141,11 +152,19 @@ impl Optimizer {
     }
 
     /// One update on the CPU: clips `grads` in place (when asked) and updates `params`.
-    pub(crate) fn apply_cpu(&mut self, params: &mut RnnParams, grads: &mut RnnParams) -> Result<()> {
+    pub(crate) fn apply_cpu(
+        &mut self,
+        params: &mut RnnParams,
+        grads: &mut RnnParams,
+    ) -> Result<()> {
         self.validate()?;
         let n = params.len();
         if let State::Fresh = self.state {
-            let v_len = if matches!(self.kind, OptimizerKind::Adam { .. }) { n } else { 0 };
+            let v_len = if matches!(self.kind, OptimizerKind::Adam { .. }) {
+                n
+            } else {
+                0
+            };
             self.state = State::Cpu(CpuMoments {
                 m: vec![0.0; n],
                 v: vec![0.0; v_len],
@@ -153,7 +172,8 @@ impl Optimizer {
         }
         let State::Cpu(moments) = &mut self.state else {
             return Err(Error::OptimizerMismatch(
-                "this optimizer's state lives on the GPU; use a fresh optimizer for a CPU model".into(),
+                "this optimizer's state lives on the GPU; use a fresh optimizer for a CPU model"
+                    .into(),
             ));
         };
         if moments.m.len() != n {
@@ -164,9 +184,16 @@ impl Optimizer {
         }
         let mut grads = grads.tensors_mut();
         if let Some(max_norm) = self.clip {
-            let sum_sq: f64 = grads.iter().flat_map(|t| t.iter()).map(|&g| (g as f64) * (g as f64)).sum();
+            let sum_sq: f64 = grads
+                .iter()
+                .flat_map(|t| t.iter())
+                .map(|&g| (g as f64) * (g as f64))
+                .sum();
             let scale = clip_scale(sum_sq.sqrt() as f32, max_norm);
-            grads.iter_mut().flat_map(|t| t.iter_mut()).for_each(|g| *g *= scale);
+            grads
+                .iter_mut()
+                .flat_map(|t| t.iter_mut())
+                .for_each(|g| *g *= scale);
         }
         self.steps += 1;
         let mut at = 0;
@@ -174,14 +201,21 @@ impl Optimizer {
             let range = at..at + p.len();
             at += p.len();
             match self.kind {
-                OptimizerKind::Sgd { lr } => p.iter_mut().zip(g.iter()).for_each(|(p, g)| *p -= lr * g),
+                OptimizerKind::Sgd { lr } => {
+                    p.iter_mut().zip(g.iter()).for_each(|(p, g)| *p -= lr * g)
+                }
                 OptimizerKind::Momentum { lr, momentum } => {
                     for ((p, g), b) in p.iter_mut().zip(g.iter()).zip(&mut moments.m[range]) {
                         *b = momentum * *b + g;
                         *p -= lr * *b;
                     }
                 }
-                OptimizerKind::Adam { lr, beta1, beta2, eps } => {
+                OptimizerKind::Adam {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                } => {
                     let c = AdamCoefficients::new(lr, beta1, beta2, self.steps);
                     let (m, v) = (&mut moments.m[range.clone()], &mut moments.v[range]);
                     for (((p, g), m), v) in p.iter_mut().zip(g.iter()).zip(m).zip(v) {

@@ -27,7 +27,10 @@ pub struct Rnn {
 }
 
 enum Backend {
-    Cpu { params: RnnParams, ws: Workspace<f32> },
+    Cpu {
+        params: RnnParams,
+        ws: Box<Workspace<f32>>,
+    },
     Gpu(Box<GpuRnn>),
 }
 
@@ -39,9 +42,11 @@ impl Rnn {
         let backend = match &device.kind {
             DeviceKind::Cpu => Backend::Cpu {
                 params,
-                ws: Workspace::default(),
+                ws: Box::default(),
             },
-            DeviceKind::Gpu(ctx) => Backend::Gpu(Box::new(GpuRnn::new(ctx.clone(), &config, &params)?)),
+            DeviceKind::Gpu(ctx) => {
+                Backend::Gpu(Box::new(GpuRnn::new(ctx.clone(), &config, &params)?))
+            }
         };
         Ok(Rnn { config, backend })
     }
@@ -89,7 +94,13 @@ impl Rnn {
             Backend::Cpu { params, ws } => {
                 let loss = cpu::forward(&self.config, params, batch, None, ws);
                 let mut grads = cpu::backward(&self.config, params, batch, None, ws);
-                check_finite_step(loss, grads.tensors().iter().all(|(_, t)| t.iter().all(|g| g.is_finite())))?;
+                check_finite_step(
+                    loss,
+                    grads
+                        .tensors()
+                        .iter()
+                        .all(|(_, t)| t.iter().all(|g| g.is_finite())),
+                )?;
                 optimizer.apply_cpu(params, &mut grads)?;
                 Ok(loss)
             }

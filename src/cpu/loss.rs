@@ -29,15 +29,22 @@ pub fn cross_entropy<F: Real>(out: &Array2<F>, classes: &[u32], mut d_out: Array
 
 /// Squared error, mean over rows and units (PyTorch `mse_loss`). Writes
 /// `d_out = 2 (out - target) / (rows * units)` and returns the loss.
-pub fn squared_error<F: Real>(out: &Array2<F>, target: &Array2<F>, mut d_out: ArrayViewMut2<F>) -> F {
+pub fn squared_error<F: Real>(
+    out: &Array2<F>,
+    target: &Array2<F>,
+    mut d_out: ArrayViewMut2<F>,
+) -> F {
     let count = out.len() as f64;
     let scale = F::from_f64(2.0 / count);
     let mut total = 0.0f64;
-    ndarray::Zip::from(&mut d_out).and(out).and(target).for_each(|d, &o, &y| {
-        let diff = o - y;
-        total += (diff * diff).to_f64();
-        *d = diff * scale;
-    });
+    ndarray::Zip::from(&mut d_out)
+        .and(out)
+        .and(target)
+        .for_each(|d, &o, &y| {
+            let diff = o - y;
+            total += (diff * diff).to_f64();
+            *d = diff * scale;
+        });
     F::from_f64(total / count)
 }
 
@@ -55,13 +62,25 @@ pub fn pack_classes(targets: &[Vec<u32>], packing: &Packing, per_step: bool, dst
 }
 
 /// Value targets in packed row order (see [`pack_classes`]).
-pub fn pack_values<F: Real>(targets: &[Array2<f32>], packing: &Packing, per_step: bool, dst: &mut Array2<F>) {
+pub fn pack_values<F: Real>(
+    targets: &[Array2<f32>],
+    packing: &Packing,
+    per_step: bool,
+    dst: &mut Array2<F>,
+) {
     let width = targets[0].ncols();
-    let rows = if per_step { packing.tokens() } else { packing.batch() };
+    let rows = if per_step {
+        packing.tokens()
+    } else {
+        packing.batch()
+    };
     super::resize(dst, rows, width);
     let mut r = 0;
     let mut put = |src: ndarray::ArrayView1<f32>, dst: &mut Array2<F>| {
-        dst.row_mut(r).iter_mut().zip(src).for_each(|(d, &s)| *d = F::from_f32(s));
+        dst.row_mut(r)
+            .iter_mut()
+            .zip(src)
+            .for_each(|(d, &s)| *d = F::from_f32(s));
         r += 1;
     };
     if per_step {

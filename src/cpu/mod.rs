@@ -146,7 +146,13 @@ fn layer_forward<F: Real>(
         let mut cur = cur.slice_mut(s![..n, ..]);
         if t > 0 {
             let prev_off = p.offsets[t - 1];
-            general_mat_mul(F::one(), &prev.slice(s![prev_off..prev_off + n, ..]), &layer.w_hh.t(), F::one(), &mut cur);
+            general_mat_mul(
+                F::one(),
+                &prev.slice(s![prev_off..prev_off + n, ..]),
+                &layer.w_hh.t(),
+                F::one(),
+                &mut cur,
+            );
         } else if let Some(h0) = h0 {
             general_mat_mul(F::one(), h0, &layer.w_hh.t(), F::one(), &mut cur);
         }
@@ -170,8 +176,18 @@ pub fn backward<F: Real>(
     let mut grads = RnnParams::<F>::zeros(config);
 
     // readout
-    let head_in = if config.head == Head::PerStep { &ws.hs[top] } else { &ws.last };
-    general_mat_mul(F::one(), &ws.d_out.t(), head_in, F::zero(), &mut grads.w_out);
+    let head_in = if config.head == Head::PerStep {
+        &ws.hs[top]
+    } else {
+        &ws.last
+    };
+    general_mat_mul(
+        F::one(),
+        &ws.d_out.t(),
+        head_in,
+        F::zero(),
+        &mut grads.w_out,
+    );
     grads.b_out = ws.d_out.sum_axis(Axis(0));
     resize(&mut ws.g, tokens, h);
     match config.head {
@@ -205,14 +221,28 @@ pub fn backward<F: Real>(
                 for t in 1..p.max_len() {
                     let n = p.batch_sizes[t];
                     let (src, dst) = (p.offsets[t - 1], p.offsets[t] - b);
-                    ws.hprev.slice_mut(s![dst..dst + n, ..]).assign(&hs.slice(s![src..src + n, ..]));
+                    ws.hprev
+                        .slice_mut(s![dst..dst + n, ..])
+                        .assign(&hs.slice(s![src..src + n, ..]));
                 }
                 ws.hprev.view()
             };
-            general_mat_mul(F::one(), &ws.g.slice(s![b.., ..]).t(), &prev, F::zero(), &mut gl.w_hh);
+            general_mat_mul(
+                F::one(),
+                &ws.g.slice(s![b.., ..]).t(),
+                &prev,
+                F::zero(),
+                &mut gl.w_hh,
+            );
         }
         if initial.is_some() {
-            general_mat_mul(F::one(), &ws.g.slice(s![..b, ..]).t(), &ws.h0[l], F::one(), &mut gl.w_hh);
+            general_mat_mul(
+                F::one(),
+                &ws.g.slice(s![..b, ..]).t(),
+                &ws.h0[l],
+                F::one(),
+                &mut gl.w_hh,
+            );
         }
         if l > 0 {
             // gradient with respect to the layer below's states: one product over all steps
@@ -273,14 +303,21 @@ fn pack_inputs<F: Real>(batch: &SequenceBatch, x: &mut Array2<F>) {
 fn pack_initial<F: Real>(state: ndarray::ArrayView2<f32>, p: &Packing, dst: &mut Array2<F>) {
     resize(dst, p.batch(), state.ncols());
     for (j, &i) in p.order.iter().enumerate() {
-        dst.row_mut(j).iter_mut().zip(state.row(i)).for_each(|(d, &s)| *d = F::from_f32(s));
+        dst.row_mut(j)
+            .iter_mut()
+            .zip(state.row(i))
+            .for_each(|(d, &s)| *d = F::from_f32(s));
     }
 }
 
 /// The readout of the last [`forward`] in the batch's original order:
 /// `[batch, max_len, output]` with zeros past each length (per-step head) or
 /// `[batch, 1, output]` (last-step head).
-pub fn outputs<F: Real>(config: &RnnConfig, batch: &SequenceBatch, ws: &Workspace<F>) -> Array3<f32> {
+pub fn outputs<F: Real>(
+    config: &RnnConfig,
+    batch: &SequenceBatch,
+    ws: &Workspace<F>,
+) -> Array3<f32> {
     let p = batch.packing();
     let rows = ws.out.mapv(|v| v.to_f64() as f32);
     match config.head {
@@ -290,13 +327,18 @@ pub fn outputs<F: Real>(config: &RnnConfig, batch: &SequenceBatch, ws: &Workspac
 }
 
 /// Each sequence's state at its own last valid step, `[num_layers, batch, hidden]`.
-pub fn final_hidden<F: Real>(config: &RnnConfig, batch: &SequenceBatch, ws: &Workspace<F>) -> Array3<f32> {
+pub fn final_hidden<F: Real>(
+    config: &RnnConfig,
+    batch: &SequenceBatch,
+    ws: &Workspace<F>,
+) -> Array3<f32> {
     let p = batch.packing();
     let mut out = Array3::zeros((config.num_layers, p.batch(), config.hidden_size));
     let last = p.last_rows();
     for (l, hs) in ws.hs.iter().enumerate().take(config.num_layers) {
         let finals = hs.select(Axis(0), &last).mapv(|v| v.to_f64() as f32);
-        out.index_axis_mut(Axis(0), l).assign(&p.unpack_sequences(finals.view()));
+        out.index_axis_mut(Axis(0), l)
+            .assign(&p.unpack_sequences(finals.view()));
     }
     out
 }

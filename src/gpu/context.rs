@@ -48,15 +48,22 @@ pub fn describe_adapter(info: &wgpu::AdapterInfo) -> String {
 /// best type, honouring `WGPU_POWER_PREF=low`. GL adapters rank after the others at equal
 /// type, since compute on GL lacks what wgpu needs on some drivers.
 fn choose_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
-    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all().with_env()));
-    let seen: Vec<String> = adapters.iter().map(|a| describe_adapter(&a.get_info())).collect();
+    let adapters =
+        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all().with_env()));
+    let seen: Vec<String> = adapters
+        .iter()
+        .map(|a| describe_adapter(&a.get_info()))
+        .collect();
     if let Ok(want) = std::env::var("WGPU_ADAPTER_NAME") {
         let want_lower = want.to_lowercase();
         return adapters
             .into_iter()
             .find(|a| a.get_info().name.to_lowercase().contains(&want_lower))
             .ok_or_else(|| Error::NoAdapter {
-                detail: format!(" matching WGPU_ADAPTER_NAME={want:?} (adapters seen: {})", list_or_none(&seen)),
+                detail: format!(
+                    " matching WGPU_ADAPTER_NAME={want:?} (adapters seen: {})",
+                    list_or_none(&seen)
+                ),
             });
     }
     let low_power = wgpu::PowerPreference::from_env() == Some(wgpu::PowerPreference::LowPower);
@@ -64,9 +71,14 @@ fn choose_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
         .into_iter()
         .min_by_key(|a| {
             let info = a.get_info();
-            (type_rank(info.device_type, low_power), info.backend == wgpu::Backend::Gl)
+            (
+                type_rank(info.device_type, low_power),
+                info.backend == wgpu::Backend::Gl,
+            )
         })
-        .ok_or_else(|| Error::NoAdapter { detail: String::new() })
+        .ok_or_else(|| Error::NoAdapter {
+            detail: String::new(),
+        })
 }
 
 fn list_or_none(seen: &[String]) -> String {
@@ -89,7 +101,12 @@ impl GpuContext {
             required_limits: limits.clone(),
             ..Default::default()
         }))
-        .map_err(|e| Error::Gpu(format!("requesting a device from {}: {e}", describe_adapter(&info))))?;
+        .map_err(|e| {
+            Error::Gpu(format!(
+                "requesting a device from {}: {e}",
+                describe_adapter(&info)
+            ))
+        })?;
         let kernels = Kernels::new(&device)?;
         Ok(GpuContext {
             device,
@@ -106,6 +123,13 @@ impl GpuContext {
 
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.info
+    }
+
+    /// The largest storage buffer a kernel may bind, in bytes.
+    pub fn max_storage_binding(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     /// Waits for all submitted work, turning a lost device into an error.

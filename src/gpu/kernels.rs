@@ -140,26 +140,97 @@ impl Kernels {
         let rows = module("rows", shaders::ROWS);
         let optimizer = module("optimizer", shaders::OPTIMIZER);
         let mut next_id = 0;
-        let mut kernel = |module: &wgpu::ShaderModule, name: &'static str, uniform: usize, access: &[Access]| {
-            next_id += 1;
-            Kernel::new(device, next_id, module, name, uniform as u64, access)
-        };
+        let mut kernel =
+            |module: &wgpu::ShaderModule, name: &'static str, uniform: usize, access: &[Access]| {
+                next_id += 1;
+                Kernel::new(device, next_id, module, name, uniform as u64, access)
+            };
         use std::mem::size_of;
         let kernels = Kernels {
-            matmul: kernel(&matmul, "matmul", size_of::<MatmulParams>(), &[Read, Read, Read, Write]),
-            forward_step: kernel(&recurrent, "forward_step", size_of::<StepParams>(), &[Read, Write, Read]),
-            backward_step: kernel(&recurrent, "backward_step", size_of::<StepParams>(), &[Read, Write, Read]),
-            cross_entropy: kernel(&loss, "cross_entropy", size_of::<LossParams>(), &[Read, Write, Write, Read, Read]),
-            squared_error: kernel(&loss, "squared_error", size_of::<LossParams>(), &[Read, Write, Write, Read, Read]),
-            partial_sums: kernel(&reduce, "partial_sums", size_of::<ReduceParams>(), &[Read, Write]),
-            finish_sum: kernel(&reduce, "finish_sum", size_of::<ReduceParams>(), &[Read, Write]),
-            column_sums: kernel(&reduce, "column_sums", size_of::<ReduceParams>(), &[Read, Write]),
-            gather_rows: kernel(&rows, "gather_rows", size_of::<RowsParams>(), &[Read, Read, Write]),
-            scatter_rows: kernel(&rows, "scatter_rows", size_of::<RowsParams>(), &[Read, Read, Write]),
-            prepare_update: kernel(&optimizer, "prepare", size_of::<OptimParams>(), &[Write, Read, Write, Write, Write]),
-            sgd: kernel(&optimizer, "sgd", size_of::<OptimParams>(), &[Write, Read, Write, Write, Write]),
-            momentum: kernel(&optimizer, "momentum", size_of::<OptimParams>(), &[Write, Read, Write, Write, Write]),
-            adam: kernel(&optimizer, "adam", size_of::<OptimParams>(), &[Write, Read, Write, Write, Write]),
+            matmul: kernel(
+                &matmul,
+                "matmul",
+                size_of::<MatmulParams>(),
+                &[Read, Read, Read, Write],
+            ),
+            forward_step: kernel(
+                &recurrent,
+                "forward_step",
+                size_of::<StepParams>(),
+                &[Read, Write, Read],
+            ),
+            backward_step: kernel(
+                &recurrent,
+                "backward_step",
+                size_of::<StepParams>(),
+                &[Read, Write, Read],
+            ),
+            cross_entropy: kernel(
+                &loss,
+                "cross_entropy",
+                size_of::<LossParams>(),
+                &[Read, Write, Write, Read, Read],
+            ),
+            squared_error: kernel(
+                &loss,
+                "squared_error",
+                size_of::<LossParams>(),
+                &[Read, Write, Write, Read, Read],
+            ),
+            partial_sums: kernel(
+                &reduce,
+                "partial_sums",
+                size_of::<ReduceParams>(),
+                &[Read, Write],
+            ),
+            finish_sum: kernel(
+                &reduce,
+                "finish_sum",
+                size_of::<ReduceParams>(),
+                &[Read, Write],
+            ),
+            column_sums: kernel(
+                &reduce,
+                "column_sums",
+                size_of::<ReduceParams>(),
+                &[Read, Write],
+            ),
+            gather_rows: kernel(
+                &rows,
+                "gather_rows",
+                size_of::<RowsParams>(),
+                &[Read, Read, Write],
+            ),
+            scatter_rows: kernel(
+                &rows,
+                "scatter_rows",
+                size_of::<RowsParams>(),
+                &[Read, Read, Write],
+            ),
+            prepare_update: kernel(
+                &optimizer,
+                "prepare",
+                size_of::<OptimParams>(),
+                &[Write, Read, Write, Write, Write],
+            ),
+            sgd: kernel(
+                &optimizer,
+                "sgd",
+                size_of::<OptimParams>(),
+                &[Write, Read, Write, Write, Write],
+            ),
+            momentum: kernel(
+                &optimizer,
+                "momentum",
+                size_of::<OptimParams>(),
+                &[Write, Read, Write, Write, Write],
+            ),
+            adam: kernel(
+                &optimizer,
+                "adam",
+                size_of::<OptimParams>(),
+                &[Write, Read, Write, Write, Write],
+            ),
         };
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("compiling the kernels: {e}")));

@@ -24,3 +24,12 @@ pub(crate) struct OptimizerBuffers {
     /// The device the buffers belong to.
     pub device: wgpu::Device,
 }
+
+/// The largest storage buffer a kernel may bind on `device`'s adapter, in bytes (`None`
+/// for the CPU).
+pub fn max_storage_binding(device: &crate::Device) -> Option<u64> {
+    match &device.kind {
+        crate::device::DeviceKind::Gpu(ctx) => Some(ctx.max_storage_binding()),
+        crate::device::DeviceKind::Cpu => None,
+    }
+}

@@ -1,7 +1,9 @@
 //! `GpuRnn`: the model's parameters and work buffers on one device, and the recording of
 //! forward passes and training steps.
 
-use super::kernels::{self, LossParams, MatmulParams, OptimParams, ReduceParams, RowsParams, StepParams};
+use super::kernels::{
+    self, LossParams, MatmulParams, OptimParams, ReduceParams, RowsParams, StepParams,
+};
 use super::recorder::{read_back, BindGroupCache, Recorder};
 use super::{GpuContext, OptimizerBuffers};
 use crate::batch::{Packing, SequenceBatch, Targets};
@@ -41,7 +43,14 @@ impl ParamLayout {
         }
         let w_out = take(config.output_size * h);
         let b_out = take(config.output_size);
-        ParamLayout { w_ih, w_hh, b, w_out, b_out, len: at }
+        ParamLayout {
+            w_ih,
+            w_hh,
+            b,
+            w_out,
+            b_out,
+            len: at,
+        }
     }
 }
 
@@ -84,19 +93,16 @@ fn storage(ctx: &GpuContext, label: &str, floats: usize) -> wgpu::Buffer {
     ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: (floats.max(1) * 4) as u64,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     })
 }
 
-/// Largest storage buffer a kernel may bind, in bytes.
-fn max_binding(ctx: &GpuContext) -> u64 {
-    (ctx.limits.max_storage_buffer_binding_size as u64).min(ctx.limits.max_buffer_size)
-}
-
 fn check_fits(ctx: &GpuContext, what: &str, floats: usize) -> Result<()> {
     let bytes = floats as u64 * 4;
-    let limit = max_binding(ctx);
+    let limit = ctx.max_storage_binding();
     if bytes > limit || floats > u32::MAX as usize {
         return Err(Error::ExceedsDeviceLimit {
             what: what.to_string(),
@@ -113,11 +119,16 @@ impl GpuRnn {
         let layout = ParamLayout::new(config);
         check_fits(&ctx, "the parameter buffer", layout.len)?;
         let buf = storage(&ctx, "params", layout.len);
-        ctx.queue.write_buffer(&buf, 0, bytemuck::cast_slice(&params.to_flat()));
+        ctx.queue
+            .write_buffer(&buf, 0, bytemuck::cast_slice(&params.to_flat()));
         let grads = storage(&ctx, "grads", layout.len);
         let scalars = storage(&ctx, "scalars", 4);
         let partials = storage(&ctx, "partials", PARTIALS);
-        let dummies = [storage(&ctx, "dummy0", 4), storage(&ctx, "dummy1", 4), storage(&ctx, "dummy2", 4)];
+        let dummies = [
+            storage(&ctx, "dummy0", 4),
+            storage(&ctx, "dummy1", 4),
+            storage(&ctx, "dummy2", 4),
+        ];
         Ok(GpuRnn {
             ctx,
             layout,
@@ -143,8 +154,17 @@ impl GpuRnn {
             Some(w) => (w.tokens.max(tokens), w.batch.max(batch)),
             None => (tokens, batch),
         };
-        let (i, h, o, l) = (config.input_size, config.hidden_size, config.output_size, config.num_layers);
-        let rows = if config.head == Head::PerStep { tokens } else { batch };
+        let (i, h, o, l) = (
+            config.input_size,
+            config.hidden_size,
+            config.output_size,
+            config.num_layers,
+        );
+        let rows = if config.head == Head::PerStep {
+            tokens
+        } else {
+            batch
+        };
         for (what, n) in [
             ("the packed inputs (tokens x input_size)", tokens * i),
             ("one layer's states (tokens x hidden_size)", tokens * h),
@@ -152,6 +172,16 @@ impl GpuRnn {
             ("the final states", l * batch * h),
         ] {
             check_fits(&self.ctx, what, n)?;
+        }
+        let max_groups = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
+        let needed_groups = (tokens.max(rows) as u64).div_ceil(64);
+        if needed_groups > max_groups {
+            return Err(Error::ExceedsDeviceLimit {
+                what: "workgroups per dimension of the batch-wide matrix products".into(),
+                needed: needed_groups,
+                limit: max_groups,
+                hint: "use a smaller batch or shorter sequences",
+            });
         }
         let ctx = &self.ctx;
         self.cache.get_mut().expect("bind group cache").clear();
@@ -198,11 +228,19 @@ impl GpuRnn {
             Targets::Values(v) => {
                 let mut packed = ndarray::Array2::<f32>::zeros((0, 0));
                 crate::cpu::pack_values(v, p, per_step, &mut packed);
-                q.write_buffer(&w.values, 0, bytemuck::cast_slice(packed.as_slice().expect("fresh array")));
+                q.write_buffer(
+                    &w.values,
+                    0,
+                    bytemuck::cast_slice(packed.as_slice().expect("fresh array")),
+                );
             }
         }
         let to_u32 = |v: Vec<usize>| v.into_iter().map(|r| r as u32).collect::<Vec<u32>>();
-        q.write_buffer(&w.last_index, 0, bytemuck::cast_slice(&to_u32(p.last_rows())));
+        q.write_buffer(
+            &w.last_index,
+            0,
+            bytemuck::cast_slice(&to_u32(p.last_rows())),
+        );
         let prev = to_u32(p.previous_rows());
         if !prev.is_empty() {
             q.write_buffer(&w.prev_index, 0, bytemuck::cast_slice(&prev));
@@ -210,7 +248,12 @@ impl GpuRnn {
     }
 
     /// Records the forward pass and the loss (into `scalars[0]`, with `d_out`).
-    fn record_forward<'a>(&'a self, rec: &mut Recorder<'a>, config: &RnnConfig, batch: &SequenceBatch) {
+    fn record_forward<'a>(
+        &'a self,
+        rec: &mut Recorder<'a>,
+        config: &RnnConfig,
+        batch: &SequenceBatch,
+    ) {
         let k = &self.ctx.kernels;
         let w = self.work.as_ref().expect("ensure_work ran");
         let p = batch.packing();
@@ -223,7 +266,16 @@ impl GpuRnn {
             // hoisted: W_ih x(t) + b for every step at once
             rec.dispatch(
                 &k.matmul,
-                matmul(tokens, h, in_size, kernels::TRANS_B | kernels::ADD_BIAS, (0, in_size), (self.layout.w_ih[l], in_size), (0, h), self.layout.b[l]),
+                matmul(
+                    tokens,
+                    h,
+                    in_size,
+                    kernels::TRANS_B | kernels::ADD_BIAS,
+                    (0, in_size),
+                    (self.layout.w_ih[l], in_size),
+                    (0, h),
+                    self.layout.b[l],
+                ),
                 &[input, &self.params, &self.params, &w.hs[l]],
                 matmul_groups(tokens, h),
             );
@@ -233,12 +285,21 @@ impl GpuRnn {
                     rows_next: 0,
                     hidden: h,
                     cur_offset: p.offsets[t] as u32 * h,
-                    other_offset: if t > 0 { p.offsets[t - 1] as u32 * h } else { 0 },
+                    other_offset: if t > 0 {
+                        p.offsets[t - 1] as u32 * h
+                    } else {
+                        0
+                    },
                     w_offset: self.layout.w_hh[l],
                     relu,
                     has_other: (t > 0) as u32,
                 };
-                rec.dispatch(&k.forward_step, step, &[&self.params, &w.hs[l], &self.dummies[0]], [h.div_ceil(16), (n as u32).div_ceil(16), 1]);
+                rec.dispatch(
+                    &k.forward_step,
+                    step,
+                    &[&self.params, &w.hs[l], &self.dummies[0]],
+                    [h.div_ceil(16), (n as u32).div_ceil(16), 1],
+                );
             }
         }
         let top = &w.hs[config.num_layers - 1];
@@ -246,41 +307,110 @@ impl GpuRnn {
             Head::PerStep => (top, tokens),
             Head::LastStep => {
                 let b = p.batch() as u32;
-                rec.dispatch_1d(&k.gather_rows, RowsParams { rows: b, cols: h, src_offset: 0, dst_offset: 0 }, &[&w.last_index, top, &w.last], (b * h) as usize);
+                rec.dispatch_1d(
+                    &k.gather_rows,
+                    RowsParams {
+                        rows: b,
+                        cols: h,
+                        src_offset: 0,
+                        dst_offset: 0,
+                    },
+                    &[&w.last_index, top, &w.last],
+                    (b * h) as usize,
+                );
                 (&w.last, b)
             }
         };
         rec.dispatch(
             &k.matmul,
-            matmul(rows, o, h, kernels::TRANS_B | kernels::ADD_BIAS, (0, h), (self.layout.w_out, h), (0, o), self.layout.b_out),
+            matmul(
+                rows,
+                o,
+                h,
+                kernels::TRANS_B | kernels::ADD_BIAS,
+                (0, h),
+                (self.layout.w_out, h),
+                (0, o),
+                self.layout.b_out,
+            ),
             &[head_in, &self.params, &self.params, &w.out],
             matmul_groups(rows, o),
         );
         let (kernel, scale, finish_scale) = match batch.targets() {
             Targets::Classes(_) => (&k.cross_entropy, 1.0 / rows as f32, 1.0 / rows as f64),
-            Targets::Values(_) => (&k.squared_error, 2.0 / (rows as f32 * o as f32), 1.0 / (rows as f64 * o as f64)),
+            Targets::Values(_) => (
+                &k.squared_error,
+                2.0 / (rows as f32 * o as f32),
+                1.0 / (rows as f64 * o as f64),
+            ),
         };
         rec.dispatch_1d(
             kernel,
-            LossParams { rows, cols: o, scale, _pad: 0 },
+            LossParams {
+                rows,
+                cols: o,
+                scale,
+                _pad: 0,
+            },
             &[&w.out, &w.d_out, &w.row_loss, &w.classes, &w.values],
             rows as usize,
         );
-        self.record_sum(rec, &w.row_loss, rows as usize, false, 0, finish_scale as f32);
+        self.record_sum(
+            rec,
+            &w.row_loss,
+            rows as usize,
+            false,
+            0,
+            finish_scale as f32,
+        );
     }
 
     /// `scalars[slot] = scale * Σ input[..len]` (of squares when `square`).
-    fn record_sum<'a>(&'a self, rec: &mut Recorder<'a>, input: &'a wgpu::Buffer, len: usize, square: bool, slot: u32, scale: f32) {
+    fn record_sum<'a>(
+        &'a self,
+        rec: &mut Recorder<'a>,
+        input: &'a wgpu::Buffer,
+        len: usize,
+        square: bool,
+        slot: u32,
+        scale: f32,
+    ) {
         let k = &self.ctx.kernels;
         let groups = len.div_ceil(256).clamp(1, PARTIALS) as u32;
-        let params = ReduceParams { len: len as u32, offset: 0, square: square as u32, cols: 0, out_offset: slot, scale, _pad: [0; 2] };
-        rec.dispatch(&k.partial_sums, params, &[input, &self.partials], [groups, 1, 1]);
-        rec.dispatch(&k.finish_sum, ReduceParams { len: groups, ..params }, &[&self.partials, &self.scalars], [1, 1, 1]);
+        let params = ReduceParams {
+            len: len as u32,
+            offset: 0,
+            square: square as u32,
+            cols: 0,
+            out_offset: slot,
+            scale,
+            _pad: [0; 2],
+        };
+        rec.dispatch(
+            &k.partial_sums,
+            params,
+            &[input, &self.partials],
+            [groups, 1, 1],
+        );
+        rec.dispatch(
+            &k.finish_sum,
+            ReduceParams {
+                len: groups,
+                ..params
+            },
+            &[&self.partials, &self.scalars],
+            [1, 1, 1],
+        );
     }
 
     /// Records back-propagation through time after [`GpuRnn::record_forward`], writing
     /// every gradient into the flat gradient buffer.
-    fn record_backward<'a>(&'a self, rec: &mut Recorder<'a>, config: &RnnConfig, batch: &SequenceBatch) {
+    fn record_backward<'a>(
+        &'a self,
+        rec: &mut Recorder<'a>,
+        config: &RnnConfig,
+        batch: &SequenceBatch,
+    ) {
         let k = &self.ctx.kernels;
         let w = self.work.as_ref().expect("ensure_work ran");
         let lay = &self.layout;
@@ -297,7 +427,16 @@ impl GpuRnn {
         // readout: dW_out = d_outᵀ · head_in, db_out = Σ rows d_out
         rec.dispatch(
             &k.matmul,
-            matmul(o, h, rows, kernels::TRANS_A, (0, o), (0, h), (lay.w_out, h), 0),
+            matmul(
+                o,
+                h,
+                rows,
+                kernels::TRANS_A,
+                (0, o),
+                (0, h),
+                (lay.w_out, h),
+                0,
+            ),
             &[&w.d_out, head_in, &self.params, &self.grads],
             matmul_groups(o, h),
         );
@@ -318,7 +457,17 @@ impl GpuRnn {
                     &[&w.d_out, &self.params, &self.params, &w.hprev],
                     matmul_groups(b, h),
                 );
-                rec.dispatch_1d(&k.scatter_rows, RowsParams { rows: b, cols: h, src_offset: 0, dst_offset: 0 }, &[&w.last_index, &w.hprev, &w.g], (b * h) as usize);
+                rec.dispatch_1d(
+                    &k.scatter_rows,
+                    RowsParams {
+                        rows: b,
+                        cols: h,
+                        src_offset: 0,
+                        dst_offset: 0,
+                    },
+                    &[&w.last_index, &w.hprev, &w.g],
+                    (b * h) as usize,
+                );
             }
         }
         let (mut g, mut g_below) = (&w.g, &w.g_below);
@@ -332,19 +481,37 @@ impl GpuRnn {
                     rows_next: n_next,
                     hidden: h,
                     cur_offset: p.offsets[t] as u32 * h,
-                    other_offset: if n_next > 0 { p.offsets[t + 1] as u32 * h } else { 0 },
+                    other_offset: if n_next > 0 {
+                        p.offsets[t + 1] as u32 * h
+                    } else {
+                        0
+                    },
                     w_offset: lay.w_hh[l],
                     relu,
                     has_other: 0,
                 };
-                rec.dispatch(&k.backward_step, step, &[&self.params, g, hs], [h.div_ceil(16), n.div_ceil(16), 1]);
+                rec.dispatch(
+                    &k.backward_step,
+                    step,
+                    &[&self.params, g, hs],
+                    [h.div_ceil(16), n.div_ceil(16), 1],
+                );
             }
             let input = if l == 0 { &w.x } else { &w.hs[l - 1] };
             let in_size = config.layer_input_size(l) as u32;
             // dW_ih = Σ_t dA(t)ᵀ in(t): one product over all steps
             rec.dispatch(
                 &k.matmul,
-                matmul(h, in_size, tokens, kernels::TRANS_A, (0, h), (0, in_size), (lay.w_ih[l], in_size), 0),
+                matmul(
+                    h,
+                    in_size,
+                    tokens,
+                    kernels::TRANS_A,
+                    (0, h),
+                    (0, in_size),
+                    (lay.w_ih[l], in_size),
+                    0,
+                ),
                 &[g, input, &self.params, &self.grads],
                 matmul_groups(h, in_size),
             );
@@ -355,12 +522,31 @@ impl GpuRnn {
             let prev = if fixed_length || later == 0 {
                 hs
             } else {
-                rec.dispatch_1d(&k.gather_rows, RowsParams { rows: later, cols: h, src_offset: 0, dst_offset: 0 }, &[&w.prev_index, hs, &w.hprev], (later * h) as usize);
+                rec.dispatch_1d(
+                    &k.gather_rows,
+                    RowsParams {
+                        rows: later,
+                        cols: h,
+                        src_offset: 0,
+                        dst_offset: 0,
+                    },
+                    &[&w.prev_index, hs, &w.hprev],
+                    (later * h) as usize,
+                );
                 &w.hprev
             };
             rec.dispatch(
                 &k.matmul,
-                matmul(h, h, later, kernels::TRANS_A, (b * h, h), (0, h), (lay.w_hh[l], h), 0),
+                matmul(
+                    h,
+                    h,
+                    later,
+                    kernels::TRANS_A,
+                    (b * h, h),
+                    (0, h),
+                    (lay.w_hh[l], h),
+                    0,
+                ),
                 &[g, prev, &self.params, &self.grads],
                 matmul_groups(h, h),
             );
@@ -377,9 +563,29 @@ impl GpuRnn {
         }
     }
 
-    fn record_column_sums<'a>(&'a self, rec: &mut Recorder<'a>, input: &'a wgpu::Buffer, rows: u32, cols: u32, out_offset: u32) {
-        let params = ReduceParams { len: rows, offset: 0, square: 0, cols, out_offset, scale: 1.0, _pad: [0; 2] };
-        rec.dispatch_1d(&self.ctx.kernels.column_sums, params, &[input, &self.grads], cols as usize);
+    fn record_column_sums<'a>(
+        &'a self,
+        rec: &mut Recorder<'a>,
+        input: &'a wgpu::Buffer,
+        rows: u32,
+        cols: u32,
+        out_offset: u32,
+    ) {
+        let params = ReduceParams {
+            len: rows,
+            offset: 0,
+            square: 0,
+            cols,
+            out_offset,
+            scale: 1.0,
+            _pad: [0; 2],
+        };
+        rec.dispatch_1d(
+            &self.ctx.kernels.column_sums,
+            params,
+            &[input, &self.grads],
+            cols as usize,
+        );
     }
 
     pub fn forward(&mut self, config: &RnnConfig, batch: &SequenceBatch) -> Result<Forward> {
@@ -393,15 +599,31 @@ impl GpuRnn {
         for l in 0..config.num_layers {
             rec.dispatch_1d(
                 &self.ctx.kernels.gather_rows,
-                RowsParams { rows: b, cols: h, src_offset: 0, dst_offset: l as u32 * b * h },
+                RowsParams {
+                    rows: b,
+                    cols: h,
+                    src_offset: 0,
+                    dst_offset: l as u32 * b * h,
+                },
                 &[&w.last_index, &w.hs[l], &w.final_h],
                 (b * h) as usize,
             );
         }
         rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
-        let rows = if config.head == Head::PerStep { p.tokens() } else { p.batch() };
+        let rows = if config.head == Head::PerStep {
+            p.tokens()
+        } else {
+            p.batch()
+        };
         let (o, hu, bu) = (config.output_size, config.hidden_size, p.batch());
-        let data = read_back(&self.ctx, &[(&w.out, 0, rows * o), (&w.final_h, 0, config.num_layers * bu * hu), (&self.scalars, 0, 1)])?;
+        let data = read_back(
+            &self.ctx,
+            &[
+                (&w.out, 0, rows * o),
+                (&w.final_h, 0, config.num_layers * bu * hu),
+                (&self.scalars, 0, 1),
+            ],
+        )?;
         let out = ArrayView2::from_shape((rows, o), &data[0]).expect("sized above");
         let outputs = match config.head {
             Head::PerStep => p.unpack_steps(out),
@@ -409,30 +631,51 @@ impl GpuRnn {
         };
         let mut final_hidden = ndarray::Array3::zeros((config.num_layers, bu, hu));
         for l in 0..config.num_layers {
-            let rows = ArrayView2::from_shape((bu, hu), &data[1][l * bu * hu..(l + 1) * bu * hu]).expect("sized above");
-            final_hidden.index_axis_mut(Axis(0), l).assign(&p.unpack_sequences(rows));
+            let rows = ArrayView2::from_shape((bu, hu), &data[1][l * bu * hu..(l + 1) * bu * hu])
+                .expect("sized above");
+            final_hidden
+                .index_axis_mut(Axis(0), l)
+                .assign(&p.unpack_sequences(rows));
         }
-        Ok(Forward { outputs, final_hidden, loss: data[2][0] })
+        Ok(Forward {
+            outputs,
+            final_hidden,
+            loss: data[2][0],
+        })
     }
 
-    pub fn loss_and_gradients(&mut self, config: &RnnConfig, batch: &SequenceBatch) -> Result<(f32, RnnParams)> {
+    pub fn loss_and_gradients(
+        &mut self,
+        config: &RnnConfig,
+        batch: &SequenceBatch,
+    ) -> Result<(f32, RnnParams)> {
         self.ensure_work(config, batch.packing())?;
         self.upload(config, batch);
         let mut rec = Recorder::new(&self.ctx);
         self.record_forward(&mut rec, config, batch);
         self.record_backward(&mut rec, config, batch);
         rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
-        let data = read_back(&self.ctx, &[(&self.scalars, 0, 1), (&self.grads, 0, self.layout.len)])?;
+        let data = read_back(
+            &self.ctx,
+            &[(&self.scalars, 0, 1), (&self.grads, 0, self.layout.len)],
+        )?;
         let mut grads = RnnParams::zeros(config);
         grads.assign_flat(&data[1]);
         Ok((data[0][0], grads))
     }
 
-    pub fn train_step(&mut self, config: &RnnConfig, batch: &SequenceBatch, optimizer: &mut Optimizer) -> Result<f32> {
+    pub fn train_step(
+        &mut self,
+        config: &RnnConfig,
+        batch: &SequenceBatch,
+        optimizer: &mut Optimizer,
+    ) -> Result<f32> {
         self.ensure_work(config, batch.packing())?;
         self.ensure_optimizer(optimizer)?;
         self.upload(config, batch);
-        let State::Gpu(state) = &optimizer.state else { unreachable!("ensure_optimizer set the state") };
+        let State::Gpu(state) = &optimizer.state else {
+            unreachable!("ensure_optimizer set the state")
+        };
         let mut rec = Recorder::new(&self.ctx);
         self.record_forward(&mut rec, config, batch);
         self.record_backward(&mut rec, config, batch);
@@ -456,7 +699,12 @@ impl GpuRnn {
                 params.momentum = momentum;
                 &k.momentum
             }
-            OptimizerKind::Adam { lr, beta1, beta2, eps } => {
+            OptimizerKind::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+            } => {
                 let c = AdamCoefficients::new(lr, beta1, beta2, step);
                 params.lr = lr;
                 params.momentum = beta1;
@@ -494,7 +742,9 @@ impl GpuRnn {
                 };
                 let zeroed = |label| {
                     let b = storage(&self.ctx, label, n);
-                    self.ctx.queue.write_buffer(&b, 0, bytemuck::cast_slice(&vec![0f32; n]));
+                    self.ctx
+                        .queue
+                        .write_buffer(&b, 0, bytemuck::cast_slice(&vec![0f32; n]));
                     b
                 };
                 optimizer.state = State::Gpu(OptimizerBuffers {
@@ -509,11 +759,16 @@ impl GpuRnn {
             State::Gpu(s) => Err(Error::OptimizerMismatch(format!(
                 "state is for {} parameters on {}, this model has {n} on {}",
                 s.len,
-                if s.device == self.ctx.device { "this device" } else { "another device" },
+                if s.device == self.ctx.device {
+                    "this device"
+                } else {
+                    "another device"
+                },
                 self.ctx.describe()
             ))),
             State::Cpu(_) => Err(Error::OptimizerMismatch(
-                "this optimizer's state lives on the CPU; use a fresh optimizer for a GPU model".into(),
+                "this optimizer's state lives on the CPU; use a fresh optimizer for a GPU model"
+                    .into(),
             )),
         }
     }
@@ -528,7 +783,16 @@ impl GpuRnn {
 
 /// A matrix product's parameters: `(offset, stride)` of A, B and C.
 #[allow(clippy::too_many_arguments)]
-fn matmul(m: u32, n: u32, k: u32, flags: u32, a: (u32, u32), b: (u32, u32), c: (u32, u32), bias_offset: u32) -> MatmulParams {
+fn matmul(
+    m: u32,
+    n: u32,
+    k: u32,
+    flags: u32,
+    a: (u32, u32),
+    b: (u32, u32),
+    c: (u32, u32),
+    bias_offset: u32,
+) -> MatmulParams {
     MatmulParams {
         m,
         n,

@@ -57,14 +57,27 @@ impl<'a> Recorder<'a> {
 
     /// A dispatch of `kernel` with `params` as its uniform block and `buffers` bound
     /// at 1.. in order.
-    pub fn dispatch<P: Pod>(&mut self, kernel: &'a Kernel, params: P, buffers: &[&'a wgpu::Buffer], workgroups: [u32; 3]) {
-        debug_assert_eq!(std::mem::size_of::<P>() as u64, kernel.uniform_size, "{}", kernel.name);
+    pub fn dispatch<P: Pod>(
+        &mut self,
+        kernel: &'a Kernel,
+        params: P,
+        buffers: &[&'a wgpu::Buffer],
+        workgroups: [u32; 3],
+    ) {
+        debug_assert_eq!(
+            std::mem::size_of::<P>() as u64,
+            kernel.uniform_size,
+            "{}",
+            kernel.name
+        );
         if workgroups.contains(&0) {
             return;
         }
         let slot = (self.uniform_data.len() / self.slot_size) as u32;
-        self.uniform_data.extend_from_slice(bytemuck::bytes_of(&params));
-        self.uniform_data.resize((slot as usize + 1) * self.slot_size, 0);
+        self.uniform_data
+            .extend_from_slice(bytemuck::bytes_of(&params));
+        self.uniform_data
+            .resize((slot as usize + 1) * self.slot_size, 0);
         self.commands.push(Command::Dispatch {
             kernel,
             buffers: buffers.to_vec(),
@@ -76,10 +89,20 @@ impl<'a> Recorder<'a> {
     /// A one-dimensional dispatch of `threads` threads in workgroups of 256, folded into
     /// two dimensions past the adapter's per-dimension limit (kernels index with
     /// `gid.x + gid.y * num_workgroups.x * 256`).
-    pub fn dispatch_1d<P: Pod>(&mut self, kernel: &'a Kernel, params: P, buffers: &[&'a wgpu::Buffer], threads: usize) {
+    pub fn dispatch_1d<P: Pod>(
+        &mut self,
+        kernel: &'a Kernel,
+        params: P,
+        buffers: &[&'a wgpu::Buffer],
+        threads: usize,
+    ) {
         let groups = threads.div_ceil(256) as u32;
         let max = self.ctx.limits.max_compute_workgroups_per_dimension.max(1);
-        let (x, y) = if groups <= max { (groups, 1) } else { (max, groups.div_ceil(max)) };
+        let (x, y) = if groups <= max {
+            (groups, 1)
+        } else {
+            (max, groups.div_ceil(max))
+        };
         self.dispatch(kernel, params, buffers, [x, y, 1]);
     }
 
@@ -103,23 +126,35 @@ impl<'a> Recorder<'a> {
         }
         if cache.uniforms.as_ref().is_none_or(|u| u.size() < needed) {
             cache.groups.clear();
-            cache.uniforms = Some(device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("unfold uniforms"),
-                size: needed.next_power_of_two().min(self.ctx.limits.max_buffer_size.max(needed)),
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            }));
+            cache.uniforms = Some(
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("unfold uniforms"),
+                    size: needed
+                        .next_power_of_two()
+                        .min(self.ctx.limits.max_buffer_size.max(needed)),
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }),
+            );
         }
         let uniforms = cache.uniforms.clone().expect("just created");
         if !self.uniform_data.is_empty() {
-            self.ctx.queue.write_buffer(&uniforms, 0, &self.uniform_data);
+            self.ctx
+                .queue
+                .write_buffer(&uniforms, 0, &self.uniform_data);
         }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         // bind groups first: the pass borrows them
         let mut keys = Vec::with_capacity(self.commands.len());
         for cmd in &self.commands {
-            if let Command::Dispatch { kernel, buffers, .. } = cmd {
-                let key = (kernel.id, buffers.iter().map(|b| (*b).clone()).collect::<Vec<_>>());
+            if let Command::Dispatch {
+                kernel, buffers, ..
+            } = cmd
+            {
+                let key = (
+                    kernel.id,
+                    buffers.iter().map(|b| (*b).clone()).collect::<Vec<_>>(),
+                );
                 if !cache.groups.contains_key(&key) {
                     let mut entries = vec![wgpu::BindGroupEntry {
                         binding: 0,
@@ -147,7 +182,9 @@ impl<'a> Recorder<'a> {
                 keys.push(None);
             }
         }
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("unfold step") });
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("unfold step"),
+        });
         let mut i = 0;
         while i < self.commands.len() {
             match &self.commands[i] {
@@ -156,7 +193,13 @@ impl<'a> Recorder<'a> {
                         label: Some("unfold"),
                         timestamp_writes: None,
                     });
-                    while let Some(Command::Dispatch { kernel, slot, workgroups, .. }) = self.commands.get(i) {
+                    while let Some(Command::Dispatch {
+                        kernel,
+                        slot,
+                        workgroups,
+                        ..
+                    }) = self.commands.get(i)
+                    {
                         let group = &cache.groups[keys[i].as_ref().expect("dispatch has a key")];
                         pass.set_pipeline(&kernel.pipeline);
                         pass.set_bind_group(0, group, &[slot * self.slot_size as u32]);
@@ -180,15 +223,25 @@ impl<'a> Recorder<'a> {
 
 /// Reads `sizes[i]` f32 values from each buffer region after everything submitted so far,
 /// through one mapped staging buffer.
-pub(crate) fn read_back(ctx: &GpuContext, regions: &[(&wgpu::Buffer, u64, usize)]) -> Result<Vec<Vec<f32>>> {
-    let total: u64 = regions.iter().map(|(_, _, n)| (*n as u64 * 4).next_multiple_of(8)).sum();
+pub(crate) fn read_back(
+    ctx: &GpuContext,
+    regions: &[(&wgpu::Buffer, u64, usize)],
+) -> Result<Vec<Vec<f32>>> {
+    let total: u64 = regions
+        .iter()
+        .map(|(_, _, n)| (*n as u64 * 4).next_multiple_of(8))
+        .sum();
     let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("unfold read-back"),
         size: total.max(8),
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read-back") });
+    let mut encoder = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("read-back"),
+        });
     let mut at = 0;
     for (buf, offset, n) in regions {
         if *n > 0 {
@@ -212,7 +265,9 @@ pub(crate) fn read_back(ctx: &GpuContext, regions: &[(&wgpu::Buffer, u64, usize)
     let mut out = Vec::with_capacity(regions.len());
     let mut at = 0usize;
     for (_, _, n) in regions {
-        out.push(bytemuck::pod_collect_to_vec::<u8, f32>(&view[at..at + n * 4]));
+        out.push(bytemuck::pod_collect_to_vec::<u8, f32>(
+            &view[at..at + n * 4],
+        ));
         at += (n * 4).next_multiple_of(8);
     }
     drop(view);

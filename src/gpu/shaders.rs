@@ -20,9 +20,13 @@ pub const ALL: &[(&str, &str)] = &[
 /// Parses and validates a WGSL source with naga, as wgpu would before compiling it.
 pub fn validate(name: &str, source: &str) -> Result<(), String> {
     use wgpu::naga;
-    let module = naga::front::wgsl::parse_str(source).map_err(|e| format!("{name}: {}", e.emit_to_string(source)))?;
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
-        .validate(&module)
+    let module = naga::front::wgsl::parse_str(source)
         .map_err(|e| format!("{name}: {}", e.emit_to_string(source)))?;
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&module)
+    .map_err(|e| format!("{name}: {}", e.emit_to_string(source)))?;
     Ok(())
 }

@@ -27,7 +27,12 @@ pub fn gpu() -> Option<Device> {
 /// Relative error ‖a−b‖/‖b‖ with a floor on ‖b‖, and on failure the worst element.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-    let diff: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+    let diff: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
     let rel = diff / norm.max(1e-6);
     if rel > tol || got.iter().any(|v| !v.is_finite()) {
@@ -37,7 +42,11 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
             .enumerate()
             .map(|(i, (a, b))| (i, ((a - b) as f64).abs()))
             .fold((0, -1.0), |m, x| if x.1 > m.1 { x } else { m });
-        let bad = got.iter().zip(want).filter(|(a, b)| ((*a - *b) as f64).abs() > tol * (b.abs() as f64).max(1e-3)).count();
+        let bad = got
+            .iter()
+            .zip(want)
+            .filter(|(a, b)| ((*a - *b) as f64).abs() > tol * (b.abs() as f64).max(1e-3))
+            .count();
         panic!(
             "{what}: relative error {rel:.3e} > {tol:.0e}; {bad} of {} elements off, worst at {worst}: got {} want {}",
             got.len(),
@@ -59,7 +68,12 @@ pub fn flat<D: unfold::ndarray::Dimension>(a: &unfold::ndarray::Array<f32, D>) -
 }
 
 /// A random batch for `config` with the given lengths (class or value targets).
-pub fn random_batch(config: &RnnConfig, lengths: &[usize], values: bool, seed: u64) -> SequenceBatch {
+pub fn random_batch(
+    config: &RnnConfig,
+    lengths: &[usize],
+    values: bool,
+    seed: u64,
+) -> SequenceBatch {
     let mut rng = SplitMix64::new(seed);
     let inputs: Vec<Array2<f32>> = lengths
         .iter()
@@ -70,14 +84,20 @@ pub fn random_batch(config: &RnnConfig, lengths: &[usize], values: bool, seed: u
         Targets::Values(
             lengths
                 .iter()
-                .map(|&len| Array2::from_shape_simple_fn((rows(len), config.output_size), || rng.normal()))
+                .map(|&len| {
+                    Array2::from_shape_simple_fn((rows(len), config.output_size), || rng.normal())
+                })
                 .collect(),
         )
     } else {
         Targets::Classes(
             lengths
                 .iter()
-                .map(|&len| (0..rows(len)).map(|_| rng.below(config.output_size) as u32).collect())
+                .map(|&len| {
+                    (0..rows(len))
+                        .map(|_| rng.below(config.output_size) as u32)
+                        .collect()
+                })
                 .collect(),
         )
     };
@@ -85,11 +105,26 @@ pub fn random_batch(config: &RnnConfig, lengths: &[usize], values: bool, seed: u
 }
 
 /// A config from its parts.
-pub fn config(i: usize, h: usize, o: usize, layers: usize, relu: bool, last_step: bool) -> RnnConfig {
+pub fn config(
+    i: usize,
+    h: usize,
+    o: usize,
+    layers: usize,
+    relu: bool,
+    last_step: bool,
+) -> RnnConfig {
     RnnConfig::new(i, h, o)
         .num_layers(layers)
-        .nonlinearity(if relu { Nonlinearity::Relu } else { Nonlinearity::Tanh })
-        .head(if last_step { Head::LastStep } else { Head::PerStep })
+        .nonlinearity(if relu {
+            Nonlinearity::Relu
+        } else {
+            Nonlinearity::Tanh
+        })
+        .head(if last_step {
+            Head::LastStep
+        } else {
+            Head::PerStep
+        })
 }
 
 /// Parameters with a random (nonzero) bias so that relu units are a mix of on and off.

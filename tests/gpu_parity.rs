@@ -1,0 +1,207 @@
+//! GPU path against the CPU reference path, relative error ≤ 1e-4: forward outputs,
+//! final states, loss, every gradient, and parameters after SGD + clipping and after
+//! several Adam steps, over randomized shapes that include sizes off the 64/16 tile grid,
+//! batch 1, hidden 1, length-1 sequences, mixed lengths and 2 layers.
+
+mod common;
+
+use unfold::rng::SplitMix64;
+use unfold::{Device, Optimizer, Rnn, RnnConfig, SequenceBatch};
+
+const TOL: f64 = 1e-4;
+
+struct Problem {
+    label: String,
+    config: RnnConfig,
+    batch: SequenceBatch,
+    seed: u64,
+}
+
+fn problem(config: RnnConfig, values: bool, lengths: &[usize], seed: u64) -> Problem {
+    Problem {
+        label: format!(
+            "{config:?} {} lengths {lengths:?}",
+            if values { "mse" } else { "ce" }
+        ),
+        batch: common::random_batch(&config, lengths, values, seed),
+        config,
+        seed,
+    }
+}
+
+/// Fixed corner cases plus seeded random shapes.
+fn problems() -> Vec<Problem> {
+    let mut out = vec![
+        problem(common::config(3, 1, 2, 1, false, false), false, &[1], 1), // batch 1, hidden 1, length 1
+        problem(common::config(1, 1, 1, 2, true, true), true, &[2, 1, 3], 2), // everything 1-wide, 2 layers
+        problem(
+            common::config(5, 70, 67, 2, false, false),
+            false,
+            &[9, 1, 4, 9, 2],
+            3,
+        ), // off the tile grid
+        problem(
+            common::config(4, 17, 3, 1, true, false),
+            true,
+            &[6, 6, 6],
+            4,
+        ), // fixed length
+        problem(
+            common::config(66, 65, 5, 1, false, true),
+            false,
+            &[3, 7, 1, 5],
+            5,
+        ), // wide input, last step
+    ];
+    let mut rng = SplitMix64::new(2026);
+    for k in 0..6 {
+        let b = 1 + rng.below(7);
+        let lengths: Vec<usize> = (0..b).map(|_| 1 + rng.below(12)).collect();
+        let (i, h, o, layers) = (
+            1 + rng.below(40),
+            1 + rng.below(80),
+            1 + rng.below(40),
+            1 + rng.below(2),
+        );
+        let (relu, last, values) = (rng.below(2) == 1, rng.below(2) == 1, rng.below(2) == 1);
+        out.push(problem(
+            common::config(i, h, o, layers, relu, last),
+            values,
+            &lengths,
+            100 + k,
+        ));
+    }
+    out
+}
+
+fn pair(p: &Problem, gpu: &Device) -> (Rnn, Rnn) {
+    let params = common::params(&p.config, p.seed);
+    (
+        Rnn::new(p.config.clone(), params.clone(), &Device::cpu()).expect("cpu model"),
+        Rnn::new(p.config.clone(), params, gpu).expect("gpu model"),
+    )
+}
+
+#[test]
+fn forward_and_gradients_match_cpu() {
+    let Some(gpu) = common::gpu() else { return };
+    for p in problems() {
+        let (mut cpu, mut dev) = pair(&p, &gpu);
+        let (want, got) = (
+            cpu.forward(&p.batch).expect("cpu"),
+            dev.forward(&p.batch).expect("gpu"),
+        );
+        assert_eq!(want.outputs.shape(), got.outputs.shape(), "{}", p.label);
+        common::assert_close(
+            &format!("{} outputs", p.label),
+            &common::flat(&got.outputs),
+            &common::flat(&want.outputs),
+            TOL,
+        );
+        common::assert_close(
+            &format!("{} final_hidden", p.label),
+            &common::flat(&got.final_hidden),
+            &common::flat(&want.final_hidden),
+            TOL,
+        );
+        common::assert_close(&format!("{} loss", p.label), &[got.loss], &[want.loss], TOL);
+        let (want_loss, want_grads) = cpu.loss_and_gradients(&p.batch).expect("cpu");
+        let (got_loss, got_grads) = dev.loss_and_gradients(&p.batch).expect("gpu");
+        common::assert_close(&format!("{} loss", p.label), &[got_loss], &[want_loss], TOL);
+        common::assert_params_close(&p.label, &got_grads, &want_grads, TOL);
+    }
+}
+
+#[test]
+fn training_matches_cpu() {
+    let Some(gpu) = common::gpu() else { return };
+    type MakeOptimizer = fn() -> Optimizer;
+    let optimizers: [(&str, MakeOptimizer, usize); 3] = [
+        ("sgd+clip", || Optimizer::sgd(0.3).clip_grad_norm(0.05), 2),
+        ("momentum", || Optimizer::sgd_momentum(0.1, 0.9), 3),
+        ("adam+clip", || Optimizer::adam(0.01).clip_grad_norm(1.0), 5),
+    ];
+    for p in problems().into_iter().step_by(2) {
+        for (name, make, steps) in optimizers {
+            let (mut cpu, mut dev) = pair(&p, &gpu);
+            let (mut o_cpu, mut o_gpu) = (make(), make());
+            for s in 0..steps {
+                let want = cpu.train_step(&p.batch, &mut o_cpu).expect("cpu step");
+                let got = dev.train_step(&p.batch, &mut o_gpu).expect("gpu step");
+                common::assert_close(
+                    &format!("{} {name} loss at step {s}", p.label),
+                    &[got],
+                    &[want],
+                    TOL,
+                );
+            }
+            let label = format!("{} {name} params after {steps} steps", p.label);
+            common::assert_params_close(
+                &label,
+                &dev.params().expect("gpu params"),
+                &cpu.params().expect("cpu params"),
+                TOL,
+            );
+        }
+    }
+}
+
+#[test]
+fn buffers_are_reused_across_batch_shapes() {
+    let Some(gpu) = common::gpu() else { return };
+    let config = common::config(3, 9, 4, 2, false, false);
+    let params = common::params(&config, 7);
+    let mut cpu = Rnn::new(config.clone(), params.clone(), &Device::cpu()).expect("cpu");
+    let mut dev = Rnn::new(config.clone(), params, &gpu).expect("gpu");
+    // larger, smaller, then larger again: stale rows from a bigger batch must not leak
+    for (k, lengths) in [vec![5, 3, 8], vec![2], vec![4, 4], vec![9, 1, 1, 7, 3]]
+        .iter()
+        .enumerate()
+    {
+        let batch = common::random_batch(&config, lengths, false, 50 + k as u64);
+        let (want, got) = (
+            cpu.forward(&batch).expect("cpu"),
+            dev.forward(&batch).expect("gpu"),
+        );
+        common::assert_close(
+            &format!("batch {k} outputs"),
+            &common::flat(&got.outputs),
+            &common::flat(&want.outputs),
+            TOL,
+        );
+        let (_, want_g) = cpu.loss_and_gradients(&batch).expect("cpu");
+        let (_, got_g) = dev.loss_and_gradients(&batch).expect("gpu");
+        common::assert_params_close(&format!("batch {k}"), &got_g, &want_g, TOL);
+    }
+}
+
+#[test]
+fn diverging_step_is_refused_on_gpu() {
+    let Some(gpu) = common::gpu() else { return };
+    let config = common::config(2, 4, 3, 1, true, false);
+    let params = common::params(&config, 3);
+    let mut rnn = Rnn::new(config.clone(), params.clone(), &gpu).expect("gpu");
+    let mut inputs = common::random_batch(&config, &[3, 2], true, 9)
+        .inputs()
+        .to_vec();
+    inputs[0][[0, 0]] = 1e30; // finite input, overflowing loss
+    let batch = SequenceBatch::new(
+        inputs,
+        unfold::Targets::Values(vec![
+            unfold::ndarray::Array2::zeros((3, 3)),
+            unfold::ndarray::Array2::zeros((2, 3)),
+        ]),
+    )
+    .expect("finite batch");
+    let mut opt = Optimizer::sgd(0.1);
+    let err = rnn
+        .train_step(&batch, &mut opt)
+        .expect_err("non-finite loss must be refused");
+    assert!(matches!(err, unfold::Error::NonFinite { .. }), "{err}");
+    assert_eq!(
+        rnn.params().expect("params"),
+        params,
+        "a refused step changes nothing"
+    );
+    assert_eq!(opt.steps(), 0);
+}
