@@ -41,6 +41,7 @@ mod optim;
 mod real;
 pub mod rng;
 mod rnn;
+pub mod workloads;
 
 pub use ndarray;
 

@@ -108,6 +108,15 @@ impl Rnn {
         }
     }
 
+    /// For the last GPU training step: host time spent recording, encoding and submitting
+    /// it (the GPU works after that), and how many dispatches it held. `None` on the CPU.
+    pub fn last_step_profile(&self) -> Option<(std::time::Duration, usize)> {
+        match &self.backend {
+            Backend::Cpu { .. } => None,
+            Backend::Gpu(g) => Some((g.last_host, g.last_dispatches)),
+        }
+    }
+
     /// A copy of the current parameters (read back from the GPU on a GPU device).
     pub fn params(&self) -> Result<RnnParams> {
         match &self.backend {

@@ -85,6 +85,10 @@ pub(crate) struct GpuRnn {
     dummies: [wgpu::Buffer; 3],
     work: Option<BatchBuffers>,
     cache: std::sync::Mutex<BindGroupCache>,
+    /// Host time spent recording, encoding and submitting the last step, and the
+    /// number of dispatches it recorded.
+    pub last_host: std::time::Duration,
+    pub last_dispatches: usize,
 }
 
 const PARTIALS: usize = 256;
@@ -139,6 +143,8 @@ impl GpuRnn {
             dummies,
             work: None,
             cache: Default::default(),
+            last_host: Default::default(),
+            last_dispatches: 0,
         })
     }
 
@@ -670,6 +676,7 @@ impl GpuRnn {
         batch: &SequenceBatch,
         optimizer: &mut Optimizer,
     ) -> Result<f32> {
+        let start = std::time::Instant::now();
         self.ensure_work(config, batch.packing())?;
         self.ensure_optimizer(optimizer)?;
         self.upload(config, batch);
@@ -720,7 +727,10 @@ impl GpuRnn {
         let buffers = [&self.scalars, &self.grads, &self.params, m, v];
         rec.dispatch(&k.prepare_update, params, &buffers, [1, 1, 1]);
         rec.dispatch_1d(kernel, params, &buffers, n);
+        let dispatches = rec.dispatches();
         rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
+        self.last_host = start.elapsed();
+        self.last_dispatches = dispatches;
         let data = read_back(&self.ctx, &[(&self.scalars, 0, 4)])?;
         let (loss, sum_sq, ok) = (data[0][0], data[0][1], data[0][3]);
         check_finite_step(loss, sum_sq.is_finite())?;

@@ -106,6 +106,14 @@ impl<'a> Recorder<'a> {
         self.dispatch(kernel, params, buffers, [x, y, 1]);
     }
 
+    /// Number of dispatches recorded so far.
+    pub fn dispatches(&self) -> usize {
+        self.commands
+            .iter()
+            .filter(|c| matches!(c, Command::Dispatch { .. }))
+            .count()
+    }
+
     pub fn clear(&mut self, buffer: &'a wgpu::Buffer) {
         self.commands.push(Command::Clear { buffer });
     }

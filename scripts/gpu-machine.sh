@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Every GPU measurement in one run, on a machine with an NVIDIA GPU, no Rust toolchain
+# and no network (see GPU-MACHINE.md in the shared notes). Builds nothing there.
+#
+# Prepare here (scripts/prepare-gpu-run.sh does it): devrun/ holds the release binary
+# `unfold`, the test executables, Debian's libvulkan.so.1 and torch_rnn_bench.py.
+# Then run this script there with devrun/ carried; it prints one table last.
+set -u
+cd "$(dirname "$0")/.."
+RUN=$PWD/devrun
+OUT=${OUT:-/tmp/unfold-out}
+mkdir -p "$OUT"
+printf '{"file_format_version":"1.0.1","ICD":{"library_path":"/usr/local/nvidia/lib64/libEGL_nvidia.so.0","api_version":"1.4.312"}}' > /tmp/nv_icd.json
+export VK_DRIVER_FILES=/tmp/nv_icd.json
+export LD_LIBRARY_PATH=$RUN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export WGPU_BACKEND=vulkan
+export UNFOLD_REQUIRE_GPU=1
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+"$RUN/unfold" devices 2>&1 | tee "$OUT/devices.txt"
+
+echo "--- correctness on this GPU (golden PyTorch values, GPU vs CPU parity)"
+for t in "$RUN"/tests/*; do
+    echo "$(basename "$t"): $("$t" --test-threads=1 2>&1 | grep -E '^test result|panicked' | head -3)"
+done | tee "$OUT/tests.txt"
+
+echo "--- unfold on the GPU"
+timeout 300 "$RUN/unfold" bench --device gpu --configs "${CONFIGS:-latency,small,ref,large}" --reps 20 | tee "$OUT/unfold_gpu.jsonl"
+echo "--- PyTorch / cuDNN on the same GPU"
+timeout 300 python3 "$RUN/torch_rnn_bench.py" cuda | tee "$OUT/torch_cuda.jsonl"
+python3 scripts/compare_bench.py "$OUT/unfold_gpu.jsonl" "$OUT/torch_cuda.jsonl" | tee "$OUT/table.md"

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds here what scripts/gpu-machine.sh runs there, into the git-ignored devrun/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release
+rm -rf devrun && mkdir -p devrun/tests
+cp target/release/unfold devrun/
+for t in golden gpu_parity; do
+    exe=$(cargo test --release --no-run --test "$t" --message-format=json 2>/dev/null \
+        | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | tail -1)
+    cp "$exe" "devrun/tests/$t"
+done
+cp /usr/lib/x86_64-linux-gnu/libvulkan.so.1 devrun/
+cp ../shared/tools/torch_rnn_bench.py devrun/
+strip devrun/unfold devrun/tests/*
+du -sh devrun

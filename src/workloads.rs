@@ -1,0 +1,99 @@
+//! The anchor workloads of DESIGN.md, shared by `cargo bench`, `unfold bench` and the GPU
+//! machine script, generated the way `torch_rnn_bench.py` generates its own: inputs
+//! standard normal, classes uniform, and for variable length, lengths uniform in
+//! `[T/2, T]` with the first sequence at `T`.
+
+use crate::rng::SplitMix64;
+use crate::{RnnConfig, SequenceBatch, Targets};
+use ndarray::Array2;
+
+/// An Elman RNN + per-step linear readout + cross-entropy training problem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub name: &'static str,
+    pub batch: usize,
+    pub steps: usize,
+    pub input: usize,
+    pub hidden: usize,
+    pub classes: usize,
+}
+
+/// latency, small, ref, large: the configurations of DESIGN.md's anchor table.
+pub const ANCHORS: [Workload; 4] = [
+    Workload {
+        name: "latency",
+        batch: 1,
+        steps: 1000,
+        input: 32,
+        hidden: 64,
+        classes: 32,
+    },
+    Workload {
+        name: "small",
+        batch: 16,
+        steps: 128,
+        input: 32,
+        hidden: 128,
+        classes: 32,
+    },
+    Workload {
+        name: "ref",
+        batch: 64,
+        steps: 100,
+        input: 128,
+        hidden: 512,
+        classes: 128,
+    },
+    Workload {
+        name: "large",
+        batch: 256,
+        steps: 64,
+        input: 512,
+        hidden: 1024,
+        classes: 512,
+    },
+];
+
+impl Workload {
+    /// The anchor of that name.
+    pub fn named(name: &str) -> Option<Workload> {
+        ANCHORS.iter().copied().find(|w| w.name == name)
+    }
+
+    pub fn config(&self) -> RnnConfig {
+        RnnConfig::new(self.input, self.hidden, self.classes)
+    }
+
+    /// One minibatch: fixed length `T`, or lengths uniform in `[T/2, T]`.
+    pub fn batch(&self, variable: bool, seed: u64) -> SequenceBatch {
+        let mut rng = SplitMix64::new(seed);
+        let t = self.steps;
+        let lengths: Vec<usize> = (0..self.batch)
+            .map(|i| {
+                if variable && i > 0 {
+                    t / 2 + rng.below(t - t / 2 + 1)
+                } else {
+                    t
+                }
+            })
+            .collect();
+        let inputs = lengths
+            .iter()
+            .map(|&len| Array2::from_shape_simple_fn((len, self.input), || rng.normal()))
+            .collect();
+        let classes = lengths
+            .iter()
+            .map(|&len| (0..len).map(|_| rng.below(self.classes) as u32).collect())
+            .collect();
+        SequenceBatch::new(inputs, Targets::Classes(classes)).expect("generated batches are valid")
+    }
+
+    /// Floating-point operations of one training step on `tokens` valid positions
+    /// (forward and backward products; element-wise work not counted).
+    pub fn train_flops(&self, tokens: usize) -> u64 {
+        let per_token =
+            self.input * self.hidden + self.hidden * self.hidden + self.hidden * self.classes;
+        // forward 2 flops per multiply-add; backward twice the forward
+        6 * (tokens * per_token) as u64
+    }
+}
