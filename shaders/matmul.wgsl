@@ -6,7 +6,7 @@
 // into the flat gradient buffer. Any shape works: loads and stores are bounds-checked.
 //
 // Each workgroup computes a 64x64 tile of C with 16x16 threads, each thread a 4x4 block
-// held in registers; K advances in slices of 16 staged through workgroup memory.
+// held in four vec4 registers; K advances in slices of 16 staged through workgroup memory.
 
 struct MatmulParams {
     m: u32,
@@ -36,8 +36,9 @@ struct MatmulParams {
 const TILE: u32 = 64u;
 const KSLICE: u32 = 16u;
 
-var<workgroup> a_tile: array<array<f32, 64>, 16>; // [k][m]
-var<workgroup> b_tile: array<array<f32, 64>, 16>; // [k][n]
+// [k][m / 4] and [k][n / 4]: each thread reads its 4 rows and 4 columns as one vec4 each
+var<workgroup> a_tile: array<array<vec4<f32>, 16>, 16>;
+var<workgroup> b_tile: array<array<vec4<f32>, 16>, 16>;
 
 fn load_a(row: u32, kk: u32) -> f32 {
     if (row >= p.m || kk >= p.k) {
@@ -59,22 +60,41 @@ fn load_b(kk: u32, col: u32) -> f32 {
     return b[p.b_offset + kk * p.ldb + col];
 }
 
+fn store(row: u32, col0: u32, v: vec4<f32>) {
+    if (row >= p.m) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let col = col0 + j;
+        if (col < p.n) {
+            let at = p.c_offset + row * p.ldc + col;
+            var r = p.alpha * v[j];
+            if (p.beta != 0.0) {
+                r += p.beta * c[at];
+            }
+            if ((p.flags & 4u) != 0u) {
+                r += bias[p.bias_offset + col];
+            }
+            c[at] = r;
+        }
+    }
+}
+
 @compute @workgroup_size(16, 16)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let row0 = wg.y * TILE;
     let col0 = wg.x * TILE;
     let tid = lid.y * 16u + lid.x;
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            acc[i][j] = 0.0;
-        }
-    }
+    // accumulators in registers: row i of this thread's 4x4 block is acc_i
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 += KSLICE) {
-        // 256 threads load 16x64 elements of each operand: 4 each.
+        // 256 threads stage 16x64 elements of each operand, 4 each, reading along the
+        // operand's contiguous dimension so that neighbouring threads read neighbouring floats
         for (var e = 0u; e < 4u; e++) {
             let idx = tid + e * 256u;
-            // A: k fastest when A is stored row-major (k contiguous), m fastest when transposed
             var kk: u32;
             var mm: u32;
             if ((p.flags & 1u) != 0u) {
@@ -84,7 +104,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
                 kk = idx % KSLICE;
                 mm = idx / KSLICE;
             }
-            a_tile[kk][mm] = load_a(row0 + mm, k0 + kk);
+            a_tile[kk][mm / 4u][mm % 4u] = load_a(row0 + mm, k0 + kk);
             var kb: u32;
             var nn: u32;
             if ((p.flags & 2u) != 0u) {
@@ -94,43 +114,23 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
                 kb = idx / TILE;
                 nn = idx % TILE;
             }
-            b_tile[kb][nn] = load_b(k0 + kb, col0 + nn);
+            b_tile[kb][nn / 4u][nn % 4u] = load_b(k0 + kb, col0 + nn);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < KSLICE; kk++) {
-            var av: array<f32, 4>;
-            var bv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                av[i] = a_tile[kk][lid.y + i * 16u];
-                bv[i] = b_tile[kk][lid.x + i * 16u];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] = fma(av[i], bv[j], acc[i][j]);
-                }
-            }
+            let av = a_tile[kk][lid.y];
+            let bv = b_tile[kk][lid.x];
+            acc0 = fma(vec4<f32>(av.x), bv, acc0);
+            acc1 = fma(vec4<f32>(av.y), bv, acc1);
+            acc2 = fma(vec4<f32>(av.z), bv, acc2);
+            acc3 = fma(vec4<f32>(av.w), bv, acc3);
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let row = row0 + lid.y + i * 16u;
-        if (row >= p.m) {
-            continue;
-        }
-        for (var j = 0u; j < 4u; j++) {
-            let col = col0 + lid.x + j * 16u;
-            if (col >= p.n) {
-                continue;
-            }
-            let at = p.c_offset + row * p.ldc + col;
-            var v = p.alpha * acc[i][j];
-            if (p.beta != 0.0) {
-                v += p.beta * c[at];
-            }
-            if ((p.flags & 4u) != 0u) {
-                v += bias[p.bias_offset + col];
-            }
-            c[at] = v;
-        }
-    }
+    let row = row0 + lid.y * 4u;
+    let col = col0 + lid.x * 4u;
+    store(row, col, acc0);
+    store(row + 1u, col, acc1);
+    store(row + 2u, col, acc2);
+    store(row + 3u, col, acc3);
 }

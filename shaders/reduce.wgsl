@@ -8,7 +8,7 @@ struct ReduceParams {
     cols: u32,       // column_sums: columns
     out_offset: u32, // column_sums / finish_sum: where the result goes
     scale: f32,      // finish_sum: multiplies the total
-    _pad0: u32,
+    chunk_rows: u32, // column_partials: rows per chunk; column_finish: number of chunks
     _pad1: u32,
 }
 
@@ -58,16 +58,41 @@ fn finish_sum(@builtin(local_invocation_index) local: u32) {
     }
 }
 
-// output[out_offset + c] = sum over rows r of input[offset + r * cols + c]
+// Column sums in two passes, so that long columns are summed by many workgroups at once.
+// Pass 1: workgroup (x, y) sums 64 columns over chunk y of the rows, four row lanes per
+// column, into output[y * cols + c].
+var<workgroup> lane_sum: array<array<f32, 64>, 4>;
+
 @compute @workgroup_size(256)
-fn column_sums(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn column_partials(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) local: u32) {
+    let c = wg.x * 64u + local % 64u;
+    let lane = local / 64u;
+    let first = wg.y * p.chunk_rows;
+    let end = min(p.len, first + p.chunk_rows);
+    var acc = 0.0;
+    if (c < p.cols) {
+        for (var r = first + lane; r < end; r += 4u) {
+            acc += input[p.offset + r * p.cols + c];
+        }
+    }
+    lane_sum[lane][local % 64u] = acc;
+    workgroupBarrier();
+    if (lane == 0u && c < p.cols) {
+        let l = local % 64u;
+        output[wg.y * p.cols + c] = lane_sum[0][l] + lane_sum[1][l] + lane_sum[2][l] + lane_sum[3][l];
+    }
+}
+
+// Pass 2: output[out_offset + c] = sum of the chunk_rows (here: chunk count) partials of c.
+@compute @workgroup_size(256)
+fn column_finish(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     if (c >= p.cols) {
         return;
     }
     var acc = 0.0;
-    for (var r = 0u; r < p.len; r++) {
-        acc += input[p.offset + r * p.cols + c];
+    for (var y = 0u; y < p.chunk_rows; y++) {
+        acc += input[y * p.cols + c];
     }
     output[p.out_offset + c] = acc;
 }

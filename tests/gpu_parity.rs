@@ -53,6 +53,13 @@ fn problems() -> Vec<Problem> {
             5,
         ), // wide input, last step
     ];
+    // many rows: bias-gradient column sums split over several chunks
+    out.push(problem(
+        common::config(3, 20, 6, 1, false, false),
+        false,
+        &[40, 33, 35, 12, 40, 7, 29, 40],
+        6,
+    ));
     let mut rng = SplitMix64::new(2026);
     for k in 0..6 {
         let b = 1 + rng.below(7);

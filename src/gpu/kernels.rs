@@ -77,7 +77,8 @@ pub(crate) struct ReduceParams {
     pub cols: u32,
     pub out_offset: u32,
     pub scale: f32,
-    pub _pad: [u32; 2],
+    pub chunk_rows: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
@@ -113,7 +114,8 @@ pub(crate) struct Kernels {
     pub squared_error: Kernel,
     pub partial_sums: Kernel,
     pub finish_sum: Kernel,
-    pub column_sums: Kernel,
+    pub column_partials: Kernel,
+    pub column_finish: Kernel,
     pub gather_rows: Kernel,
     pub scatter_rows: Kernel,
     pub prepare_update: Kernel,
@@ -189,9 +191,15 @@ impl Kernels {
                 size_of::<ReduceParams>(),
                 &[Read, Write],
             ),
-            column_sums: kernel(
+            column_partials: kernel(
                 &reduce,
-                "column_sums",
+                "column_partials",
+                size_of::<ReduceParams>(),
+                &[Read, Write],
+            ),
+            column_finish: kernel(
+                &reduce,
+                "column_finish",
                 size_of::<ReduceParams>(),
                 &[Read, Write],
             ),

@@ -82,6 +82,8 @@ pub(crate) struct GpuRnn {
     /// `[loss, sum of squared gradients, clip scale, step ok]`
     scalars: wgpu::Buffer,
     partials: wgpu::Buffer,
+    /// Per-chunk column sums, `[COLUMN_CHUNKS, max(hidden, output)]`.
+    column_scratch: wgpu::Buffer,
     dummies: [wgpu::Buffer; 3],
     work: Option<BatchBuffers>,
     cache: std::sync::Mutex<BindGroupCache>,
@@ -92,6 +94,8 @@ pub(crate) struct GpuRnn {
 }
 
 const PARTIALS: usize = 256;
+/// Most row chunks a column sum is split into.
+const COLUMN_CHUNKS: usize = 64;
 
 fn storage(ctx: &GpuContext, label: &str, floats: usize) -> wgpu::Buffer {
     ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -128,6 +132,11 @@ impl GpuRnn {
         let grads = storage(&ctx, "grads", layout.len);
         let scalars = storage(&ctx, "scalars", 4);
         let partials = storage(&ctx, "partials", PARTIALS);
+        let column_scratch = storage(
+            &ctx,
+            "column sums",
+            COLUMN_CHUNKS * config.hidden_size.max(config.output_size),
+        );
         let dummies = [
             storage(&ctx, "dummy0", 4),
             storage(&ctx, "dummy1", 4),
@@ -140,6 +149,7 @@ impl GpuRnn {
             grads,
             scalars,
             partials,
+            column_scratch,
             dummies,
             work: None,
             cache: Default::default(),
@@ -220,7 +230,11 @@ impl GpuRnn {
         let mut x: Vec<f32> = Vec::with_capacity(p.tokens() * config.input_size);
         for (t, &n) in p.batch_sizes.iter().enumerate() {
             for &i in &p.order[..n] {
-                x.extend(batch.inputs()[i].row(t).iter());
+                let row = batch.inputs()[i].row(t);
+                match row.as_slice() {
+                    Some(s) => x.extend_from_slice(s),
+                    None => x.extend(row.iter()),
+                }
             }
         }
         q.write_buffer(&w.x, 0, bytemuck::cast_slice(&x));
@@ -390,7 +404,8 @@ impl GpuRnn {
             cols: 0,
             out_offset: slot,
             scale,
-            _pad: [0; 2],
+            chunk_rows: 0,
+            _pad: 0,
         };
         rec.dispatch(
             &k.partial_sums,
@@ -569,6 +584,7 @@ impl GpuRnn {
         }
     }
 
+    /// `grads[out_offset + c] = Σ_r input[r, c]` (bias gradients), in two passes.
     fn record_column_sums<'a>(
         &'a self,
         rec: &mut Recorder<'a>,
@@ -577,6 +593,9 @@ impl GpuRnn {
         cols: u32,
         out_offset: u32,
     ) {
+        let k = &self.ctx.kernels;
+        let chunks = rows.div_ceil(64).clamp(1, COLUMN_CHUNKS as u32);
+        let chunk_rows = rows.div_ceil(chunks);
         let params = ReduceParams {
             len: rows,
             offset: 0,
@@ -584,12 +603,22 @@ impl GpuRnn {
             cols,
             out_offset,
             scale: 1.0,
-            _pad: [0; 2],
+            chunk_rows,
+            _pad: 0,
         };
-        rec.dispatch_1d(
-            &self.ctx.kernels.column_sums,
+        rec.dispatch(
+            &k.column_partials,
             params,
-            &[input, &self.grads],
+            &[input, &self.column_scratch],
+            [cols.div_ceil(64), chunks, 1],
+        );
+        rec.dispatch_1d(
+            &k.column_finish,
+            ReduceParams {
+                chunk_rows: chunks,
+                ..params
+            },
+            &[&self.column_scratch, &self.grads],
             cols as usize,
         );
     }
