@@ -53,3 +53,8 @@ pub use model::{Head, LayerParams, Nonlinearity, RnnConfig, RnnParams};
 pub use optim::{Optimizer, OptimizerKind};
 pub use real::Real;
 pub use rnn::{Forward, Rnn};
+
+/// The README's example runs as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
