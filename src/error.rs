@@ -68,6 +68,16 @@ pub enum Error {
     /// An optimizer whose state belongs to another model or device.
     #[error("optimizer state mismatch: {0}")]
     OptimizerMismatch(String),
+    /// A data file that cannot be parsed, with the (1-based) line at fault.
+    #[error("{path}:{line}: {reason}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    /// A dataset whose parts do not fit together (labels, class names, feature widths).
+    #[error("invalid dataset: {0}")]
+    InvalidData(String),
 }
 
 impl Error {

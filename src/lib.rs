@@ -33,6 +33,7 @@
 pub mod batch;
 mod checkpoint;
 pub mod cpu;
+pub mod data;
 mod device;
 mod error;
 pub mod gpu;

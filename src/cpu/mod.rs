@@ -14,7 +14,7 @@ use crate::model::{LayerParams, RnnConfig, RnnParams};
 use crate::real::Real;
 use crate::{Head, Nonlinearity};
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array1, Array2, Array3, ArrayView3, Axis, Zip};
+use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis, Zip};
 
 pub use loss::{cross_entropy, pack_classes, pack_values, squared_error};
 
@@ -50,24 +50,23 @@ pub(crate) fn resize<F: Real>(a: &mut Array2<F>, rows: usize, cols: usize) {
     }
 }
 
-fn activate<F: Real>(n: Nonlinearity, v: F) -> F {
+/// `a = φ(a)` in place.
+fn activate<F: Real>(n: Nonlinearity, mut a: ArrayViewMut2<F>) {
     match n {
-        Nonlinearity::Tanh => v.tanh(),
-        Nonlinearity::Relu => v.max(F::zero()),
+        Nonlinearity::Tanh => a.mapv_inplace(F::fast_tanh),
+        Nonlinearity::Relu => a.mapv_inplace(|v| v.max(F::zero())),
     }
 }
 
-/// φ'(pre-activation) written in terms of the output `h = φ(pre)`.
-fn derivative<F: Real>(n: Nonlinearity, h: F) -> F {
+/// `d *= φ'(pre)`, with φ' written in terms of the output `h = φ(pre)`.
+fn times_derivative<F: Real>(n: Nonlinearity, d: ArrayViewMut2<F>, h: ArrayView2<F>) {
     match n {
-        Nonlinearity::Tanh => F::one() - h * h,
-        Nonlinearity::Relu => {
-            if h > F::zero() {
-                F::one()
-            } else {
-                F::zero()
+        Nonlinearity::Tanh => Zip::from(d).and(h).for_each(|d, &h| *d = *d * (F::one() - h * h)),
+        Nonlinearity::Relu => Zip::from(d).and(h).for_each(|d, &h| {
+            if h <= F::zero() {
+                *d = F::zero()
             }
-        }
+        }),
     }
 }
 
@@ -156,7 +155,7 @@ fn layer_forward<F: Real>(
         } else if let Some(h0) = h0 {
             general_mat_mul(F::one(), h0, &layer.w_hh.t(), F::one(), &mut cur);
         }
-        cur.mapv_inplace(|v| activate(nonlinearity, v));
+        activate(nonlinearity, cur);
     }
 }
 
@@ -280,9 +279,7 @@ fn layer_backward_steps<F: Real>(
                 &mut cur.slice_mut(s![off..off + n_next, ..]),
             );
         }
-        Zip::from(g.slice_mut(s![off..off + n, ..]))
-            .and(hs.slice(s![off..off + n, ..]))
-            .for_each(|d, &h| *d = *d * derivative(nonlinearity, h));
+        times_derivative(nonlinearity, g.slice_mut(s![off..off + n, ..]), hs.slice(s![off..off + n, ..]));
     }
 }
 
