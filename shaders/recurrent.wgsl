@@ -9,6 +9,11 @@
 //
 // Each workgroup computes 16 rows x 16 hidden units, one per thread, staging 16-wide
 // slices of the state and of W_hh through workgroup memory.
+//
+// forward_sequence / backward_sequence are the persistent forms for hidden <= 256: one
+// dispatch runs every step of a layer. Workgroup r owns sequence r (rows are independent),
+// keeps its state vector in workgroup memory and walks its own length, so steps are
+// separated by workgroup barriers instead of dispatches.
 
 struct StepParams {
     rows: u32,         // sequences running at step t
@@ -20,11 +25,14 @@ struct StepParams {
     relu: u32,         // 0: tanh, 1: relu
     has_other: u32,    // forward: 0 at t = 0 with a zero initial state
 }
+// The persistent kernels read `packing`: offsets[0..=max_len] at 0, then the sequences'
+// lengths in packed order from `rows_next` on; `rows` is the number of sequences.
 
 @group(0) @binding(0) var<uniform> p: StepParams;
 @group(0) @binding(1) var<storage, read> params: array<f32>;
 @group(0) @binding(2) var<storage, read_write> state: array<f32>;  // forward: h; backward: g
 @group(0) @binding(3) var<storage, read> hidden_out: array<f32>;   // backward: h (forward: unused)
+@group(0) @binding(4) var<storage, read> packing: array<u32>;      // persistent kernels only
 
 var<workgroup> left_tile: array<array<f32, 16>, 16>;
 var<workgroup> w_tile: array<array<f32, 16>, 16>;
@@ -109,5 +117,72 @@ fn backward_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     if (row < p.rows && unit < h) {
         let at = p.cur_offset + row * h + unit;
         state[at] = (state[at] + acc) * derivative(hidden_out[at]);
+    }
+}
+
+var<workgroup> carried: array<f32, 256>;
+var<workgroup> seq_len: u32;
+
+@compute @workgroup_size(256)
+fn forward_sequence(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) u: u32) {
+    let r = wg.x;
+    let h = p.hidden;
+    if (u == 0u) {
+        seq_len = packing[p.rows_next + r];
+    }
+    carried[u] = 0.0;
+    let len = workgroupUniformLoad(&seq_len);
+    for (var t = 0u; t < len; t++) {
+        let at = (packing[t] + r) * h + u;
+        var v = 0.0;
+        if (u < h) {
+            var acc = state[at];
+            if (t > 0u) {
+                // W_hh[u][k]: each thread walks its own row, which stays in cache
+                for (var k = 0u; k < h; k++) {
+                    acc = fma(carried[k], params[p.w_offset + u * h + k], acc);
+                }
+            }
+            v = activate(acc);
+        }
+        workgroupBarrier();
+        if (u < h) {
+            carried[u] = v;
+            state[at] = v;
+        }
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(256)
+fn backward_sequence(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) u: u32) {
+    let r = wg.x;
+    let h = p.hidden;
+    if (u == 0u) {
+        seq_len = packing[p.rows_next + r];
+    }
+    carried[u] = 0.0;
+    let len = workgroupUniformLoad(&seq_len);
+    for (var step = 0u; step < len; step++) {
+        let t = len - 1u - step;
+        let at = (packing[t] + r) * h + u;
+        var d = 0.0;
+        if (u < h) {
+            var acc = state[at];
+            if (step > 0u) {
+                // (W_hh^T dA(t+1))[u] = sum_k W_hh[k][u] dA(t+1)[k]: neighbouring threads
+                // read neighbouring floats
+                for (var k = 0u; k < h; k++) {
+                    acc = fma(carried[k], params[p.w_offset + k * h + u], acc);
+                }
+            }
+            d = acc * derivative(hidden_out[at]);
+        }
+        workgroupBarrier();
+        if (u < h) {
+            carried[u] = d;
+            state[at] = d;
+        }
+        workgroupBarrier();
     }
 }

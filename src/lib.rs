@@ -50,6 +50,7 @@ pub use batch::{SequenceBatch, Targets};
 pub use checkpoint::write_atomically;
 pub use device::Device;
 pub use error::{Error, Result};
+pub use gpu::TimeLoop;
 pub use model::{Head, LayerParams, Nonlinearity, RnnConfig, RnnParams};
 pub use optim::{Optimizer, OptimizerKind};
 pub use real::Real;

@@ -3,7 +3,7 @@
 use crate::batch::SequenceBatch;
 use crate::cpu::{self, Workspace};
 use crate::device::DeviceKind;
-use crate::gpu::GpuRnn;
+use crate::gpu::{GpuRnn, TimeLoop};
 use crate::model::{RnnConfig, RnnParams};
 use crate::optim::Optimizer;
 use crate::{Device, Error, Result};
@@ -115,6 +115,25 @@ impl Rnn {
             Backend::Cpu { .. } => None,
             Backend::Gpu(g) => Some((g.last_host, g.last_dispatches)),
         }
+    }
+
+    /// Chooses how the GPU path walks the time steps (see [`TimeLoop`]); both give the
+    /// same numbers. Asking for the persistent loop with a hidden size it cannot handle
+    /// is an error. Nothing to choose on the CPU.
+    pub fn set_time_loop(&mut self, time_loop: TimeLoop) -> Result<()> {
+        if time_loop == TimeLoop::Persistent
+            && self.config.hidden_size > crate::gpu::PERSISTENT_MAX_HIDDEN
+        {
+            return Err(Error::InvalidConfig {
+                what: "hidden_size for the persistent time loop",
+                expected: "at most 256",
+                got: self.config.hidden_size.to_string(),
+            });
+        }
+        if let Backend::Gpu(g) = &mut self.backend {
+            g.time_loop = time_loop;
+        }
+        Ok(())
     }
 
     /// A copy of the current parameters (read back from the GPU on a GPU device).

@@ -6,7 +6,7 @@
 mod common;
 
 use unfold::rng::SplitMix64;
-use unfold::{Device, Optimizer, Rnn, RnnConfig, SequenceBatch};
+use unfold::{Device, Optimizer, Rnn, RnnConfig, SequenceBatch, TimeLoop};
 
 const TOL: f64 = 1e-4;
 
@@ -81,41 +81,49 @@ fn problems() -> Vec<Problem> {
     out
 }
 
-fn pair(p: &Problem, gpu: &Device) -> (Rnn, Rnn) {
+/// A CPU model and a GPU model with the same parameters; the GPU one walks time as told.
+fn pair(p: &Problem, gpu: &Device, time_loop: TimeLoop) -> (Rnn, Rnn) {
     let params = common::params(&p.config, p.seed);
+    let mut dev = Rnn::new(p.config.clone(), params.clone(), gpu).expect("gpu model");
+    dev.set_time_loop(time_loop)
+        .expect("hidden sizes here fit both time loops");
     (
-        Rnn::new(p.config.clone(), params.clone(), &Device::cpu()).expect("cpu model"),
-        Rnn::new(p.config.clone(), params, gpu).expect("gpu model"),
+        Rnn::new(p.config.clone(), params, &Device::cpu()).expect("cpu model"),
+        dev,
     )
 }
+
+/// Both time loops: persistent kernels and one dispatch per step.
+const TIME_LOOPS: [TimeLoop; 2] = [TimeLoop::Persistent, TimeLoop::PerStep];
 
 #[test]
 fn forward_and_gradients_match_cpu() {
     let Some(gpu) = common::gpu() else { return };
-    for p in problems() {
-        let (mut cpu, mut dev) = pair(&p, &gpu);
+    for (p, time_loop) in problems().iter().flat_map(|p| TIME_LOOPS.map(|t| (p, t))) {
+        let (mut cpu, mut dev) = pair(p, &gpu, time_loop);
+        let label = format!("{} {time_loop:?}", p.label);
         let (want, got) = (
             cpu.forward(&p.batch).expect("cpu"),
             dev.forward(&p.batch).expect("gpu"),
         );
-        assert_eq!(want.outputs.shape(), got.outputs.shape(), "{}", p.label);
+        assert_eq!(want.outputs.shape(), got.outputs.shape(), "{label}");
         common::assert_close(
-            &format!("{} outputs", p.label),
+            &format!("{} outputs", label),
             &common::flat(&got.outputs),
             &common::flat(&want.outputs),
             TOL,
         );
         common::assert_close(
-            &format!("{} final_hidden", p.label),
+            &format!("{} final_hidden", label),
             &common::flat(&got.final_hidden),
             &common::flat(&want.final_hidden),
             TOL,
         );
-        common::assert_close(&format!("{} loss", p.label), &[got.loss], &[want.loss], TOL);
+        common::assert_close(&format!("{} loss", label), &[got.loss], &[want.loss], TOL);
         let (want_loss, want_grads) = cpu.loss_and_gradients(&p.batch).expect("cpu");
         let (got_loss, got_grads) = dev.loss_and_gradients(&p.batch).expect("gpu");
-        common::assert_close(&format!("{} loss", p.label), &[got_loss], &[want_loss], TOL);
-        common::assert_params_close(&p.label, &got_grads, &want_grads, TOL);
+        common::assert_close(&format!("{} loss", label), &[got_loss], &[want_loss], TOL);
+        common::assert_params_close(&label, &got_grads, &want_grads, TOL);
     }
 }
 
@@ -128,21 +136,25 @@ fn training_matches_cpu() {
         ("momentum", || Optimizer::sgd_momentum(0.1, 0.9), 3),
         ("adam+clip", || Optimizer::adam(0.01).clip_grad_norm(1.0), 5),
     ];
-    for p in problems().into_iter().step_by(2) {
+    for (k, p) in problems().iter().enumerate().step_by(2) {
+        let time_loop = TIME_LOOPS[k / 2 % 2];
         for (name, make, steps) in optimizers {
-            let (mut cpu, mut dev) = pair(&p, &gpu);
+            let (mut cpu, mut dev) = pair(p, &gpu, time_loop);
             let (mut o_cpu, mut o_gpu) = (make(), make());
             for s in 0..steps {
                 let want = cpu.train_step(&p.batch, &mut o_cpu).expect("cpu step");
                 let got = dev.train_step(&p.batch, &mut o_gpu).expect("gpu step");
                 common::assert_close(
-                    &format!("{} {name} loss at step {s}", p.label),
+                    &format!("{} {time_loop:?} {name} loss at step {s}", p.label),
                     &[got],
                     &[want],
                     TOL,
                 );
             }
-            let label = format!("{} {name} params after {steps} steps", p.label);
+            let label = format!(
+                "{} {time_loop:?} {name} params after {steps} steps",
+                p.label
+            );
             common::assert_params_close(
                 &label,
                 &dev.params().expect("gpu params"),

@@ -61,7 +61,9 @@ fn activate<F: Real>(n: Nonlinearity, mut a: ArrayViewMut2<F>) {
 /// `d *= φ'(pre)`, with φ' written in terms of the output `h = φ(pre)`.
 fn times_derivative<F: Real>(n: Nonlinearity, d: ArrayViewMut2<F>, h: ArrayView2<F>) {
     match n {
-        Nonlinearity::Tanh => Zip::from(d).and(h).for_each(|d, &h| *d = *d * (F::one() - h * h)),
+        Nonlinearity::Tanh => Zip::from(d)
+            .and(h)
+            .for_each(|d, &h| *d = *d * (F::one() - h * h)),
         Nonlinearity::Relu => Zip::from(d).and(h).for_each(|d, &h| {
             if h <= F::zero() {
                 *d = F::zero()
@@ -279,7 +281,11 @@ fn layer_backward_steps<F: Real>(
                 &mut cur.slice_mut(s![off..off + n_next, ..]),
             );
         }
-        times_derivative(nonlinearity, g.slice_mut(s![off..off + n, ..]), hs.slice(s![off..off + n, ..]));
+        times_derivative(
+            nonlinearity,
+            g.slice_mut(s![off..off + n, ..]),
+            hs.slice(s![off..off + n, ..]),
+        );
     }
 }
 

@@ -13,6 +13,23 @@ pub mod shaders;
 pub use context::{describe_adapter, list_adapters, GpuContext};
 pub(crate) use model::GpuRnn;
 
+/// How the GPU path walks the time steps of a layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TimeLoop {
+    /// Persistent kernels where the hidden size allows (at most 256), else one dispatch
+    /// per step.
+    #[default]
+    Auto,
+    /// One fused dispatch per step, forward and backward (any hidden size).
+    PerStep,
+    /// One dispatch per layer runs every step, each workgroup owning one sequence
+    /// (hidden size at most [`PERSISTENT_MAX_HIDDEN`]).
+    Persistent,
+}
+
+/// Largest hidden size the persistent time loop handles (one thread per unit).
+pub const PERSISTENT_MAX_HIDDEN: usize = 256;
+
 /// Optimizer moments living on the GPU (see [`crate::Optimizer`]).
 #[derive(Debug)]
 pub(crate) struct OptimizerBuffers {

@@ -5,7 +5,7 @@ use super::kernels::{
     self, LossParams, MatmulParams, OptimParams, ReduceParams, RowsParams, StepParams,
 };
 use super::recorder::{read_back, BindGroupCache, Recorder};
-use super::{GpuContext, OptimizerBuffers};
+use super::{GpuContext, OptimizerBuffers, TimeLoop, PERSISTENT_MAX_HIDDEN};
 use crate::batch::{Packing, SequenceBatch, Targets};
 use crate::model::{RnnConfig, RnnParams};
 use crate::optim::{AdamCoefficients, Optimizer, OptimizerKind, State};
@@ -70,6 +70,8 @@ struct BatchBuffers {
     classes: wgpu::Buffer,
     values: wgpu::Buffer,
     last_index: wgpu::Buffer,
+    /// Step offsets, then sequence lengths in packed order (persistent time loop).
+    packing: wgpu::Buffer,
     prev_index: wgpu::Buffer,
     final_h: wgpu::Buffer,
 }
@@ -91,6 +93,7 @@ pub(crate) struct GpuRnn {
     /// number of dispatches it recorded.
     pub last_host: std::time::Duration,
     pub last_dispatches: usize,
+    pub time_loop: TimeLoop,
 }
 
 const PARTIALS: usize = 256;
@@ -155,6 +158,7 @@ impl GpuRnn {
             cache: Default::default(),
             last_host: Default::default(),
             last_dispatches: 0,
+            time_loop: TimeLoop::Auto,
         })
     }
 
@@ -216,6 +220,7 @@ impl GpuRnn {
             classes: storage(ctx, "classes", rows),
             values: storage(ctx, "values", rows * o),
             last_index: storage(ctx, "last_index", batch),
+            packing: storage(ctx, "packing", tokens + 1 + batch),
             prev_index: storage(ctx, "prev_index", tokens),
             final_h: storage(ctx, "final_h", l * batch * h),
         });
@@ -261,6 +266,8 @@ impl GpuRnn {
             0,
             bytemuck::cast_slice(&to_u32(p.last_rows())),
         );
+        let packing = to_u32(p.offsets.iter().chain(&p.sorted_lengths).copied().collect());
+        q.write_buffer(&w.packing, 0, bytemuck::cast_slice(&packing));
         let prev = to_u32(p.previous_rows());
         if !prev.is_empty() {
             q.write_buffer(&w.prev_index, 0, bytemuck::cast_slice(&prev));
@@ -299,6 +306,16 @@ impl GpuRnn {
                 &[input, &self.params, &self.params, &w.hs[l]],
                 matmul_groups(tokens, h),
             );
+            if self.persistent(config, p) {
+                let params = self.sequence_params(config, p, l);
+                rec.dispatch(
+                    &k.forward_sequence,
+                    params,
+                    &[&self.params, &w.hs[l], &self.dummies[0], &w.packing],
+                    [p.batch() as u32, 1, 1],
+                );
+                continue;
+            }
             for (t, &n) in p.batch_sizes.iter().enumerate() {
                 let step = StepParams {
                     rows: n as u32,
@@ -317,7 +334,7 @@ impl GpuRnn {
                 rec.dispatch(
                     &k.forward_step,
                     step,
-                    &[&self.params, &w.hs[l], &self.dummies[0]],
+                    &[&self.params, &w.hs[l], &self.dummies[0], &self.dummies[1]],
                     [h.div_ceil(16), (n as u32).div_ceil(16), 1],
                 );
             }
@@ -383,6 +400,29 @@ impl GpuRnn {
             0,
             finish_scale as f32,
         );
+    }
+
+    /// Whether this batch's layers run the persistent time loop.
+    fn persistent(&self, config: &RnnConfig, p: &Packing) -> bool {
+        let fits = config.hidden_size <= PERSISTENT_MAX_HIDDEN
+            && self.ctx.limits.max_compute_invocations_per_workgroup >= 256
+            && p.batch() as u32 <= self.ctx.limits.max_compute_workgroups_per_dimension;
+        match self.time_loop {
+            TimeLoop::PerStep => false,
+            TimeLoop::Auto | TimeLoop::Persistent => fits,
+        }
+    }
+
+    /// Parameters of the persistent kernels for layer `l`.
+    fn sequence_params(&self, config: &RnnConfig, p: &Packing, l: usize) -> StepParams {
+        StepParams {
+            rows: p.batch() as u32,
+            rows_next: p.offsets.len() as u32,
+            hidden: config.hidden_size as u32,
+            w_offset: self.layout.w_hh[l],
+            relu: (config.nonlinearity == Nonlinearity::Relu) as u32,
+            ..Default::default()
+        }
     }
 
     /// `scalars[slot] = scale * Σ input[..len]` (of squares when `square`).
@@ -494,29 +534,39 @@ impl GpuRnn {
         let (mut g, mut g_below) = (&w.g, &w.g_below);
         for l in (0..config.num_layers).rev() {
             let hs = &w.hs[l];
-            for t in (0..p.max_len()).rev() {
-                let n = p.batch_sizes[t] as u32;
-                let n_next = p.batch_sizes.get(t + 1).copied().unwrap_or(0) as u32;
-                let step = StepParams {
-                    rows: n,
-                    rows_next: n_next,
-                    hidden: h,
-                    cur_offset: p.offsets[t] as u32 * h,
-                    other_offset: if n_next > 0 {
-                        p.offsets[t + 1] as u32 * h
-                    } else {
-                        0
-                    },
-                    w_offset: lay.w_hh[l],
-                    relu,
-                    has_other: 0,
-                };
+            if self.persistent(config, p) {
+                let params = self.sequence_params(config, p, l);
                 rec.dispatch(
-                    &k.backward_step,
-                    step,
-                    &[&self.params, g, hs],
-                    [h.div_ceil(16), n.div_ceil(16), 1],
+                    &k.backward_sequence,
+                    params,
+                    &[&self.params, g, hs, &w.packing],
+                    [b, 1, 1],
                 );
+            } else {
+                for t in (0..p.max_len()).rev() {
+                    let n = p.batch_sizes[t] as u32;
+                    let n_next = p.batch_sizes.get(t + 1).copied().unwrap_or(0) as u32;
+                    let step = StepParams {
+                        rows: n,
+                        rows_next: n_next,
+                        hidden: h,
+                        cur_offset: p.offsets[t] as u32 * h,
+                        other_offset: if n_next > 0 {
+                            p.offsets[t + 1] as u32 * h
+                        } else {
+                            0
+                        },
+                        w_offset: lay.w_hh[l],
+                        relu,
+                        has_other: 0,
+                    };
+                    rec.dispatch(
+                        &k.backward_step,
+                        step,
+                        &[&self.params, g, hs, &self.dummies[0]],
+                        [h.div_ceil(16), n.div_ceil(16), 1],
+                    );
+                }
             }
             let input = if l == 0 { &w.x } else { &w.hs[l - 1] };
             let in_size = config.layer_input_size(l) as u32;
