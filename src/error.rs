@@ -78,6 +78,10 @@ pub enum Error {
     /// A dataset whose parts do not fit together (labels, class names, feature widths).
     #[error("invalid dataset: {0}")]
     InvalidData(String),
+    /// Two computations that should agree (the CPU and GPU paths) differ by more than
+    /// the tolerance.
+    #[error("verification failed: {0}")]
+    VerificationFailed(String),
 }
 
 impl Error {

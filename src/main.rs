@@ -3,14 +3,22 @@
 //! `train` currently trains on a generated task (the sign of a running sum, a per-step
 //! classification whose answer depends on the whole prefix) and then shows that the
 //! shared parameters carry over to sequences five times longer than any seen in
-//! training. `devices` lists the adapters wgpu sees.
+//! training. `devices` lists the adapters wgpu sees. `classify` trains a sequence
+//! classifier on a UEA/UCR `.ts` dataset (by default the bundled JapaneseVowels).
+//! `verify` runs the same training steps on the CPU path and on the GPU and compares them.
 
 use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
+use unfold::data::{
+    parse_ts, predict, read_ts, BatchLoader, ConfusionMatrix, Dataset, Standardizer,
+};
 use unfold::ndarray::Array2;
 use unfold::rng::SplitMix64;
-use unfold::{Device, Head, Optimizer, Rnn, RnnConfig, RnnParams, SequenceBatch, Targets};
+use unfold::{
+    Device, Head, Nonlinearity, Optimizer, Rnn, RnnConfig, RnnParams, SequenceBatch, Targets,
+};
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +73,69 @@ enum Command {
     },
     /// List the adapters wgpu sees and the one `--device auto` picks.
     Devices,
+    /// Train a sequence classifier (last-step head) on a UEA/UCR `.ts` dataset and report
+    /// its test accuracy and confusion matrix. Without --train/--test: the bundled
+    /// JapaneseVowels dataset (speaker recognition, 12 features, 9 classes).
+    Classify {
+        /// Training set (`.ts` with class labels); goes with --test.
+        #[arg(long, requires = "test")]
+        train: Option<PathBuf>,
+        /// Test set (`.ts` with the same class labels as the training set).
+        #[arg(long, requires = "train")]
+        test: Option<PathBuf>,
+        #[arg(long, default_value_t = 96)]
+        hidden: usize,
+        #[arg(long, default_value_t = 1)]
+        layers: usize,
+        #[arg(long, default_value_t = 60)]
+        epochs: usize,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, value_enum, default_value = "adam")]
+        optimizer: OptimizerChoice,
+        #[arg(long, default_value_t = 3e-3)]
+        lr: f32,
+        /// Largest global gradient norm; 0 turns clipping off.
+        #[arg(long, default_value_t = 1.0)]
+        clip: f32,
+        /// Batches per length-sorting pool (1: plain shuffling).
+        #[arg(long, default_value_t = 8)]
+        pool: usize,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Run the same training steps from the same weights on the CPU path and on the GPU
+    /// (`Device::gpu()`, honouring WGPU_ADAPTER_NAME) and compare losses, outputs,
+    /// gradients and parameters; fails past --tolerance.
+    Verify {
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Comma-separated: small (2 tanh layers, per-step classes), relu, last-step, values.
+        #[arg(long, default_value = "small")]
+        config: String,
+        /// Largest allowed relative difference ‖gpu − cpu‖ / ‖cpu‖ of any tensor.
+        #[arg(long, default_value_t = 1e-4)]
+        tolerance: f64,
+        #[arg(long, value_enum, default_value = "adam")]
+        optimizer: OptimizerChoice,
+        #[arg(long, default_value_t = 1e-2)]
+        lr: f32,
+        /// Largest global gradient norm; 0 turns clipping off.
+        #[arg(long, default_value_t = 1.0)]
+        clip: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OptimizerChoice {
+    Sgd,
+    /// SGD with momentum 0.9.
+    Momentum,
+    Adam,
 }
 
 fn main() -> ExitCode {
@@ -112,6 +183,46 @@ fn run(cli: Cli) -> unfold::Result<()> {
             seq_len.max(2),
             lr,
             clip,
+            seed,
+        ),
+        Command::Classify {
+            train,
+            test,
+            hidden,
+            layers,
+            epochs,
+            batch,
+            optimizer,
+            lr,
+            clip,
+            pool,
+            device,
+            seed,
+        } => classify(ClassifyArgs {
+            train,
+            test,
+            hidden,
+            layers,
+            epochs,
+            batch,
+            optimizer: make_optimizer(optimizer, lr, clip),
+            pool,
+            device,
+            seed,
+        }),
+        Command::Verify {
+            steps,
+            config,
+            tolerance,
+            optimizer,
+            lr,
+            clip,
+            seed,
+        } => verify(
+            steps,
+            &config,
+            tolerance,
+            || make_optimizer(optimizer, lr, clip),
             seed,
         ),
     }
@@ -258,5 +369,373 @@ fn train_running_sum(
             right as f64 / total as f64
         );
     }
+    Ok(())
+}
+
+/// An optimizer from the command line; a clip of 0 means no clipping.
+fn make_optimizer(choice: OptimizerChoice, lr: f32, clip: f32) -> Optimizer {
+    let optimizer = match choice {
+        OptimizerChoice::Sgd => Optimizer::sgd(lr),
+        OptimizerChoice::Momentum => Optimizer::sgd_momentum(lr, 0.9),
+        OptimizerChoice::Adam => Optimizer::adam(lr),
+    };
+    if clip == 0.0 {
+        optimizer
+    } else {
+        optimizer.clip_grad_norm(clip)
+    }
+}
+
+/// The bundled JapaneseVowels dataset (see data/JapaneseVowels/README.md).
+const JAPANESE_VOWELS_TRAIN: &str = include_str!("../data/JapaneseVowels/JapaneseVowels_TRAIN.ts");
+const JAPANESE_VOWELS_TEST: &str = include_str!("../data/JapaneseVowels/JapaneseVowels_TEST.ts");
+
+struct ClassifyArgs {
+    train: Option<PathBuf>,
+    test: Option<PathBuf>,
+    hidden: usize,
+    layers: usize,
+    epochs: usize,
+    batch: usize,
+    optimizer: Optimizer,
+    pool: usize,
+    device: DeviceChoice,
+    seed: u64,
+}
+
+fn describe_lengths(data: &Dataset) -> String {
+    let lengths = data.lengths();
+    let min = lengths.iter().min().copied().unwrap_or(0);
+    let max = lengths.iter().max().copied().unwrap_or(0);
+    format!("{} sequences of lengths {min}..={max}", data.len())
+}
+
+/// Trains a last-step-head classifier on standardised inputs and reports its accuracy on
+/// the test set.
+fn classify(args: ClassifyArgs) -> unfold::Result<()> {
+    let start = Instant::now();
+    let (name, train, test) = match (&args.train, &args.test) {
+        (Some(train), Some(test)) => (
+            train
+                .file_stem()
+                .map(|s| s.to_string_lossy().trim_end_matches("_TRAIN").to_string())
+                .unwrap_or_default(),
+            read_ts(train)?,
+            read_ts(test)?,
+        ),
+        (None, None) => (
+            "JapaneseVowels (bundled)".to_string(),
+            parse_ts(
+                JAPANESE_VOWELS_TRAIN,
+                "data/JapaneseVowels/JapaneseVowels_TRAIN.ts",
+            )?,
+            parse_ts(
+                JAPANESE_VOWELS_TEST,
+                "data/JapaneseVowels/JapaneseVowels_TEST.ts",
+            )?,
+        ),
+        _ => {
+            return Err(unfold::Error::InvalidConfig {
+                what: "--train and --test",
+                expected: "given together (or neither, for the bundled JapaneseVowels)",
+                got: "only one of them".into(),
+            })
+        }
+    };
+    if test.num_features() != train.num_features() {
+        return Err(unfold::Error::InvalidData(format!(
+            "the training set has {} features per step, the test set {}",
+            train.num_features(),
+            test.num_features()
+        )));
+    }
+    if test.class_names() != train.class_names() {
+        return Err(unfold::Error::InvalidData(format!(
+            "the training set's classes ({}) differ from the test set's ({})",
+            train.class_names().join(" "),
+            test.class_names().join(" ")
+        )));
+    }
+    // statistics of the training set only, applied to both
+    let standardizer = Standardizer::fit(&train);
+    let train = standardizer.apply(&train)?;
+    let test = standardizer.apply(&test)?;
+
+    let device = pick(args.device)?;
+    let config = RnnConfig::new(train.num_features(), args.hidden, train.num_classes())
+        .num_layers(args.layers)
+        .head(Head::LastStep);
+    config.validate()?;
+    let mut optimizer = args.optimizer;
+    optimizer.validate()?;
+    let mut rnn = Rnn::new(config.clone(), RnnParams::init(&config, args.seed), &device)?;
+    let loader = BatchLoader::new(&train, args.batch)?
+        .seed(args.seed)
+        .pool_batches(args.pool);
+    let shuffled = BatchLoader::new(&train, args.batch)?
+        .seed(args.seed)
+        .pool_batches(1);
+
+    println!(
+        "{name}: train {}, test {}; {} features, {} classes",
+        describe_lengths(&train),
+        describe_lengths(&test),
+        train.num_features(),
+        train.num_classes()
+    );
+    println!(
+        "model: {} layer(s) of {} tanh units, last-step head, {} parameters, on {}",
+        config.num_layers,
+        config.hidden_size,
+        config.num_params(),
+        device.describe()
+    );
+    println!(
+        "training: {} epochs of {} batches of {} ({:.1}% padding with pools of {} batches, {:.1}% shuffled plainly), {:?}, clip {}, seed {}",
+        args.epochs,
+        loader.num_batches(),
+        args.batch,
+        100.0 * loader.padding_fraction(0),
+        args.pool.max(1),
+        100.0 * shuffled.padding_fraction(0),
+        optimizer.kind(),
+        optimizer
+            .clip()
+            .map_or("off".to_string(), |c| c.to_string()),
+        args.seed
+    );
+    let eval_batch = 128;
+    for epoch in 1..=args.epochs {
+        let t0 = Instant::now();
+        let mut loss_sum = 0.0f64;
+        for batch in loader.epoch(epoch as u64) {
+            let batch = batch?;
+            loss_sum += rnn.train_step(&batch, &mut optimizer)? as f64 * batch.len() as f64;
+        }
+        let (predicted, _) = predict(&mut rnn, &train, eval_batch)?;
+        let accuracy =
+            ConfusionMatrix::new(train.labels(), &predicted, train.num_classes())?.accuracy();
+        println!(
+            "epoch {epoch:>3}/{}  loss {:.4}  train accuracy {accuracy:.3}  {:.2} s",
+            args.epochs,
+            loss_sum / train.len() as f64,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    let (predicted, test_loss) = predict(&mut rnn, &test, eval_batch)?;
+    let confusion = ConfusionMatrix::new(test.labels(), &predicted, test.num_classes())?;
+    println!(
+        "test loss {test_loss:.4} on {} sequences; {:.1} s in all",
+        test.len(),
+        start.elapsed().as_secs_f64()
+    );
+    println!("test accuracy: {:.3}", confusion.accuracy());
+    println!("confusion matrix (rows: true class, columns: predicted class):");
+    print!("{}", confusion.render(test.class_names()));
+    Ok(())
+}
+
+/// The shapes `verify` checks: small enough for a software adapter (lavapipe).
+fn verify_case(name: &str) -> unfold::Result<(RnnConfig, bool)> {
+    let small = RnnConfig::new(8, 32, 5).num_layers(2);
+    Ok(match name {
+        "small" => (small, false),
+        "relu" => (small.nonlinearity(Nonlinearity::Relu), false),
+        "last-step" => (small.head(Head::LastStep), false),
+        "values" => (small, true),
+        _ => {
+            return Err(unfold::Error::InvalidConfig {
+                what: "--config",
+                expected: "a comma-separated list of small, relu, last-step, values, or all",
+                got: name.to_string(),
+            })
+        }
+    })
+}
+
+/// Random inputs and targets for `config`: `batch` sequences, the first of `max_len`
+/// steps, the others of 1..=max_len.
+fn verify_batch(
+    config: &RnnConfig,
+    batch: usize,
+    max_len: usize,
+    values: bool,
+    rng: &mut SplitMix64,
+) -> unfold::Result<SequenceBatch> {
+    let lengths: Vec<usize> = (0..batch)
+        .map(|i| {
+            if i == 0 {
+                max_len
+            } else {
+                1 + rng.below(max_len)
+            }
+        })
+        .collect();
+    let inputs = lengths
+        .iter()
+        .map(|&len| Array2::from_shape_simple_fn((len, config.input_size), || rng.normal()))
+        .collect();
+    let rows = |len: usize| if config.head == Head::PerStep { len } else { 1 };
+    let targets = if values {
+        Targets::Values(
+            lengths
+                .iter()
+                .map(|&len| {
+                    Array2::from_shape_simple_fn((rows(len), config.output_size), || rng.normal())
+                })
+                .collect(),
+        )
+    } else {
+        Targets::Classes(
+            lengths
+                .iter()
+                .map(|&len| {
+                    (0..rows(len))
+                        .map(|_| rng.below(config.output_size) as u32)
+                        .collect()
+                })
+                .collect(),
+        )
+    };
+    SequenceBatch::new(inputs, targets)
+}
+
+/// ‖got − want‖ / ‖want‖ (‖want‖ floored at 1e-6); infinite if anything is not finite.
+fn relative_difference(got: &[f32], want: &[f32]) -> f64 {
+    if got.len() != want.len() || got.iter().chain(want).any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let diff: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+    diff / norm.max(1e-6)
+}
+
+/// The largest relative difference over named tensor pairs, and the tensor it is in.
+fn worst_of<'a>(pairs: impl IntoIterator<Item = (String, &'a [f32], &'a [f32])>) -> (f64, String) {
+    pairs
+        .into_iter()
+        .map(|(name, got, want)| (relative_difference(got, want), name))
+        .fold((0.0, String::new()), |m, x| {
+            if x.0 > m.0 || x.0.is_nan() {
+                x
+            } else {
+                m
+            }
+        })
+}
+
+fn param_pairs<'a>(
+    gpu: &'a RnnParams,
+    cpu: &'a RnnParams,
+) -> impl Iterator<Item = (String, &'a [f32], &'a [f32])> {
+    gpu.tensors()
+        .into_iter()
+        .zip(cpu.tensors())
+        .map(|((name, g), (_, c))| (name, g, c))
+}
+
+/// Trains copies of one model on the CPU path and on the GPU with the same batches and
+/// compares them at every step.
+fn verify(
+    steps: usize,
+    configs: &str,
+    tolerance: f64,
+    make_optimizer: impl Fn() -> Optimizer,
+    seed: u64,
+) -> unfold::Result<()> {
+    if tolerance.is_nan() || tolerance < 0.0 {
+        return Err(unfold::Error::InvalidConfig {
+            what: "--tolerance",
+            expected: ">= 0",
+            got: tolerance.to_string(),
+        });
+    }
+    make_optimizer().validate()?;
+    let names: Vec<&str> = if configs.trim() == "all" {
+        vec!["small", "relu", "last-step", "values"]
+    } else {
+        configs.split(',').map(str::trim).collect()
+    };
+    let cases = names
+        .iter()
+        .map(|n| verify_case(n))
+        .collect::<unfold::Result<Vec<_>>>()?;
+    let gpu = Device::gpu()?;
+    let cpu = Device::cpu();
+    println!("verifying {} against the CPU path", gpu.describe());
+    let (batch_size, max_len) = (8, 20);
+    let mut worst = (0.0f64, String::from("nothing compared"));
+    for (name, (config, values)) in names.iter().zip(cases) {
+        println!(
+            "{name}: input {}, hidden {}, output {}, {} layers, {:?}, {:?} head, {} targets, batch {batch_size}, lengths up to {max_len}",
+            config.input_size,
+            config.hidden_size,
+            config.output_size,
+            config.num_layers,
+            config.nonlinearity,
+            config.head,
+            if values { "value" } else { "class" }
+        );
+        let params = RnnParams::init(&config, seed);
+        let mut on_cpu = Rnn::new(config.clone(), params.clone(), &cpu)?;
+        let mut on_gpu = Rnn::new(config.clone(), params, &gpu)?;
+        let (mut opt_cpu, mut opt_gpu) = (make_optimizer(), make_optimizer());
+        let mut rng = SplitMix64::new(seed ^ 0x7e57_da7a);
+        for step in 1..=steps {
+            let batch = verify_batch(&config, batch_size, max_len, values, &mut rng)?;
+            let (fc, fg) = (on_cpu.forward(&batch)?, on_gpu.forward(&batch)?);
+            let (gc, gg) = (
+                on_cpu.loss_and_gradients(&batch)?.1,
+                on_gpu.loss_and_gradients(&batch)?.1,
+            );
+            let loss_cpu = on_cpu.train_step(&batch, &mut opt_cpu)?;
+            let loss_gpu = on_gpu.train_step(&batch, &mut opt_gpu)?;
+            let (pc, pg) = (on_cpu.params()?, on_gpu.params()?);
+            let (lc, lg) = ([loss_cpu, fc.loss], [loss_gpu, fg.loss]);
+            let outputs = worst_of([
+                ("loss".to_string(), lg.as_slice(), lc.as_slice()),
+                (
+                    "outputs".to_string(),
+                    fg.outputs.as_slice().unwrap_or(&[]),
+                    fc.outputs.as_slice().unwrap_or(&[]),
+                ),
+                (
+                    "final hidden".to_string(),
+                    fg.final_hidden.as_slice().unwrap_or(&[]),
+                    fc.final_hidden.as_slice().unwrap_or(&[]),
+                ),
+            ]);
+            let grads = worst_of(param_pairs(&gg, &gc));
+            let parameters = worst_of(param_pairs(&pg, &pc));
+            println!(
+                "step {step:>3}  loss cpu {loss_cpu:.6} gpu {loss_gpu:.6}  largest relative difference: outputs {:.2e}  gradients {:.2e}  parameters {:.2e}",
+                outputs.0, grads.0, parameters.0
+            );
+            for (d, what, kind) in [
+                (outputs, "", "outputs"),
+                (grads, "gradient of ", "gradients"),
+                (parameters, "", "parameters"),
+            ] {
+                if d.0 > worst.0 || d.0.is_nan() || worst.1 == "nothing compared" {
+                    worst = (d.0, format!("{name}, step {step}, {kind}: {what}{}", d.1));
+                }
+            }
+        }
+    }
+    if worst.0 > tolerance || worst.0.is_nan() {
+        return Err(unfold::Error::VerificationFailed(format!(
+            "largest relative difference {:.3e} ({}) exceeds the tolerance {tolerance:e}",
+            worst.0, worst.1
+        )));
+    }
+    println!(
+        "ok: largest relative difference {:.3e} ({}) is within the tolerance {tolerance:e}",
+        worst.0, worst.1
+    );
     Ok(())
 }

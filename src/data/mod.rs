@@ -46,7 +46,9 @@ impl Dataset {
         class_names: Vec<String>,
     ) -> Result<Self> {
         if inputs.is_empty() {
-            return Err(Error::InvalidData("a dataset needs at least one sequence".into()));
+            return Err(Error::InvalidData(
+                "a dataset needs at least one sequence".into(),
+            ));
         }
         if labels.len() != inputs.len() {
             return Err(Error::InvalidData(format!(
@@ -56,7 +58,9 @@ impl Dataset {
             )));
         }
         if class_names.is_empty() {
-            return Err(Error::InvalidData("a dataset needs at least one class".into()));
+            return Err(Error::InvalidData(
+                "a dataset needs at least one class".into(),
+            ));
         }
         let width = inputs[0].ncols();
         if width == 0 {
@@ -248,13 +252,16 @@ pub fn predict(rnn: &mut Rnn, data: &Dataset, batch_size: usize) -> Result<(Vec<
             let best = row
                 .iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |m, (k, &v)| {
-                    if v > m.1 {
-                        (k, v)
-                    } else {
-                        m
-                    }
-                });
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |m, (k, &v)| {
+                        if v > m.1 {
+                            (k, v)
+                        } else {
+                            m
+                        }
+                    },
+                );
             predictions.push(best.0 as u32);
         }
     }
@@ -304,12 +311,7 @@ impl ConfusionMatrix {
 
     /// A table with one row per true class and one column per predicted class.
     pub fn render(&self, class_names: &[String]) -> String {
-        let name = |k: usize| {
-            class_names
-                .get(k)
-                .cloned()
-                .unwrap_or_else(|| k.to_string())
-        };
+        let name = |k: usize| class_names.get(k).cloned().unwrap_or_else(|| k.to_string());
         let n = self.counts.len();
         let width = (0..n)
             .map(|k| name(k).len())

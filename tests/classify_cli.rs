@@ -1,0 +1,215 @@
+//! The `classify` and `verify` subcommands of the built binary.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn unfold(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_unfold"))
+        .args(args)
+        .output()
+        .expect("the unfold binary runs");
+    eprintln!(
+        "$ unfold {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A failure that is an `Error` reported by `main`, not a panic.
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "expected a failure");
+    assert!(!err.contains("panicked"), "a panic: {err}");
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+}
+
+fn scratch(name: &str, text: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("classify_cli_{}_{name}", std::process::id()));
+    std::fs::write(&path, text).expect("write a scratch file");
+    path
+}
+
+#[test]
+fn classify_smoke_run_on_the_bundled_data() {
+    let out = unfold(&["classify", "--epochs", "2", "--device", "cpu"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("train 270 sequences of lengths 7..=26"),
+        "{text}"
+    );
+    assert!(
+        text.contains("test 370 sequences of lengths 7..=29"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("train accuracy").count(),
+        2,
+        "one line per epoch"
+    );
+    let accuracy: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("test accuracy: "))
+        .expect("a `test accuracy:` line")
+        .trim()
+        .parse()
+        .expect("a number");
+    // 9 balanced-ish classes: chance is about 0.11; two epochs already do far better
+    assert!((0.3..=1.0).contains(&accuracy), "{accuracy}");
+    let matrix: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("confusion matrix"))
+        .skip(2)
+        .collect();
+    assert_eq!(matrix.len(), 9, "one row per class: {text}");
+    let total: usize = matrix
+        .iter()
+        .flat_map(|l| l.split_whitespace().skip(1))
+        .map(|c| c.parse::<usize>().expect("a count"))
+        .sum();
+    assert_eq!(total, 370, "every test sequence counted once");
+}
+
+#[test]
+fn classify_reads_given_files_and_reports_their_errors() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/JapaneseVowels");
+    let train = dir.join("JapaneseVowels_TRAIN.ts");
+    let test = dir.join("JapaneseVowels_TEST.ts");
+    let (train, test) = (train.to_str().unwrap(), test.to_str().unwrap());
+    let out = unfold(&[
+        "classify",
+        "--train",
+        train,
+        "--test",
+        test,
+        "--epochs",
+        "1",
+        "--hidden",
+        "8",
+        "--batch",
+        "64",
+        "--optimizer",
+        "momentum",
+        "--lr",
+        "0.01",
+        "--clip",
+        "0",
+        "--device",
+        "cpu",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("JapaneseVowels: "),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("test accuracy: "));
+
+    let bad = scratch(
+        "bad.ts",
+        "@classLabel true 1 2\n@data\n1,2:3,4:1\n1,2:3,x:2\n",
+    );
+    let out = unfold(&[
+        "classify",
+        "--train",
+        bad.to_str().unwrap(),
+        "--test",
+        test,
+        "--device",
+        "cpu",
+    ]);
+    assert_clean_failure(&out, &format!("{}:4: dimension 2, value 2", bad.display()));
+
+    // classes or features that differ between the files
+    let other = scratch(
+        "other.ts",
+        "@classLabel true 1 2\n@data\n1,2:3,4:1\n1,2:3,5:2\n",
+    );
+    let out = unfold(&[
+        "classify",
+        "--train",
+        other.to_str().unwrap(),
+        "--test",
+        test,
+        "--device",
+        "cpu",
+    ]);
+    assert_clean_failure(&out, "features");
+    let out = unfold(&[
+        "classify",
+        "--train",
+        "/nonexistent/train.ts",
+        "--test",
+        test,
+    ]);
+    assert_clean_failure(&out, "/nonexistent/train.ts");
+    let _ = std::fs::remove_file(bad);
+    let _ = std::fs::remove_file(other);
+}
+
+#[test]
+fn classify_refuses_bad_settings_without_panicking() {
+    for (args, needle) in [
+        (&["--batch", "0"][..], "batch size"),
+        (&["--hidden", "0"][..], "hidden_size"),
+        (&["--layers", "0"][..], "num_layers"),
+        (&["--lr=-1"][..], "learning rate"),
+        (&["--clip=-1"][..], "clip"),
+        (&["--lr", "nan"][..], "learning rate"),
+    ] {
+        let mut all = vec!["classify", "--epochs", "1", "--device", "cpu"];
+        all.extend_from_slice(args);
+        assert_clean_failure(&unfold(&all), needle);
+    }
+    // --train without --test is refused by the argument parser
+    let out = unfold(&["classify", "--train", "x.ts"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--test"), "{}", stderr(&out));
+}
+
+#[test]
+fn verify_refuses_unknown_configs_and_tolerances() {
+    assert_clean_failure(&unfold(&["verify", "--config", "huge"]), "--config");
+    assert_clean_failure(&unfold(&["verify", "--tolerance=-1"]), "--tolerance");
+}
+
+#[test]
+fn verify_passes_on_the_gpu() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let out = unfold(&["verify", "--steps", "3", "--config", "small,last-step"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let steps = text.lines().filter(|l| l.starts_with("step ")).count();
+    assert_eq!(steps, 6, "one line per step: {text}");
+    assert!(text.contains("ok: largest relative difference"), "{text}");
+}
+
+#[test]
+fn verify_fails_at_zero_tolerance() {
+    if common::gpu().is_none() {
+        return;
+    }
+    // f32 sums in another order on the GPU: not bit-identical, so tolerance 0 must fail
+    let out = unfold(&["verify", "--steps", "2", "--tolerance", "0"]);
+    assert_clean_failure(&out, "verification failed: largest relative difference");
+    assert!(
+        stderr(&out).contains("exceeds the tolerance 0"),
+        "{}",
+        stderr(&out)
+    );
+}
