@@ -123,6 +123,27 @@ fn backward_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
 var<workgroup> carried: array<f32, 256>;
 var<workgroup> seq_len: u32;
 
+// sum_k carried[k] * params[base + k * stride], in four independent chains so that the
+// loads of one chain overlap the multiply-adds of the others
+fn carried_dot(base: u32, stride: u32, h: u32) -> f32 {
+    var a0 = 0.0;
+    var a1 = 0.0;
+    var a2 = 0.0;
+    var a3 = 0.0;
+    var k = 0u;
+    for (; k + 4u <= h; k += 4u) {
+        let at = base + k * stride;
+        a0 = fma(carried[k], params[at], a0);
+        a1 = fma(carried[k + 1u], params[at + stride], a1);
+        a2 = fma(carried[k + 2u], params[at + 2u * stride], a2);
+        a3 = fma(carried[k + 3u], params[at + 3u * stride], a3);
+    }
+    for (; k < h; k++) {
+        a0 = fma(carried[k], params[base + k * stride], a0);
+    }
+    return (a0 + a1) + (a2 + a3);
+}
+
 @compute @workgroup_size(256)
 fn forward_sequence(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) u: u32) {
     let r = wg.x;
@@ -132,25 +153,28 @@ fn forward_sequence(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     }
     carried[u] = 0.0;
     let len = workgroupUniformLoad(&seq_len);
+    let unit = min(u, h - 1u); // idle threads shadow the last unit's loads, never store
+    var pre = state[(packing[0] + r) * h + unit];
     for (var t = 0u; t < len; t++) {
-        let at = (packing[t] + r) * h + u;
-        var v = 0.0;
-        if (u < h) {
-            var acc = state[at];
-            if (t > 0u) {
-                // W_hh[u][k]: each thread walks its own row, which stays in cache
-                for (var k = 0u; k < h; k++) {
-                    acc = fma(carried[k], params[p.w_offset + u * h + k], acc);
-                }
-            }
-            v = activate(acc);
+        let at = (packing[t] + r) * h + unit;
+        // the next step's input term, loaded now so that its latency hides behind this step
+        var pre_next = 0.0;
+        if (t + 1u < len) {
+            pre_next = state[(packing[t + 1u] + r) * h + unit];
         }
+        var acc = pre;
+        if (t > 0u) {
+            // W_hh[u][k]: each thread walks its own row, which stays in cache
+            acc += carried_dot(p.w_offset + unit * h, 1u, h);
+        }
+        let v = activate(acc);
         workgroupBarrier();
         if (u < h) {
             carried[u] = v;
             state[at] = v;
         }
         workgroupBarrier();
+        pre = pre_next;
     }
 }
 
@@ -163,21 +187,19 @@ fn backward_sequence(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
     }
     carried[u] = 0.0;
     let len = workgroupUniformLoad(&seq_len);
+    let unit = min(u, h - 1u);
     for (var step = 0u; step < len; step++) {
         let t = len - 1u - step;
-        let at = (packing[t] + r) * h + u;
-        var d = 0.0;
-        if (u < h) {
-            var acc = state[at];
-            if (step > 0u) {
-                // (W_hh^T dA(t+1))[u] = sum_k W_hh[k][u] dA(t+1)[k]: neighbouring threads
-                // read neighbouring floats
-                for (var k = 0u; k < h; k++) {
-                    acc = fma(carried[k], params[p.w_offset + k * h + u], acc);
-                }
-            }
-            d = acc * derivative(hidden_out[at]);
+        let at = (packing[t] + r) * h + unit;
+        let incoming = state[at];
+        let slope = derivative(hidden_out[at]);
+        var acc = incoming;
+        if (step > 0u) {
+            // (W_hh^T dA(t+1))[u] = sum_k W_hh[k][u] dA(t+1)[k]: neighbouring threads
+            // read neighbouring floats
+            acc += carried_dot(p.w_offset + unit, h, h);
         }
+        let d = acc * slope;
         workgroupBarrier();
         if (u < h) {
             carried[u] = d;
