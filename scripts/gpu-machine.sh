@@ -24,6 +24,11 @@ for t in "$RUN"/tests/*; do
     echo "$(basename "$t"): $("$t" --test-threads=1 2>&1 | grep -E '^test result|panicked' | head -3)"
 done | tee "$OUT/tests.txt"
 
+echo "--- unfold verify: CPU path against this GPU, step by step"
+timeout 120 "$RUN/unfold" verify --config all 2>&1 | tail -4 | tee "$OUT/verify.txt"
+echo "--- unfold classify on the bundled JapaneseVowels, on this GPU"
+( time timeout 300 "$RUN/unfold" classify --device gpu ) 2>&1 | grep -E "test accuracy|real" | tee "$OUT/classify.txt"
+
 echo "--- unfold on the GPU"
 timeout 300 "$RUN/unfold" bench --device gpu --configs "${CONFIGS:-latency,small,ref,large}" --reps 20 | tee "$OUT/unfold_gpu.jsonl"
 echo "--- PyTorch / cuDNN on the same GPU"

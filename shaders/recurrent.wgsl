@@ -154,13 +154,16 @@ fn forward_sequence(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     carried[u] = 0.0;
     let len = workgroupUniformLoad(&seq_len);
     let unit = min(u, h - 1u); // idle threads shadow the last unit's loads, never store
-    var pre = state[(packing[0] + r) * h + unit];
+    // each step's row and input term are loaded one step ahead, so that their latency
+    // hides behind the previous step's product
+    var at = (packing[0] + r) * h + unit;
+    var pre = state[at];
     for (var t = 0u; t < len; t++) {
-        let at = (packing[t] + r) * h + unit;
-        // the next step's input term, loaded now so that its latency hides behind this step
+        var at_next = at;
         var pre_next = 0.0;
         if (t + 1u < len) {
-            pre_next = state[(packing[t + 1u] + r) * h + unit];
+            at_next = (packing[t + 1u] + r) * h + unit;
+            pre_next = state[at_next];
         }
         var acc = pre;
         if (t > 0u) {
@@ -174,6 +177,7 @@ fn forward_sequence(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
             state[at] = v;
         }
         workgroupBarrier();
+        at = at_next;
         pre = pre_next;
     }
 }
@@ -188,11 +192,19 @@ fn backward_sequence(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
     carried[u] = 0.0;
     let len = workgroupUniformLoad(&seq_len);
     let unit = min(u, h - 1u);
+    // as forward: the next step's row, incoming gradient and slope are loaded a step ahead
+    var at = (packing[len - 1u] + r) * h + unit;
+    var incoming = state[at];
+    var slope = derivative(hidden_out[at]);
     for (var step = 0u; step < len; step++) {
-        let t = len - 1u - step;
-        let at = (packing[t] + r) * h + unit;
-        let incoming = state[at];
-        let slope = derivative(hidden_out[at]);
+        var at_next = at;
+        var incoming_next = 0.0;
+        var slope_next = 0.0;
+        if (step + 1u < len) {
+            at_next = (packing[len - 2u - step] + r) * h + unit;
+            incoming_next = state[at_next];
+            slope_next = derivative(hidden_out[at_next]);
+        }
         var acc = incoming;
         if (step > 0u) {
             // (W_hh^T dA(t+1))[u] = sum_k W_hh[k][u] dA(t+1)[k]: neighbouring threads
@@ -206,5 +218,8 @@ fn backward_sequence(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             state[at] = d;
         }
         workgroupBarrier();
+        at = at_next;
+        incoming = incoming_next;
+        slope = slope_next;
     }
 }
