@@ -571,33 +571,7 @@ fn verify_batch(
             }
         })
         .collect();
-    let inputs = lengths
-        .iter()
-        .map(|&len| Array2::from_shape_simple_fn((len, config.input_size), || rng.normal()))
-        .collect();
-    let rows = |len: usize| if config.head == Head::PerStep { len } else { 1 };
-    let targets = if values {
-        Targets::Values(
-            lengths
-                .iter()
-                .map(|&len| {
-                    Array2::from_shape_simple_fn((rows(len), config.output_size), || rng.normal())
-                })
-                .collect(),
-        )
-    } else {
-        Targets::Classes(
-            lengths
-                .iter()
-                .map(|&len| {
-                    (0..rows(len))
-                        .map(|_| rng.below(config.output_size) as u32)
-                        .collect()
-                })
-                .collect(),
-        )
-    };
-    SequenceBatch::new(inputs, targets)
+    unfold::workloads::random_batch(config, &lengths, values, rng)
 }
 
 /// ‖got − want‖ / ‖want‖ (‖want‖ floored at 1e-6); infinite if anything is not finite.

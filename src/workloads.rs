@@ -4,7 +4,7 @@
 //! `[T/2, T]` with the first sequence at `T`.
 
 use crate::rng::SplitMix64;
-use crate::{RnnConfig, SequenceBatch, Targets};
+use crate::{Head, RnnConfig, SequenceBatch, Targets};
 use ndarray::Array2;
 
 /// An Elman RNN + per-step linear readout + cross-entropy training problem.
@@ -96,4 +96,41 @@ impl Workload {
         // forward 2 flops per multiply-add; backward twice the forward
         6 * (tokens * per_token) as u64
     }
+}
+
+/// A batch of random sequences of the given lengths for `config`: standard normal inputs,
+/// and uniform classes or standard normal values as targets, shaped for its head.
+pub fn random_batch(
+    config: &RnnConfig,
+    lengths: &[usize],
+    values: bool,
+    rng: &mut SplitMix64,
+) -> crate::Result<SequenceBatch> {
+    let inputs = lengths
+        .iter()
+        .map(|&len| Array2::from_shape_simple_fn((len, config.input_size), || rng.normal()))
+        .collect();
+    let rows = |len: usize| if config.head == Head::PerStep { len } else { 1 };
+    let targets = if values {
+        Targets::Values(
+            lengths
+                .iter()
+                .map(|&len| {
+                    Array2::from_shape_simple_fn((rows(len), config.output_size), || rng.normal())
+                })
+                .collect(),
+        )
+    } else {
+        Targets::Classes(
+            lengths
+                .iter()
+                .map(|&len| {
+                    (0..rows(len))
+                        .map(|_| rng.below(config.output_size) as u32)
+                        .collect()
+                })
+                .collect(),
+        )
+    };
+    SequenceBatch::new(inputs, targets)
 }

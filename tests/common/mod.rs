@@ -2,9 +2,8 @@
 //! that explain themselves, and the GPU device (which must exist when CI says so).
 #![allow(dead_code)]
 
-use unfold::ndarray::{Array2, ArrayD, IxDyn};
 use unfold::rng::SplitMix64;
-use unfold::{Device, Head, Nonlinearity, RnnConfig, RnnParams, SequenceBatch, Targets};
+use unfold::{Device, Head, Nonlinearity, RnnConfig, RnnParams, SequenceBatch};
 
 /// The GPU device for a test: `Some` if an adapter exists. When `UNFOLD_REQUIRE_GPU=1`
 /// (as in CI), a missing adapter fails the test instead of skipping it.
@@ -74,34 +73,8 @@ pub fn random_batch(
     values: bool,
     seed: u64,
 ) -> SequenceBatch {
-    let mut rng = SplitMix64::new(seed);
-    let inputs: Vec<Array2<f32>> = lengths
-        .iter()
-        .map(|&len| Array2::from_shape_simple_fn((len, config.input_size), || rng.normal()))
-        .collect();
-    let rows = |len: usize| if config.head == Head::PerStep { len } else { 1 };
-    let targets = if values {
-        Targets::Values(
-            lengths
-                .iter()
-                .map(|&len| {
-                    Array2::from_shape_simple_fn((rows(len), config.output_size), || rng.normal())
-                })
-                .collect(),
-        )
-    } else {
-        Targets::Classes(
-            lengths
-                .iter()
-                .map(|&len| {
-                    (0..rows(len))
-                        .map(|_| rng.below(config.output_size) as u32)
-                        .collect()
-                })
-                .collect(),
-        )
-    };
-    SequenceBatch::new(inputs, targets).expect("valid random batch")
+    unfold::workloads::random_batch(config, lengths, values, &mut SplitMix64::new(seed))
+        .expect("valid random batch")
 }
 
 /// A config from its parts.
@@ -130,8 +103,4 @@ pub fn config(
 /// Parameters with a random (nonzero) bias so that relu units are a mix of on and off.
 pub fn params(config: &RnnConfig, seed: u64) -> RnnParams {
     RnnParams::init(config, seed)
-}
-
-pub fn dyn_array(shape: &[usize], data: Vec<f32>) -> ArrayD<f32> {
-    ArrayD::from_shape_vec(IxDyn(shape), data).expect("shape matches data")
 }
