@@ -23,7 +23,8 @@ struct StepParams {
     other_offset: u32, // forward: row 0 of step t-1; backward: row 0 of step t+1
     w_offset: u32,     // element offset of W_hh in the parameter buffer
     relu: u32,         // 0: tanh, 1: relu
-    has_other: u32,    // forward: 0 at t = 0 with a zero initial state
+    has_other: u32,    // forward: 0 at t = 0 with a zero initial state, 2 to read the
+                       // previous state from `hidden_out` (the initial state) at other_offset
 }
 // The persistent kernels read `packing`: offsets[0..=max_len] at 0, then the sequences'
 // lengths in packed order from `rows_next` on; `rows` is the number of sequences.
@@ -31,7 +32,7 @@ struct StepParams {
 @group(0) @binding(0) var<uniform> p: StepParams;
 @group(0) @binding(1) var<storage, read> params: array<f32>;
 @group(0) @binding(2) var<storage, read_write> state: array<f32>;  // forward: h; backward: g
-@group(0) @binding(3) var<storage, read> hidden_out: array<f32>;   // backward: h (forward: unused)
+@group(0) @binding(3) var<storage, read> hidden_out: array<f32>;   // backward: h; forward: initial state
 @group(0) @binding(4) var<storage, read> packing: array<u32>;      // persistent kernels only
 
 var<workgroup> left_tile: array<array<f32, 16>, 16>;
@@ -63,7 +64,11 @@ fn forward_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
             let kk = k0 + lid.x;
             var hv = 0.0;
             if (row < p.rows && kk < h) {
-                hv = state[p.other_offset + row * h + kk];
+                if (p.has_other == 2u) {
+                    hv = hidden_out[p.other_offset + row * h + kk];
+                } else {
+                    hv = state[p.other_offset + row * h + kk];
+                }
             }
             left_tile[lid.y][lid.x] = hv;
             // W_hh[u][k]: tile row = unit, column = k
@@ -151,7 +156,12 @@ fn forward_sequence(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     if (u == 0u) {
         seq_len = packing[p.rows_next + r];
     }
+    // with an initial state (has_other == 2) it sits in hidden_out at cur_offset, [batch, hidden]
+    let from_initial = p.has_other == 2u;
     carried[u] = 0.0;
+    if (from_initial && u < h) {
+        carried[u] = hidden_out[p.cur_offset + r * h + u];
+    }
     let len = workgroupUniformLoad(&seq_len);
     let unit = min(u, h - 1u); // idle threads shadow the last unit's loads, never store
     // each step's row and input term are loaded one step ahead, so that their latency
@@ -166,7 +176,7 @@ fn forward_sequence(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
             pre_next = state[at_next];
         }
         var acc = pre;
-        if (t > 0u) {
+        if (t > 0u || from_initial) {
             // W_hh[u][k]: each thread walks its own row, which stays in cache
             acc += carried_dot(p.w_offset + unit * h, 1u, h);
         }

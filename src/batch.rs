@@ -141,10 +141,21 @@ impl Packing {
 /// A validated minibatch of variable-length sequences with their targets.
 #[derive(Clone, Debug)]
 pub struct SequenceBatch {
-    inputs: Vec<Array2<f32>>,
+    inputs: Inputs,
     targets: Targets,
     lengths: Vec<usize>,
     packing: Packing,
+}
+
+/// What a batch's steps are: feature vectors, or token ids whose input projection is a
+/// column lookup in `W_ih`.
+#[derive(Clone, Debug)]
+enum Inputs {
+    Dense(Vec<Array2<f32>>),
+    Tokens {
+        ids: Vec<Vec<u32>>,
+        vocab_size: usize,
+    },
 }
 
 impl SequenceBatch {
@@ -169,19 +180,68 @@ impl SequenceBatch {
             }
             check_finite(&format!("inputs[{i}]"), x)?;
         }
-        if targets.len() != inputs.len() {
+        let lengths: Vec<usize> = inputs.iter().map(|x| x.nrows()).collect();
+        Self::with_targets(Inputs::Dense(inputs), lengths, targets)
+    }
+
+    /// Token sequences: step `t` of sequence `i` is the token `tokens[i][t]` in
+    /// `0..vocab_size`, and a model for them has `input_size == vocab_size`. The input
+    /// projection is a column lookup in `W_ih` (and its gradient a scatter into that
+    /// column), never a product with a one-hot matrix.
+    pub fn from_tokens(tokens: Vec<Vec<u32>>, vocab_size: usize, targets: Targets) -> Result<Self> {
+        if tokens.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        if vocab_size == 0 {
+            return Err(Error::InvalidConfig {
+                what: "vocab_size",
+                expected: "at least 1",
+                got: "0".into(),
+            });
+        }
+        for (i, seq) in tokens.iter().enumerate() {
+            if seq.is_empty() {
+                return Err(Error::ZeroLengthSequence { index: i });
+            }
+            if let Some((t, &token)) = seq
+                .iter()
+                .enumerate()
+                .find(|(_, &k)| k as usize >= vocab_size)
+            {
+                return Err(Error::TokenOutOfRange {
+                    sequence: i,
+                    step: t,
+                    token,
+                    vocab_size,
+                });
+            }
+        }
+        let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
+        Self::with_targets(
+            Inputs::Tokens {
+                ids: tokens,
+                vocab_size,
+            },
+            lengths,
+            targets,
+        )
+    }
+
+    /// Checks the targets against the lengths and packs the batch.
+    fn with_targets(inputs: Inputs, lengths: Vec<usize>, targets: Targets) -> Result<Self> {
+        if targets.len() != lengths.len() {
             return Err(Error::shape(
                 "number of target sequences",
-                inputs.len(),
+                lengths.len(),
                 targets.len(),
             ));
         }
-        for (i, x) in inputs.iter().enumerate() {
+        for (i, &len) in lengths.iter().enumerate() {
             let rows = targets.rows(i);
-            if rows != x.nrows() && rows != 1 {
+            if rows != len && rows != 1 {
                 return Err(Error::shape(
                     format!("targets[{i}] length"),
-                    format!("{} (one per step) or 1 (last-step head)", x.nrows()),
+                    format!("{len} (one per step) or 1 (last-step head)"),
                     rows,
                 ));
             }
@@ -199,7 +259,6 @@ impl SequenceBatch {
                 check_finite(&format!("targets[{i}]"), y)?;
             }
         }
-        let lengths: Vec<usize> = inputs.iter().map(|x| x.nrows()).collect();
         let packing = Packing::from_lengths(&lengths);
         Ok(SequenceBatch {
             inputs,
@@ -209,8 +268,32 @@ impl SequenceBatch {
         })
     }
 
+    /// The feature inputs, one `[len_i, input]` array per sequence; empty for a batch of
+    /// tokens (see [`SequenceBatch::token_ids`]).
     pub fn inputs(&self) -> &[Array2<f32>] {
-        &self.inputs
+        match &self.inputs {
+            Inputs::Dense(x) => x,
+            Inputs::Tokens { .. } => &[],
+        }
+    }
+
+    /// The token ids of a batch made by [`SequenceBatch::from_tokens`].
+    pub fn token_ids(&self) -> Option<&[Vec<u32>]> {
+        match &self.inputs {
+            Inputs::Dense(_) => None,
+            Inputs::Tokens { ids, .. } => Some(ids),
+        }
+    }
+
+    /// The token ids in packed row order (token batches only).
+    pub fn packed_token_ids(&self) -> Option<Vec<u32>> {
+        let ids = self.token_ids()?;
+        let p = &self.packing;
+        let mut out = Vec::with_capacity(p.tokens());
+        for (t, &n) in p.batch_sizes.iter().enumerate() {
+            out.extend(p.order[..n].iter().map(|&i| ids[i][t]));
+        }
+        Some(out)
     }
 
     pub fn targets(&self) -> &Targets {
@@ -222,20 +305,23 @@ impl SequenceBatch {
     }
 
     pub fn len(&self) -> usize {
-        self.inputs.len()
+        self.lengths.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.inputs.is_empty()
+        self.lengths.is_empty()
     }
 
     pub fn max_len(&self) -> usize {
         self.packing.max_len()
     }
 
-    /// Feature width of the inputs.
+    /// Feature width of the inputs (the vocabulary size for tokens).
     pub fn input_size(&self) -> usize {
-        self.inputs[0].ncols()
+        match &self.inputs {
+            Inputs::Dense(x) => x[0].ncols(),
+            Inputs::Tokens { vocab_size, .. } => *vocab_size,
+        }
     }
 
     /// Number of valid (step, sequence) positions.

@@ -37,6 +37,14 @@ pub enum Error {
         class: u32,
         output_size: usize,
     },
+    /// A token id outside `0..vocab_size`.
+    #[error("token {token} of sequence {sequence} at step {step} is out of range: vocab_size is {vocab_size}")]
+    TokenOutOfRange {
+        sequence: usize,
+        step: usize,
+        token: u32,
+        vocab_size: usize,
+    },
     /// A NaN or infinite value where finite numbers are required.
     #[error("non-finite value in {what}: {detail}")]
     NonFinite { what: String, detail: String },

@@ -52,7 +52,7 @@ pub use device::Device;
 pub use error::{Error, Result};
 pub use gpu::TimeLoop;
 pub use model::{Head, LayerParams, Nonlinearity, RnnConfig, RnnParams};
-pub use optim::{Optimizer, OptimizerKind};
+pub use optim::{Optimizer, OptimizerKind, OptimizerState};
 pub use real::Real;
 pub use rnn::{Forward, Rnn};
 

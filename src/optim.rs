@@ -28,6 +28,44 @@ pub(crate) struct CpuMoments {
     pub v: Vec<f32>,
 }
 
+impl CpuMoments {
+    /// Checks the moments this rule needs against the model's parameter count.
+    pub fn check(&self, n: usize, needs_m: bool, needs_v: bool) -> Result<()> {
+        for (name, needed, len) in [
+            ("first moment", needs_m, self.m.len()),
+            ("second moment", needs_v, self.v.len()),
+        ] {
+            if needed && len != n {
+                return Err(Error::OptimizerMismatch(format!(
+                    "the {name} is for {len} parameters, this model has {n}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An optimizer's state, for checkpoints: the number of updates applied and the moment
+/// vectors in the flat order of [`RnnParams::tensors`] (`m`: momentum buffer or Adam's
+/// first moment, `v`: Adam's second moment; empty where the rule has none).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerState {
+    pub steps: u64,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+impl OptimizerKind {
+    /// Whether the rule keeps a first and a second moment.
+    pub(crate) fn moments(&self) -> (bool, bool) {
+        match self {
+            OptimizerKind::Sgd { .. } => (false, false),
+            OptimizerKind::Momentum { .. } => (true, false),
+            OptimizerKind::Adam { .. } => (true, true),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) enum State {
     /// Not used yet: the first step allocates the moments where the model lives.
@@ -111,6 +149,38 @@ impl Optimizer {
         self.steps
     }
 
+    /// The state to save with a checkpoint: `None` before the first update. Reads it back
+    /// from the GPU when it lives there.
+    pub fn export_state(&self) -> Result<Option<OptimizerState>> {
+        let (m, v) = match &self.state {
+            State::Fresh => return Ok(None),
+            State::Cpu(c) => (c.m.clone(), c.v.clone()),
+            State::Gpu(b) => b.read()?,
+        };
+        Ok(Some(OptimizerState {
+            steps: self.steps,
+            m,
+            v,
+        }))
+    }
+
+    /// Restores a saved state (replacing any); it moves to the model's device at the
+    /// next update, which refuses it if its sizes do not fit the model.
+    pub fn import_state(&mut self, state: OptimizerState) -> Result<()> {
+        if let Some(i) = state.m.iter().chain(&state.v).position(|x| !x.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "optimizer state".into(),
+                detail: format!("element {i} of the moments is not finite"),
+            });
+        }
+        self.steps = state.steps;
+        self.state = State::Cpu(CpuMoments {
+            m: state.m,
+            v: state.v,
+        });
+        Ok(())
+    }
+
     /// Checks the hyper-parameters: a bad value is an error before anything changes.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &'static str, expected: &'static str, v: f32| {
@@ -176,12 +246,8 @@ impl Optimizer {
                     .into(),
             ));
         };
-        if moments.m.len() != n {
-            return Err(Error::OptimizerMismatch(format!(
-                "state is for {} parameters, this model has {n}",
-                moments.m.len()
-            )));
-        }
+        let (needs_m, needs_v) = self.kind.moments();
+        moments.check(n, needs_m, needs_v)?;
         let mut grads = grads.tensors_mut();
         if let Some(max_norm) = self.clip {
             let sum_sq: f64 = grads

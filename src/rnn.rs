@@ -55,32 +55,53 @@ impl Rnn {
         &self.config
     }
 
-    /// Outputs, final states and loss of `batch`.
+    /// Outputs, final states and loss of `batch`, from a zero initial state.
     pub fn forward(&mut self, batch: &SequenceBatch) -> Result<Forward> {
-        batch.check_against(&self.config)?;
+        self.forward_from(batch, None)
+    }
+
+    /// [`Rnn::forward`] from an initial state `[num_layers, batch, hidden]` (`None`: zeros),
+    /// for carrying the state from one chunk of a long sequence to the next.
+    pub fn forward_from(
+        &mut self,
+        batch: &SequenceBatch,
+        initial: Option<&Array3<f32>>,
+    ) -> Result<Forward> {
+        self.check(batch, initial)?;
+        let initial = initial.map(|s| s.view());
         match &mut self.backend {
             Backend::Cpu { params, ws } => {
-                let loss = cpu::forward(&self.config, params, batch, None, ws);
+                let loss = cpu::forward(&self.config, params, batch, initial, ws);
                 Ok(Forward {
                     outputs: cpu::outputs(&self.config, batch, ws),
                     final_hidden: cpu::final_hidden(&self.config, batch, ws),
                     loss,
                 })
             }
-            Backend::Gpu(g) => g.forward(&self.config, batch),
+            Backend::Gpu(g) => g.forward(&self.config, batch, initial),
         }
     }
 
     /// The loss of `batch` and its gradient with respect to every parameter.
     pub fn loss_and_gradients(&mut self, batch: &SequenceBatch) -> Result<(f32, RnnParams)> {
-        batch.check_against(&self.config)?;
+        self.loss_and_gradients_from(batch, None)
+    }
+
+    /// [`Rnn::loss_and_gradients`] from an initial state (no gradient flows into it).
+    pub fn loss_and_gradients_from(
+        &mut self,
+        batch: &SequenceBatch,
+        initial: Option<&Array3<f32>>,
+    ) -> Result<(f32, RnnParams)> {
+        self.check(batch, initial)?;
+        let initial = initial.map(|s| s.view());
         match &mut self.backend {
             Backend::Cpu { params, ws } => {
-                let loss = cpu::forward(&self.config, params, batch, None, ws);
-                let grads = cpu::backward(&self.config, params, batch, None, ws);
+                let loss = cpu::forward(&self.config, params, batch, initial, ws);
+                let grads = cpu::backward(&self.config, params, batch, initial, ws);
                 Ok((loss, grads))
             }
-            Backend::Gpu(g) => g.loss_and_gradients(&self.config, batch),
+            Backend::Gpu(g) => g.loss_and_gradients(&self.config, batch, initial),
         }
     }
 
@@ -88,12 +109,37 @@ impl Rnn {
     /// the optimizer's update. Returns the loss before the update. A step whose loss or
     /// gradients are not finite is refused with an error and changes nothing.
     pub fn train_step(&mut self, batch: &SequenceBatch, optimizer: &mut Optimizer) -> Result<f32> {
-        batch.check_against(&self.config)?;
+        Ok(self.train_step_inner(batch, None, optimizer, false)?.0)
+    }
+
+    /// [`Rnn::train_step`] from an initial state `[num_layers, batch, hidden]` (`None`:
+    /// zeros), returning the loss and each sequence's final state — computed with the
+    /// parameters before the update — to start the next chunk from. This is truncated
+    /// back-propagation through time: no gradient flows into `initial`.
+    pub fn train_step_from(
+        &mut self,
+        batch: &SequenceBatch,
+        initial: Option<&Array3<f32>>,
+        optimizer: &mut Optimizer,
+    ) -> Result<(f32, Array3<f32>)> {
+        let (loss, last) = self.train_step_inner(batch, initial, optimizer, true)?;
+        Ok((loss, last.expect("asked for the final state")))
+    }
+
+    fn train_step_inner(
+        &mut self,
+        batch: &SequenceBatch,
+        initial: Option<&Array3<f32>>,
+        optimizer: &mut Optimizer,
+        want_final: bool,
+    ) -> Result<(f32, Option<Array3<f32>>)> {
+        self.check(batch, initial)?;
         optimizer.validate()?;
+        let initial = initial.map(|s| s.view());
         match &mut self.backend {
             Backend::Cpu { params, ws } => {
-                let loss = cpu::forward(&self.config, params, batch, None, ws);
-                let mut grads = cpu::backward(&self.config, params, batch, None, ws);
+                let loss = cpu::forward(&self.config, params, batch, initial, ws);
+                let mut grads = cpu::backward(&self.config, params, batch, initial, ws);
                 check_finite_step(
                     loss,
                     grads
@@ -101,11 +147,34 @@ impl Rnn {
                         .iter()
                         .all(|(_, t)| t.iter().all(|g| g.is_finite())),
                 )?;
+                let last = want_final.then(|| cpu::final_hidden(&self.config, batch, ws));
                 optimizer.apply_cpu(params, &mut grads)?;
-                Ok(loss)
+                Ok((loss, last))
             }
-            Backend::Gpu(g) => g.train_step(&self.config, batch, optimizer),
+            Backend::Gpu(g) => g.train_step(&self.config, batch, initial, optimizer, want_final),
         }
+    }
+
+    /// Checks a batch and an initial state against the model.
+    fn check(&self, batch: &SequenceBatch, initial: Option<&Array3<f32>>) -> Result<()> {
+        batch.check_against(&self.config)?;
+        if let Some(s) = initial {
+            let want = (self.config.num_layers, batch.len(), self.config.hidden_size);
+            if s.dim() != want {
+                return Err(Error::shape(
+                    "initial state [num_layers, batch, hidden]",
+                    format!("{want:?}"),
+                    format!("{:?}", s.dim()),
+                ));
+            }
+            if let Some(((l, b, h), v)) = s.indexed_iter().find(|(_, v)| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    what: "initial state".into(),
+                    detail: format!("layer {l}, sequence {b}, unit {h} is {v}"),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// For the last GPU training step: host time spent recording, encoding and submitting

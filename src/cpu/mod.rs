@@ -21,8 +21,10 @@ pub use loss::{cross_entropy, pack_classes, pack_values, squared_error};
 /// Reusable buffers of one model's forward and backward pass.
 #[derive(Debug, Default)]
 pub struct Workspace<F> {
-    /// Packed inputs `[tokens, input]`.
+    /// Packed inputs `[tokens, input]` (feature batches).
     x: Array2<F>,
+    /// Packed token ids (token batches).
+    token_ids: Vec<u32>,
     /// Per layer, packed states `[tokens, hidden]`.
     hs: Vec<Array2<F>>,
     /// Per layer, initial states in packed order `[batch, hidden]` (when given).
@@ -84,12 +86,20 @@ pub fn forward<F: Real>(
     let p = batch.packing();
     let tokens = p.tokens();
     let h = config.hidden_size;
-    pack_inputs(batch, &mut ws.x);
+    match batch.packed_token_ids() {
+        Some(ids) => ws.token_ids = ids,
+        None => pack_inputs(batch, &mut ws.x),
+    }
+    let tokens_in = batch.token_ids().is_some();
     ws.hs.resize_with(config.num_layers, Default::default);
     ws.h0.resize_with(config.num_layers, Default::default);
     for (l, layer) in params.layers.iter().enumerate() {
         let (below, rest) = ws.hs.split_at_mut(l);
-        let input = if l == 0 { &ws.x } else { &below[l - 1] };
+        let input = match l {
+            0 if tokens_in => LayerInput::Tokens(&ws.token_ids),
+            0 => LayerInput::Dense(&ws.x),
+            _ => LayerInput::Dense(&below[l - 1]),
+        };
         let hs = &mut rest[0];
         resize(hs, tokens, h);
         let h0 = initial.map(|s| {
@@ -130,17 +140,33 @@ fn linear<F: Real>(input: &Array2<F>, w: &Array2<F>, b: &Array1<F>, out: &mut Ar
     general_mat_mul(F::one(), input, &w.t(), F::one(), out);
 }
 
-/// One layer over all steps: the hoisted input product, then one recurrent product per
-/// step on the rows still running.
+/// What a layer reads at each packed row: feature vectors, or token ids.
+enum LayerInput<'a, F> {
+    Dense(&'a Array2<F>),
+    Tokens(&'a [u32]),
+}
+
+/// One layer over all steps: the hoisted input product (for tokens a column lookup in
+/// `W_ih`), then one recurrent product per step on the rows still running.
 fn layer_forward<F: Real>(
     nonlinearity: Nonlinearity,
     layer: &LayerParams<F>,
     p: &Packing,
-    input: &Array2<F>,
+    input: LayerInput<F>,
     h0: Option<&Array2<F>>,
     hs: &mut Array2<F>,
 ) {
-    linear(input, &layer.w_ih, &layer.b, hs);
+    match input {
+        LayerInput::Dense(x) => linear(x, &layer.w_ih, &layer.b, hs),
+        LayerInput::Tokens(ids) => {
+            for (mut row, &id) in hs.rows_mut().into_iter().zip(ids) {
+                Zip::from(&mut row)
+                    .and(layer.w_ih.column(id as usize))
+                    .and(&layer.b)
+                    .for_each(|h, &w, &b| *h = w + b);
+            }
+        }
+    }
     for (t, &n) in p.batch_sizes.iter().enumerate() {
         let off = p.offsets[t];
         let (prev, mut cur) = hs.view_mut().split_at(Axis(0), off);
@@ -208,8 +234,17 @@ pub fn backward<F: Real>(
         layer_backward_steps(config.nonlinearity, layer, p, hs, &mut ws.g);
         let input = if l == 0 { &ws.x } else { &ws.hs[l - 1] };
         let gl = &mut grads.layers[l];
-        // dW_ih = Σ_t dA(t)ᵀ · in(t), one product over all steps
-        general_mat_mul(F::one(), &ws.g.t(), input, F::zero(), &mut gl.w_ih);
+        if l == 0 && batch.token_ids().is_some() {
+            // a column lookup's gradient: each row's dA added into its token's column
+            for (g_row, &id) in ws.g.rows().into_iter().zip(&ws.token_ids) {
+                Zip::from(gl.w_ih.column_mut(id as usize))
+                    .and(&g_row)
+                    .for_each(|w, &g| *w = *w + g);
+            }
+        } else {
+            // dW_ih = Σ_t dA(t)ᵀ · in(t), one product over all steps
+            general_mat_mul(F::one(), &ws.g.t(), input, F::zero(), &mut gl.w_ih);
+        }
         gl.b = ws.g.sum_axis(Axis(0));
         // dW_hh = Σ_t dA(t)ᵀ · h(t-1)
         let b = p.batch();

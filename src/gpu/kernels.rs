@@ -105,6 +105,19 @@ pub(crate) struct OptimParams {
     pub _pad: [u32; 3],
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct EmbedParams {
+    pub rows: u32,
+    pub hidden: u32,
+    pub vocab: u32,
+    pub w_offset: u32,
+    pub b_offset: u32,
+    pub ranges_offset: u32,
+    pub order_offset: u32,
+    pub _pad: u32,
+}
+
 /// Every pipeline unfold uses.
 pub(crate) struct Kernels {
     pub matmul: Kernel,
@@ -124,6 +137,8 @@ pub(crate) struct Kernels {
     pub sgd: Kernel,
     pub momentum: Kernel,
     pub adam: Kernel,
+    pub embed: Kernel,
+    pub embed_grad: Kernel,
 }
 
 impl Kernels {
@@ -143,6 +158,7 @@ impl Kernels {
         let reduce = module("reduce", shaders::REDUCE);
         let rows = module("rows", shaders::ROWS);
         let optimizer = module("optimizer", shaders::OPTIMIZER);
+        let embedding = module("embedding", shaders::EMBEDDING);
         let mut next_id = 0;
         let mut kernel =
             |module: &wgpu::ShaderModule, name: &'static str, uniform: usize, access: &[Access]| {
@@ -252,6 +268,18 @@ impl Kernels {
                 "adam",
                 size_of::<OptimParams>(),
                 &[Write, Read, Write, Write, Write],
+            ),
+            embed: kernel(
+                &embedding,
+                "embed",
+                size_of::<EmbedParams>(),
+                &[Read, Read, Write],
+            ),
+            embed_grad: kernel(
+                &embedding,
+                "embed_grad",
+                size_of::<EmbedParams>(),
+                &[Read, Read, Write],
             ),
         };
         if let Some(e) = pollster::block_on(scope.pop()) {

@@ -31,15 +31,48 @@ pub enum TimeLoop {
 pub const PERSISTENT_MAX_HIDDEN: usize = 256;
 
 /// Optimizer moments living on the GPU (see [`crate::Optimizer`]).
-#[derive(Debug)]
 pub(crate) struct OptimizerBuffers {
     /// Momentum buffer or Adam's first moment (absent for plain SGD).
     pub m: Option<wgpu::Buffer>,
     /// Adam's second moment.
     pub v: Option<wgpu::Buffer>,
     pub len: usize,
-    /// The device the buffers belong to.
-    pub device: wgpu::Device,
+    /// The context the buffers belong to.
+    pub ctx: std::sync::Arc<GpuContext>,
+}
+
+impl OptimizerBuffers {
+    /// The moments read back (empty where absent).
+    pub fn read(&self) -> crate::Result<(Vec<f32>, Vec<f32>)> {
+        let regions: Vec<(&wgpu::Buffer, u64, usize)> = [&self.m, &self.v]
+            .into_iter()
+            .flatten()
+            .map(|b| (b, 0, self.len))
+            .collect();
+        let mut data = recorder::read_back(&self.ctx, &regions)?.into_iter();
+        let m = if self.m.is_some() {
+            data.next().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let v = if self.v.is_some() {
+            data.next().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        Ok((m, v))
+    }
+}
+
+impl std::fmt::Debug for OptimizerBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "OptimizerBuffers({} parameters on {})",
+            self.len,
+            self.ctx.describe()
+        )
+    }
 }
 
 /// The largest storage buffer a kernel may bind on `device`'s adapter, in bytes (`None`

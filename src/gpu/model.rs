@@ -2,7 +2,7 @@
 //! forward passes and training steps.
 
 use super::kernels::{
-    self, LossParams, MatmulParams, OptimParams, ReduceParams, RowsParams, StepParams,
+    self, EmbedParams, LossParams, MatmulParams, OptimParams, ReduceParams, RowsParams, StepParams,
 };
 use super::recorder::{read_back, BindGroupCache, Recorder};
 use super::{GpuContext, OptimizerBuffers, TimeLoop, PERSISTENT_MAX_HIDDEN};
@@ -11,7 +11,7 @@ use crate::model::{RnnConfig, RnnParams};
 use crate::optim::{AdamCoefficients, Optimizer, OptimizerKind, State};
 use crate::rnn::{check_finite_step, Forward};
 use crate::{Error, Head, Nonlinearity, Result};
-use ndarray::{ArrayView2, Axis};
+use ndarray::{Array3, ArrayView2, ArrayView3, Axis};
 use std::sync::Arc;
 
 /// Element offsets of every tensor in the flat parameter (and gradient) buffer, in the
@@ -72,6 +72,10 @@ struct BatchBuffers {
     last_index: wgpu::Buffer,
     /// Step offsets, then sequence lengths in packed order (persistent time loop).
     packing: wgpu::Buffer,
+    /// Initial states in packed order, `[num_layers, batch, hidden]`.
+    initial: wgpu::Buffer,
+    /// Token batches: packed ids, per-token row ranges, rows sorted by token.
+    token_data: wgpu::Buffer,
     prev_index: wgpu::Buffer,
     final_h: wgpu::Buffer,
 }
@@ -221,6 +225,8 @@ impl GpuRnn {
             values: storage(ctx, "values", rows * o),
             last_index: storage(ctx, "last_index", batch),
             packing: storage(ctx, "packing", tokens + 1 + batch),
+            initial: storage(ctx, "initial", l * batch * h),
+            token_data: storage(ctx, "token data", 2 * tokens + i + 1),
             prev_index: storage(ctx, "prev_index", tokens),
             final_h: storage(ctx, "final_h", l * batch * h),
         });
@@ -228,21 +234,46 @@ impl GpuRnn {
     }
 
     /// Uploads the batch: packed inputs, packed targets and the row indices.
-    fn upload(&self, config: &RnnConfig, batch: &SequenceBatch) {
+    fn upload(&self, config: &RnnConfig, batch: &SequenceBatch, initial: Option<ArrayView3<f32>>) {
         let w = self.work.as_ref().expect("ensure_work ran");
         let p = batch.packing();
         let q = &self.ctx.queue;
-        let mut x: Vec<f32> = Vec::with_capacity(p.tokens() * config.input_size);
-        for (t, &n) in p.batch_sizes.iter().enumerate() {
-            for &i in &p.order[..n] {
-                let row = batch.inputs()[i].row(t);
-                match row.as_slice() {
-                    Some(s) => x.extend_from_slice(s),
-                    None => x.extend(row.iter()),
+        if let Some(ids) = batch.packed_token_ids() {
+            // ids, then for each token the range of its rows in the rows sorted by token
+            let vocab = config.input_size;
+            let mut counts = vec![0u32; vocab + 1];
+            for &id in &ids {
+                counts[id as usize + 1] += 1;
+            }
+            for v in 0..vocab {
+                counts[v + 1] += counts[v];
+            }
+            let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+            order.sort_by_key(|&r| ids[r as usize]);
+            let data: Vec<u32> = ids.iter().chain(&counts).chain(&order).copied().collect();
+            q.write_buffer(&w.token_data, 0, bytemuck::cast_slice(&data));
+        } else {
+            let mut x: Vec<f32> = Vec::with_capacity(p.tokens() * config.input_size);
+            for (t, &n) in p.batch_sizes.iter().enumerate() {
+                for &i in &p.order[..n] {
+                    let row = batch.inputs()[i].row(t);
+                    match row.as_slice() {
+                        Some(s) => x.extend_from_slice(s),
+                        None => x.extend(row.iter()),
+                    }
                 }
             }
+            q.write_buffer(&w.x, 0, bytemuck::cast_slice(&x));
         }
-        q.write_buffer(&w.x, 0, bytemuck::cast_slice(&x));
+        if let Some(state) = initial {
+            let mut packed: Vec<f32> = Vec::with_capacity(state.len());
+            for layer in state.outer_iter() {
+                for &i in &p.order {
+                    packed.extend(layer.row(i).iter());
+                }
+            }
+            q.write_buffer(&w.initial, 0, bytemuck::cast_slice(&packed));
+        }
         let per_step = config.head == Head::PerStep;
         match batch.targets() {
             Targets::Classes(c) => {
@@ -280,6 +311,7 @@ impl GpuRnn {
         rec: &mut Recorder<'a>,
         config: &RnnConfig,
         batch: &SequenceBatch,
+        has_initial: bool,
     ) {
         let k = &self.ctx.kernels;
         let w = self.work.as_ref().expect("ensure_work ran");
@@ -287,31 +319,51 @@ impl GpuRnn {
         let (h, o) = (config.hidden_size as u32, config.output_size as u32);
         let tokens = p.tokens() as u32;
         let relu = (config.nonlinearity == Nonlinearity::Relu) as u32;
+        let b = p.batch() as u32;
         for l in 0..config.num_layers {
             let input = if l == 0 { &w.x } else { &w.hs[l - 1] };
             let in_size = config.layer_input_size(l) as u32;
-            // hoisted: W_ih x(t) + b for every step at once
-            rec.dispatch(
-                &k.matmul,
-                matmul(
-                    tokens,
-                    h,
-                    in_size,
-                    kernels::TRANS_B | kernels::ADD_BIAS,
-                    (0, in_size),
-                    (self.layout.w_ih[l], in_size),
-                    (0, h),
-                    self.layout.b[l],
-                ),
-                &[input, &self.params, &self.params, &w.hs[l]],
-                matmul_groups(tokens, h),
-            );
+            if l == 0 && batch.token_ids().is_some() {
+                // tokens: the input term is a column of W_ih
+                rec.dispatch_1d(
+                    &k.embed,
+                    self.embed_params(config, p),
+                    &[&w.token_data, &self.params, &w.hs[0]],
+                    (tokens * h) as usize,
+                );
+            } else {
+                // hoisted: W_ih x(t) + b for every step at once
+                rec.dispatch(
+                    &k.matmul,
+                    matmul(
+                        tokens,
+                        h,
+                        in_size,
+                        kernels::TRANS_B | kernels::ADD_BIAS,
+                        (0, in_size),
+                        (self.layout.w_ih[l], in_size),
+                        (0, h),
+                        self.layout.b[l],
+                    ),
+                    &[input, &self.params, &self.params, &w.hs[l]],
+                    matmul_groups(tokens, h),
+                );
+            }
+            let initial = if has_initial {
+                &w.initial
+            } else {
+                &self.dummies[0]
+            };
             if self.persistent(config, p) {
-                let params = self.sequence_params(config, p, l);
+                let mut params = self.sequence_params(config, p, l);
+                if has_initial {
+                    params.has_other = 2;
+                    params.cur_offset = l as u32 * b * h;
+                }
                 rec.dispatch(
                     &k.forward_sequence,
                     params,
-                    &[&self.params, &w.hs[l], &self.dummies[0], &w.packing],
+                    &[&self.params, &w.hs[l], initial, &w.packing],
                     [p.batch() as u32, 1, 1],
                 );
                 continue;
@@ -325,16 +377,22 @@ impl GpuRnn {
                     other_offset: if t > 0 {
                         p.offsets[t - 1] as u32 * h
                     } else {
-                        0
+                        l as u32 * b * h
                     },
                     w_offset: self.layout.w_hh[l],
                     relu,
-                    has_other: (t > 0) as u32,
+                    has_other: if t > 0 {
+                        1
+                    } else if has_initial {
+                        2
+                    } else {
+                        0
+                    },
                 };
                 rec.dispatch(
                     &k.forward_step,
                     step,
-                    &[&self.params, &w.hs[l], &self.dummies[0], &self.dummies[1]],
+                    &[&self.params, &w.hs[l], initial, &self.dummies[1]],
                     [h.div_ceil(16), (n as u32).div_ceil(16), 1],
                 );
             }
@@ -400,6 +458,21 @@ impl GpuRnn {
             0,
             finish_scale as f32,
         );
+    }
+
+    /// Parameters of the token kernels (layer 0).
+    fn embed_params(&self, config: &RnnConfig, p: &Packing) -> EmbedParams {
+        let tokens = p.tokens() as u32;
+        EmbedParams {
+            rows: tokens,
+            hidden: config.hidden_size as u32,
+            vocab: config.input_size as u32,
+            w_offset: self.layout.w_ih[0],
+            b_offset: self.layout.b[0],
+            ranges_offset: tokens,
+            order_offset: tokens + config.input_size as u32 + 1,
+            _pad: 0,
+        }
     }
 
     /// Whether this batch's layers run the persistent time loop.
@@ -471,6 +544,7 @@ impl GpuRnn {
         rec: &mut Recorder<'a>,
         config: &RnnConfig,
         batch: &SequenceBatch,
+        has_initial: bool,
     ) {
         let k = &self.ctx.kernels;
         let w = self.work.as_ref().expect("ensure_work ran");
@@ -570,22 +644,33 @@ impl GpuRnn {
             }
             let input = if l == 0 { &w.x } else { &w.hs[l - 1] };
             let in_size = config.layer_input_size(l) as u32;
-            // dW_ih = Σ_t dA(t)ᵀ in(t): one product over all steps
-            rec.dispatch(
-                &k.matmul,
-                matmul(
-                    h,
-                    in_size,
-                    tokens,
-                    kernels::TRANS_A,
-                    (0, h),
-                    (0, in_size),
-                    (lay.w_ih[l], in_size),
-                    0,
-                ),
-                &[g, input, &self.params, &self.grads],
-                matmul_groups(h, in_size),
-            );
+            if l == 0 && batch.token_ids().is_some() {
+                // tokens: each column of dW_ih sums the rows that looked it up
+                let e = self.embed_params(config, p);
+                rec.dispatch_1d(
+                    &k.embed_grad,
+                    e,
+                    &[&w.token_data, g, &self.grads],
+                    (e.vocab * h) as usize,
+                );
+            } else {
+                // dW_ih = Σ_t dA(t)ᵀ in(t): one product over all steps
+                rec.dispatch(
+                    &k.matmul,
+                    matmul(
+                        h,
+                        in_size,
+                        tokens,
+                        kernels::TRANS_A,
+                        (0, h),
+                        (0, in_size),
+                        (lay.w_ih[l], in_size),
+                        0,
+                    ),
+                    &[g, input, &self.params, &self.grads],
+                    matmul_groups(h, in_size),
+                );
+            }
             self.record_column_sums(rec, g, tokens, h, lay.b[l]);
             // dW_hh = Σ_{t≥1} dA(t)ᵀ h(t-1); fixed-length batches read h(t-1) in place
             let later = tokens - b;
@@ -621,6 +706,26 @@ impl GpuRnn {
                 &[g, prev, &self.params, &self.grads],
                 matmul_groups(h, h),
             );
+            if has_initial {
+                // the first step's term: dA(0)ᵀ h(-1), added to the rest
+                let mut first = matmul(
+                    h,
+                    h,
+                    b,
+                    kernels::TRANS_A,
+                    (0, h),
+                    (l as u32 * b * h, h),
+                    (lay.w_hh[l], h),
+                    0,
+                );
+                first.beta = 1.0;
+                rec.dispatch(
+                    &k.matmul,
+                    first,
+                    &[g, &w.initial, &self.params, &self.grads],
+                    matmul_groups(h, h),
+                );
+            }
             if l > 0 {
                 // the gradient reaching the layer below's states: one product over all steps
                 rec.dispatch(
@@ -673,27 +778,54 @@ impl GpuRnn {
         );
     }
 
-    pub fn forward(&mut self, config: &RnnConfig, batch: &SequenceBatch) -> Result<Forward> {
-        let p = batch.packing();
-        self.ensure_work(config, p)?;
-        self.upload(config, batch);
-        let mut rec = Recorder::new(&self.ctx);
-        self.record_forward(&mut rec, config, batch);
+    /// Records the gather of each sequence's last state of every layer into `final_h`.
+    fn record_final_states<'a>(&'a self, rec: &mut Recorder<'a>, config: &RnnConfig, p: &Packing) {
         let w = self.work.as_ref().expect("ensure_work ran");
         let (h, b) = (config.hidden_size as u32, p.batch() as u32);
         for l in 0..config.num_layers {
+            let params = RowsParams {
+                rows: b,
+                cols: h,
+                src_offset: 0,
+                dst_offset: l as u32 * b * h,
+            };
             rec.dispatch_1d(
                 &self.ctx.kernels.gather_rows,
-                RowsParams {
-                    rows: b,
-                    cols: h,
-                    src_offset: 0,
-                    dst_offset: l as u32 * b * h,
-                },
+                params,
                 &[&w.last_index, &w.hs[l], &w.final_h],
                 (b * h) as usize,
             );
         }
+    }
+
+    /// `final_h` as read back (packed order) to `[num_layers, batch, hidden]` in the
+    /// batch's order.
+    fn unpack_final_states(config: &RnnConfig, p: &Packing, data: &[f32]) -> Array3<f32> {
+        let (hu, bu) = (config.hidden_size, p.batch());
+        let mut final_hidden = Array3::zeros((config.num_layers, bu, hu));
+        for l in 0..config.num_layers {
+            let rows = ArrayView2::from_shape((bu, hu), &data[l * bu * hu..(l + 1) * bu * hu])
+                .expect("sized by the model");
+            final_hidden
+                .index_axis_mut(Axis(0), l)
+                .assign(&p.unpack_sequences(rows));
+        }
+        final_hidden
+    }
+
+    pub fn forward(
+        &mut self,
+        config: &RnnConfig,
+        batch: &SequenceBatch,
+        initial: Option<ArrayView3<f32>>,
+    ) -> Result<Forward> {
+        let p = batch.packing();
+        self.ensure_work(config, p)?;
+        self.upload(config, batch, initial);
+        let mut rec = Recorder::new(&self.ctx);
+        self.record_forward(&mut rec, config, batch, initial.is_some());
+        self.record_final_states(&mut rec, config, p);
+        let w = self.work.as_ref().expect("ensure_work ran");
         rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
         let rows = if config.head == Head::PerStep {
             p.tokens()
@@ -714,14 +846,7 @@ impl GpuRnn {
             Head::PerStep => p.unpack_steps(out),
             Head::LastStep => p.unpack_sequences(out).insert_axis(Axis(1)),
         };
-        let mut final_hidden = ndarray::Array3::zeros((config.num_layers, bu, hu));
-        for l in 0..config.num_layers {
-            let rows = ArrayView2::from_shape((bu, hu), &data[1][l * bu * hu..(l + 1) * bu * hu])
-                .expect("sized above");
-            final_hidden
-                .index_axis_mut(Axis(0), l)
-                .assign(&p.unpack_sequences(rows));
-        }
+        let final_hidden = Self::unpack_final_states(config, p, &data[1]);
         Ok(Forward {
             outputs,
             final_hidden,
@@ -733,12 +858,13 @@ impl GpuRnn {
         &mut self,
         config: &RnnConfig,
         batch: &SequenceBatch,
+        initial: Option<ArrayView3<f32>>,
     ) -> Result<(f32, RnnParams)> {
         self.ensure_work(config, batch.packing())?;
-        self.upload(config, batch);
+        self.upload(config, batch, initial);
         let mut rec = Recorder::new(&self.ctx);
-        self.record_forward(&mut rec, config, batch);
-        self.record_backward(&mut rec, config, batch);
+        self.record_forward(&mut rec, config, batch, initial.is_some());
+        self.record_backward(&mut rec, config, batch, initial.is_some());
         rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
         let data = read_back(
             &self.ctx,
@@ -749,22 +875,30 @@ impl GpuRnn {
         Ok((data[0][0], grads))
     }
 
+    /// One training step in one submission; with `want_final`, also each sequence's
+    /// final state (from the parameters before the update).
     pub fn train_step(
         &mut self,
         config: &RnnConfig,
         batch: &SequenceBatch,
+        initial: Option<ArrayView3<f32>>,
         optimizer: &mut Optimizer,
-    ) -> Result<f32> {
+        want_final: bool,
+    ) -> Result<(f32, Option<Array3<f32>>)> {
         let start = std::time::Instant::now();
-        self.ensure_work(config, batch.packing())?;
+        let p = batch.packing();
+        self.ensure_work(config, p)?;
         self.ensure_optimizer(optimizer)?;
-        self.upload(config, batch);
+        self.upload(config, batch, initial);
         let State::Gpu(state) = &optimizer.state else {
             unreachable!("ensure_optimizer set the state")
         };
         let mut rec = Recorder::new(&self.ctx);
-        self.record_forward(&mut rec, config, batch);
-        self.record_backward(&mut rec, config, batch);
+        self.record_forward(&mut rec, config, batch, initial.is_some());
+        if want_final {
+            self.record_final_states(&mut rec, config, p);
+        }
+        self.record_backward(&mut rec, config, batch, initial.is_some());
         let k = &self.ctx.kernels;
         let n = self.layout.len;
         self.record_sum(&mut rec, &self.grads, n, true, 1, 1.0);
@@ -810,56 +944,71 @@ impl GpuRnn {
         rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
         self.last_host = start.elapsed();
         self.last_dispatches = dispatches;
-        let data = read_back(&self.ctx, &[(&self.scalars, 0, 4)])?;
+        let w = self.work.as_ref().expect("ensure_work ran");
+        let finals = if want_final {
+            config.num_layers * p.batch() * config.hidden_size
+        } else {
+            0
+        };
+        let data = read_back(&self.ctx, &[(&self.scalars, 0, 4), (&w.final_h, 0, finals)])?;
         let (loss, sum_sq, ok) = (data[0][0], data[0][1], data[0][3]);
         check_finite_step(loss, sum_sq.is_finite())?;
         debug_assert_eq!(ok, 1.0);
         optimizer.steps = step;
-        Ok(loss)
+        Ok((
+            loss,
+            want_final.then(|| Self::unpack_final_states(config, p, &data[1])),
+        ))
     }
 
-    /// Gives a fresh optimizer its moment buffers on this device; refuses state that
-    /// belongs to another model or device.
+    /// Gives the optimizer its moment buffers on this device: zeros for a fresh one,
+    /// uploaded for one whose state is on the CPU (imported, or from a CPU model of the
+    /// same size); refuses state that belongs to another model or device.
     fn ensure_optimizer(&self, optimizer: &mut Optimizer) -> Result<()> {
         let n = self.layout.len;
-        match &optimizer.state {
-            State::Fresh => {
-                let (needs_m, needs_v) = match optimizer.kind() {
-                    OptimizerKind::Sgd { .. } => (false, false),
-                    OptimizerKind::Momentum { .. } => (true, false),
-                    OptimizerKind::Adam { .. } => (true, true),
-                };
-                let zeroed = |label| {
-                    let b = storage(&self.ctx, label, n);
-                    self.ctx
-                        .queue
-                        .write_buffer(&b, 0, bytemuck::cast_slice(&vec![0f32; n]));
-                    b
-                };
-                optimizer.state = State::Gpu(OptimizerBuffers {
-                    m: needs_m.then(|| zeroed("optimizer m")),
-                    v: needs_v.then(|| zeroed("optimizer v")),
-                    len: n,
-                    device: self.ctx.device.clone(),
-                });
-                Ok(())
+        let (needs_m, needs_v) = optimizer.kind().moments();
+        let start = match &optimizer.state {
+            State::Gpu(s) if s.len == n && Arc::ptr_eq(&s.ctx, &self.ctx) => return Ok(()),
+            State::Gpu(s) => {
+                return Err(Error::OptimizerMismatch(format!(
+                    "state is for {} parameters on {}, this model has {n} on {}",
+                    s.len,
+                    if Arc::ptr_eq(&s.ctx, &self.ctx) {
+                        "this device"
+                    } else {
+                        "another device"
+                    },
+                    self.ctx.describe()
+                )))
             }
-            State::Gpu(s) if s.len == n && s.device == self.ctx.device => Ok(()),
-            State::Gpu(s) => Err(Error::OptimizerMismatch(format!(
-                "state is for {} parameters on {}, this model has {n} on {}",
-                s.len,
-                if s.device == self.ctx.device {
-                    "this device"
-                } else {
-                    "another device"
-                },
-                self.ctx.describe()
-            ))),
-            State::Cpu(_) => Err(Error::OptimizerMismatch(
-                "this optimizer's state lives on the CPU; use a fresh optimizer for a GPU model"
-                    .into(),
-            )),
-        }
+            State::Cpu(c) => {
+                c.check(n, needs_m, needs_v)?;
+                Some(c.clone())
+            }
+            State::Fresh => None,
+        };
+        let buffer = |label, data: Option<&Vec<f32>>| {
+            let b = storage(&self.ctx, label, n);
+            let zeros;
+            let data = match data {
+                Some(d) => d,
+                None => {
+                    zeros = vec![0f32; n];
+                    &zeros
+                }
+            };
+            self.ctx
+                .queue
+                .write_buffer(&b, 0, bytemuck::cast_slice(data));
+            b
+        };
+        optimizer.state = State::Gpu(OptimizerBuffers {
+            m: needs_m.then(|| buffer("optimizer m", start.as_ref().map(|c| &c.m))),
+            v: needs_v.then(|| buffer("optimizer v", start.as_ref().map(|c| &c.v))),
+            len: n,
+            ctx: self.ctx.clone(),
+        });
+        Ok(())
     }
 
     pub fn params(&self, config: &RnnConfig) -> Result<RnnParams> {

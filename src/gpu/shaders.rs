@@ -6,6 +6,7 @@ pub const LOSS: &str = include_str!("../../shaders/loss.wgsl");
 pub const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
 pub const ROWS: &str = include_str!("../../shaders/rows.wgsl");
 pub const OPTIMIZER: &str = include_str!("../../shaders/optimizer.wgsl");
+pub const EMBEDDING: &str = include_str!("../../shaders/embedding.wgsl");
 
 /// `(file name, source)` of every shader, for validation without an adapter.
 pub const ALL: &[(&str, &str)] = &[
@@ -15,6 +16,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("reduce.wgsl", REDUCE),
     ("rows.wgsl", ROWS),
     ("optimizer.wgsl", OPTIMIZER),
+    ("embedding.wgsl", EMBEDDING),
 ];
 
 /// Parses and validates a WGSL source with naga, as wgpu would before compiling it.
