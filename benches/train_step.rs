@@ -1,7 +1,7 @@
-//! Training-step time, CPU path against GPU path on the same work, for DESIGN.md's
-//! anchor workloads, fixed and variable length. Throughput is in tokens (valid
-//! positions). Each GPU iteration ends with the loss read back, so the clock stops only
-//! after the GPU has finished.
+//! Training-step and forward-only time, CPU path against GPU path on the same work, for
+//! DESIGN.md's anchor workloads, fixed and variable length. Throughput is in tokens
+//! (valid positions). Each GPU iteration ends with a read-back (the loss, or the
+//! outputs), so the clock stops only after the GPU has finished.
 //!
 //! `UNFOLD_BENCH_CONFIGS=latency,small,ref,large` picks the workloads (default: latency,
 //! small, ref on the CPU; on the GPU the same with a hardware adapter, latency and small
@@ -26,25 +26,46 @@ fn selected(default: &[&str]) -> Vec<Workload> {
         .collect()
 }
 
-fn train_step(c: &mut Criterion) {
-    let gpu = Device::gpu()
-        .map_err(|e| eprintln!("no GPU benches: {e}"))
-        .ok();
+/// Which workloads run on which device: `(workload, on_cpu, on_gpu)`.
+fn plan(gpu: &Option<Device>) -> Vec<(Workload, bool, bool)> {
     let cpu_set = selected(&["latency", "small", "ref"]);
-    let gpu_set = match &gpu {
+    let gpu_set = match gpu {
         Some(d) if d.is_software() => selected(&["latency", "small"]),
         _ => selected(&["latency", "small", "ref"]),
     };
-    for w in ANCHORS {
-        let on_cpu = cpu_set.contains(&w);
-        let on_gpu = gpu.is_some() && gpu_set.contains(&w);
-        if !on_cpu && !on_gpu {
-            continue;
-        }
+    ANCHORS
+        .iter()
+        .map(|w| {
+            (
+                *w,
+                cpu_set.contains(w),
+                gpu.is_some() && gpu_set.contains(w),
+            )
+        })
+        .filter(|(_, on_cpu, on_gpu)| *on_cpu || *on_gpu)
+        .collect()
+}
+
+/// Runs `body` for every planned workload, fixed and variable length, on each of its
+/// devices, in a criterion group named `{what}/{workload}/{fixed|variable}`.
+fn each_case(
+    c: &mut Criterion,
+    what: &str,
+    mut body: impl FnMut(
+        &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
+        &str,
+        Rnn,
+        &unfold::SequenceBatch,
+    ),
+) {
+    let gpu = Device::gpu()
+        .map_err(|e| eprintln!("no GPU benches: {e}"))
+        .ok();
+    for (w, on_cpu, on_gpu) in plan(&gpu) {
         for variable in [false, true] {
             let batch = w.batch(variable, 0);
             let mut group = c.benchmark_group(format!(
-                "train_step/{}/{}",
+                "{what}/{}/{}",
                 w.name,
                 if variable { "variable" } else { "fixed" }
             ));
@@ -53,7 +74,6 @@ fn train_step(c: &mut Criterion) {
                 .sample_size(10)
                 .warm_up_time(Duration::from_millis(500))
                 .measurement_time(Duration::from_secs(3));
-            let params = RnnParams::init(&w.config(), 0);
             let mut devices = vec![];
             if on_cpu {
                 devices.push(("cpu", Device::cpu()));
@@ -62,16 +82,29 @@ fn train_step(c: &mut Criterion) {
                 devices.push(("gpu", g.clone()));
             }
             for (name, device) in devices {
-                let mut rnn = Rnn::new(w.config(), params.clone(), &device).expect("model");
-                let mut sgd = Optimizer::sgd(0.01);
-                group.bench_function(name, |b| {
-                    b.iter(|| rnn.train_step(&batch, &mut sgd).expect("step"))
-                });
+                let rnn =
+                    Rnn::new(w.config(), RnnParams::init(&w.config(), 0), &device).expect("model");
+                body(&mut group, name, rnn, &batch);
             }
             group.finish();
         }
     }
 }
 
-criterion_group!(benches, train_step);
+fn train_step(c: &mut Criterion) {
+    each_case(c, "train_step", |group, name, mut rnn, batch| {
+        let mut sgd = Optimizer::sgd(0.01);
+        group.bench_function(name, |b| {
+            b.iter(|| rnn.train_step(batch, &mut sgd).expect("step"))
+        });
+    });
+}
+
+fn forward(c: &mut Criterion) {
+    each_case(c, "forward", |group, name, mut rnn, batch| {
+        group.bench_function(name, |b| b.iter(|| rnn.forward(batch).expect("forward")));
+    });
+}
+
+criterion_group!(benches, train_step, forward);
 criterion_main!(benches);
