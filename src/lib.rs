@@ -36,12 +36,14 @@ pub mod cpu;
 pub mod data;
 mod device;
 mod error;
+pub mod generate;
 pub mod gpu;
 mod model;
 mod optim;
 mod real;
 pub mod rng;
 mod rnn;
+pub mod text;
 pub mod workloads;
 
 pub use ndarray;

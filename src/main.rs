@@ -1,11 +1,12 @@
 //! The `unfold` command line.
 //!
-//! `train` currently trains on a generated task (the sign of a running sum, a per-step
-//! classification whose answer depends on the whole prefix) and then shows that the
-//! shared parameters carry over to sequences five times longer than any seen in
-//! training. `devices` lists the adapters wgpu sees. `classify` trains a sequence
+//! `train` trains a character-level language model on a text file (by default the
+//! bundled *Persuasion*) and `sample` generates text from its checkpoints (both in
+//! `charlm.rs`). `devices` lists the adapters wgpu sees. `classify` trains a sequence
 //! classifier on a UEA/UCR `.ts` dataset (by default the bundled JapaneseVowels).
 //! `verify` runs the same training steps on the CPU path and on the GPU and compares them.
+
+mod charlm;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -14,11 +15,8 @@ use std::time::Instant;
 use unfold::data::{
     parse_ts, predict, read_ts, BatchLoader, ConfusionMatrix, Dataset, Standardizer,
 };
-use unfold::ndarray::Array2;
 use unfold::rng::SplitMix64;
-use unfold::{
-    Device, Head, Nonlinearity, Optimizer, Rnn, RnnConfig, RnnParams, SequenceBatch, Targets,
-};
+use unfold::{Device, Head, Nonlinearity, Optimizer, Rnn, RnnConfig, RnnParams, SequenceBatch};
 
 #[derive(Parser)]
 #[command(
@@ -40,26 +38,11 @@ enum DeviceChoice {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train an RNN on the generated running-sum task and test it on longer sequences.
-    Train {
-        #[arg(long, value_enum, default_value = "auto")]
-        device: DeviceChoice,
-        #[arg(long, default_value_t = 1000)]
-        steps: usize,
-        #[arg(long, default_value_t = 32)]
-        hidden: usize,
-        #[arg(long, default_value_t = 32)]
-        batch: usize,
-        /// Longest training sequence; lengths are uniform in [seq_len/2, seq_len].
-        #[arg(long = "seq-len", default_value_t = 20)]
-        seq_len: usize,
-        #[arg(long, default_value_t = 0.01)]
-        lr: f32,
-        #[arg(long, default_value_t = 1.0)]
-        clip: f32,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-    },
+    /// Train a character-level language model on a text file (by default the bundled
+    /// Persuasion by Jane Austen), with checkpoints, a loss plot and samples.
+    Train(charlm::TrainArgs),
+    /// Generate text from a checkpoint written by `train`.
+    Sample(charlm::SampleArgs),
     /// Time training steps on DESIGN.md's anchor workloads; one JSON line per case.
     Bench {
         #[arg(long, value_enum, default_value = "auto")]
@@ -140,7 +123,7 @@ enum OptimizerChoice {
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -148,8 +131,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> unfold::Result<()> {
-    match cli.command {
+fn run(cli: Cli) -> charlm::CliResult<ExitCode> {
+    let done: unfold::Result<()> = match cli.command {
         Command::Devices => {
             let adapters = unfold::gpu::list_adapters();
             if adapters.is_empty() {
@@ -166,25 +149,8 @@ fn run(cli: Cli) -> unfold::Result<()> {
             configs,
             reps,
         } => bench(&pick(device)?, &configs, reps.max(1)),
-        Command::Train {
-            device,
-            steps,
-            hidden,
-            batch,
-            seq_len,
-            lr,
-            clip,
-            seed,
-        } => train_running_sum(
-            &pick(device)?,
-            steps,
-            hidden,
-            batch,
-            seq_len.max(2),
-            lr,
-            clip,
-            seed,
-        ),
+        Command::Train(args) => return charlm::train(args),
+        Command::Sample(args) => return charlm::sample(args),
         Command::Classify {
             train,
             test,
@@ -225,7 +191,9 @@ fn run(cli: Cli) -> unfold::Result<()> {
             || make_optimizer(optimizer, lr, clip),
             seed,
         ),
-    }
+    };
+    done?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn pick(choice: DeviceChoice) -> unfold::Result<Device> {
@@ -285,89 +253,6 @@ fn bench(device: &Device, configs: &str, reps: usize) -> unfold::Result<()> {
                 host[reps / 2] * 1e3,
             );
         }
-    }
-    Ok(())
-}
-
-/// Inputs ±1 with noise; the class at each step is 1 when the running sum of the signs is
-/// positive, else 0.
-fn running_sum_batch(
-    rng: &mut SplitMix64,
-    batch: usize,
-    min_len: usize,
-    max_len: usize,
-) -> unfold::Result<SequenceBatch> {
-    let mut inputs = Vec::with_capacity(batch);
-    let mut classes = Vec::with_capacity(batch);
-    for _ in 0..batch {
-        let len = min_len + rng.below(max_len - min_len + 1);
-        let mut sum = 0i64;
-        let mut x = Array2::zeros((len, 1));
-        let mut y = Vec::with_capacity(len);
-        for t in 0..len {
-            let sign = if rng.below(2) == 0 { -1 } else { 1 };
-            sum += sign;
-            x[[t, 0]] = sign as f32 * (0.5 + rng.next_f32());
-            y.push((sum > 0) as u32);
-        }
-        inputs.push(x);
-        classes.push(y);
-    }
-    SequenceBatch::new(inputs, Targets::Classes(classes))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn train_running_sum(
-    device: &Device,
-    steps: usize,
-    hidden: usize,
-    batch: usize,
-    seq_len: usize,
-    lr: f32,
-    clip: f32,
-    seed: u64,
-) -> unfold::Result<()> {
-    let config = RnnConfig::new(1, hidden, 2).head(Head::PerStep);
-    let mut rnn = Rnn::new(config.clone(), RnnParams::init(&config, seed), device)?;
-    let mut optimizer = Optimizer::adam(lr).clip_grad_norm(clip);
-    let mut rng = SplitMix64::new(seed ^ 0x5eed);
-    println!(
-        "training {hidden} tanh units on {}: sign of a running sum, lengths {}..={seq_len}",
-        device.describe(),
-        seq_len / 2
-    );
-    let start = Instant::now();
-    let mut tokens = 0;
-    for step in 1..=steps {
-        let b = running_sum_batch(&mut rng, batch, seq_len / 2, seq_len)?;
-        tokens += b.tokens();
-        let loss = rnn.train_step(&b, &mut optimizer)?;
-        if step % (steps / 10).max(1) == 0 || step == 1 {
-            println!(
-                "step {step:>5}  loss {loss:.4}  {:>8.0} tokens/s",
-                tokens as f64 / start.elapsed().as_secs_f64()
-            );
-        }
-    }
-    for factor in [1, 5] {
-        let test = running_sum_batch(&mut rng, 64, seq_len * factor / 2, seq_len * factor)?;
-        let out = rnn.forward(&test)?;
-        let Targets::Classes(classes) = test.targets() else {
-            unreachable!("classes")
-        };
-        let (mut right, mut total) = (0, 0);
-        for (i, seq) in classes.iter().enumerate() {
-            for (t, &c) in seq.iter().enumerate() {
-                let predicted = (out.outputs[[i, t, 1]] > out.outputs[[i, t, 0]]) as u32;
-                right += (predicted == c) as usize;
-                total += 1;
-            }
-        }
-        println!(
-            "accuracy on lengths up to {:>4} ({factor}x training): {:.3}",
-            seq_len * factor,
-            right as f64 / total as f64
-        );
     }
     Ok(())
 }

@@ -1,0 +1,469 @@
+//! The `train` and `sample` subcommands of the built binary, with tiny models on a small
+//! text: checkpoints, resuming, sampling, and every way a run can be refused.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const TINY: [&str; 10] = [
+    "--hidden",
+    "16",
+    "--seq-len",
+    "16",
+    "--batch",
+    "4",
+    "--device",
+    "cpu",
+    "--sample-len",
+    "20",
+];
+
+fn unfold(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_unfold"))
+        .args(args)
+        .output()
+        .expect("the unfold binary runs");
+    eprintln!(
+        "$ unfold {}\n--- status {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A failure reported by `main` as an error that contains `needle`, not a panic.
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "expected a failure");
+    assert!(!err.contains("panicked"), "a panic: {err}");
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+}
+
+/// A fresh, empty scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("trainer_cli_{}_{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a scratch directory");
+    dir
+}
+
+/// A small text: the start of the bundled corpus.
+fn small_text(dir: &Path) -> PathBuf {
+    let text: String = unfold::text::BUNDLED_TEXT.chars().take(3000).collect();
+    let path = dir.join("small.txt");
+    std::fs::write(&path, text).expect("write the text");
+    path
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+/// `unfold train` with the tiny settings and `extra` arguments; must succeed.
+fn train(extra: &[&str]) -> Output {
+    let mut args = vec!["train"];
+    args.extend_from_slice(&TINY);
+    args.extend_from_slice(extra);
+    let out = unfold(&args);
+    assert!(out.status.success(), "train failed: {}", stderr(&out));
+    out
+}
+
+fn record(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("checkpoint.json")).expect("checkpoint.json");
+    serde_json::from_str(&text).expect("checkpoint.json is JSON")
+}
+
+/// Every file of a checkpoint directory with its bytes.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .expect("read the directory")
+        .map(|e| {
+            let e = e.expect("an entry");
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).expect("read a file"),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn train_writes_a_checkpoint_a_plot_and_a_summary() {
+    let dir = scratch("fresh");
+    let text = small_text(&dir);
+    let ck = dir.join("ck");
+    let out = train(&["--data", s(&text), "--out", s(&ck), "--steps", "5"]);
+    for f in [
+        "model.safetensors",
+        "state.safetensors",
+        "checkpoint.json",
+        "loss.svg",
+    ] {
+        assert!(ck.join(f).is_file(), "{f} missing");
+    }
+    let svg = std::fs::read_to_string(ck.join("loss.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("held-out"), "{svg}");
+    let meta = record(&ck);
+    assert_eq!(meta["progress"]["step"], 5);
+    assert_eq!(meta["progress"]["optimizer_steps"], 5);
+    assert_eq!(meta["progress"]["tokens"], 5 * 4 * 16);
+    assert_eq!(meta["config"]["hidden"], 16);
+    assert_eq!(meta["config"]["optimizer"], "adam");
+    // an evaluation before training and one at the end
+    let history = meta["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert!(history[1]["held_out_loss"].as_f64().unwrap() > 0.0);
+    // the weights load as a plain unfold checkpoint (PyTorch's names)
+    let params = unfold::RnnParams::load(ck.join("model.safetensors")).unwrap();
+    assert_eq!(params.layers[0].w_hh.shape(), &[16, 16]);
+    let text = stdout(&out);
+    let summary = text.lines().last().unwrap();
+    assert!(
+        summary.starts_with("done: 5 steps") && summary.contains("held-out loss"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn resume_continues_exactly_where_the_run_stopped() {
+    let dir = scratch("resume");
+    let text = small_text(&dir);
+    let (once, twice) = (dir.join("once"), dir.join("twice"));
+    train(&["--data", s(&text), "--out", s(&once), "--steps", "8"]);
+    train(&["--data", s(&text), "--out", s(&twice), "--steps", "5"]);
+    let out = train(&["--resume", s(&twice), "--steps", "3"]);
+    assert!(
+        stdout(&out).contains("resuming at step 5"),
+        "{}",
+        stdout(&out)
+    );
+    let meta = record(&twice);
+    assert_eq!(meta["progress"]["step"], 8);
+    assert_eq!(meta["progress"]["optimizer_steps"], 8);
+    // the resumed run remembers its text, configuration and history
+    assert_eq!(meta["config"]["hidden"], 16);
+    assert_eq!(meta["history"].as_array().unwrap().len(), 3);
+    // weights, optimizer moments and the streams' state were all restored: the result is
+    // the uninterrupted run's, bit for bit
+    for f in ["model.safetensors", "state.safetensors"] {
+        assert!(
+            std::fs::read(once.join(f)).unwrap() == std::fs::read(twice.join(f)).unwrap(),
+            "{f} differs between 8 steps and 5 + 3 resumed steps"
+        );
+    }
+}
+
+#[test]
+fn sample_starts_with_the_prime_and_has_the_asked_length() {
+    let dir = scratch("sample");
+    let text = small_text(&dir);
+    let ck = dir.join("ck");
+    train(&["--data", s(&text), "--out", s(&ck), "--steps", "5"]);
+    let args = [
+        "sample",
+        "--checkpoint",
+        s(&ck),
+        "--prime",
+        "Anne ",
+        "--len",
+        "40",
+        "--temperature",
+        "0.9",
+        "--seed",
+        "3",
+    ];
+    let out = unfold(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sampled = stdout(&out);
+    let sampled = sampled.strip_suffix('\n').unwrap();
+    assert!(sampled.starts_with("Anne "), "{sampled:?}");
+    assert_eq!(sampled.chars().count(), 5 + 40, "{sampled:?}");
+    // the seed decides the sample
+    assert_eq!(stdout(&unfold(&args)), stdout(&out));
+    // temperature 0 is the most likely character each time
+    let greedy = unfold(&[
+        "sample",
+        "--checkpoint",
+        s(&ck),
+        "--prime",
+        "T",
+        "--len",
+        "7",
+        "--temperature",
+        "0",
+    ]);
+    assert!(greedy.status.success());
+    assert_eq!(stdout(&greedy).trim_end_matches('\n').chars().count(), 8);
+
+    let bad = unfold(&["sample", "--checkpoint", s(&ck), "--prime", "Zürich"]);
+    assert_clean_failure(&bad, "prime");
+    let bad = unfold(&["sample", "--checkpoint", s(&ck), "--temperature=-1"]);
+    assert_clean_failure(&bad, "temperature");
+}
+
+#[test]
+fn bad_text_files_fail_cleanly_and_leave_the_checkpoint_untouched() {
+    let dir = scratch("bad_text");
+    let text = small_text(&dir);
+    let ck = dir.join("ck");
+    train(&["--data", s(&text), "--out", s(&ck), "--steps", "3"]);
+    let before = snapshot(&ck);
+
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let binary = dir.join("binary.bin");
+    std::fs::write(
+        &binary,
+        [0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0xff, 0xfe],
+    )
+    .unwrap();
+    let latin1 = dir.join("latin1.txt");
+    std::fs::write(&latin1, b"caf\xe9 au lait").unwrap();
+    let missing = dir.join("no-such-file.txt");
+    for (file, needle) in [
+        (&empty, "is empty"),
+        (&binary, "not a text file"),
+        (&latin1, "not UTF-8 text"),
+        (&missing, "no-such-file.txt"),
+    ] {
+        // resuming the checkpoint on it
+        let out = unfold(&[
+            "train",
+            "--resume",
+            s(&ck),
+            "--data",
+            s(file),
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+        ]);
+        assert_clean_failure(&out, needle);
+        assert!(snapshot(&ck) == before, "the checkpoint changed");
+        // a fresh run writing into a new directory creates nothing
+        let fresh = dir.join("fresh");
+        let mut args = vec![
+            "train",
+            "--data",
+            s(file),
+            "--out",
+            s(&fresh),
+            "--steps",
+            "2",
+        ];
+        args.extend_from_slice(&TINY);
+        assert_clean_failure(&unfold(&args), needle);
+        assert!(!fresh.exists(), "a failed run created its output directory");
+    }
+    // a text with characters the checkpoint never saw
+    let other = dir.join("other.txt");
+    std::fs::write(&other, "Zürich ".repeat(100)).unwrap();
+    let out = unfold(&[
+        "train",
+        "--resume",
+        s(&ck),
+        "--data",
+        s(&other),
+        "--steps",
+        "2",
+    ]);
+    assert_clean_failure(&out, "vocabulary");
+    assert!(snapshot(&ck) == before, "the checkpoint changed");
+}
+
+#[test]
+fn unwritable_or_occupied_output_directories_are_refused() {
+    let dir = scratch("bad_out");
+    let text = small_text(&dir);
+    let ck = dir.join("ck");
+    train(&["--data", s(&text), "--out", s(&ck), "--steps", "3"]);
+    let before = snapshot(&ck);
+
+    // a path below a regular file cannot be a directory (this holds even for root)
+    let file = dir.join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let below = file.join("out");
+    let mut args = vec![
+        "train",
+        "--data",
+        s(&text),
+        "--out",
+        s(&below),
+        "--steps",
+        "2",
+    ];
+    args.extend_from_slice(&TINY);
+    assert_clean_failure(&unfold(&args), "output directory");
+    // resuming into such a place leaves the resumed checkpoint alone
+    let out = unfold(&[
+        "train",
+        "--resume",
+        s(&ck),
+        "--out",
+        s(&below),
+        "--steps",
+        "2",
+    ]);
+    assert_clean_failure(&out, "output directory");
+    assert!(snapshot(&ck) == before, "the checkpoint changed");
+    // a directory that already holds a checkpoint is not overwritten by a fresh run
+    let mut args = vec!["train", "--data", s(&text), "--out", s(&ck), "--steps", "2"];
+    args.extend_from_slice(&TINY);
+    assert_clean_failure(&unfold(&args), "already holds a checkpoint");
+    assert!(snapshot(&ck) == before, "the checkpoint changed");
+    // nor by resuming another checkpoint into it
+    let other = dir.join("other");
+    train(&["--data", s(&text), "--out", s(&other), "--steps", "2"]);
+    let out = unfold(&[
+        "train",
+        "--resume",
+        s(&other),
+        "--out",
+        s(&ck),
+        "--steps",
+        "2",
+    ]);
+    assert_clean_failure(&out, "already holds a checkpoint");
+    assert!(snapshot(&ck) == before, "the checkpoint changed");
+}
+
+#[test]
+fn corrupt_or_mismatched_checkpoints_are_clear_errors() {
+    let dir = scratch("corrupt");
+    let text = small_text(&dir);
+    let good = dir.join("good");
+    train(&["--data", s(&text), "--out", s(&good), "--steps", "3"]);
+    let copy = |name: &str| {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for (f, bytes) in snapshot(&good) {
+            std::fs::write(d.join(f), bytes).unwrap();
+        }
+        d
+    };
+    let resume = |ck: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--resume",
+            s(ck),
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        unfold(&args)
+    };
+    let sample = |ck: &Path| unfold(&["sample", "--checkpoint", s(ck), "--len", "5"]);
+
+    // one flipped byte in the weights
+    let flipped = copy("flipped");
+    let mut bytes = std::fs::read(flipped.join("model.safetensors")).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x40;
+    std::fs::write(flipped.join("model.safetensors"), &bytes).unwrap();
+    let before = snapshot(&flipped);
+    assert_clean_failure(&resume(&flipped, &[]), "do not match checkpoint.json");
+    assert_clean_failure(&sample(&flipped), "do not match checkpoint.json");
+    assert!(snapshot(&flipped) == before, "a refused checkpoint changed");
+
+    // a truncated optimizer state
+    let truncated = copy("truncated");
+    let bytes = std::fs::read(truncated.join("state.safetensors")).unwrap();
+    std::fs::write(
+        truncated.join("state.safetensors"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
+    assert_clean_failure(&resume(&truncated, &[]), "state.safetensors");
+
+    // a record that is not JSON
+    let garbled = copy("garbled");
+    std::fs::write(garbled.join("checkpoint.json"), "{\"format\": \"unfold").unwrap();
+    assert_clean_failure(&resume(&garbled, &[]), "not a valid checkpoint record");
+    assert_clean_failure(&sample(&garbled), "not a valid checkpoint record");
+
+    // a directory that is not a checkpoint, and one that does not exist
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert_clean_failure(&resume(&empty, &[]), "checkpoint.json");
+    assert_clean_failure(&sample(&dir.join("nowhere")), "no such directory");
+    assert!(!dir.join("nowhere").exists());
+
+    // a configuration that does not fit the checkpoint
+    let out = resume(&good, &["--hidden", "32"]);
+    assert_clean_failure(&out, "--hidden 32 does not fit the checkpoint");
+    let out = resume(&good, &["--optimizer", "sgd"]);
+    assert_clean_failure(&out, "--optimizer sgd does not fit the checkpoint");
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_writes_a_last_checkpoint() {
+    let dir = scratch("ctrl_c");
+    let text = small_text(&dir);
+    let ck = dir.join("ck");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_unfold"))
+        .args(["train", "--data", s(&text), "--out", s(&ck)])
+        .args(TINY)
+        // --minutes bounds the run should the interrupt never come
+        .args([
+            "--steps",
+            "100000000",
+            "--eval-every",
+            "100000000",
+            "--minutes",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start unfold train");
+    // the interrupt handler is in place once the output directory is announced; wait
+    // for the first evaluation's sample too, so that training steps have begun
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("sample:") {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    seen.push_str(&rest.join("\n"));
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(seen.contains("interrupted at step"), "{seen}");
+    let meta = record(&ck);
+    let step = meta["progress"]["step"].as_u64().unwrap();
+    assert!(step > 0, "no training step before the interrupt: {seen}");
+    assert!(
+        seen.contains(&format!("interrupted at step {step}")),
+        "{seen}"
+    );
+    // and it resumes
+    let out = train(&["--resume", s(&ck), "--steps", "1"]);
+    assert!(stdout(&out).contains(&format!("resuming at step {step}")));
+}
