@@ -29,6 +29,10 @@ timeout 120 "$RUN/unfold" verify --config all 2>&1 | tail -4 | tee "$OUT/verify.
 echo "--- unfold classify on the bundled JapaneseVowels, on this GPU"
 ( time timeout 300 "$RUN/unfold" classify --device gpu ) 2>&1 | grep -E "test accuracy|real" | tee "$OUT/classify.txt"
 
+echo "--- unfold train (char-level LM on the bundled text) for one minute on this GPU, then sample"
+timeout 150 "$RUN/unfold" train --device gpu --minutes 1 --out /tmp/unfold-charlm 2>&1 | tr '\r' '\n' | grep -E "held-out|done:" | tail -4 | tee "$OUT/train.txt"
+"$RUN/unfold" sample --checkpoint /tmp/unfold-charlm --device gpu --prime "Anne" --len 200 --seed 1 2>&1 | tail -3 | tee -a "$OUT/train.txt"
+
 echo "--- unfold on the GPU"
 timeout 300 "$RUN/unfold" bench --device gpu --configs "${CONFIGS:-latency,small,ref,large}" --reps 20 | tee "$OUT/unfold_gpu.jsonl"
 echo "--- PyTorch / cuDNN on the same GPU"
