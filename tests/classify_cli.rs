@@ -2,38 +2,9 @@
 
 mod common;
 
+use common::{assert_clean_failure, stderr, stdout, unfold};
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
-
-fn unfold(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_unfold"))
-        .args(args)
-        .output()
-        .expect("the unfold binary runs");
-    eprintln!(
-        "$ unfold {}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A failure that is an `Error` reported by `main`, not a panic.
-fn assert_clean_failure(out: &Output, needle: &str) {
-    let err = stderr(out);
-    assert!(!out.status.success(), "expected a failure");
-    assert!(!err.contains("panicked"), "a panic: {err}");
-    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
-}
 
 fn scratch(name: &str, text: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))

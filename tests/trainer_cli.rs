@@ -1,6 +1,9 @@
 //! The `train` and `sample` subcommands of the built binary, with tiny models on a small
 //! text: checkpoints, resuming, sampling, and every way a run can be refused.
 
+mod common;
+
+use common::{assert_clean_failure, stderr, stdout, unfold};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -17,37 +20,6 @@ const TINY: [&str; 10] = [
     "--sample-len",
     "20",
 ];
-
-fn unfold(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_unfold"))
-        .args(args)
-        .output()
-        .expect("the unfold binary runs");
-    eprintln!(
-        "$ unfold {}\n--- status {}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A failure reported by `main` as an error that contains `needle`, not a panic.
-fn assert_clean_failure(out: &Output, needle: &str) {
-    let err = stderr(out);
-    assert!(!out.status.success(), "expected a failure");
-    assert!(!err.contains("panicked"), "a panic: {err}");
-    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
-}
 
 /// A fresh, empty scratch directory for one test.
 fn scratch(name: &str) -> PathBuf {

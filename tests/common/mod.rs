@@ -2,6 +2,7 @@
 //! that explain themselves, and the GPU device (which must exist when CI says so).
 #![allow(dead_code)]
 
+use std::process::{Command, Output};
 use unfold::rng::SplitMix64;
 use unfold::{Device, Head, Nonlinearity, RnnConfig, RnnParams, SequenceBatch};
 
@@ -103,4 +104,37 @@ pub fn config(
 /// Parameters with a random (nonzero) bias so that relu units are a mix of on and off.
 pub fn params(config: &RnnConfig, seed: u64) -> RnnParams {
     RnnParams::init(config, seed)
+}
+
+/// Runs the built `unfold` binary with `args`, echoing what it printed (shown when a
+/// test fails).
+pub fn unfold(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_unfold"))
+        .args(args)
+        .output()
+        .expect("the unfold binary runs");
+    eprintln!(
+        "$ unfold {}\n--- status {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A failure reported by `main` as an error that contains `needle`, not a panic.
+pub fn assert_clean_failure(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "expected a failure");
+    assert!(!err.contains("panicked"), "a panic: {err}");
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
 }
