@@ -505,50 +505,6 @@ fn corrupt_checkpoint() {
     }
 }
 
-/// Writes the tensors of `p` (a 2-layer model) under PyTorch's names, minus `skip`.
-fn write_without(path: &std::path::Path, p: &RnnParams, skip: &str) {
-    use safetensors::tensor::{Dtype, TensorView};
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut put = |name: String, shape: Vec<usize>, data: Vec<f32>| {
-        let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        tensors.push((name, shape, bytes));
-    };
-    for (k, l) in p.layers.iter().enumerate() {
-        put(
-            format!("rnn.weight_ih_l{k}"),
-            l.w_ih.shape().to_vec(),
-            l.w_ih.iter().copied().collect(),
-        );
-        put(
-            format!("rnn.weight_hh_l{k}"),
-            l.w_hh.shape().to_vec(),
-            l.w_hh.iter().copied().collect(),
-        );
-        put(format!("rnn.bias_ih_l{k}"), vec![l.b.len()], l.b.to_vec());
-        put(
-            format!("rnn.bias_hh_l{k}"),
-            vec![l.b.len()],
-            vec![0.0; l.b.len()],
-        );
-    }
-    put(
-        "out.weight".into(),
-        p.w_out.shape().to_vec(),
-        p.w_out.iter().copied().collect(),
-    );
-    put("out.bias".into(), vec![p.b_out.len()], p.b_out.to_vec());
-    let views = tensors
-        .iter()
-        .filter(|(name, _, _)| name != skip)
-        .map(|(name, shape, bytes)| {
-            (
-                name.clone(),
-                TensorView::new(Dtype::F32, shape.clone(), bytes).unwrap(),
-            )
-        });
-    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
-}
-
 #[test]
 fn checkpoint_with_a_missing_tensor() {
     let dir = scratch("missing");
@@ -556,7 +512,7 @@ fn checkpoint_with_a_missing_tensor() {
     let p = params(&c, 1);
     // the complete file loads (so what follows tests only the missing tensor)
     let complete = dir.join("complete.safetensors");
-    write_without(&complete, &p, "");
+    common::write_pytorch_checkpoint(&complete, &p, None, "");
     assert_eq!(RnnParams::load(&complete).unwrap(), p);
     for missing in [
         "out.bias",
@@ -567,7 +523,7 @@ fn checkpoint_with_a_missing_tensor() {
         "rnn.weight_ih_l0",
     ] {
         let path = dir.join(format!("without-{missing}.safetensors"));
-        write_without(&path, &p, missing);
+        common::write_pytorch_checkpoint(&path, &p, None, missing);
         assert_bad_checkpoint(&path, &["missing tensor", missing]);
     }
 }

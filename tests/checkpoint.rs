@@ -6,7 +6,7 @@
 mod common;
 
 use common::{config, params, random_batch};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
 use unfold::ndarray::{Array1, Array2, ShapeBuilder};
 use unfold::{Device, Error, Rnn, RnnParams};
@@ -139,49 +139,6 @@ fn file_has_pytorch_names_shapes_and_zero_hidden_bias() {
     assert_eq!(get("out.bias"), (vec![4], p.b_out.to_vec()));
 }
 
-/// Writes a checkpoint by hand, as PyTorch would, with a nonzero `bias_hh`.
-fn write_pytorch_style(path: &Path, p: &RnnParams, bias_hh: &[Array1<f32>]) {
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut put = |name: String, shape: Vec<usize>, data: Vec<f32>| {
-        tensors.push((
-            name,
-            shape,
-            data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ));
-    };
-    for (k, l) in p.layers.iter().enumerate() {
-        put(
-            format!("rnn.weight_ih_l{k}"),
-            l.w_ih.shape().to_vec(),
-            l.w_ih.iter().copied().collect(),
-        );
-        put(
-            format!("rnn.weight_hh_l{k}"),
-            l.w_hh.shape().to_vec(),
-            l.w_hh.iter().copied().collect(),
-        );
-        put(format!("rnn.bias_ih_l{k}"), vec![l.b.len()], l.b.to_vec());
-        put(
-            format!("rnn.bias_hh_l{k}"),
-            vec![l.b.len()],
-            bias_hh[k].to_vec(),
-        );
-    }
-    put(
-        "out.weight".into(),
-        p.w_out.shape().to_vec(),
-        p.w_out.iter().copied().collect(),
-    );
-    put("out.bias".into(), vec![p.b_out.len()], p.b_out.to_vec());
-    let views = tensors.iter().map(|(name, shape, bytes)| {
-        (
-            name.clone(),
-            TensorView::new(Dtype::F32, shape.clone(), bytes).unwrap(),
-        )
-    });
-    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
-}
-
 #[test]
 fn loading_sums_the_two_biases() {
     let dir = scratch("biases");
@@ -192,7 +149,7 @@ fn loading_sums_the_two_biases() {
         .map(|_| Array1::from_shape_simple_fn(5, || rng.uniform(-1.0, 1.0)))
         .collect();
     let path = dir.join("torch.safetensors");
-    write_pytorch_style(&path, &p, &bias_hh);
+    common::write_pytorch_checkpoint(&path, &p, Some(&bias_hh), "");
     let q = RnnParams::load(&path).unwrap();
     for (k, (lq, lp)) in q.layers.iter().zip(&p.layers).enumerate() {
         let want: Vec<f32> = lp.b.iter().zip(&bias_hh[k]).map(|(a, b)| a + b).collect();

@@ -138,3 +138,58 @@ pub fn assert_clean_failure(out: &Output, needle: &str) {
     assert!(!err.contains("panicked"), "a panic: {err}");
     assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
 }
+
+/// Writes `p` by hand as PyTorch would save `nn.RNN` + `nn.Linear` (independently of
+/// `RnnParams::save`): `rnn.bias_hh_l{k}` from `bias_hh` (zeros when `None`), and every
+/// tensor except the one named `skip`.
+pub fn write_pytorch_checkpoint(
+    path: &std::path::Path,
+    p: &RnnParams,
+    bias_hh: Option<&[unfold::ndarray::Array1<f32>]>,
+    skip: &str,
+) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut put = |name: String, shape: &[usize], data: Vec<f32>| {
+        tensors.push((
+            name,
+            shape.to_vec(),
+            data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ));
+    };
+    for (k, l) in p.layers.iter().enumerate() {
+        put(
+            format!("rnn.weight_ih_l{k}"),
+            l.w_ih.shape(),
+            l.w_ih.iter().copied().collect(),
+        );
+        put(
+            format!("rnn.weight_hh_l{k}"),
+            l.w_hh.shape(),
+            l.w_hh.iter().copied().collect(),
+        );
+        put(format!("rnn.bias_ih_l{k}"), l.b.shape(), l.b.to_vec());
+        let hh = bias_hh.map_or_else(|| vec![0.0; l.b.len()], |b| b[k].to_vec());
+        put(format!("rnn.bias_hh_l{k}"), l.b.shape(), hh);
+    }
+    put(
+        "out.weight".into(),
+        p.w_out.shape(),
+        p.w_out.iter().copied().collect(),
+    );
+    put("out.bias".into(), p.b_out.shape(), p.b_out.to_vec());
+    let views = tensors
+        .iter()
+        .filter(|(name, _, _)| name != skip)
+        .map(|(name, shape, bytes)| {
+            (
+                name.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), bytes).expect("sizes match"),
+            )
+        });
+    std::fs::write(
+        path,
+        safetensors::serialize(views, None).expect("serializes"),
+    )
+    .expect("writes the file");
+}
