@@ -1,12 +1,24 @@
-// Tiled matrix product: C = alpha * op(A) * op(B) + beta * C (+ bias broadcast over rows).
+// Tiled matrix products: C = alpha * op(A) * op(B) + beta * C (+ bias broadcast over rows).
 //
 // op(A) is [M, K] and op(B) is [K, N]; either may be stored transposed. Every operand
 // lives at an element offset inside its buffer with its own row stride, so weights are
 // read in place from the flat parameter buffer and weight gradients are written in place
 // into the flat gradient buffer. Any shape works: loads and stores are bounds-checked.
 //
-// Each workgroup computes a 64x64 tile of C with 16x16 threads, each thread a 4x4 block
-// held in four vec4 registers; K advances in slices of 16 staged through workgroup memory.
+// Two tilings of the same product (the host picks one from the shape, src/gpu/gemm.rs):
+// - matmul_tile64: a 64x64 tile of C per workgroup, 16x16 threads with a 4x4 block each,
+//   K in slices of 16. Many small workgroups: for products with few output tiles.
+// - matmul_tile128: a 128x128 tile, 16x16 threads with an 8x8 block each (64 accumulators,
+//   twice the multiply-adds per workgroup-memory read), K in slices of 8 staged through
+//   two workgroup buffers: the next slice is fetched into registers while the current one
+//   is multiplied, so there is one barrier per slice and global loads overlap arithmetic.
+//
+// Split K: with k_chunk > 0, workgroup layer z multiplies only K range
+// [z * k_chunk, (z + 1) * k_chunk) and writes its partial product (alpha = 1, beta = 0,
+// no bias) at c_offset + z * split_stride; matmul_sum_splits then adds the `splits`
+// partial products into C with alpha, beta and bias. Weight gradients (M, N = hidden
+// sizes, K = every token of the batch) use it, so that a long K does not leave most of
+// the GPU idle.
 
 struct MatmulParams {
     m: u32,
@@ -22,9 +34,9 @@ struct MatmulParams {
     ldc: u32,
     alpha: f32,
     beta: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    k_chunk: u32,      // split K: depth of each workgroup layer's K range (0: all of K)
+    splits: u32,       // matmul_sum_splits: number of partial products
+    split_stride: u32, // elements between consecutive partial products
 }
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
@@ -33,15 +45,17 @@ struct MatmulParams {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
-const TILE: u32 = 64u;
-const KSLICE: u32 = 16u;
+// The K range [x, y) of workgroup layer z.
+fn k_range(z: u32) -> vec2<u32> {
+    if (p.k_chunk == 0u) {
+        return vec2<u32>(0u, p.k);
+    }
+    let begin = min(z * p.k_chunk, p.k);
+    return vec2<u32>(begin, min(begin + p.k_chunk, p.k));
+}
 
-// [k][m / 4] and [k][n / 4]: each thread reads its 4 rows and 4 columns as one vec4 each
-var<workgroup> a_tile: array<array<vec4<f32>, 16>, 16>;
-var<workgroup> b_tile: array<array<vec4<f32>, 16>, 16>;
-
-fn load_a(row: u32, kk: u32) -> f32 {
-    if (row >= p.m || kk >= p.k) {
+fn load_a(row: u32, kk: u32, k_end: u32) -> f32 {
+    if (row >= p.m || kk >= k_end) {
         return 0.0;
     }
     if ((p.flags & 1u) != 0u) {
@@ -50,8 +64,8 @@ fn load_a(row: u32, kk: u32) -> f32 {
     return a[p.a_offset + row * p.lda + kk];
 }
 
-fn load_b(kk: u32, col: u32) -> f32 {
-    if (kk >= p.k || col >= p.n) {
+fn load_b(kk: u32, col: u32, k_end: u32) -> f32 {
+    if (kk >= k_end || col >= p.n) {
         return 0.0;
     }
     if ((p.flags & 2u) != 0u) {
@@ -60,66 +74,86 @@ fn load_b(kk: u32, col: u32) -> f32 {
     return b[p.b_offset + kk * p.ldb + col];
 }
 
-fn store(row: u32, col0: u32, v: vec4<f32>) {
+// alpha * v + beta * C + bias for one element of C at `at` (column `col`)
+fn finish(at: u32, col: u32, v: f32) -> f32 {
+    var r = p.alpha * v;
+    if (p.beta != 0.0) {
+        r += p.beta * c[at];
+    }
+    if ((p.flags & 4u) != 0u) {
+        r += bias[p.bias_offset + col];
+    }
+    return r;
+}
+
+// Stores four columns of one row of C (or of partial product z when splitting K).
+fn store(z: u32, row: u32, col0: u32, v: vec4<f32>) {
     if (row >= p.m) {
         return;
     }
     for (var j = 0u; j < 4u; j++) {
         let col = col0 + j;
         if (col < p.n) {
-            let at = p.c_offset + row * p.ldc + col;
-            var r = p.alpha * v[j];
-            if (p.beta != 0.0) {
-                r += p.beta * c[at];
+            if (p.k_chunk != 0u) {
+                c[p.c_offset + z * p.split_stride + row * p.ldc + col] = v[j];
+            } else {
+                let at = p.c_offset + row * p.ldc + col;
+                c[at] = finish(at, col, v[j]);
             }
-            if ((p.flags & 4u) != 0u) {
-                r += bias[p.bias_offset + col];
-            }
-            c[at] = r;
         }
     }
 }
 
+// Where element `idx` of a staged slice of op(A) (k_depth x tile) comes from, as
+// (k, m): along the operand's contiguous dimension, so that neighbouring threads read
+// neighbouring floats. The same for op(B) as (k, n).
+fn a_slot(idx: u32, k_depth: u32, tile: u32) -> vec2<u32> {
+    if ((p.flags & 1u) != 0u) {
+        return vec2<u32>(idx / tile, idx % tile);
+    }
+    return vec2<u32>(idx % k_depth, idx / k_depth);
+}
+
+fn b_slot(idx: u32, k_depth: u32, tile: u32) -> vec2<u32> {
+    if ((p.flags & 2u) != 0u) {
+        return vec2<u32>(idx % k_depth, idx / k_depth);
+    }
+    return vec2<u32>(idx / tile, idx % tile);
+}
+
+// ---- 64x64 tiles ----
+
+const TILE64: u32 = 64u;
+const KSLICE64: u32 = 16u;
+
+// [k][m / 4] and [k][n / 4]: each thread reads its 4 rows and 4 columns as one vec4 each
+var<workgroup> a_tile64: array<array<vec4<f32>, 16>, 16>;
+var<workgroup> b_tile64: array<array<vec4<f32>, 16>, 16>;
+
 @compute @workgroup_size(16, 16)
-fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row0 = wg.y * TILE;
-    let col0 = wg.x * TILE;
+fn matmul_tile64(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = wg.y * TILE64;
+    let col0 = wg.x * TILE64;
     let tid = lid.y * 16u + lid.x;
+    let ks = k_range(wg.z);
     // accumulators in registers: row i of this thread's 4x4 block is acc_i
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-    for (var k0 = 0u; k0 < p.k; k0 += KSLICE) {
-        // 256 threads stage 16x64 elements of each operand, 4 each, reading along the
-        // operand's contiguous dimension so that neighbouring threads read neighbouring floats
+    for (var k0 = ks.x; k0 < ks.y; k0 += KSLICE64) {
+        // 256 threads stage 16x64 elements of each operand, 4 each
         for (var e = 0u; e < 4u; e++) {
             let idx = tid + e * 256u;
-            var kk: u32;
-            var mm: u32;
-            if ((p.flags & 1u) != 0u) {
-                kk = idx / TILE;
-                mm = idx % TILE;
-            } else {
-                kk = idx % KSLICE;
-                mm = idx / KSLICE;
-            }
-            a_tile[kk][mm / 4u][mm % 4u] = load_a(row0 + mm, k0 + kk);
-            var kb: u32;
-            var nn: u32;
-            if ((p.flags & 2u) != 0u) {
-                kb = idx % KSLICE;
-                nn = idx / KSLICE;
-            } else {
-                kb = idx / TILE;
-                nn = idx % TILE;
-            }
-            b_tile[kb][nn / 4u][nn % 4u] = load_b(k0 + kb, col0 + nn);
+            let sa = a_slot(idx, KSLICE64, TILE64);
+            a_tile64[sa.x][sa.y / 4u][sa.y % 4u] = load_a(row0 + sa.y, k0 + sa.x, ks.y);
+            let sb = b_slot(idx, KSLICE64, TILE64);
+            b_tile64[sb.x][sb.y / 4u][sb.y % 4u] = load_b(k0 + sb.x, col0 + sb.y, ks.y);
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < KSLICE; kk++) {
-            let av = a_tile[kk][lid.y];
-            let bv = b_tile[kk][lid.x];
+        for (var kk = 0u; kk < KSLICE64; kk++) {
+            let av = a_tile64[kk][lid.y];
+            let bv = b_tile64[kk][lid.x];
             acc0 = fma(vec4<f32>(av.x), bv, acc0);
             acc1 = fma(vec4<f32>(av.y), bv, acc1);
             acc2 = fma(vec4<f32>(av.z), bv, acc2);
@@ -129,8 +163,127 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     }
     let row = row0 + lid.y * 4u;
     let col = col0 + lid.x * 4u;
-    store(row, col, acc0);
-    store(row + 1u, col, acc1);
-    store(row + 2u, col, acc2);
-    store(row + 3u, col, acc3);
+    store(wg.z, row, col, acc0);
+    store(wg.z, row + 1u, col, acc1);
+    store(wg.z, row + 2u, col, acc2);
+    store(wg.z, row + 3u, col, acc3);
+}
+
+// ---- 128x128 tiles, double-buffered ----
+
+const TILE128: u32 = 128u;
+const KSLICE128: u32 = 8u;
+
+// [buffer][k][m / 4] and [buffer][k][n / 4]: 2 x 8 KiB
+var<workgroup> a_tile128: array<array<array<vec4<f32>, 32>, 8>, 2>;
+var<workgroup> b_tile128: array<array<array<vec4<f32>, 32>, 8>, 2>;
+
+// One staged slice in flight: 4 elements of each operand per thread.
+struct Staged {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
+
+fn fetch128(tid: u32, row0: u32, col0: u32, k0: u32, k_end: u32) -> Staged {
+    var s: Staged;
+    for (var e = 0u; e < 4u; e++) {
+        let idx = tid + e * 256u;
+        let sa = a_slot(idx, KSLICE128, TILE128);
+        s.a[e] = load_a(row0 + sa.y, k0 + sa.x, k_end);
+        let sb = b_slot(idx, KSLICE128, TILE128);
+        s.b[e] = load_b(k0 + sb.x, col0 + sb.y, k_end);
+    }
+    return s;
+}
+
+fn stage128(buf: u32, tid: u32, s: Staged) {
+    for (var e = 0u; e < 4u; e++) {
+        let idx = tid + e * 256u;
+        let sa = a_slot(idx, KSLICE128, TILE128);
+        a_tile128[buf][sa.x][sa.y / 4u][sa.y % 4u] = s.a[e];
+        let sb = b_slot(idx, KSLICE128, TILE128);
+        b_tile128[buf][sb.x][sb.y / 4u][sb.y % 4u] = s.b[e];
+    }
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_tile128(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = wg.y * TILE128;
+    let col0 = wg.x * TILE128;
+    let tid = lid.y * 16u + lid.x;
+    let ks = k_range(wg.z);
+    // this thread's rows: lid.y * 4 + i (block "lo") and 64 + lid.y * 4 + i ("hi"); its
+    // columns likewise: so that a warp's workgroup-memory reads are contiguous
+    // c{i}{l|h}: row i of the lo (0-3) or hi (4-7) rows, columns lo (l) or hi (h)
+    var c0l = vec4<f32>(0.0); var c0h = vec4<f32>(0.0);
+    var c1l = vec4<f32>(0.0); var c1h = vec4<f32>(0.0);
+    var c2l = vec4<f32>(0.0); var c2h = vec4<f32>(0.0);
+    var c3l = vec4<f32>(0.0); var c3h = vec4<f32>(0.0);
+    var c4l = vec4<f32>(0.0); var c4h = vec4<f32>(0.0);
+    var c5l = vec4<f32>(0.0); var c5h = vec4<f32>(0.0);
+    var c6l = vec4<f32>(0.0); var c6h = vec4<f32>(0.0);
+    var c7l = vec4<f32>(0.0); var c7h = vec4<f32>(0.0);
+    stage128(0u, tid, fetch128(tid, row0, col0, ks.x, ks.y));
+    workgroupBarrier();
+    var buf = 0u;
+    for (var k0 = ks.x; k0 < ks.y; k0 += KSLICE128) {
+        let more = k0 + KSLICE128 < ks.y;
+        var next: Staged;
+        if (more) {
+            next = fetch128(tid, row0, col0, k0 + KSLICE128, ks.y);
+        }
+        for (var kk = 0u; kk < KSLICE128; kk++) {
+            let alo = a_tile128[buf][kk][lid.y];
+            let ahi = a_tile128[buf][kk][lid.y + 16u];
+            let bl = b_tile128[buf][kk][lid.x];
+            let bh = b_tile128[buf][kk][lid.x + 16u];
+            c0l = fma(vec4<f32>(alo.x), bl, c0l); c0h = fma(vec4<f32>(alo.x), bh, c0h);
+            c1l = fma(vec4<f32>(alo.y), bl, c1l); c1h = fma(vec4<f32>(alo.y), bh, c1h);
+            c2l = fma(vec4<f32>(alo.z), bl, c2l); c2h = fma(vec4<f32>(alo.z), bh, c2h);
+            c3l = fma(vec4<f32>(alo.w), bl, c3l); c3h = fma(vec4<f32>(alo.w), bh, c3h);
+            c4l = fma(vec4<f32>(ahi.x), bl, c4l); c4h = fma(vec4<f32>(ahi.x), bh, c4h);
+            c5l = fma(vec4<f32>(ahi.y), bl, c5l); c5h = fma(vec4<f32>(ahi.y), bh, c5h);
+            c6l = fma(vec4<f32>(ahi.z), bl, c6l); c6h = fma(vec4<f32>(ahi.z), bh, c6h);
+            c7l = fma(vec4<f32>(ahi.w), bl, c7l); c7h = fma(vec4<f32>(ahi.w), bh, c7h);
+        }
+        // the other buffer was last read before the previous barrier: safe to refill
+        if (more) {
+            stage128(1u - buf, tid, next);
+        }
+        workgroupBarrier();
+        buf = 1u - buf;
+    }
+    let lo = row0 + lid.y * 4u;
+    let hi = lo + 64u;
+    let cl = col0 + lid.x * 4u;
+    let ch = cl + 64u;
+    store(wg.z, lo, cl, c0l); store(wg.z, lo, ch, c0h);
+    store(wg.z, lo + 1u, cl, c1l); store(wg.z, lo + 1u, ch, c1h);
+    store(wg.z, lo + 2u, cl, c2l); store(wg.z, lo + 2u, ch, c2h);
+    store(wg.z, lo + 3u, cl, c3l); store(wg.z, lo + 3u, ch, c3h);
+    store(wg.z, hi, cl, c4l); store(wg.z, hi, ch, c4h);
+    store(wg.z, hi + 1u, cl, c5l); store(wg.z, hi + 1u, ch, c5h);
+    store(wg.z, hi + 2u, cl, c6l); store(wg.z, hi + 2u, ch, c6h);
+    store(wg.z, hi + 3u, cl, c7l); store(wg.z, hi + 3u, ch, c7h);
+}
+
+// ---- split K: the partial products summed into C ----
+
+// One thread per element of C (a row-major [m, n] index, folded into two dimensions past
+// the per-dimension dispatch limit); `a` holds the partial products at 0, split_stride, ...
+// with row stride n.
+@compute @workgroup_size(256)
+fn matmul_sum_splits(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = gid.x + gid.y * groups.x * 256u;
+    if (i >= p.m * p.n) {
+        return;
+    }
+    let row = i / p.n;
+    let col = i % p.n;
+    var total = 0.0;
+    for (var z = 0u; z < p.splits; z++) {
+        total += a[z * p.split_stride + i];
+    }
+    let at = p.c_offset + row * p.ldc + col;
+    c[at] = finish(at, col, total);
 }

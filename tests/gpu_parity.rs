@@ -60,6 +60,14 @@ fn problems() -> Vec<Problem> {
         &[40, 33, 35, 12, 40, 7, 29, 40],
         6,
     ));
+    // products long enough along K (600 inputs, 530 tokens) to be split into K ranges:
+    // the hoisted input product with its bias, and every weight gradient
+    out.push(problem(
+        common::config(600, 9, 5, 2, false, false),
+        false,
+        &[150, 140, 130, 110],
+        7,
+    ));
     let mut rng = SplitMix64::new(2026);
     for k in 0..6 {
         let b = 1 + rng.below(7);

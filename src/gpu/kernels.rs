@@ -39,7 +39,12 @@ pub(crate) struct MatmulParams {
     pub ldc: u32,
     pub alpha: f32,
     pub beta: f32,
-    pub _pad: [u32; 3],
+    /// Split K: depth of each workgroup layer's K range (0: all of K).
+    pub k_chunk: u32,
+    /// `matmul_sum_splits`: how many partial products to add.
+    pub splits: u32,
+    /// Elements between consecutive partial products.
+    pub split_stride: u32,
 }
 
 pub(crate) const TRANS_A: u32 = 1;
@@ -120,7 +125,9 @@ pub(crate) struct EmbedParams {
 
 /// Every pipeline unfold uses.
 pub(crate) struct Kernels {
-    pub matmul: Kernel,
+    pub matmul_tile64: Kernel,
+    pub matmul_tile128: Kernel,
+    pub matmul_sum_splits: Kernel,
     pub forward_step: Kernel,
     pub backward_step: Kernel,
     pub forward_sequence: Kernel,
@@ -167,9 +174,21 @@ impl Kernels {
             };
         use std::mem::size_of;
         let kernels = Kernels {
-            matmul: kernel(
+            matmul_tile64: kernel(
                 &matmul,
-                "matmul",
+                "matmul_tile64",
+                size_of::<MatmulParams>(),
+                &[Read, Read, Read, Write],
+            ),
+            matmul_tile128: kernel(
+                &matmul,
+                "matmul_tile128",
+                size_of::<MatmulParams>(),
+                &[Read, Read, Read, Write],
+            ),
+            matmul_sum_splits: kernel(
+                &matmul,
+                "matmul_sum_splits",
                 size_of::<MatmulParams>(),
                 &[Read, Read, Read, Write],
             ),

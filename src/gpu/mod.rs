@@ -5,12 +5,14 @@
 //! optimizer state stay on the device; only the loss comes back each step.
 
 mod context;
+mod gemm;
 mod kernels;
 mod model;
 mod recorder;
 pub mod shaders;
 
 pub use context::{describe_adapter, list_adapters, GpuContext};
+pub use gemm::{GemmPlan, ResidentProduct, Tile};
 pub(crate) use model::GpuRnn;
 
 /// How the GPU path walks the time steps of a layer.

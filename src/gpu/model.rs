@@ -1,6 +1,7 @@
 //! `GpuRnn`: the model's parameters and work buffers on one device, and the recording of
 //! forward passes and training steps.
 
+use super::gemm;
 use super::kernels::{
     self, EmbedParams, LossParams, MatmulParams, OptimParams, ReduceParams, RowsParams, StepParams,
 };
@@ -78,6 +79,8 @@ struct BatchBuffers {
     token_data: wgpu::Buffer,
     prev_index: wgpu::Buffer,
     final_h: wgpu::Buffer,
+    /// Partial products of matrix products split along K, and its size in floats.
+    split_scratch: (wgpu::Buffer, usize),
 }
 
 pub(crate) struct GpuRnn {
@@ -113,6 +116,16 @@ fn storage(ctx: &GpuContext, label: &str, floats: usize) -> wgpu::Buffer {
             | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     })
+}
+
+/// A storage buffer of `floats` floats, refused if a kernel could not bind it.
+pub(crate) fn storage_checked(
+    ctx: &GpuContext,
+    label: &str,
+    floats: usize,
+) -> Result<wgpu::Buffer> {
+    check_fits(ctx, label, floats)?;
+    Ok(storage(ctx, label, floats))
 }
 
 fn check_fits(ctx: &GpuContext, what: &str, floats: usize) -> Result<()> {
@@ -207,6 +220,24 @@ impl GpuRnn {
                 hint: "use a smaller batch or shorter sequences",
             });
         }
+        // every product a step records, for the scratch its K splits need (a split that
+        // does not fit runs unsplit)
+        let (t32, b32, r32) = (tokens as u32, batch as u32, rows as u32);
+        let (h32, o32) = (h as u32, o as u32);
+        let mut shapes = vec![
+            (r32, o32, h32),
+            (o32, h32, r32),
+            (t32.max(b32), h32, o32),
+            (h32, h32, t32 - b32.min(t32)),
+            (h32, h32, b32),
+            (t32, h32, h32),
+        ];
+        for layer in 0..l {
+            let in_size = config.layer_input_size(layer) as u32;
+            shapes.extend([(t32, h32, in_size), (h32, in_size, t32)]);
+        }
+        let scratch_floats =
+            gemm::scratch_for(&shapes).min((self.ctx.max_storage_binding() / 4) as usize);
         let ctx = &self.ctx;
         self.cache.get_mut().expect("bind group cache").clear();
         self.work = Some(BatchBuffers {
@@ -229,6 +260,10 @@ impl GpuRnn {
             token_data: storage(ctx, "token data", 2 * tokens + i + 1),
             prev_index: storage(ctx, "prev_index", tokens),
             final_h: storage(ctx, "final_h", l * batch * h),
+            split_scratch: (
+                storage(ctx, "split scratch", scratch_floats),
+                scratch_floats,
+            ),
         });
         Ok(())
     }
@@ -305,6 +340,19 @@ impl GpuRnn {
         }
     }
 
+    /// Records a matrix product (`buffers`: A, B, bias, C) under the tiling its shape
+    /// chooses, splitting K into the work scratch where that pays.
+    fn product<'a>(
+        &'a self,
+        rec: &mut Recorder<'a>,
+        params: MatmulParams,
+        buffers: [&'a wgpu::Buffer; 4],
+    ) {
+        let w = self.work.as_ref().expect("ensure_work ran");
+        let (scratch, floats) = &w.split_scratch;
+        gemm::record_product(rec, &self.ctx.kernels, params, buffers, (scratch, *floats));
+    }
+
     /// Records the forward pass and the loss (into `scalars[0]`, with `d_out`).
     fn record_forward<'a>(
         &'a self,
@@ -333,8 +381,8 @@ impl GpuRnn {
                 );
             } else {
                 // hoisted: W_ih x(t) + b for every step at once
-                rec.dispatch(
-                    &k.matmul,
+                self.product(
+                    rec,
                     matmul(
                         tokens,
                         h,
@@ -345,8 +393,7 @@ impl GpuRnn {
                         (0, h),
                         self.layout.b[l],
                     ),
-                    &[input, &self.params, &self.params, &w.hs[l]],
-                    matmul_groups(tokens, h),
+                    [input, &self.params, &self.params, &w.hs[l]],
                 );
             }
             let initial = if has_initial {
@@ -416,8 +463,8 @@ impl GpuRnn {
                 (&w.last, b)
             }
         };
-        rec.dispatch(
-            &k.matmul,
+        self.product(
+            rec,
             matmul(
                 rows,
                 o,
@@ -428,8 +475,7 @@ impl GpuRnn {
                 (0, o),
                 self.layout.b_out,
             ),
-            &[head_in, &self.params, &self.params, &w.out],
-            matmul_groups(rows, o),
+            [head_in, &self.params, &self.params, &w.out],
         );
         let (kernel, scale, finish_scale) = match batch.targets() {
             Targets::Classes(_) => (&k.cross_entropy, 1.0 / rows as f32, 1.0 / rows as f64),
@@ -560,8 +606,8 @@ impl GpuRnn {
             Head::LastStep => (&w.last, b),
         };
         // readout: dW_out = d_outᵀ · head_in, db_out = Σ rows d_out
-        rec.dispatch(
-            &k.matmul,
+        self.product(
+            rec,
             matmul(
                 o,
                 h,
@@ -572,25 +618,22 @@ impl GpuRnn {
                 (lay.w_out, h),
                 0,
             ),
-            &[&w.d_out, head_in, &self.params, &self.grads],
-            matmul_groups(o, h),
+            [&w.d_out, head_in, &self.params, &self.grads],
         );
         self.record_column_sums(rec, &w.d_out, rows, o, lay.b_out);
         // gradient arriving at the top layer's states
         match config.head {
-            Head::PerStep => rec.dispatch(
-                &k.matmul,
+            Head::PerStep => self.product(
+                rec,
                 matmul(tokens, h, o, 0, (0, o), (lay.w_out, h), (0, h), 0),
-                &[&w.d_out, &self.params, &self.params, &w.g],
-                matmul_groups(tokens, h),
+                [&w.d_out, &self.params, &self.params, &w.g],
             ),
             Head::LastStep => {
                 rec.clear(&w.g);
-                rec.dispatch(
-                    &k.matmul,
+                self.product(
+                    rec,
                     matmul(b, h, o, 0, (0, o), (lay.w_out, h), (0, h), 0),
-                    &[&w.d_out, &self.params, &self.params, &w.hprev],
-                    matmul_groups(b, h),
+                    [&w.d_out, &self.params, &self.params, &w.hprev],
                 );
                 rec.dispatch_1d(
                     &k.scatter_rows,
@@ -655,8 +698,8 @@ impl GpuRnn {
                 );
             } else {
                 // dW_ih = Σ_t dA(t)ᵀ in(t): one product over all steps
-                rec.dispatch(
-                    &k.matmul,
+                self.product(
+                    rec,
                     matmul(
                         h,
                         in_size,
@@ -667,8 +710,7 @@ impl GpuRnn {
                         (lay.w_ih[l], in_size),
                         0,
                     ),
-                    &[g, input, &self.params, &self.grads],
-                    matmul_groups(h, in_size),
+                    [g, input, &self.params, &self.grads],
                 );
             }
             self.record_column_sums(rec, g, tokens, h, lay.b[l]);
@@ -691,8 +733,8 @@ impl GpuRnn {
                 );
                 &w.hprev
             };
-            rec.dispatch(
-                &k.matmul,
+            self.product(
+                rec,
                 matmul(
                     h,
                     h,
@@ -703,8 +745,7 @@ impl GpuRnn {
                     (lay.w_hh[l], h),
                     0,
                 ),
-                &[g, prev, &self.params, &self.grads],
-                matmul_groups(h, h),
+                [g, prev, &self.params, &self.grads],
             );
             if has_initial {
                 // the first step's term: dA(0)ᵀ h(-1), added to the rest
@@ -719,20 +760,14 @@ impl GpuRnn {
                     0,
                 );
                 first.beta = 1.0;
-                rec.dispatch(
-                    &k.matmul,
-                    first,
-                    &[g, &w.initial, &self.params, &self.grads],
-                    matmul_groups(h, h),
-                );
+                self.product(rec, first, [g, &w.initial, &self.params, &self.grads]);
             }
             if l > 0 {
                 // the gradient reaching the layer below's states: one product over all steps
-                rec.dispatch(
-                    &k.matmul,
+                self.product(
+                    rec,
                     matmul(tokens, h, h, 0, (0, h), (lay.w_ih[l], h), (0, h), 0),
-                    &[g, &self.params, &self.params, g_below],
-                    matmul_groups(tokens, h),
+                    [g, &self.params, &self.params, g_below],
                 );
                 std::mem::swap(&mut g, &mut g_below);
             }
@@ -1044,11 +1079,6 @@ fn matmul(
         ldb: b.1,
         ldc: c.1,
         alpha: 1.0,
-        beta: 0.0,
-        _pad: [0; 3],
+        ..Default::default()
     }
-}
-
-fn matmul_groups(m: u32, n: u32) -> [u32; 3] {
-    [n.div_ceil(64), m.div_ceil(64), 1]
 }

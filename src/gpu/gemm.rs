@@ -1,0 +1,319 @@
+//! Matrix products on the GPU (`shaders/matmul.wgsl`): which tiling runs a product of a
+//! given shape, split K for long products with few output tiles, and [`ResidentProduct`],
+//! a product whose operands stay on the device (for benchmarks and kernel checks).
+
+use super::kernels::{Kernels, MatmulParams, TRANS_A, TRANS_B};
+use super::recorder::{read_back, BindGroupCache, Recorder};
+use super::GpuContext;
+use crate::device::DeviceKind;
+use crate::{Device, Error, Result};
+use ndarray::{Array2, ArrayView2};
+use std::sync::Arc;
+
+/// The block of C that one workgroup computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tile {
+    /// 64×64, a 4×4 block per thread: many small workgroups.
+    Tile64,
+    /// 128×128, an 8×8 block per thread, double-buffered: for large products.
+    Tile128,
+}
+
+impl Tile {
+    pub fn size(self) -> u32 {
+        match self {
+            Tile::Tile64 => 64,
+            Tile::Tile128 => 128,
+        }
+    }
+}
+
+/// How one product runs: its tiling, and into how many K ranges it is split (1: none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmPlan {
+    pub tile: Tile,
+    pub splits: u32,
+}
+
+/// Below this many 128×128 tiles a product uses 64×64 tiles: a large GPU runs around a
+/// hundred workgroups of the larger tile at once, and fewer would leave it idle.
+const MIN_TILES128: u32 = 96;
+/// Split K aims at about this many workgroups (several per multiprocessor on a large GPU)...
+const TARGET_WORKGROUPS: u32 = 512;
+/// ...keeping each K range at least this deep (each range's partial product costs a write
+/// and a read of M×N floats).
+const MIN_SPLIT_DEPTH: u32 = 256;
+const MAX_SPLITS: u32 = 32;
+/// Every K range is a whole number of the 64×64 kernel's K slices.
+const K_SLICE: u32 = 16;
+
+impl GemmPlan {
+    /// The plan for an `m × k` by `k × n` product: 128×128 tiles when there are enough of
+    /// them to fill a large GPU, else 64×64 tiles, split along K when few output tiles
+    /// would each walk a long K (weight gradients: K is every token of the batch).
+    pub fn choose(m: u32, n: u32, k: u32) -> GemmPlan {
+        let tiles128 = m.div_ceil(128) * n.div_ceil(128);
+        if m >= 128 && n >= 128 && tiles128 >= MIN_TILES128 {
+            return GemmPlan {
+                tile: Tile::Tile128,
+                splits: 1,
+            };
+        }
+        let tiles64 = (m.div_ceil(64) * n.div_ceil(64)).max(1);
+        let splits = (TARGET_WORKGROUPS / tiles64)
+            .min(k / MIN_SPLIT_DEPTH)
+            .clamp(1, MAX_SPLITS);
+        GemmPlan {
+            tile: Tile::Tile64,
+            splits,
+        }
+    }
+
+    /// Depth of each K range, and how many ranges that makes (at most `splits`).
+    fn k_chunk(&self, k: u32) -> (u32, u32) {
+        let chunk = k
+            .div_ceil(self.splits.max(1))
+            .next_multiple_of(K_SLICE)
+            .max(K_SLICE);
+        (chunk, k.div_ceil(chunk).max(1))
+    }
+
+    /// Floats of scratch memory the partial products need (0 without a split).
+    pub fn scratch_floats(&self, m: u32, n: u32, k: u32) -> usize {
+        match self.k_chunk(k) {
+            (_, ranges) if self.splits > 1 && ranges > 1 => ranges as usize * (m * n) as usize,
+            _ => 0,
+        }
+    }
+}
+
+/// Scratch floats for the largest of these `(m, n, k)` products under their chosen plans.
+pub(crate) fn scratch_for(shapes: &[(u32, u32, u32)]) -> usize {
+    shapes
+        .iter()
+        .map(|&(m, n, k)| GemmPlan::choose(m, n, k).scratch_floats(m, n, k))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Records `C = alpha·op(A)·op(B) + beta·C (+ bias)` under the plan its shape chooses.
+/// `buffers` are A, B, bias, C as the kernel binds them. A split that `scratch` (with
+/// room for `scratch_floats` floats) cannot hold runs unsplit instead.
+pub(crate) fn record_product<'a>(
+    rec: &mut Recorder<'a>,
+    kernels: &'a Kernels,
+    params: MatmulParams,
+    buffers: [&'a wgpu::Buffer; 4],
+    scratch: (&'a wgpu::Buffer, usize),
+) {
+    let plan = GemmPlan::choose(params.m, params.n, params.k);
+    record_planned(rec, kernels, plan, params, buffers, scratch);
+}
+
+fn record_planned<'a>(
+    rec: &mut Recorder<'a>,
+    kernels: &'a Kernels,
+    plan: GemmPlan,
+    params: MatmulParams,
+    [a, b, bias, c]: [&'a wgpu::Buffer; 4],
+    (scratch, scratch_floats): (&'a wgpu::Buffer, usize),
+) {
+    let kernel = match plan.tile {
+        Tile::Tile64 => &kernels.matmul_tile64,
+        Tile::Tile128 => &kernels.matmul_tile128,
+    };
+    let size = plan.tile.size();
+    let (m, n, k) = (params.m, params.n, params.k);
+    let groups = [n.div_ceil(size), m.div_ceil(size), 1];
+    let needed = plan.scratch_floats(m, n, k);
+    if needed == 0 || needed > scratch_floats {
+        let whole = MatmulParams {
+            k_chunk: 0,
+            splits: 1,
+            split_stride: 0,
+            ..params
+        };
+        rec.dispatch(kernel, whole, &[a, b, bias, c], groups);
+        return;
+    }
+    let (k_chunk, ranges) = plan.k_chunk(k);
+    let partial = MatmulParams {
+        c_offset: 0,
+        ldc: n,
+        k_chunk,
+        splits: ranges,
+        split_stride: m * n,
+        ..params
+    };
+    rec.dispatch(
+        kernel,
+        partial,
+        &[a, b, bias, scratch],
+        [groups[0], groups[1], ranges],
+    );
+    let sum = MatmulParams {
+        k_chunk: 0,
+        splits: ranges,
+        split_stride: m * n,
+        ..params
+    };
+    rec.dispatch_1d(
+        &kernels.matmul_sum_splits,
+        sum,
+        &[scratch, b, bias, c],
+        (m * n) as usize,
+    );
+}
+
+/// `C = op(A)·op(B)` with A, B and C kept on the GPU, run as many times as asked in one
+/// submission: the matrix product alone, for benchmarks (`cargo bench`'s `matmul` group)
+/// and for checking every tiling against the CPU.
+pub struct ResidentProduct {
+    ctx: Arc<GpuContext>,
+    plan: GemmPlan,
+    params: MatmulParams,
+    a: wgpu::Buffer,
+    b: wgpu::Buffer,
+    c: wgpu::Buffer,
+    scratch: wgpu::Buffer,
+    scratch_floats: usize,
+    cache: BindGroupCache,
+}
+
+impl ResidentProduct {
+    /// Uploads `a` and `b`. `op(A)` is `a` or, with `transpose_a`, `aᵀ` (likewise B);
+    /// `op(A)` must be `m × k` and `op(B)` `k × n`. `plan` forces a tiling and split
+    /// (`None`: the one the library would choose for this shape).
+    pub fn new(
+        device: &Device,
+        a: ArrayView2<f32>,
+        b: ArrayView2<f32>,
+        (transpose_a, transpose_b): (bool, bool),
+        plan: Option<GemmPlan>,
+    ) -> Result<ResidentProduct> {
+        let DeviceKind::Gpu(ctx) = &device.kind else {
+            return Err(Error::InvalidConfig {
+                what: "the device of a resident matrix product",
+                expected: "a GPU device",
+                got: device.describe(),
+            });
+        };
+        // the shape of op(X): X's, or reversed
+        let op = |x: &ArrayView2<f32>, t: bool| if t { (x.ncols(), x.nrows()) } else { x.dim() };
+        let (m, k) = op(&a, transpose_a);
+        let (k_b, n) = op(&b, transpose_b);
+        if k != k_b || m == 0 || n == 0 || k == 0 {
+            return Err(Error::ShapeMismatch {
+                what: "a matrix product's operands".into(),
+                expected: "op(A) m × k and op(B) k × n, all sizes at least 1".into(),
+                got: format!("op(A) {m} × {k}, op(B) {k_b} × {n}"),
+            });
+        }
+        let as_u32 = |v: usize| {
+            u32::try_from(v).map_err(|_| Error::ExceedsDeviceLimit {
+                what: "a matrix dimension".into(),
+                needed: v as u64,
+                limit: u32::MAX as u64,
+                hint: "use smaller matrices",
+            })
+        };
+        let (m32, n32, k32) = (as_u32(m)?, as_u32(n)?, as_u32(k)?);
+        let plan = plan.unwrap_or_else(|| GemmPlan::choose(m32, n32, k32));
+        if plan.splits == 0 {
+            return Err(Error::InvalidConfig {
+                what: "GemmPlan::splits",
+                expected: "at least 1",
+                got: "0".into(),
+            });
+        }
+        let scratch_floats = plan.scratch_floats(m32, n32, k32);
+        let max_groups = ctx.limits.max_compute_workgroups_per_dimension;
+        let size = plan.tile.size();
+        for (what, needed) in [
+            ("workgroups along N", n32.div_ceil(size)),
+            ("workgroups along M", m32.div_ceil(size)),
+            ("K splits", plan.splits),
+        ] {
+            if needed > max_groups {
+                return Err(Error::ExceedsDeviceLimit {
+                    what: what.into(),
+                    needed: needed as u64,
+                    limit: max_groups as u64,
+                    hint: "use smaller matrices",
+                });
+            }
+        }
+        let upload = |label: &str, x: ArrayView2<f32>| -> Result<wgpu::Buffer> {
+            let data: Vec<f32> = x.as_standard_layout().iter().copied().collect();
+            let buffer = super::model::storage_checked(ctx, label, data.len())?;
+            ctx.queue
+                .write_buffer(&buffer, 0, bytemuck::cast_slice(&data));
+            Ok(buffer)
+        };
+        // stored layouts: A is [m, k] or, transposed, [k, m]; likewise B
+        let a_buf = upload("matmul a", a)?;
+        let b_buf = upload("matmul b", b)?;
+        let c = super::model::storage_checked(ctx, "matmul c", m * n)?;
+        let scratch = super::model::storage_checked(ctx, "matmul scratch", scratch_floats)?;
+        let flags = if transpose_a { TRANS_A } else { 0 } | if transpose_b { TRANS_B } else { 0 };
+        let params = MatmulParams {
+            m: m32,
+            n: n32,
+            k: k32,
+            flags,
+            lda: a.ncols() as u32,
+            ldb: b.ncols() as u32,
+            ldc: n32,
+            alpha: 1.0,
+            ..Default::default()
+        };
+        Ok(ResidentProduct {
+            ctx: ctx.clone(),
+            plan,
+            params,
+            a: a_buf,
+            b: b_buf,
+            c,
+            scratch,
+            scratch_floats,
+            cache: Default::default(),
+        })
+    }
+
+    /// The tiling and split this product runs with.
+    pub fn plan(&self) -> GemmPlan {
+        self.plan
+    }
+
+    /// Floating-point operations of one product: 2·m·n·k.
+    pub fn flops(&self) -> u64 {
+        2 * self.params.m as u64 * self.params.n as u64 * self.params.k as u64
+    }
+
+    /// Runs the product `repeats` times (one submission) and waits for the GPU.
+    pub fn run(&mut self, repeats: usize) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let mut rec = Recorder::new(&ctx);
+        for _ in 0..repeats {
+            record_planned(
+                &mut rec,
+                &ctx.kernels,
+                self.plan,
+                self.params,
+                [&self.a, &self.b, &self.a, &self.c],
+                (&self.scratch, self.scratch_floats),
+            );
+        }
+        rec.submit(&mut self.cache)?;
+        ctx.wait()
+    }
+
+    /// C as last computed (zeros before the first [`ResidentProduct::run`]).
+    pub fn output(&self) -> Result<Array2<f32>> {
+        let (m, n) = (self.params.m as usize, self.params.n as usize);
+        let data = read_back(&self.ctx, &[(&self.c, 0, m * n)])?
+            .pop()
+            .unwrap_or_default();
+        Array2::from_shape_vec((m, n), data).map_err(|e| Error::Gpu(format!("read-back: {e}")))
+    }
+}

@@ -1,0 +1,128 @@
+//! The GPU matrix-product kernels alone, every tiling and K split against ndarray's
+//! product, over shapes off the tile grids, all four transpose combinations, and the
+//! errors of a bad product.
+
+mod common;
+
+use unfold::gpu::{GemmPlan, ResidentProduct, Tile};
+use unfold::ndarray::Array2;
+use unfold::rng::SplitMix64;
+use unfold::{Device, Error};
+
+fn random(rows: usize, cols: usize, rng: &mut SplitMix64) -> Array2<f32> {
+    Array2::from_shape_fn((rows, cols), |_| rng.uniform(-1.0, 1.0))
+}
+
+/// `x` or its transpose, stored in standard layout.
+fn stored(x: &Array2<f32>, transposed: bool) -> Array2<f32> {
+    if transposed {
+        x.t().as_standard_layout().to_owned()
+    } else {
+        x.clone()
+    }
+}
+
+const PLANS: [GemmPlan; 5] = [
+    GemmPlan {
+        tile: Tile::Tile64,
+        splits: 1,
+    },
+    GemmPlan {
+        tile: Tile::Tile64,
+        splits: 3,
+    },
+    GemmPlan {
+        tile: Tile::Tile128,
+        splits: 1,
+    },
+    GemmPlan {
+        tile: Tile::Tile128,
+        splits: 2,
+    },
+    // more splits than the K slices allow: ranges shrink to what K has
+    GemmPlan {
+        tile: Tile::Tile64,
+        splits: 32,
+    },
+];
+
+#[test]
+fn every_tiling_matches_ndarray() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = SplitMix64::new(7);
+    // (m, n, k): a single element, off both tile grids, K off the slice depths, K long
+    // enough for several ranges, and a row/column vector
+    for (m, n, k) in [
+        (1, 1, 1),
+        (65, 130, 17),
+        (129, 257, 40),
+        (70, 9, 300),
+        (1, 200, 33),
+        (150, 1, 64),
+    ] {
+        let (a, b) = (random(m, k, &mut rng), random(k, n, &mut rng));
+        let want = a.dot(&b);
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            for plan in PLANS.into_iter().map(Some).chain([None]) {
+                let (sa, sb) = (stored(&a, ta), stored(&b, tb));
+                let mut product = ResidentProduct::new(&gpu, sa.view(), sb.view(), (ta, tb), plan)
+                    .expect("product");
+                product.run(2).expect("run");
+                let got = product.output().expect("output");
+                common::assert_close(
+                    &format!("{m}x{n}x{k} transposed {ta}/{tb} {:?}", product.plan()),
+                    &common::flat(&got),
+                    &common::flat(&want),
+                    1e-5,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_chosen_plan_fits_the_shape() {
+    // long K with few output tiles is split; large products take the big tile
+    let weight_grad = GemmPlan::choose(512, 512, 6400);
+    assert_eq!(weight_grad.tile, Tile::Tile64);
+    assert!(weight_grad.splits > 1, "{weight_grad:?}");
+    assert_eq!(GemmPlan::choose(4096, 4096, 4096).tile, Tile::Tile128);
+    assert_eq!(
+        GemmPlan::choose(64, 512, 512),
+        GemmPlan {
+            tile: Tile::Tile64,
+            splits: 2
+        }
+    );
+    assert_eq!(GemmPlan::choose(8, 8, 100).splits, 1, "short K stays whole");
+}
+
+#[test]
+fn bad_products_are_refused() {
+    let a = Array2::<f32>::zeros((3, 4));
+    let at = Array2::<f32>::zeros((4, 3));
+    let b = Array2::<f32>::zeros((5, 2));
+    let e = ResidentProduct::new(&Device::cpu(), a.view(), at.view(), (false, false), None)
+        .err()
+        .expect("a CPU device was accepted");
+    assert!(matches!(e, Error::InvalidConfig { .. }), "{e}");
+    let Some(gpu) = common::gpu() else { return };
+    let e = ResidentProduct::new(&gpu, a.view(), b.view(), (false, false), None)
+        .err()
+        .expect("mismatched inner sizes were accepted");
+    assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("op(A) 3 × 4, op(B) 5 × 2"), "{e}");
+    let empty = Array2::<f32>::zeros((0, 4));
+    let e = ResidentProduct::new(&gpu, empty.view(), at.view(), (false, false), None)
+        .err()
+        .expect("an empty operand was accepted");
+    assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+    let zero_splits = GemmPlan {
+        tile: Tile::Tile64,
+        splits: 0,
+    };
+    let e = ResidentProduct::new(&gpu, a.view(), at.view(), (false, false), Some(zero_splits))
+        .err()
+        .expect("zero splits were accepted");
+    assert!(e.to_string().contains("splits"), "{e}");
+}
