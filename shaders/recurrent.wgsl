@@ -13,7 +13,9 @@
 // forward_sequence / backward_sequence are the persistent forms for hidden <= 256: one
 // dispatch runs every step of a layer. Workgroup r owns sequence r (rows are independent),
 // keeps its state vector in workgroup memory and walks its own length, so steps are
-// separated by workgroup barriers instead of dispatches.
+// separated by workgroup barriers instead of dispatches. Each step's product is shared
+// among all 256 threads (see share_of), and both directions read W_hh along its rows'
+// contiguous dimension: the forward kernel gets a transposed copy.
 
 struct StepParams {
     rows: u32,         // sequences running at step t
@@ -126,29 +128,62 @@ fn backward_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
 }
 
 var<workgroup> carried: array<f32, 256>;
+var<workgroup> partial: array<f32, 256>;
 var<workgroup> seq_len: u32;
 
-// sum_k carried[k] * params[base + k * stride], in four independent chains so that the
-// loads of one chain overlap the multiply-adds of the others
-fn carried_dot(base: u32, stride: u32, h: u32) -> f32 {
+// How the persistent kernels share one step's product among the workgroup's 256 threads:
+// `parts` threads per hidden unit (4 for hidden 64, 2 for 128, 1 for 256), thread u taking
+// unit u % hidden and a 1/parts share of the sum over k, so that the chain of dependent
+// loads and multiply-adds each step waits on is `parts` times shorter.
+struct Share {
+    unit: u32,
+    k_begin: u32,
+    k_end: u32,
+}
+
+fn share_of(u: u32, h: u32) -> Share {
+    let parts = max(256u / h, 1u);
+    let part = u / h;
+    let depth = (h + parts - 1u) / parts;
+    var s: Share;
+    s.unit = u % h;
+    s.k_begin = min(part * depth, h);
+    s.k_end = min(s.k_begin + depth, h);
+    return s;
+}
+
+// sum over k in [k_begin, k_end) of carried[k] * params[base + k * h], in four independent
+// chains so that the loads of one chain overlap the multiply-adds of the others;
+// neighbouring threads (neighbouring units) read neighbouring floats
+fn carried_dot(base: u32, h: u32, k_begin: u32, k_end: u32) -> f32 {
     var a0 = 0.0;
     var a1 = 0.0;
     var a2 = 0.0;
     var a3 = 0.0;
-    var k = 0u;
-    for (; k + 4u <= h; k += 4u) {
-        let at = base + k * stride;
+    var k = k_begin;
+    for (; k + 4u <= k_end; k += 4u) {
+        let at = base + k * h;
         a0 = fma(carried[k], params[at], a0);
-        a1 = fma(carried[k + 1u], params[at + stride], a1);
-        a2 = fma(carried[k + 2u], params[at + 2u * stride], a2);
-        a3 = fma(carried[k + 3u], params[at + 3u * stride], a3);
+        a1 = fma(carried[k + 1u], params[at + h], a1);
+        a2 = fma(carried[k + 2u], params[at + 2u * h], a2);
+        a3 = fma(carried[k + 3u], params[at + 3u * h], a3);
     }
-    for (; k < h; k++) {
-        a0 = fma(carried[k], params[base + k * stride], a0);
+    for (; k < k_end; k++) {
+        a0 = fma(carried[k], params[base + k * h], a0);
     }
     return (a0 + a1) + (a2 + a3);
 }
 
+// The step's whole product for unit u (< h): the sum of its parts.
+fn gathered(u: u32, h: u32) -> f32 {
+    var total = 0.0;
+    for (var i = u; i < 256u; i += h) {
+        total += partial[i];
+    }
+    return total;
+}
+
+// `params` here is W_hh transposed ([k][u], at w_offset): see GpuRnn::record_forward.
 @compute @workgroup_size(256)
 fn forward_sequence(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) u: u32) {
     let r = wg.x;
@@ -159,30 +194,30 @@ fn forward_sequence(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     // with an initial state (has_other == 2) it sits in hidden_out at cur_offset, [batch, hidden]
     let from_initial = p.has_other == 2u;
     carried[u] = 0.0;
+    partial[u] = 0.0;
     if (from_initial && u < h) {
         carried[u] = hidden_out[p.cur_offset + r * h + u];
     }
     let len = workgroupUniformLoad(&seq_len);
-    let unit = min(u, h - 1u); // idle threads shadow the last unit's loads, never store
+    let share = share_of(u, h);
+    let own = min(u, h - 1u); // threads past the last unit shadow its loads, never store
     // each step's row and input term are loaded one step ahead, so that their latency
     // hides behind the previous step's product
-    var at = (packing[0] + r) * h + unit;
+    var at = (packing[0] + r) * h + own;
     var pre = state[at];
     for (var t = 0u; t < len; t++) {
         var at_next = at;
         var pre_next = 0.0;
         if (t + 1u < len) {
-            at_next = (packing[t + 1u] + r) * h + unit;
+            at_next = (packing[t + 1u] + r) * h + own;
             pre_next = state[at_next];
         }
-        var acc = pre;
         if (t > 0u || from_initial) {
-            // W_hh[u][k]: each thread walks its own row, which stays in cache
-            acc += carried_dot(p.w_offset + unit * h, 1u, h);
+            partial[u] = carried_dot(p.w_offset + share.unit, h, share.k_begin, share.k_end);
         }
-        let v = activate(acc);
         workgroupBarrier();
         if (u < h) {
+            let v = activate(pre + gathered(u, h));
             carried[u] = v;
             state[at] = v;
         }
@@ -200,10 +235,12 @@ fn backward_sequence(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
         seq_len = packing[p.rows_next + r];
     }
     carried[u] = 0.0;
+    partial[u] = 0.0;
     let len = workgroupUniformLoad(&seq_len);
-    let unit = min(u, h - 1u);
+    let share = share_of(u, h);
+    let own = min(u, h - 1u);
     // as forward: the next step's row, incoming gradient and slope are loaded a step ahead
-    var at = (packing[len - 1u] + r) * h + unit;
+    var at = (packing[len - 1u] + r) * h + own;
     var incoming = state[at];
     var slope = derivative(hidden_out[at]);
     for (var step = 0u; step < len; step++) {
@@ -211,19 +248,17 @@ fn backward_sequence(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
         var incoming_next = 0.0;
         var slope_next = 0.0;
         if (step + 1u < len) {
-            at_next = (packing[len - 2u - step] + r) * h + unit;
+            at_next = (packing[len - 2u - step] + r) * h + own;
             incoming_next = state[at_next];
             slope_next = derivative(hidden_out[at_next]);
         }
-        var acc = incoming;
         if (step > 0u) {
-            // (W_hh^T dA(t+1))[u] = sum_k W_hh[k][u] dA(t+1)[k]: neighbouring threads
-            // read neighbouring floats
-            acc += carried_dot(p.w_offset + unit, h, h);
+            // (W_hh^T dA(t+1))[u] = sum_k W_hh[k][u] dA(t+1)[k]
+            partial[u] = carried_dot(p.w_offset + share.unit, h, share.k_begin, share.k_end);
         }
-        let d = acc * slope;
         workgroupBarrier();
         if (u < h) {
+            let d = (incoming + gathered(u, h)) * slope;
             carried[u] = d;
             state[at] = d;
         }

@@ -1,5 +1,6 @@
 // Row gathers and scatters by an index list: the last valid state of each sequence, the
-// previous-step states for the W_hh gradient, and the last-step head's gradient.
+// previous-step states for the W_hh gradient, and the last-step head's gradient; and a
+// transpose (W_hh for the persistent forward kernel).
 
 struct RowsParams {
     rows: u32,
@@ -39,4 +40,17 @@ fn scatter_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     let r = e / p.cols;
     let c = e % p.cols;
     dst[p.dst_offset + index[r] * p.cols + c] = src[p.src_offset + r * p.cols + c];
+}
+
+// dst = src^T: src is [rows, cols] at src_offset, dst [cols, rows] at dst_offset (`index`
+// is not read)
+@compute @workgroup_size(256)
+fn transpose(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = element(gid, nwg);
+    if (e >= p.rows * p.cols) {
+        return;
+    }
+    let r = e / p.cols;
+    let c = e % p.cols;
+    dst[p.dst_offset + c * p.rows + r] = src[p.src_offset + r * p.cols + c];
 }

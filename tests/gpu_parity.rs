@@ -68,6 +68,13 @@ fn problems() -> Vec<Problem> {
         &[150, 140, 130, 110],
         7,
     ));
+    // the widest persistent loop: one thread per unit, nothing left to share the sum with
+    out.push(problem(
+        common::config(3, 256, 4, 1, true, false),
+        true,
+        &[5, 3],
+        8,
+    ));
     let mut rng = SplitMix64::new(2026);
     for k in 0..6 {
         let b = 1 + rng.below(7);

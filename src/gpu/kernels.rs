@@ -140,6 +140,7 @@ pub(crate) struct Kernels {
     pub column_finish: Kernel,
     pub gather_rows: Kernel,
     pub scatter_rows: Kernel,
+    pub transpose: Kernel,
     pub prepare_update: Kernel,
     pub sgd: Kernel,
     pub momentum: Kernel,
@@ -261,6 +262,12 @@ impl Kernels {
             scatter_rows: kernel(
                 &rows,
                 "scatter_rows",
+                size_of::<RowsParams>(),
+                &[Read, Read, Write],
+            ),
+            transpose: kernel(
+                &rows,
+                "transpose",
                 size_of::<RowsParams>(),
                 &[Read, Read, Write],
             ),

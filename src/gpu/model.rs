@@ -93,6 +93,9 @@ pub(crate) struct GpuRnn {
     partials: wgpu::Buffer,
     /// Per-chunk column sums, `[COLUMN_CHUNKS, max(hidden, output)]`.
     column_scratch: wgpu::Buffer,
+    /// Every layer's W_hh transposed, `[num_layers, hidden, hidden]`: the persistent
+    /// forward kernel's reads along it are contiguous across threads.
+    w_hh_t: wgpu::Buffer,
     dummies: [wgpu::Buffer; 3],
     work: Option<BatchBuffers>,
     cache: std::sync::Mutex<BindGroupCache>,
@@ -157,6 +160,12 @@ impl GpuRnn {
             "column sums",
             COLUMN_CHUNKS * config.hidden_size.max(config.output_size),
         );
+        let persistent_fits = config.hidden_size <= PERSISTENT_MAX_HIDDEN;
+        let w_hh_t = storage(
+            &ctx,
+            "W_hh transposed",
+            persistent_fits as usize * config.num_layers * config.hidden_size.pow(2),
+        );
         let dummies = [
             storage(&ctx, "dummy0", 4),
             storage(&ctx, "dummy1", 4),
@@ -170,6 +179,7 @@ impl GpuRnn {
             scalars,
             partials,
             column_scratch,
+            w_hh_t,
             dummies,
             work: None,
             cache: Default::default(),
@@ -402,7 +412,20 @@ impl GpuRnn {
                 &self.dummies[0]
             };
             if self.persistent(config, p) {
+                let w_t = l as u32 * h * h;
+                rec.dispatch_1d(
+                    &k.transpose,
+                    RowsParams {
+                        rows: h,
+                        cols: h,
+                        src_offset: self.layout.w_hh[l],
+                        dst_offset: w_t,
+                    },
+                    &[&self.dummies[2], &self.params, &self.w_hh_t],
+                    (h * h) as usize,
+                );
                 let mut params = self.sequence_params(config, p, l);
+                params.w_offset = w_t;
                 if has_initial {
                     params.has_other = 2;
                     params.cur_offset = l as u32 * b * h;
@@ -410,7 +433,7 @@ impl GpuRnn {
                 rec.dispatch(
                     &k.forward_sequence,
                     params,
-                    &[&self.params, &w.hs[l], initial, &w.packing],
+                    &[&self.w_hh_t, &w.hs[l], initial, &w.packing],
                     [p.batch() as u32, 1, 1],
                 );
                 continue;
