@@ -1,16 +1,43 @@
-//! Training-step and forward-only time, CPU path against GPU path on the same work, for
-//! DESIGN.md's anchor workloads, fixed and variable length. Throughput is in tokens
-//! (valid positions). Each GPU iteration ends with a read-back (the loss, or the
-//! outputs), so the clock stops only after the GPU has finished.
+//! CPU path against GPU path on the same work, side by side in criterion groups:
 //!
-//! `UNFOLD_BENCH_CONFIGS=latency,small,ref,large` picks the workloads (default: latency,
-//! small, ref on the CPU; on the GPU the same with a hardware adapter, latency and small
-//! on a software one such as lavapipe, which runs about 1 GFLOP/s).
+//! - `train_step/{workload}/{fixed|variable}` and `forward/…`: DESIGN.md's anchor
+//!   workloads; throughput in tokens (valid positions).
+//!   `UNFOLD_BENCH_CONFIGS=latency,small,ref,large` picks the workloads (default: latency,
+//!   small, ref on the CPU; on the GPU the same with a hardware adapter, latency and small
+//!   on a software one such as lavapipe, which runs about 1 GFLOP/s).
+//! - `matmul/{m}x{n}x{k}`: the matrix product alone, ndarray against each GPU tiling
+//!   (`gpu` is the plan the library picks for the shape); throughput in floating-point
+//!   operations, so criterion's "elem/s" reads as FLOP/s. `UNFOLD_BENCH_MATMUL=4096x4096x4096,…`
+//!   picks the shapes.
+//! - `time_step/h{hidden}`: one dependent time step, a forward pass over one sequence of
+//!   `UNFOLD_BENCH_STEPS` steps (default 1000; 64 on a software adapter); throughput in
+//!   steps, so 1 / (elem/s) is the time per step; each GPU time loop separately.
+//!
+//! Every GPU iteration waits for the GPU (a read-back, or a wait on the submission), so
+//! the clock stops only after the GPU has finished.
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use std::sync::OnceLock;
 use std::time::Duration;
+use unfold::gpu::{GemmPlan, ResidentProduct, Tile};
+use unfold::ndarray::Array2;
 use unfold::workloads::{Workload, ANCHORS};
-use unfold::{Device, Optimizer, Rnn, RnnParams};
+use unfold::{Device, Optimizer, Rnn, RnnConfig, RnnParams, SequenceBatch, Targets, TimeLoop};
+
+/// The GPU, once for every group (`None` without an adapter).
+fn gpu() -> Option<Device> {
+    static GPU: OnceLock<Option<Device>> = OnceLock::new();
+    GPU.get_or_init(|| {
+        Device::gpu()
+            .map_err(|e| eprintln!("no GPU benches: {e}"))
+            .ok()
+    })
+    .clone()
+}
+
+fn software(gpu: &Option<Device>) -> bool {
+    gpu.as_ref().is_some_and(Device::is_software)
+}
 
 fn selected(default: &[&str]) -> Vec<Workload> {
     let list = std::env::var("UNFOLD_BENCH_CONFIGS").unwrap_or_else(|_| default.join(","));
@@ -58,9 +85,7 @@ fn each_case(
         &unfold::SequenceBatch,
     ),
 ) {
-    let gpu = Device::gpu()
-        .map_err(|e| eprintln!("no GPU benches: {e}"))
-        .ok();
+    let gpu = gpu();
     for (w, on_cpu, on_gpu) in plan(&gpu) {
         for variable in [false, true] {
             let batch = w.batch(variable, 0);
@@ -106,5 +131,133 @@ fn forward(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, train_step, forward);
+/// `UNFOLD_BENCH_MATMUL` (`MxNxK,…`) or shapes sized for the adapter: square products,
+/// and the products of the `ref` workload (per-step, hoisted input, weight gradient).
+fn matmul_shapes(software: bool) -> Vec<(usize, usize, usize)> {
+    let default = if software {
+        "128x128x128,256x256x256,64x256x256,256x256x1024"
+    } else {
+        "1024x1024x1024,2048x2048x2048,4096x4096x4096,64x512x512,6400x512x128,512x512x6400"
+    };
+    let list = std::env::var("UNFOLD_BENCH_MATMUL").unwrap_or_else(|_| default.into());
+    list.split(',')
+        .map(|s| {
+            let dims: Vec<usize> = s
+                .trim()
+                .split('x')
+                .map(|d| {
+                    d.parse()
+                        .unwrap_or_else(|_| panic!("bad shape {s:?}: want MxNxK"))
+                })
+                .collect();
+            match dims[..] {
+                [m, n, k] if m > 0 && n > 0 && k > 0 => (m, n, k),
+                _ => panic!("bad shape {s:?}: want MxNxK with sizes at least 1"),
+            }
+        })
+        .collect()
+}
+
+fn matmul(c: &mut Criterion) {
+    let gpu = gpu();
+    // enough work per iteration that submitting and waiting do not dominate
+    let work_per_iter: u64 = if software(&gpu) { 1 << 26 } else { 1 << 34 };
+    for (m, n, k) in matmul_shapes(software(&gpu)) {
+        let flops = 2 * (m * n * k) as u64;
+        let mut group = c.benchmark_group(format!("matmul/{m}x{n}x{k}"));
+        group
+            .sampling_mode(SamplingMode::Flat)
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(3));
+        let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 13) as f32 / 13.0 - 0.5);
+        let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 11) % 17) as f32 / 17.0 - 0.5);
+        if flops <= 1 << 34 {
+            group.throughput(Throughput::Elements(flops));
+            let mut out = Array2::<f32>::zeros((m, n));
+            group.bench_function("cpu", |bench| {
+                bench.iter(|| unfold::ndarray::linalg::general_mat_mul(1.0, &a, &b, 0.0, &mut out))
+            });
+        }
+        let Some(gpu) = &gpu else {
+            group.finish();
+            continue;
+        };
+        let repeats = (work_per_iter / flops).clamp(1, 256) as usize;
+        group.throughput(Throughput::Elements(flops * repeats as u64));
+        let plans = [
+            ("gpu", None),
+            (
+                "gpu-tile64",
+                Some(GemmPlan {
+                    tile: Tile::Tile64,
+                    splits: 1,
+                }),
+            ),
+            (
+                "gpu-tile128",
+                Some(GemmPlan {
+                    tile: Tile::Tile128,
+                    splits: 1,
+                }),
+            ),
+        ];
+        for (name, plan) in plans {
+            let mut product = ResidentProduct::new(gpu, a.view(), b.view(), (false, false), plan)
+                .expect("matrix product on the GPU");
+            group.bench_function(name, |bench| {
+                bench.iter(|| product.run(repeats).expect("product"))
+            });
+        }
+        group.finish();
+    }
+}
+
+/// One sequence of `steps` steps: the time loop alone, nothing to run in parallel.
+fn single_sequence(config: &RnnConfig, steps: usize) -> SequenceBatch {
+    let x = Array2::from_shape_fn((steps, config.input_size), |(t, i)| {
+        ((t * 3 + i) % 7) as f32 / 7.0 - 0.5
+    });
+    SequenceBatch::new(vec![x], Targets::Classes(vec![vec![0; steps]])).expect("batch")
+}
+
+fn time_step(c: &mut Criterion) {
+    let gpu = gpu();
+    let default_steps = if software(&gpu) { 64 } else { 1000 };
+    let steps = std::env::var("UNFOLD_BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_steps);
+    let hidden: &[usize] = if software(&gpu) {
+        &[64, 256]
+    } else {
+        &[64, 256, 1024]
+    };
+    for &h in hidden {
+        let config = RnnConfig::new(32, h, 32);
+        let batch = single_sequence(&config, steps);
+        let mut group = c.benchmark_group(format!("time_step/h{h}"));
+        group
+            .throughput(Throughput::Elements(steps as u64))
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(3));
+        let mut cases = vec![("cpu", Device::cpu(), TimeLoop::Auto)];
+        if let Some(g) = &gpu {
+            cases.push(("gpu-per-step", g.clone(), TimeLoop::PerStep));
+            if h <= unfold::gpu::PERSISTENT_MAX_HIDDEN {
+                cases.push(("gpu-persistent", g.clone(), TimeLoop::Persistent));
+            }
+        }
+        for (name, device, time_loop) in cases {
+            let mut rnn =
+                Rnn::new(config.clone(), RnnParams::init(&config, 0), &device).expect("model");
+            rnn.set_time_loop(time_loop).expect("time loop");
+            group.bench_function(name, |b| b.iter(|| rnn.forward(&batch).expect("forward")));
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, train_step, forward, matmul, time_step);
 criterion_main!(benches);

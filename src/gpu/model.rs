@@ -298,17 +298,30 @@ impl GpuRnn {
             let data: Vec<u32> = ids.iter().chain(&counts).chain(&order).copied().collect();
             q.write_buffer(&w.token_data, 0, bytemuck::cast_slice(&data));
         } else {
-            let mut x: Vec<f32> = Vec::with_capacity(p.tokens() * config.input_size);
-            for (t, &n) in p.batch_sizes.iter().enumerate() {
-                for &i in &p.order[..n] {
-                    let row = batch.inputs()[i].row(t);
-                    match row.as_slice() {
-                        Some(s) => x.extend_from_slice(s),
-                        None => x.extend(row.iter()),
+            // packed straight into the upload's staging memory: inputs are the largest
+            // transfer of a step, and one copy of them is all it takes
+            let row_bytes = config.input_size * 4;
+            let bytes = wgpu::BufferSize::new((p.tokens() * row_bytes) as u64);
+            if let Some(mut view) = bytes.and_then(|b| q.write_buffer_with(&w.x, 0, b)) {
+                let mut at = 0;
+                let mut gathered = Vec::new();
+                for (t, &n) in p.batch_sizes.iter().enumerate() {
+                    for &i in &p.order[..n] {
+                        let row = batch.inputs()[i].row(t);
+                        let floats = match row.as_slice() {
+                            Some(s) => s,
+                            None => {
+                                gathered.clear();
+                                gathered.extend(row.iter());
+                                &gathered[..]
+                            }
+                        };
+                        view.slice(at..at + row_bytes)
+                            .copy_from_slice(bytemuck::cast_slice(floats));
+                        at += row_bytes;
                     }
                 }
             }
-            q.write_buffer(&w.x, 0, bytemuck::cast_slice(&x));
         }
         if let Some(state) = initial {
             let mut packed: Vec<f32> = Vec::with_capacity(state.len());
