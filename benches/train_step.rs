@@ -140,22 +140,8 @@ fn matmul_shapes(software: bool) -> Vec<(usize, usize, usize)> {
         "1024x1024x1024,2048x2048x2048,4096x4096x4096,64x512x512,6400x512x128,512x512x6400"
     };
     let list = std::env::var("UNFOLD_BENCH_MATMUL").unwrap_or_else(|_| default.into());
-    list.split(',')
-        .map(|s| {
-            let dims: Vec<usize> = s
-                .trim()
-                .split('x')
-                .map(|d| {
-                    d.parse()
-                        .unwrap_or_else(|_| panic!("bad shape {s:?}: want MxNxK"))
-                })
-                .collect();
-            match dims[..] {
-                [m, n, k] if m > 0 && n > 0 && k > 0 => (m, n, k),
-                _ => panic!("bad shape {s:?}: want MxNxK with sizes at least 1"),
-            }
-        })
-        .collect()
+    unfold::workloads::parse_matmul_shapes(&list)
+        .unwrap_or_else(|e| panic!("UNFOLD_BENCH_MATMUL: {e}"))
 }
 
 fn matmul(c: &mut Criterion) {

@@ -3,7 +3,8 @@
 # and no network (see GPU-MACHINE.md in the shared notes). Builds nothing there.
 #
 # Prepare here (scripts/prepare-gpu-run.sh does it): devrun/ holds the release binary
-# `unfold`, the test executables, Debian's libvulkan.so.1 and torch_rnn_bench.py.
+# `unfold`, the test executables, the criterion bench executable, Debian's
+# libvulkan.so.1, torch_rnn_bench.py and torch_matmul_bench.py.
 # Then run this script there with devrun/ carried; it prints one table last.
 set -u
 cd "$(dirname "$0")/.."
@@ -33,8 +34,17 @@ echo "--- unfold train (char-level LM on the bundled text) for one minute on thi
 timeout 150 "$RUN/unfold" train --device gpu --minutes 1 --out /tmp/unfold-charlm 2>&1 | tr '\r' '\n' | grep -E "held-out|done:" | tail -4 | tee "$OUT/train.txt"
 "$RUN/unfold" sample --checkpoint /tmp/unfold-charlm --device gpu --prime "Anne" --len 200 --seed 1 2>&1 | tail -3 | tee -a "$OUT/train.txt"
 
+echo "--- one dependent time step (criterion; µs per step = 1 / throughput)"
+timeout 180 "$RUN/train_step_bench" --bench time_step 2>&1 | grep -E "^time_step|time:|thrpt:" | tee "$OUT/time_step.txt"
+
+SHAPES=${SHAPES:-4096x4096x4096,2048x2048x2048,1024x1024x1024,64x512x512,6400x512x128,512x512x6400,16384x1024x512,1024x1024x16384}
+echo "--- matrix products alone: unfold's tilings, then torch.mm (TF32 off)"
+timeout 180 "$RUN/unfold" bench --device gpu --matmul "$SHAPES" --reps 20 | tee "$OUT/unfold_matmul.jsonl"
+timeout 180 python3 "$RUN/torch_matmul_bench.py" "$SHAPES" | tee "$OUT/torch_matmul.jsonl"
+
 echo "--- unfold on the GPU"
 timeout 300 "$RUN/unfold" bench --device gpu --configs "${CONFIGS:-latency,small,ref,large}" --reps 20 | tee "$OUT/unfold_gpu.jsonl"
 echo "--- PyTorch / cuDNN on the same GPU"
 timeout 300 python3 "$RUN/torch_rnn_bench.py" cuda | tee "$OUT/torch_cuda.jsonl"
-python3 scripts/compare_bench.py "$OUT/unfold_gpu.jsonl" "$OUT/torch_cuda.jsonl" | tee "$OUT/table.md"
+python3 scripts/compare_bench.py "$OUT/unfold_gpu.jsonl" "$OUT/torch_cuda.jsonl" \
+    "$OUT/unfold_matmul.jsonl" "$OUT/torch_matmul.jsonl" | tee "$OUT/table.md"

@@ -53,6 +53,10 @@ enum Command {
         /// Timed steps per case (after 3 warm-up steps); the median is reported.
         #[arg(long, default_value_t = 10)]
         reps: usize,
+        /// Instead of training steps: matrix products alone, `MxNxK,…` (e.g.
+        /// 4096x4096x4096), with each GPU tiling, or ndarray's product on the CPU.
+        #[arg(long)]
+        matmul: Option<String>,
     },
     /// List the adapters wgpu sees and the one `--device auto` picks.
     Devices,
@@ -148,7 +152,11 @@ fn run(cli: Cli) -> charlm::CliResult<ExitCode> {
             device,
             configs,
             reps,
-        } => bench(&pick(device)?, &configs, reps.max(1)),
+            matmul,
+        } => match matmul {
+            Some(shapes) => bench_matmul(&pick(device)?, &shapes, reps.max(1)),
+            None => bench(&pick(device)?, &configs, reps.max(1)),
+        },
         Command::Train(args) => return charlm::train(args),
         Command::Sample(args) => return charlm::sample(args),
         Command::Classify {
@@ -252,6 +260,61 @@ fn bench(device: &Device, configs: &str, reps: usize) -> unfold::Result<()> {
                 w.train_flops(batch.tokens()) as f64 / med / 1e9,
                 host[reps / 2] * 1e3,
             );
+        }
+    }
+    Ok(())
+}
+
+/// `unfold bench --matmul`: one JSON line per shape and tiling (median of `reps` runs after
+/// one warm-up run), the library's own choice first.
+fn bench_matmul(device: &Device, shapes: &str, reps: usize) -> unfold::Result<()> {
+    use unfold::gpu::{GemmPlan, ResidentProduct, Tile};
+    use unfold::ndarray::{linalg::general_mat_mul, Array2};
+    let median = |mut run: Box<dyn FnMut() -> unfold::Result<()> + '_>| {
+        run()?;
+        let mut times = (0..reps)
+            .map(|_| {
+                let t0 = Instant::now();
+                run().map(|_| t0.elapsed().as_secs_f64())
+            })
+            .collect::<unfold::Result<Vec<f64>>>()?;
+        times.sort_by(f64::total_cmp);
+        Ok::<f64, unfold::Error>(times[reps / 2])
+    };
+    for (m, n, k) in unfold::workloads::parse_matmul_shapes(shapes)? {
+        let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 13) as f32 / 13.0 - 0.5);
+        let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 11) % 17) as f32 / 17.0 - 0.5);
+        let flops = 2.0 * (m * n * k) as f64;
+        let report = |plan: &str, seconds: f64| {
+            println!(
+                "{{\"impl\": \"unfold\", \"device\": {:?}, \"matmul\": \"{m}x{n}x{k}\", \"plan\": {plan:?}, \"ms\": {:.4}, \"tflops\": {:.3}}}",
+                device.describe(),
+                seconds * 1e3,
+                flops / seconds / 1e12
+            )
+        };
+        if !device.is_gpu() {
+            let mut c = Array2::<f32>::zeros((m, n));
+            let seconds = median(Box::new(|| {
+                general_mat_mul(1.0, &a, &b, 0.0, &mut c);
+                Ok(())
+            }))?;
+            report("ndarray", seconds);
+            continue;
+        }
+        let forced = |tile| Some(GemmPlan { tile, splits: 1 });
+        for plan in [None, forced(Tile::Tile64), forced(Tile::Tile128)] {
+            let mut product =
+                ResidentProduct::new(device, a.view(), b.view(), (false, false), plan)?;
+            let chosen = product.plan();
+            let seconds = median(Box::new(|| product.run(1)))?;
+            let label = format!(
+                "{}{:?} splits {}",
+                if plan.is_none() { "auto: " } else { "" },
+                chosen.tile,
+                chosen.splits
+            );
+            report(&label, seconds);
         }
     }
     Ok(())

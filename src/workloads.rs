@@ -134,3 +134,42 @@ pub fn random_batch(
     };
     SequenceBatch::new(inputs, targets)
 }
+
+/// Matrix-product shapes written `MxNxK,MxNxK,…` (as `unfold bench --matmul` and
+/// `UNFOLD_BENCH_MATMUL` take them): `(m, n, k)` for an `m × k` by `k × n` product.
+pub fn parse_matmul_shapes(list: &str) -> crate::Result<Vec<(usize, usize, usize)>> {
+    list.split(',')
+        .map(|s| {
+            let bad = || crate::Error::InvalidConfig {
+                what: "a matrix-product shape",
+                expected: "MxNxK with every size at least 1, e.g. 4096x4096x4096",
+                got: s.to_string(),
+            };
+            let dims: Vec<usize> = s
+                .trim()
+                .split('x')
+                .map(|d| d.parse().map_err(|_| bad()))
+                .collect::<crate::Result<_>>()?;
+            match dims[..] {
+                [m, n, k] if m > 0 && n > 0 && k > 0 => Ok((m, n, k)),
+                _ => Err(bad()),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_shapes_parse_and_bad_ones_are_refused() {
+        assert_eq!(
+            parse_matmul_shapes("64x512x512, 1x2x3").unwrap(),
+            vec![(64, 512, 512), (1, 2, 3)]
+        );
+        for bad in ["", "64x512", "0x1x1", "1x1x1x1", "axbxc", "4096x4096x4096,"] {
+            assert!(parse_matmul_shapes(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}

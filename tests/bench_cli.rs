@@ -1,0 +1,84 @@
+//! The `bench` subcommand of the built binary: JSON lines for training steps and for
+//! matrix products, and a clean failure on a bad shape.
+
+mod common;
+
+use common::{assert_clean_failure, stderr, stdout, unfold};
+
+fn json_lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| l.starts_with('{')).collect()
+}
+
+#[test]
+fn training_steps_on_the_cpu() {
+    let out = unfold(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--configs",
+        "latency",
+        "--reps",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines = json_lines(&text);
+    assert_eq!(lines.len(), 2, "fixed and variable length: {text}");
+    for line in lines {
+        for field in [
+            "\"config\": \"latency\"",
+            "\"train_step_ms\": ",
+            "\"gflops\": ",
+        ] {
+            assert!(line.contains(field), "{line} lacks {field}");
+        }
+    }
+}
+
+#[test]
+fn matrix_products_on_the_cpu_and_each_gpu_tiling() {
+    let out = unfold(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--matmul",
+        "8x8x8,3x5x7",
+        "--reps",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(json_lines(&text).len(), 2, "{text}");
+    assert!(
+        text.contains("\"matmul\": \"3x5x7\", \"plan\": \"ndarray\""),
+        "{text}"
+    );
+    if common::gpu().is_none() {
+        return;
+    }
+    let out = unfold(&[
+        "bench", "--device", "gpu", "--matmul", "70x9x600", "--reps", "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines = json_lines(&text);
+    assert_eq!(
+        lines.len(),
+        3,
+        "the library's plan and both tilings: {text}"
+    );
+    assert!(
+        lines[0].contains("\"plan\": \"auto: Tile64 splits 2\""),
+        "{text}"
+    );
+    assert!(
+        lines[2].contains("\"plan\": \"Tile128 splits 1\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_bad_shape_is_refused() {
+    let out = unfold(&["bench", "--device", "cpu", "--matmul", "64x64"]);
+    assert_clean_failure(&out, "MxNxK");
+}
