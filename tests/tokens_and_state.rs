@@ -352,3 +352,42 @@ fn optimizer_state_round_trips() {
     ));
     assert_eq!(rnn.params().unwrap(), params);
 }
+
+#[test]
+fn a_large_vocabulary_needs_no_dense_input_buffer() {
+    // 600 tokens of a 60,000-word vocabulary: as one-hot rows that would be 144 MB, past
+    // the 128 MiB storage binding many adapters allow; token batches never build it. A
+    // dense batch on the same model afterwards gets its input buffer then.
+    let Some(gpu) = common::gpu() else { return };
+    let vocab = 60_000;
+    let config = RnnConfig::new(vocab, 4, 3);
+    let mut rng = SplitMix64::new(11);
+    let tokens: Vec<Vec<u32>> = [300, 200, 100]
+        .iter()
+        .map(|&n| (0..n).map(|_| rng.below(vocab) as u32).collect())
+        .collect();
+    let classes = tokens.iter().map(|s| vec![1; s.len()]).collect();
+    let batch = SequenceBatch::from_tokens(tokens, vocab, Targets::Classes(classes)).unwrap();
+    let params = common::params(&config, 12);
+    let mut cpu = Rnn::new(config.clone(), params.clone(), &Device::cpu()).unwrap();
+    let mut dev = Rnn::new(config.clone(), params, &gpu).unwrap();
+    let (want, got) = (cpu.forward(&batch).unwrap(), dev.forward(&batch).unwrap());
+    common::assert_close(
+        "outputs",
+        &common::flat(&got.outputs),
+        &common::flat(&want.outputs),
+        1e-4,
+    );
+    let dense = SequenceBatch::new(
+        vec![Array2::from_shape_simple_fn((3, vocab), || rng.normal())],
+        Targets::Classes(vec![vec![0, 1, 2]]),
+    )
+    .unwrap();
+    let (want, got) = (cpu.forward(&dense).unwrap(), dev.forward(&dense).unwrap());
+    common::assert_close(
+        "dense outputs",
+        &common::flat(&got.outputs),
+        &common::flat(&want.outputs),
+        1e-4,
+    );
+}

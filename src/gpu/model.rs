@@ -59,6 +59,8 @@ impl ParamLayout {
 struct BatchBuffers {
     tokens: usize,
     batch: usize,
+    /// Rows of dense inputs `x` holds (0 while only token batches have been seen).
+    x_tokens: usize,
     x: wgpu::Buffer,
     hs: Vec<wgpu::Buffer>,
     g: wgpu::Buffer,
@@ -190,16 +192,23 @@ impl GpuRnn {
     }
 
     /// Makes sure the work buffers fit `batch`, reallocating (to the new size) when not.
-    fn ensure_work(&mut self, config: &RnnConfig, p: &Packing) -> Result<()> {
+    fn ensure_work(&mut self, config: &RnnConfig, sequences: &SequenceBatch) -> Result<()> {
+        let p = sequences.packing();
         let (tokens, batch) = (p.tokens(), p.batch());
+        // token batches look their inputs up in W_ih and need no dense input buffer
+        let dense = sequences.token_ids().is_none();
         if let Some(w) = &self.work {
-            if w.tokens >= tokens && w.batch >= batch {
+            if w.tokens >= tokens && w.batch >= batch && (!dense || w.x_tokens >= tokens) {
                 return Ok(());
             }
         }
-        let (tokens, batch) = match &self.work {
-            Some(w) => (w.tokens.max(tokens), w.batch.max(batch)),
-            None => (tokens, batch),
+        let (tokens, batch, x_tokens) = match &self.work {
+            Some(w) => (
+                w.tokens.max(tokens),
+                w.batch.max(batch),
+                w.x_tokens.max(dense as usize * tokens),
+            ),
+            None => (tokens, batch, dense as usize * tokens),
         };
         let (i, h, o, l) = (
             config.input_size,
@@ -213,7 +222,7 @@ impl GpuRnn {
             batch
         };
         for (what, n) in [
-            ("the packed inputs (tokens x input_size)", tokens * i),
+            ("the packed inputs (tokens x input_size)", x_tokens * i),
             ("one layer's states (tokens x hidden_size)", tokens * h),
             ("the outputs (rows x output_size)", rows * o),
             ("the final states", l * batch * h),
@@ -253,7 +262,8 @@ impl GpuRnn {
         self.work = Some(BatchBuffers {
             tokens,
             batch,
-            x: storage(ctx, "x", tokens * i),
+            x_tokens,
+            x: storage(ctx, "x", x_tokens * i),
             hs: (0..l).map(|_| storage(ctx, "hs", tokens * h)).collect(),
             g: storage(ctx, "g", tokens * h),
             g_below: storage(ctx, "g_below", tokens * h),
@@ -891,7 +901,7 @@ impl GpuRnn {
         initial: Option<ArrayView3<f32>>,
     ) -> Result<Forward> {
         let p = batch.packing();
-        self.ensure_work(config, p)?;
+        self.ensure_work(config, batch)?;
         self.upload(config, batch, initial);
         let mut rec = Recorder::new(&self.ctx);
         self.record_forward(&mut rec, config, batch, initial.is_some());
@@ -931,7 +941,7 @@ impl GpuRnn {
         batch: &SequenceBatch,
         initial: Option<ArrayView3<f32>>,
     ) -> Result<(f32, RnnParams)> {
-        self.ensure_work(config, batch.packing())?;
+        self.ensure_work(config, batch)?;
         self.upload(config, batch, initial);
         let mut rec = Recorder::new(&self.ctx);
         self.record_forward(&mut rec, config, batch, initial.is_some());
@@ -958,7 +968,7 @@ impl GpuRnn {
     ) -> Result<(f32, Option<Array3<f32>>)> {
         let start = std::time::Instant::now();
         let p = batch.packing();
-        self.ensure_work(config, p)?;
+        self.ensure_work(config, batch)?;
         self.ensure_optimizer(optimizer)?;
         self.upload(config, batch, initial);
         let State::Gpu(state) = &optimizer.state else {
