@@ -9,7 +9,11 @@
 //!   `[layers, batch, hidden]`), so that a resumed run continues exactly;
 //! - `checkpoint.json`: vocabulary, configuration, data, progress, loss history, and the
 //!   fingerprints of the two other files. It is written last: a checkpoint whose files
-//!   do not match it (changed, corrupt, or a save cut short) is refused, never used.
+//!   do not match it (changed, corrupt, or a save cut short) is never used.
+//!
+//! Before a save overwrites a whole checkpoint, its three files are kept in `previous/`
+//! (hard links where the file system allows). A save cut short therefore loses nothing:
+//! `--resume` and `sample` then say so and use `previous/`, the checkpoint before it.
 
 use crate::{make_optimizer, pick, DeviceChoice, OptimizerChoice};
 use clap::{Args, ValueEnum};
@@ -38,6 +42,7 @@ const META_FILE: &str = "checkpoint.json";
 const MODEL_FILE: &str = "model.safetensors";
 const STATE_FILE: &str = "state.safetensors";
 const PLOT_FILE: &str = "loss.svg";
+const PREVIOUS_DIR: &str = "previous";
 /// The `data.source` of the bundled text.
 const BUNDLED_SOURCE: &str = "bundled:persuasion";
 
@@ -243,9 +248,65 @@ fn read_checked(path: &Path, want: &str) -> CliResult<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Reads and checks a checkpoint directory ([`load_exact`]); if its files do not make a
+/// whole checkpoint but `previous/` does (a save was cut short), says so and uses that.
+fn load_checkpoint(dir: &Path, with_state: bool) -> CliResult<Loaded> {
+    let error = match load_exact(dir, with_state) {
+        Ok(loaded) => return Ok(loaded),
+        Err(e) => e,
+    };
+    let previous = dir.join(PREVIOUS_DIR);
+    if dir.join(META_FILE).is_file() && previous.join(META_FILE).is_file() {
+        if let Ok(loaded) = load_exact(&previous, with_state) {
+            eprintln!(
+                "unfold: {error}\nunfold: using the checkpoint saved before it, {} (step {})",
+                previous.display(),
+                loaded.meta.progress.step
+            );
+            return Ok(loaded);
+        }
+    }
+    Err(error)
+}
+
+/// Keeps the whole checkpoint in `dir`, if there is one, as `dir/previous/`: each file
+/// hard-linked (or copied) under a temporary name and renamed into place, the record
+/// last. The checkpoint in `dir` is untouched, so a cut here loses nothing either.
+fn keep_previous(dir: &Path) -> CliResult<()> {
+    if load_exact(dir, true).is_err() {
+        return Ok(()); // nothing whole to keep: `previous/` stays as it is
+    }
+    let previous = dir.join(PREVIOUS_DIR);
+    std::fs::create_dir_all(&previous).map_err(|source| unfold::Error::Io {
+        action: "creating",
+        path: previous.clone(),
+        source,
+    })?;
+    for name in [STATE_FILE, MODEL_FILE, META_FILE] {
+        let (from, to) = (dir.join(name), previous.join(name));
+        let tmp = previous.join(format!(".{name}.{}.link", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        if std::fs::hard_link(&from, &tmp).is_ok() {
+            std::fs::rename(&tmp, &to).map_err(|source| unfold::Error::Io {
+                action: "renaming into place",
+                path: to.clone(),
+                source,
+            })?;
+        } else {
+            let bytes = std::fs::read(&from).map_err(|source| unfold::Error::Io {
+                action: "reading",
+                path: from.clone(),
+                source,
+            })?;
+            write_atomically(&to, &bytes)?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads and checks a checkpoint directory: the record, the weights against the record,
 /// and (with `with_state`) the optimizer state and the streams' state.
-fn load_checkpoint(dir: &Path, with_state: bool) -> CliResult<Loaded> {
+fn load_exact(dir: &Path, with_state: bool) -> CliResult<Loaded> {
     let meta_path = dir.join(META_FILE);
     if !dir.is_dir() {
         return Err(checkpoint_error(dir, "no such directory"));
@@ -393,7 +454,8 @@ fn state_bytes(
     Ok(safetensors::tensor::serialize(views, Some(metadata))?)
 }
 
-/// Writes the state, the weights, then the record that vouches for both.
+/// Keeps the checkpoint being replaced in `previous/`, then writes the state, the weights,
+/// and last the record that vouches for both.
 fn save_checkpoint(
     dir: &Path,
     meta: &mut Meta,
@@ -404,6 +466,7 @@ fn save_checkpoint(
     let exported = optimizer.export_state()?;
     meta.progress.optimizer_steps = exported.as_ref().map_or(0, |s| s.steps);
     let state = state_bytes(exported.as_ref(), hidden)?;
+    keep_previous(dir)?;
     write_atomically(&dir.join(STATE_FILE), &state)?;
     let model_path = dir.join(MODEL_FILE);
     rnn.params()?.save(&model_path)?;

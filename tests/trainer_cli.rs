@@ -57,12 +57,13 @@ fn record(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&text).expect("checkpoint.json is JSON")
 }
 
-/// Every file of a checkpoint directory with its bytes.
+/// Every file of a checkpoint directory with its bytes (not `previous/`).
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
         .expect("read the directory")
+        .map(|e| e.expect("an entry"))
+        .filter(|e| e.path().is_file())
         .map(|e| {
-            let e = e.expect("an entry");
             (
                 e.file_name().to_string_lossy().into_owned(),
                 std::fs::read(e.path()).expect("read a file"),
@@ -381,6 +382,49 @@ fn corrupt_or_mismatched_checkpoints_are_clear_errors() {
     assert_clean_failure(&out, "--hidden 32 does not fit the checkpoint");
     let out = resume(&good, &["--optimizer", "sgd"]);
     assert_clean_failure(&out, "--optimizer sgd does not fit the checkpoint");
+}
+
+#[test]
+fn a_save_cut_short_falls_back_to_the_checkpoint_before_it() {
+    let dir = scratch("cut_short");
+    let text = small_text(&dir);
+    let ck = dir.join("ck");
+    train(&["--data", s(&text), "--out", s(&ck), "--steps", "3"]);
+    train(&["--resume", s(&ck), "--steps", "2"]);
+    // the second save kept the first checkpoint whole in previous/
+    assert_eq!(record(&ck)["progress"]["step"], 5);
+    assert_eq!(record(&ck.join("previous"))["progress"]["step"], 3);
+    let previous_model = std::fs::read(ck.join("previous/model.safetensors")).unwrap();
+    assert!(previous_model != std::fs::read(ck.join("model.safetensors")).unwrap());
+
+    // a save cut after the new weights, before the record that vouches for them
+    let mut bytes = std::fs::read(ck.join("model.safetensors")).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x40;
+    std::fs::write(ck.join("model.safetensors"), &bytes).unwrap();
+
+    let out = unfold(&["sample", "--checkpoint", s(&ck), "--len", "5"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("using the checkpoint saved before it"),
+        "{}",
+        stderr(&out)
+    );
+    let out = train(&["--resume", s(&ck), "--steps", "1"]);
+    assert!(
+        stdout(&out).contains("resuming at step 3"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("do not match checkpoint.json"),
+        "{}",
+        stderr(&out)
+    );
+    // the new save is whole again; previous/ kept the good checkpoint meanwhile
+    assert_eq!(record(&ck)["progress"]["step"], 4);
+    assert_eq!(record(&ck.join("previous"))["progress"]["step"], 3);
+    assert!(std::fs::read(ck.join("previous/model.safetensors")).unwrap() == previous_model);
 }
 
 #[cfg(unix)]
