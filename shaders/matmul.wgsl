@@ -121,6 +121,14 @@ fn b_slot(idx: u32, k_depth: u32, tile: u32) -> vec2<u32> {
     return vec2<u32>(idx / tile, idx % tile);
 }
 
+// Where operand column v (a group of 4 rows of A or 4 columns of B) of slice row k sits in
+// workgroup memory: XOR-swizzled with k, so that staging along K (operands whose K is
+// contiguous) spreads a warp's stores over all banks instead of piling them on a few;
+// the compute loop's reads stay contiguous (a permutation within aligned groups).
+fn swizzle(v: u32, k: u32) -> u32 {
+    return v ^ (k & 15u);
+}
+
 // ---- 64x64 tiles ----
 
 const TILE64: u32 = 64u;
@@ -146,14 +154,14 @@ fn matmul_tile64(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
         for (var e = 0u; e < 4u; e++) {
             let idx = tid + e * 256u;
             let sa = a_slot(idx, KSLICE64, TILE64);
-            a_tile64[sa.x][sa.y / 4u][sa.y % 4u] = load_a(row0 + sa.y, k0 + sa.x, ks.y);
+            a_tile64[sa.x][swizzle(sa.y / 4u, sa.x)][sa.y % 4u] = load_a(row0 + sa.y, k0 + sa.x, ks.y);
             let sb = b_slot(idx, KSLICE64, TILE64);
-            b_tile64[sb.x][sb.y / 4u][sb.y % 4u] = load_b(k0 + sb.x, col0 + sb.y, ks.y);
+            b_tile64[sb.x][swizzle(sb.y / 4u, sb.x)][sb.y % 4u] = load_b(k0 + sb.x, col0 + sb.y, ks.y);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < KSLICE64; kk++) {
-            let av = a_tile64[kk][lid.y];
-            let bv = b_tile64[kk][lid.x];
+            let av = a_tile64[kk][swizzle(lid.y, kk)];
+            let bv = b_tile64[kk][swizzle(lid.x, kk)];
             acc0 = fma(vec4<f32>(av.x), bv, acc0);
             acc1 = fma(vec4<f32>(av.y), bv, acc1);
             acc2 = fma(vec4<f32>(av.z), bv, acc2);
@@ -200,9 +208,9 @@ fn stage128(buf: u32, tid: u32, s: Staged) {
     for (var e = 0u; e < 4u; e++) {
         let idx = tid + e * 256u;
         let sa = a_slot(idx, KSLICE128, TILE128);
-        a_tile128[buf][sa.x][sa.y / 4u][sa.y % 4u] = s.a[e];
+        a_tile128[buf][sa.x][swizzle(sa.y / 4u, sa.x)][sa.y % 4u] = s.a[e];
         let sb = b_slot(idx, KSLICE128, TILE128);
-        b_tile128[buf][sb.x][sb.y / 4u][sb.y % 4u] = s.b[e];
+        b_tile128[buf][sb.x][swizzle(sb.y / 4u, sb.x)][sb.y % 4u] = s.b[e];
     }
 }
 
@@ -233,10 +241,10 @@ fn matmul_tile128(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
             next = fetch128(tid, row0, col0, k0 + KSLICE128, ks.y);
         }
         for (var kk = 0u; kk < KSLICE128; kk++) {
-            let alo = a_tile128[buf][kk][lid.y];
-            let ahi = a_tile128[buf][kk][lid.y + 16u];
-            let bl = b_tile128[buf][kk][lid.x];
-            let bh = b_tile128[buf][kk][lid.x + 16u];
+            let alo = a_tile128[buf][kk][swizzle(lid.y, kk)];
+            let ahi = a_tile128[buf][kk][swizzle(lid.y + 16u, kk)];
+            let bl = b_tile128[buf][kk][swizzle(lid.x, kk)];
+            let bh = b_tile128[buf][kk][swizzle(lid.x + 16u, kk)];
             c0l = fma(vec4<f32>(alo.x), bl, c0l); c0h = fma(vec4<f32>(alo.x), bh, c0h);
             c1l = fma(vec4<f32>(alo.y), bl, c1l); c1h = fma(vec4<f32>(alo.y), bh, c1h);
             c2l = fma(vec4<f32>(alo.z), bl, c2l); c2h = fma(vec4<f32>(alo.z), bh, c2h);

@@ -38,7 +38,9 @@ struct StepParams {
 @group(0) @binding(4) var<storage, read> packing: array<u32>;      // persistent kernels only
 
 var<workgroup> left_tile: array<array<f32, 16>, 16>;
-var<workgroup> w_tile: array<array<f32, 16>, 16>;
+// rows padded to 17: forward_step reads a column (w_tile[lid.x][j]) across a warp, which
+// with 16-float rows would hit two banks only
+var<workgroup> w_tile: array<array<f32, 17>, 16>;
 
 fn activate(v: f32) -> f32 {
     if (p.relu != 0u) {
