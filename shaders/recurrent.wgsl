@@ -7,7 +7,7 @@
 //                buffer whose rows of step t hold g(t), the gradient arriving from the
 //                readout or the layer above; rows past n_next get no recurrent term.
 //
-// Each workgroup computes 16 rows x 16 hidden units, one per thread, staging 16-wide
+// Each workgroup computes 16 rows x 16 hidden units, one per thread, staging 64-deep
 // slices of the state and of W_hh through workgroup memory.
 //
 // forward_sequence / backward_sequence are the persistent forms for hidden <= 256: one
@@ -37,10 +37,18 @@ struct StepParams {
 @group(0) @binding(3) var<storage, read> hidden_out: array<f32>;   // backward: h; forward: initial state
 @group(0) @binding(4) var<storage, read> packing: array<u32>;      // persistent kernels only
 
-var<workgroup> left_tile: array<array<f32, 16>, 16>;
-// rows padded to 17: forward_step reads a column (w_tile[lid.x][j]) across a warp, which
-// with 16-float rows would hit two banks only
-var<workgroup> w_tile: array<array<f32, 17>, 16>;
+// K advances 64 at a time: each thread stages 4 elements of each operand per slice, all
+// loaded at once, and the next slice's loads are issued before the current slice's
+// multiply-adds, so a step of hidden H waits on H / 64 global-load latencies, not H / 16.
+const STEP_K: u32 = 64u;
+
+// [row][k]: 16 rows of the other step's state (or gradient)
+var<workgroup> left_tile: array<array<f32, 64>, 16>;
+// forward: W_hh[unit][k], rows padded to 65 so that a warp's reads down a column
+// (w_rows[lid.x][j]) fall in distinct banks
+var<workgroup> w_rows: array<array<f32, 65>, 16>;
+// backward: W_hh[k][unit]
+var<workgroup> w_cols: array<array<f32, 16>, 64>;
 
 fn activate(v: f32) -> f32 {
     if (p.relu != 0u) {
@@ -57,34 +65,59 @@ fn derivative(h: f32) -> f32 {
     return 1.0 - h * h;
 }
 
+// One slice in flight: element e of this thread's share of each tile.
+struct StepSlice {
+    left: vec4<f32>,
+    w: vec4<f32>,
+}
+
+// Forward: row r of step t-1 (or of the initial state) and W_hh[unit][k], for the
+// slice starting at k0; tile element idx = tid + 256 e is (idx / 64, idx % 64).
+fn fetch_forward(tid: u32, row0: u32, unit0: u32, k0: u32) -> StepSlice {
+    let h = p.hidden;
+    var s: StepSlice;
+    for (var e = 0u; e < 4u; e++) {
+        let idx = tid + e * 256u;
+        let r = row0 + idx / STEP_K;
+        let k = k0 + idx % STEP_K;
+        let u = unit0 + idx / STEP_K;
+        if (r < p.rows && k < h) {
+            if (p.has_other == 2u) {
+                s.left[e] = hidden_out[p.other_offset + r * h + k];
+            } else {
+                s.left[e] = state[p.other_offset + r * h + k];
+            }
+        }
+        if (u < h && k < h) {
+            s.w[e] = params[p.w_offset + u * h + k];
+        }
+    }
+    return s;
+}
+
 @compute @workgroup_size(16, 16)
 fn forward_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wg.y * 16u + lid.y;
-    let unit = wg.x * 16u + lid.x;
+    let row0 = wg.y * 16u;
+    let unit0 = wg.x * 16u;
+    let row = row0 + lid.y;
+    let unit = unit0 + lid.x;
+    let tid = lid.y * 16u + lid.x;
     let h = p.hidden;
     var acc = 0.0;
     if (p.has_other != 0u) {
-        for (var k0 = 0u; k0 < h; k0 += 16u) {
-            let kk = k0 + lid.x;
-            var hv = 0.0;
-            if (row < p.rows && kk < h) {
-                if (p.has_other == 2u) {
-                    hv = hidden_out[p.other_offset + row * h + kk];
-                } else {
-                    hv = state[p.other_offset + row * h + kk];
-                }
+        var next = fetch_forward(tid, row0, unit0, 0u);
+        for (var k0 = 0u; k0 < h; k0 += STEP_K) {
+            for (var e = 0u; e < 4u; e++) {
+                let idx = tid + e * 256u;
+                left_tile[idx / STEP_K][idx % STEP_K] = next.left[e];
+                w_rows[idx / STEP_K][idx % STEP_K] = next.w[e];
             }
-            left_tile[lid.y][lid.x] = hv;
-            // W_hh[u][k]: tile row = unit, column = k
-            let wu = wg.x * 16u + lid.y;
-            var wv = 0.0;
-            if (wu < h && kk < h) {
-                wv = params[p.w_offset + wu * h + kk];
-            }
-            w_tile[lid.y][lid.x] = wv;
             workgroupBarrier();
-            for (var j = 0u; j < 16u; j++) {
-                acc = fma(left_tile[lid.y][j], w_tile[lid.x][j], acc);
+            if (k0 + STEP_K < h) {
+                next = fetch_forward(tid, row0, unit0, k0 + STEP_K);
+            }
+            for (var j = 0u; j < STEP_K; j++) {
+                acc = fma(left_tile[lid.y][j], w_rows[lid.x][j], acc);
             }
             workgroupBarrier();
         }
@@ -95,30 +128,50 @@ fn forward_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     }
 }
 
+// Backward: row r of dA(t+1) (tile element idx = (idx / 64, idx % 64)) and W_hh[k][unit]
+// (tile element idx = (idx / 16, idx % 16): k, unit), for the slice starting at k0.
+fn fetch_backward(tid: u32, row0: u32, unit0: u32, k0: u32) -> StepSlice {
+    let h = p.hidden;
+    var s: StepSlice;
+    for (var e = 0u; e < 4u; e++) {
+        let idx = tid + e * 256u;
+        let r = row0 + idx / STEP_K;
+        let k = k0 + idx % STEP_K;
+        if (r < p.rows_next && k < h) {
+            s.left[e] = state[p.other_offset + r * h + k];
+        }
+        let wk = k0 + idx / 16u;
+        let u = unit0 + idx % 16u;
+        if (wk < h && u < h) {
+            s.w[e] = params[p.w_offset + wk * h + u];
+        }
+    }
+    return s;
+}
+
 @compute @workgroup_size(16, 16)
 fn backward_step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wg.y * 16u + lid.y;
-    let unit = wg.x * 16u + lid.x;
+    let row0 = wg.y * 16u;
+    let unit0 = wg.x * 16u;
+    let row = row0 + lid.y;
+    let unit = unit0 + lid.x;
+    let tid = lid.y * 16u + lid.x;
     let h = p.hidden;
     var acc = 0.0;
     if (p.rows_next > 0u) {
-        for (var k0 = 0u; k0 < h; k0 += 16u) {
-            let kk = k0 + lid.x;
-            var dv = 0.0;
-            if (row < p.rows_next && kk < h) {
-                dv = state[p.other_offset + row * h + kk];
+        var next = fetch_backward(tid, row0, unit0, 0u);
+        for (var k0 = 0u; k0 < h; k0 += STEP_K) {
+            for (var e = 0u; e < 4u; e++) {
+                let idx = tid + e * 256u;
+                left_tile[idx / STEP_K][idx % STEP_K] = next.left[e];
+                w_cols[idx / 16u][idx % 16u] = next.w[e];
             }
-            left_tile[lid.y][lid.x] = dv;
-            // W_hh[k][u]: tile row = k, column = unit
-            let wk = k0 + lid.y;
-            var wv = 0.0;
-            if (wk < h && unit < h) {
-                wv = params[p.w_offset + wk * h + unit];
-            }
-            w_tile[lid.y][lid.x] = wv;
             workgroupBarrier();
-            for (var j = 0u; j < 16u; j++) {
-                acc = fma(left_tile[lid.y][j], w_tile[j][lid.x], acc);
+            if (k0 + STEP_K < h) {
+                next = fetch_backward(tid, row0, unit0, k0 + STEP_K);
+            }
+            for (var j = 0u; j < STEP_K; j++) {
+                acc = fma(left_tile[lid.y][j], w_cols[j][lid.x], acc);
             }
             workgroupBarrier();
         }
