@@ -222,6 +222,10 @@ impl Optimizer {
     }
 
     /// One update on the CPU: clips `grads` in place (when asked) and updates `params`.
+    /// The update is refused, changing neither the parameters nor the optimizer (step
+    /// count, moments, a fresh state staying fresh), when any new parameter or moment
+    /// would not be finite: a first pass computes every new value and only checks it, a
+    /// second pass (the same arithmetic) commits.
     pub(crate) fn apply_cpu(
         &mut self,
         params: &mut RnnParams,
@@ -229,7 +233,8 @@ impl Optimizer {
     ) -> Result<()> {
         self.validate()?;
         let n = params.len();
-        if let State::Fresh = self.state {
+        let was_fresh = matches!(self.state, State::Fresh);
+        if was_fresh {
             let v_len = if matches!(self.kind, OptimizerKind::Adam { .. }) {
                 n
             } else {
@@ -261,39 +266,163 @@ impl Optimizer {
                 .flat_map(|t| t.iter_mut())
                 .for_each(|g| *g *= scale);
         }
-        self.steps += 1;
+        let step = self.steps + 1;
+        let rule = Rule::new(self.kind, step);
+        let mut params = params.tensors_mut();
+        let (params_ok, moments_ok) = rule.check(&params, &grads, moments);
+        if !(params_ok && moments_ok) {
+            if was_fresh {
+                self.state = State::Fresh;
+            }
+            return Err(update_overflow(!params_ok, !moments_ok));
+        }
+        rule.commit(&mut params, &grads, moments);
+        self.steps = step;
+        Ok(())
+    }
+}
+
+/// The refusal of an update whose loss and gradients are finite but whose result is not:
+/// `params` and `moments` say which would have become non-finite.
+pub(crate) fn update_overflow(params: bool, moments: bool) -> Error {
+    let what = match (params, moments) {
+        (true, false) => "the parameters",
+        (false, true) => "the optimizer's moments",
+        _ => "the parameters and the optimizer's moments",
+    };
+    Error::NonFinite {
+        what: "training step".into(),
+        detail: format!(
+            "the loss and gradients are finite, but the update would make {what} non-finite (it overflows f32); the parameters were not updated (lower the learning rate or clip the gradients)"
+        ),
+    }
+}
+
+/// One step's update rule with its per-step constants, element by element. `check` and
+/// `commit` share the same arithmetic ([`Rule::sgd`], ...), so what was checked is
+/// exactly what is committed.
+#[derive(Clone, Copy)]
+enum Rule {
+    Sgd { lr: f32 },
+    Momentum { lr: f32, momentum: f32 },
+    Adam(AdamRule),
+}
+
+/// Adam's hyper-parameters and the step's coefficients.
+#[derive(Clone, Copy)]
+struct AdamRule {
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    c: AdamCoefficients,
+}
+
+impl AdamRule {
+    /// New parameter, first and second moment.
+    #[inline(always)]
+    fn update(self, p: f32, g: f32, m: f32, v: f32) -> (f32, f32, f32) {
+        let m = self.beta1 * m + (1.0 - self.beta1) * g;
+        let v = self.beta2 * v + (1.0 - self.beta2) * g * g;
+        let denom = v.sqrt() / self.c.bias_correction2_sqrt + self.eps;
+        (p - self.c.step_size * m / denom, m, v)
+    }
+}
+
+impl Rule {
+    fn new(kind: OptimizerKind, step: u64) -> Self {
+        match kind {
+            OptimizerKind::Sgd { lr } => Rule::Sgd { lr },
+            OptimizerKind::Momentum { lr, momentum } => Rule::Momentum { lr, momentum },
+            OptimizerKind::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+            } => Rule::Adam(AdamRule {
+                beta1,
+                beta2,
+                eps,
+                c: AdamCoefficients::new(lr, beta1, beta2, step),
+            }),
+        }
+    }
+
+    /// New parameter.
+    #[inline(always)]
+    fn sgd(lr: f32, p: f32, g: f32) -> f32 {
+        p - lr * g
+    }
+
+    /// New parameter and momentum buffer.
+    #[inline(always)]
+    fn momentum(lr: f32, momentum: f32, p: f32, g: f32, b: f32) -> (f32, f32) {
+        let b = momentum * b + g;
+        (p - lr * b, b)
+    }
+
+    /// Whether every new parameter, and every new moment, would be finite; writes nothing.
+    fn check(
+        self,
+        params: &[&mut [f32]],
+        grads: &[&mut [f32]],
+        moments: &CpuMoments,
+    ) -> (bool, bool) {
+        let (mut params_ok, mut moments_ok) = (true, true);
         let mut at = 0;
-        for (p, g) in params.tensors_mut().into_iter().zip(grads) {
+        for (p, g) in params.iter().zip(grads) {
             let range = at..at + p.len();
             at += p.len();
-            match self.kind {
-                OptimizerKind::Sgd { lr } => {
-                    p.iter_mut().zip(g.iter()).for_each(|(p, g)| *p -= lr * g)
+            match self {
+                Rule::Sgd { lr } => {
+                    params_ok &= p
+                        .iter()
+                        .zip(g.iter())
+                        .fold(true, |ok, (&p, &g)| ok & Self::sgd(lr, p, g).is_finite());
                 }
-                OptimizerKind::Momentum { lr, momentum } => {
-                    for ((p, g), b) in p.iter_mut().zip(g.iter()).zip(&mut moments.m[range]) {
-                        *b = momentum * *b + g;
-                        *p -= lr * *b;
+                Rule::Momentum { lr, momentum } => {
+                    for ((&p, &g), &b) in p.iter().zip(g.iter()).zip(&moments.m[range]) {
+                        let (p, b) = Self::momentum(lr, momentum, p, g, b);
+                        params_ok &= p.is_finite();
+                        moments_ok &= b.is_finite();
                     }
                 }
-                OptimizerKind::Adam {
-                    lr,
-                    beta1,
-                    beta2,
-                    eps,
-                } => {
-                    let c = AdamCoefficients::new(lr, beta1, beta2, self.steps);
-                    let (m, v) = (&mut moments.m[range.clone()], &mut moments.v[range]);
-                    for (((p, g), m), v) in p.iter_mut().zip(g.iter()).zip(m).zip(v) {
-                        *m = beta1 * *m + (1.0 - beta1) * g;
-                        *v = beta2 * *v + (1.0 - beta2) * g * g;
-                        let denom = v.sqrt() / c.bias_correction2_sqrt + eps;
-                        *p -= c.step_size * *m / denom;
+                Rule::Adam(adam) => {
+                    let (m, v) = (&moments.m[range.clone()], &moments.v[range]);
+                    for (((&p, &g), &m), &v) in p.iter().zip(g.iter()).zip(m).zip(v) {
+                        let (p, m, v) = adam.update(p, g, m, v);
+                        params_ok &= p.is_finite();
+                        moments_ok &= m.is_finite() & v.is_finite();
                     }
                 }
             }
         }
-        Ok(())
+        (params_ok, moments_ok)
+    }
+
+    /// Writes every new parameter and moment.
+    fn commit(self, params: &mut [&mut [f32]], grads: &[&mut [f32]], moments: &mut CpuMoments) {
+        let mut at = 0;
+        for (p, g) in params.iter_mut().zip(grads) {
+            let range = at..at + p.len();
+            at += p.len();
+            match self {
+                Rule::Sgd { lr } => p
+                    .iter_mut()
+                    .zip(g.iter())
+                    .for_each(|(p, &g)| *p = Self::sgd(lr, *p, g)),
+                Rule::Momentum { lr, momentum } => {
+                    for ((p, &g), b) in p.iter_mut().zip(g.iter()).zip(&mut moments.m[range]) {
+                        (*p, *b) = Self::momentum(lr, momentum, *p, g, *b);
+                    }
+                }
+                Rule::Adam(adam) => {
+                    let (m, v) = (&mut moments.m[range.clone()], &mut moments.v[range]);
+                    for (((p, &g), m), v) in p.iter_mut().zip(g.iter()).zip(m).zip(v) {
+                        (*p, *m, *v) = adam.update(*p, g, *m, *v);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -318,4 +447,105 @@ impl AdamCoefficients {
 /// `clip_grad_norm_`'s factor: `min(1, max_norm / (norm + 1e-6))`.
 pub(crate) fn clip_scale(norm: f32, max_norm: f32) -> f32 {
     (max_norm / (norm + 1e-6)).min(1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RnnConfig;
+
+    /// Bit patterns, so that a refused update is checked to change nothing at all.
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    fn problem(grad: f32) -> (RnnParams, RnnParams) {
+        let config = RnnConfig::new(2, 3, 2);
+        let params = RnnParams::init(&config, 7);
+        let mut grads = RnnParams::zeros(&config);
+        grads.assign_flat(&vec![grad; params.len()]);
+        (params, grads)
+    }
+
+    /// `apply_cpu` refuses with a message naming `what`, leaving everything as it was.
+    fn assert_refused(opt: &mut Optimizer, grad: f32, what: &str) {
+        let (mut params, mut grads) = problem(grad);
+        let (p0, s0) = (bits(&params.to_flat()), opt.export_state().unwrap());
+        let steps = opt.steps();
+        let e = opt
+            .apply_cpu(&mut params, &mut grads)
+            .expect_err("an overflowing update was applied");
+        let msg = e.to_string();
+        assert!(matches!(e, Error::NonFinite { .. }), "{e:?}");
+        for w in ["would make", what, "non-finite", "not updated"] {
+            assert!(msg.contains(w), "{msg:?} does not mention {w:?}");
+        }
+        assert_eq!(bits(&params.to_flat()), p0);
+        let s1 = opt.export_state().unwrap();
+        assert_eq!(s0.is_some(), s1.is_some(), "fresh state changed");
+        if let (Some(s0), Some(s1)) = (s0, s1) {
+            assert_eq!((bits(&s0.m), bits(&s0.v)), (bits(&s1.m), bits(&s1.v)));
+        }
+        assert_eq!(opt.steps(), steps);
+    }
+
+    #[test]
+    fn adam_second_moment_overflow_is_refused() {
+        // g = 1e25: (1 - beta2) · g · g overflows, the new parameter would not (m / inf)
+        let mut adam = Optimizer::adam(1e-3);
+        assert_refused(&mut adam, 1e25, "the optimizer's moments non-finite");
+        // and with moments that are not zeros
+        let (mut params, mut grads) = problem(0.5);
+        adam.apply_cpu(&mut params, &mut grads).unwrap();
+        assert_refused(&mut adam, 1e25, "the optimizer's moments non-finite");
+    }
+
+    #[test]
+    fn momentum_buffer_overflow_is_refused() {
+        let (params, _) = problem(0.0);
+        let n = params.len();
+        let mut opt = Optimizer::sgd_momentum(1e-3, 1.0);
+        opt.import_state(OptimizerState {
+            steps: 4,
+            m: vec![f32::MAX; n],
+            v: vec![],
+        })
+        .unwrap();
+        // MAX + 1e32 rounds to infinity, and so does the parameter
+        assert_refused(
+            &mut opt,
+            1e32,
+            "the parameters and the optimizer's moments non-finite",
+        );
+    }
+
+    #[test]
+    fn parameter_overflow_is_refused_for_every_rule() {
+        for mut opt in [
+            Optimizer::sgd(f32::MAX),
+            Optimizer::sgd_momentum(f32::MAX, 0.9),
+            Optimizer::adam(f32::MAX),
+        ] {
+            assert_refused(&mut opt, 10.0, "the parameters non-finite");
+        }
+    }
+
+    #[test]
+    fn a_finite_update_is_applied() {
+        for mut opt in [
+            Optimizer::sgd(0.1),
+            Optimizer::sgd_momentum(0.1, 0.9),
+            Optimizer::adam(0.1),
+        ] {
+            let (mut params, mut grads) = problem(1.0);
+            let p0 = params.to_flat();
+            opt.apply_cpu(&mut params, &mut grads).unwrap();
+            assert_eq!(opt.steps(), 1);
+            // every rule moves each parameter by 0.1 against a gradient of 1 on its first
+            // step (Adam: lr · sign(g))
+            for (a, b) in params.to_flat().iter().zip(&p0) {
+                assert!((b - a - 0.1).abs() < 1e-4, "{b} -> {a}");
+            }
+        }
+    }
 }

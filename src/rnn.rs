@@ -107,7 +107,9 @@ impl Rnn {
 
     /// One training step: forward, back-propagation through time, optional clipping and
     /// the optimizer's update. Returns the loss before the update. A step whose loss or
-    /// gradients are not finite is refused with an error and changes nothing.
+    /// gradients are not finite, or whose update would make a parameter or an optimizer
+    /// moment non-finite (overflow f32), is refused with [`Error::NonFinite`] and changes
+    /// nothing: parameters, moments and the optimizer's step count stay as they were.
     pub fn train_step(&mut self, batch: &SequenceBatch, optimizer: &mut Optimizer) -> Result<f32> {
         Ok(self.train_step_inner(batch, None, optimizer, false)?.0)
     }

@@ -9,7 +9,7 @@ use super::recorder::{read_back, BindGroupCache, Recorder};
 use super::{GpuContext, OptimizerBuffers, TimeLoop, PERSISTENT_MAX_HIDDEN};
 use crate::batch::{Packing, SequenceBatch, Targets};
 use crate::model::{RnnConfig, RnnParams};
-use crate::optim::{AdamCoefficients, Optimizer, OptimizerKind, State};
+use crate::optim::{update_overflow, AdamCoefficients, Optimizer, OptimizerKind, State};
 use crate::rnn::{check_finite_step, Forward};
 use crate::{Error, Head, Nonlinearity, Result};
 use ndarray::{Array3, ArrayView2, ArrayView3, Axis};
@@ -109,6 +109,9 @@ pub(crate) struct GpuRnn {
 }
 
 const PARTIALS: usize = 256;
+/// Slots of the scalars buffer: loss, sum of squared gradients, clip scale, and the
+/// optimizer's flags (see `shaders/optimizer.wgsl`).
+const SCALARS: usize = 6;
 /// Most row chunks a column sum is split into.
 const COLUMN_CHUNKS: usize = 64;
 
@@ -155,7 +158,7 @@ impl GpuRnn {
         ctx.queue
             .write_buffer(&buf, 0, bytemuck::cast_slice(&params.to_flat()));
         let grads = storage(&ctx, "grads", layout.len);
-        let scalars = storage(&ctx, "scalars", 4);
+        let scalars = storage(&ctx, "scalars", SCALARS);
         let partials = storage(&ctx, "partials", PARTIALS);
         let column_scratch = storage(
             &ctx,
@@ -967,9 +970,30 @@ impl GpuRnn {
         want_final: bool,
     ) -> Result<(f32, Option<Array3<f32>>)> {
         let start = std::time::Instant::now();
-        let p = batch.packing();
         self.ensure_work(config, batch)?;
-        self.ensure_optimizer(optimizer)?;
+        let replaced = self.ensure_optimizer(optimizer)?;
+        let result = self.run_train_step(config, batch, initial, optimizer, want_final, start);
+        if result.is_err() {
+            // a refused step leaves the optimizer as it was: fresh, or with its state on
+            // the CPU, and not counted
+            if let Some(previous) = replaced {
+                optimizer.state = previous;
+            }
+        }
+        result
+    }
+
+    /// [`GpuRnn::train_step`] once the optimizer's state is on this device.
+    fn run_train_step(
+        &mut self,
+        config: &RnnConfig,
+        batch: &SequenceBatch,
+        initial: Option<ArrayView3<f32>>,
+        optimizer: &mut Optimizer,
+        want_final: bool,
+        start: std::time::Instant,
+    ) -> Result<(f32, Option<Array3<f32>>)> {
+        let p = batch.packing();
         self.upload(config, batch, initial);
         let State::Gpu(state) = &optimizer.state else {
             unreachable!("ensure_optimizer set the state")
@@ -990,15 +1014,15 @@ impl GpuRnn {
             max_norm: optimizer.clip().unwrap_or(0.0),
             ..Default::default()
         };
-        let kernel = match optimizer.kind() {
+        let (check, kernel) = match optimizer.kind() {
             OptimizerKind::Sgd { lr } => {
                 params.lr = lr;
-                &k.sgd
+                (&k.check_sgd, &k.sgd)
             }
             OptimizerKind::Momentum { lr, momentum } => {
                 params.lr = lr;
                 params.momentum = momentum;
-                &k.momentum
+                (&k.check_momentum, &k.momentum)
             }
             OptimizerKind::Adam {
                 lr,
@@ -1013,13 +1037,16 @@ impl GpuRnn {
                 params.eps = eps;
                 params.step_size = c.step_size;
                 params.bias_correction2_sqrt = c.bias_correction2_sqrt;
-                &k.adam
+                (&k.check_adam, &k.adam)
             }
         };
         let m = state.m.as_ref().unwrap_or(&self.dummies[1]);
         let v = state.v.as_ref().unwrap_or(&self.dummies[2]);
         let buffers = [&self.scalars, &self.grads, &self.params, m, v];
+        // prepare, check every new value, then commit only if all were finite: a refused
+        // step writes nothing (see shaders/optimizer.wgsl)
         rec.dispatch(&k.prepare_update, params, &buffers, [1, 1, 1]);
+        rec.dispatch_1d(check, params, &buffers, n);
         rec.dispatch_1d(kernel, params, &buffers, n);
         let dispatches = rec.dispatches();
         rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
@@ -1031,10 +1058,18 @@ impl GpuRnn {
         } else {
             0
         };
-        let data = read_back(&self.ctx, &[(&self.scalars, 0, 4), (&w.final_h, 0, finals)])?;
-        let (loss, sum_sq, ok) = (data[0][0], data[0][1], data[0][3]);
+        let data = read_back(
+            &self.ctx,
+            &[(&self.scalars, 0, SCALARS), (&w.final_h, 0, finals)],
+        )?;
+        let s = &data[0];
+        let (loss, sum_sq, ok) = (s[0], s[1], s[3]);
         check_finite_step(loss, sum_sq.is_finite())?;
         debug_assert_eq!(ok, 1.0);
+        let (params_overflow, moments_overflow) = (s[4] != 0.0, s[5] != 0.0);
+        if params_overflow || moments_overflow {
+            return Err(update_overflow(params_overflow, moments_overflow));
+        }
         optimizer.steps = step;
         Ok((
             loss,
@@ -1044,12 +1079,13 @@ impl GpuRnn {
 
     /// Gives the optimizer its moment buffers on this device: zeros for a fresh one,
     /// uploaded for one whose state is on the CPU (imported, or from a CPU model of the
-    /// same size); refuses state that belongs to another model or device.
-    fn ensure_optimizer(&self, optimizer: &mut Optimizer) -> Result<()> {
+    /// same size); refuses state that belongs to another model or device. Returns the
+    /// state it replaced (`None` when the buffers were already there).
+    fn ensure_optimizer(&self, optimizer: &mut Optimizer) -> Result<Option<State>> {
         let n = self.layout.len;
         let (needs_m, needs_v) = optimizer.kind().moments();
         let start = match &optimizer.state {
-            State::Gpu(s) if s.len == n && Arc::ptr_eq(&s.ctx, &self.ctx) => return Ok(()),
+            State::Gpu(s) if s.len == n && Arc::ptr_eq(&s.ctx, &self.ctx) => return Ok(None),
             State::Gpu(s) => {
                 return Err(Error::OptimizerMismatch(format!(
                     "state is for {} parameters on {}, this model has {n} on {}",
@@ -1064,7 +1100,7 @@ impl GpuRnn {
             }
             State::Cpu(c) => {
                 c.check(n, needs_m, needs_v)?;
-                Some(c.clone())
+                Some(c)
             }
             State::Fresh => None,
         };
@@ -1083,13 +1119,16 @@ impl GpuRnn {
                 .write_buffer(&b, 0, bytemuck::cast_slice(data));
             b
         };
-        optimizer.state = State::Gpu(OptimizerBuffers {
-            m: needs_m.then(|| buffer("optimizer m", start.as_ref().map(|c| &c.m))),
-            v: needs_v.then(|| buffer("optimizer v", start.as_ref().map(|c| &c.v))),
+        let buffers = OptimizerBuffers {
+            m: needs_m.then(|| buffer("optimizer m", start.map(|c| &c.m))),
+            v: needs_v.then(|| buffer("optimizer v", start.map(|c| &c.v))),
             len: n,
             ctx: self.ctx.clone(),
-        });
-        Ok(())
+        };
+        Ok(Some(std::mem::replace(
+            &mut optimizer.state,
+            State::Gpu(buffers),
+        )))
     }
 
     pub fn params(&self, config: &RnnConfig) -> Result<RnnParams> {
