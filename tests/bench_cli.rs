@@ -68,7 +68,7 @@ fn matrix_products_on_the_cpu_and_each_gpu_tiling() {
         "the library's plan and both tilings: {text}"
     );
     assert!(
-        lines[0].contains("\"plan\": \"auto: Tile64 splits 2\""),
+        lines[0].contains("\"plan\": \"auto: Tile64 splits 4\""),
         "{text}"
     );
     assert!(

@@ -41,8 +41,9 @@ const MIN_TILES128: u32 = 96;
 /// Split K aims at about this many workgroups (several per multiprocessor on a large GPU)...
 const TARGET_WORKGROUPS: u32 = 512;
 /// ...keeping each K range at least this deep (each range's partial product costs a write
-/// and a read of M×N floats).
-const MIN_SPLIT_DEPTH: u32 = 256;
+/// and a read of M×N floats; a range walks its depth in dependent slices of 16, each
+/// waiting on a global load, so short ranges are what make a long K fast).
+const MIN_SPLIT_DEPTH: u32 = 128;
 const MAX_SPLITS: u32 = 32;
 /// Every K range is a whole number of the 64×64 kernel's K slices.
 const K_SLICE: u32 = 16;
