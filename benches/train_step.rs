@@ -231,6 +231,7 @@ fn time_step(c: &mut Criterion) {
         let mut cases = vec![("cpu", Device::cpu(), TimeLoop::Auto)];
         if let Some(g) = &gpu {
             cases.push(("gpu-per-step", g.clone(), TimeLoop::PerStep));
+            cases.push(("gpu-tiled-steps", g.clone(), TimeLoop::TiledSteps));
             if h <= unfold::gpu::PERSISTENT_MAX_HIDDEN {
                 cases.push(("gpu-persistent", g.clone(), TimeLoop::Persistent));
             }

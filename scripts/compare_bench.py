@@ -1,9 +1,11 @@
 """Side-by-side tables from one run on one card (JSON lines):
 
-    compare_bench.py unfold_gpu.jsonl torch_cuda.jsonl [unfold_matmul.jsonl torch_matmul.jsonl]
+    compare_bench.py unfold_gpu.jsonl torch_cuda.jsonl \
+        [unfold_matmul.jsonl torch_matmul.jsonl [time_loops.jsonl]]
 
 Training steps: config, length mode, unfold ms, PyTorch ms (TF32 off), ratio (< 1: unfold
-faster). Matrix products (when given): shape, unfold's tilings against torch.mm."""
+faster). Matrix products (when given): shape, unfold's tilings against torch.mm. Time
+loops (when given): the same workloads under each `--time-loop`."""
 import json, sys
 
 def load(path):
@@ -29,3 +31,13 @@ if len(sys.argv) > 4:
         t = torch_mm.get(r["matmul"], {"ms": float("nan"), "tflops": float("nan")})
         print(f"| {r['matmul']} | {r['plan']} | {r['ms']:.3f} | {r['tflops']:.2f} | "
               f"{t['ms']:.3f} | {t['tflops']:.2f} | {r['ms'] / t['ms']:.2f} |")
+
+if len(sys.argv) > 5:
+    print()
+    print("| config | lengths | time loop | unfold ms | PyTorch ms | ratio | dispatches |")
+    print("|---|---|---|---|---|---|---|")
+    for r in load(sys.argv[5]):
+        t = theirs.get((r["config"], r["variable"]))
+        tm = t["train_step_ms"] if t else float("nan")
+        print(f"| {r['config']} | {'variable' if r['variable'] else 'fixed'} | {r['time_loop']} | "
+              f"{r['train_step_ms']:.2f} | {tm:.2f} | {r['train_step_ms'] / tm:.2f} | {r['dispatches']} |")

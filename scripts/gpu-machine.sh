@@ -42,9 +42,14 @@ echo "--- matrix products alone: unfold's tilings, then torch.mm (TF32 off)"
 timeout 180 "$RUN/unfold" bench --device gpu --matmul "$SHAPES" --reps 20 | tee "$OUT/unfold_matmul.jsonl"
 timeout 180 python3 "$RUN/torch_matmul_bench.py" "$SHAPES" | tee "$OUT/torch_matmul.jsonl"
 
+echo "--- time loops for hidden > 256 (ref, large): a fused dispatch per step against tiled steps"
+for loop in per-step tiled-steps; do
+    timeout 200 "$RUN/unfold" bench --device gpu --configs ref,large --reps 10 --time-loop "$loop"
+done | tee "$OUT/time_loops.jsonl"
+
 echo "--- unfold on the GPU"
 timeout 300 "$RUN/unfold" bench --device gpu --configs "${CONFIGS:-latency,small,ref,large}" --reps 20 | tee "$OUT/unfold_gpu.jsonl"
 echo "--- PyTorch / cuDNN on the same GPU"
 timeout 300 python3 "$RUN/torch_rnn_bench.py" cuda | tee "$OUT/torch_cuda.jsonl"
 python3 scripts/compare_bench.py "$OUT/unfold_gpu.jsonl" "$OUT/torch_cuda.jsonl" \
-    "$OUT/unfold_matmul.jsonl" "$OUT/torch_matmul.jsonl" | tee "$OUT/table.md"
+    "$OUT/unfold_matmul.jsonl" "$OUT/torch_matmul.jsonl" "$OUT/time_loops.jsonl" | tee "$OUT/table.md"

@@ -13,6 +13,12 @@
 //   two workgroup buffers: the next slice is fetched into registers while the current one
 //   is multiplied, so there is one barrier per slice and global loads overlap arithmetic.
 //
+// Recurrent steps as products (TimeLoop::TiledSteps): `epilogue` applies the step's
+// element-wise work as C is stored (tanh or relu; or times phi'(h) with h read from the
+// bias binding at C's position), flag bit 3 reads A from C's own buffer (the previous or
+// next step's rows of the state being updated), and rows of op(A) from `a_rows` on read
+// as zero (the sequences that ended).
+//
 // Split K: with k_chunk > 0, workgroup layer z multiplies only K range
 // [z * k_chunk, (z + 1) * k_chunk) and writes its partial product (alpha = 1, beta = 0,
 // no bias) at c_offset + z * split_stride; matmul_sum_splits then adds the `splits`
@@ -24,7 +30,8 @@ struct MatmulParams {
     m: u32,
     n: u32,
     k: u32,
-    flags: u32,      // bit 0: A transposed, bit 1: B transposed, bit 2: add bias
+    flags: u32,      // bit 0: A transposed, bit 1: B transposed, bit 2: add bias,
+                     // bit 3: A lives in C's buffer
     a_offset: u32,
     b_offset: u32,
     c_offset: u32,
@@ -37,6 +44,10 @@ struct MatmulParams {
     k_chunk: u32,      // split K: depth of each workgroup layer's K range (0: all of K)
     splits: u32,       // matmul_sum_splits: number of partial products
     split_stride: u32, // elements between consecutive partial products
+    a_rows: u32,       // rows of op(A) that exist (0: all m)
+    epilogue: u32,     // 0 none, 1 tanh, 2 relu, 3 times tanh'(h), 4 times relu'(h)
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
@@ -55,13 +66,17 @@ fn k_range(z: u32) -> vec2<u32> {
 }
 
 fn load_a(row: u32, kk: u32, k_end: u32) -> f32 {
-    if (row >= p.m || kk >= k_end) {
+    if (row >= p.m || kk >= k_end || (p.a_rows != 0u && row >= p.a_rows)) {
         return 0.0;
     }
+    var at = p.a_offset + row * p.lda + kk;
     if ((p.flags & 1u) != 0u) {
-        return a[p.a_offset + kk * p.lda + row];
+        at = p.a_offset + kk * p.lda + row;
     }
-    return a[p.a_offset + row * p.lda + kk];
+    if ((p.flags & 8u) != 0u) {
+        return c[at];
+    }
+    return a[at];
 }
 
 fn load_b(kk: u32, col: u32, k_end: u32) -> f32 {
@@ -74,14 +89,32 @@ fn load_b(kk: u32, col: u32, k_end: u32) -> f32 {
     return b[p.b_offset + kk * p.ldb + col];
 }
 
-// alpha * v + beta * C + bias for one element of C at `at` (column `col`)
-fn finish(at: u32, col: u32, v: f32) -> f32 {
+// alpha * v + beta * C + bias, then the epilogue, for element (row, col) of C at `at`
+fn finish(at: u32, row: u32, col: u32, v: f32) -> f32 {
     var r = p.alpha * v;
     if (p.beta != 0.0) {
         r += p.beta * c[at];
     }
     if ((p.flags & 4u) != 0u) {
         r += bias[p.bias_offset + col];
+    }
+    switch p.epilogue {
+        case 1u: {
+            // as recurrent.wgsl's activate: some drivers overflow inside tanh for large |v|
+            r = tanh(clamp(r, -15.0, 15.0));
+        }
+        case 2u: {
+            r = max(r, 0.0);
+        }
+        case 3u: {
+            let h = bias[p.bias_offset + row * p.ldc + col];
+            r *= 1.0 - h * h;
+        }
+        case 4u: {
+            let h = bias[p.bias_offset + row * p.ldc + col];
+            r *= select(0.0, 1.0, h > 0.0);
+        }
+        default: {}
     }
     return r;
 }
@@ -98,7 +131,7 @@ fn store(z: u32, row: u32, col0: u32, v: vec4<f32>) {
                 c[p.c_offset + z * p.split_stride + row * p.ldc + col] = v[j];
             } else {
                 let at = p.c_offset + row * p.ldc + col;
-                c[at] = finish(at, col, v[j]);
+                c[at] = finish(at, row, col, v[j]);
             }
         }
     }
@@ -293,5 +326,5 @@ fn matmul_sum_splits(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
         total += a[z * p.split_stride + i];
     }
     let at = p.c_offset + row * p.ldc + col;
-    c[at] = finish(at, col, total);
+    c[at] = finish(at, row, col, total);
 }

@@ -36,6 +36,26 @@ enum DeviceChoice {
     Gpu,
 }
 
+/// `--time-loop`: how the GPU path walks the steps (see `unfold::TimeLoop`).
+#[derive(Clone, Copy, ValueEnum)]
+enum TimeLoopChoice {
+    Auto,
+    PerStep,
+    Persistent,
+    TiledSteps,
+}
+
+impl From<TimeLoopChoice> for unfold::TimeLoop {
+    fn from(choice: TimeLoopChoice) -> Self {
+        match choice {
+            TimeLoopChoice::Auto => unfold::TimeLoop::Auto,
+            TimeLoopChoice::PerStep => unfold::TimeLoop::PerStep,
+            TimeLoopChoice::Persistent => unfold::TimeLoop::Persistent,
+            TimeLoopChoice::TiledSteps => unfold::TimeLoop::TiledSteps,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Train a character-level language model on a text file (by default the bundled
@@ -57,6 +77,9 @@ enum Command {
         /// 4096x4096x4096), with each GPU tiling, or ndarray's product on the CPU.
         #[arg(long)]
         matmul: Option<String>,
+        /// How the GPU path walks the steps (auto picks by hidden size and batch).
+        #[arg(long, value_enum, default_value = "auto")]
+        time_loop: TimeLoopChoice,
     },
     /// List the adapters wgpu sees and the one `--device auto` picks.
     Devices,
@@ -153,9 +176,10 @@ fn run(cli: Cli) -> charlm::CliResult<ExitCode> {
             configs,
             reps,
             matmul,
+            time_loop,
         } => match matmul {
             Some(shapes) => bench_matmul(&pick(device)?, &shapes, reps.max(1)),
-            None => bench(&pick(device)?, &configs, reps.max(1)),
+            None => bench(&pick(device)?, &configs, reps.max(1), time_loop.into()),
         },
         Command::Train(args) => return charlm::train(args),
         Command::Sample(args) => return charlm::sample(args),
@@ -214,7 +238,12 @@ fn pick(choice: DeviceChoice) -> unfold::Result<Device> {
 
 /// Median training-step time of each workload, fixed and variable length, as JSON lines
 /// shaped like `torch_rnn_bench.py`'s.
-fn bench(device: &Device, configs: &str, reps: usize) -> unfold::Result<()> {
+fn bench(
+    device: &Device,
+    configs: &str,
+    reps: usize,
+    time_loop: unfold::TimeLoop,
+) -> unfold::Result<()> {
     for name in configs.split(',') {
         let w = unfold::workloads::Workload::named(name.trim()).ok_or_else(|| {
             unfold::Error::InvalidConfig {
@@ -226,6 +255,7 @@ fn bench(device: &Device, configs: &str, reps: usize) -> unfold::Result<()> {
         for variable in [false, true] {
             let batch = w.batch(variable, 0);
             let mut rnn = Rnn::new(w.config(), RnnParams::init(&w.config(), 0), device)?;
+            rnn.set_time_loop(time_loop)?;
             let mut sgd = Optimizer::sgd(0.01);
             for _ in 0..3 {
                 rnn.train_step(&batch, &mut sgd)?;
@@ -247,7 +277,7 @@ fn bench(device: &Device, configs: &str, reps: usize) -> unfold::Result<()> {
             let med = times[reps / 2];
             let dispatches = rnn.last_step_profile().map(|(_, d)| d).unwrap_or(0);
             println!(
-                "{{\"impl\": \"unfold\", \"device\": {:?}, \"config\": {:?}, \"B\": {}, \"T\": {}, \"I\": {}, \"H\": {}, \"C\": {}, \"variable\": {variable}, \"train_step_ms\": {:.3}, \"tokens_per_s\": {:.0}, \"gflops\": {:.1}, \"host_record_ms\": {:.3}, \"dispatches\": {dispatches}}}",
+                "{{\"impl\": \"unfold\", \"device\": {:?}, \"time_loop\": \"{time_loop:?}\", \"config\": {:?}, \"B\": {}, \"T\": {}, \"I\": {}, \"H\": {}, \"C\": {}, \"variable\": {variable}, \"train_step_ms\": {:.3}, \"tokens_per_s\": {:.0}, \"gflops\": {:.1}, \"host_record_ms\": {:.3}, \"dispatches\": {dispatches}}}",
                 device.describe(),
                 w.name,
                 w.batch,

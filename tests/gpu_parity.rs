@@ -108,8 +108,13 @@ fn pair(p: &Problem, gpu: &Device, time_loop: TimeLoop) -> (Rnn, Rnn) {
     )
 }
 
-/// Both time loops: persistent kernels and one dispatch per step.
-const TIME_LOOPS: [TimeLoop; 2] = [TimeLoop::Persistent, TimeLoop::PerStep];
+/// Every time loop: persistent kernels, one fused dispatch per step, and each step's
+/// product through the tiled matrix-product kernels.
+const TIME_LOOPS: [TimeLoop; 3] = [
+    TimeLoop::Persistent,
+    TimeLoop::PerStep,
+    TimeLoop::TiledSteps,
+];
 
 #[test]
 fn forward_and_gradients_match_cpu() {
@@ -152,7 +157,7 @@ fn training_matches_cpu() {
         ("adam+clip", || Optimizer::adam(0.01).clip_grad_norm(1.0), 5),
     ];
     for (k, p) in problems().iter().enumerate().step_by(2) {
-        let time_loop = TIME_LOOPS[k / 2 % 2];
+        let time_loop = TIME_LOOPS[k / 2 % TIME_LOOPS.len()];
         for (name, make, steps) in optimizers {
             let (mut cpu, mut dev) = pair(p, &gpu, time_loop);
             let (mut o_cpu, mut o_gpu) = (make(), make());

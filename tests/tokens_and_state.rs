@@ -145,7 +145,11 @@ fn carried_state_continues_the_sequence() {
     let mut devices = vec![Device::cpu()];
     devices.extend(common::gpu());
     for device in &devices {
-        for time_loop in [TimeLoop::PerStep, TimeLoop::Persistent] {
+        for time_loop in [
+            TimeLoop::PerStep,
+            TimeLoop::Persistent,
+            TimeLoop::TiledSteps,
+        ] {
             let mut rnn = Rnn::new(config.clone(), params.clone(), device).unwrap();
             rnn.set_time_loop(time_loop).unwrap();
             let all = rnn.forward(&whole).unwrap();
@@ -212,7 +216,11 @@ fn gpu_matches_cpu_with_tokens_and_initial_state() {
     let mut rng = SplitMix64::new(4);
     let initial = Array3::from_shape_simple_fn((2, 5, 6), || 0.3 * rng.normal());
     let params = common::params(&config, 10);
-    for time_loop in [TimeLoop::PerStep, TimeLoop::Persistent] {
+    for time_loop in [
+        TimeLoop::PerStep,
+        TimeLoop::Persistent,
+        TimeLoop::TiledSteps,
+    ] {
         let mut cpu = Rnn::new(config.clone(), params.clone(), &Device::cpu()).unwrap();
         let mut dev = Rnn::new(config.clone(), params.clone(), &gpu).unwrap();
         dev.set_time_loop(time_loop).unwrap();

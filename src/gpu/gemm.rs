@@ -2,7 +2,7 @@
 //! given shape, split K for long products with few output tiles, and [`ResidentProduct`],
 //! a product whose operands stay on the device (for benchmarks and kernel checks).
 
-use super::kernels::{Kernels, MatmulParams, TRANS_A, TRANS_B};
+use super::kernels::{Kernels, MatmulParams, A_IN_C, TRANS_A, TRANS_B};
 use super::recorder::{read_back, BindGroupCache, Recorder};
 use super::GpuContext;
 use crate::device::DeviceKind;
@@ -97,9 +97,10 @@ pub(crate) fn scratch_for(shapes: &[(u32, u32, u32)]) -> usize {
         .unwrap_or(0)
 }
 
-/// Records `C = alpha·op(A)·op(B) + beta·C (+ bias)` under the plan its shape chooses.
-/// `buffers` are A, B, bias, C as the kernel binds them. A split that `scratch` (with
-/// room for `scratch_floats` floats) cannot hold runs unsplit instead.
+/// Records `C = alpha·op(A)·op(B) + beta·C (+ bias)` (and its epilogue) under the plan
+/// its shape chooses. `buffers` are A, B, bias, C as the kernel binds them (with
+/// [`A_IN_C`], A's entry is ignored). A split that `scratch` (with room for
+/// `scratch_floats` floats) cannot hold runs unsplit instead.
 pub(crate) fn record_product<'a>(
     rec: &mut Recorder<'a>,
     kernels: &'a Kernels,
@@ -138,7 +139,10 @@ fn record_planned<'a>(
         return;
     }
     let (k_chunk, ranges) = plan.k_chunk(k);
+    // the partial products go to the scratch: A that lived in C's buffer is bound as A
+    let a = if params.flags & A_IN_C != 0 { c } else { a };
     let partial = MatmulParams {
+        flags: params.flags & !A_IN_C,
         c_offset: 0,
         ldc: n,
         k_chunk,

@@ -45,11 +45,24 @@ pub(crate) struct MatmulParams {
     pub splits: u32,
     /// Elements between consecutive partial products.
     pub split_stride: u32,
+    /// Rows of op(A) that exist, the rest read as zero (0: all `m`).
+    pub a_rows: u32,
+    /// Element-wise work as C is stored: one of the `EPILOGUE_*` values.
+    pub epilogue: u32,
+    pub _pad: [u32; 2],
 }
 
 pub(crate) const TRANS_A: u32 = 1;
 pub(crate) const TRANS_B: u32 = 2;
 pub(crate) const ADD_BIAS: u32 = 4;
+/// A is read from C's buffer (bound once, read-write).
+pub(crate) const A_IN_C: u32 = 8;
+
+pub(crate) const EPILOGUE_TANH: u32 = 1;
+pub(crate) const EPILOGUE_RELU: u32 = 2;
+/// Times tanh'(h), h read from the bias binding at C's position.
+pub(crate) const EPILOGUE_TANH_SLOPE: u32 = 3;
+pub(crate) const EPILOGUE_RELU_SLOPE: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
@@ -153,6 +166,22 @@ pub(crate) struct Kernels {
 }
 
 impl Kernels {
+    /// The largest uniform block of any kernel, in bytes.
+    pub fn largest_uniform(&self) -> u64 {
+        [
+            std::mem::size_of::<MatmulParams>(),
+            std::mem::size_of::<StepParams>(),
+            std::mem::size_of::<LossParams>(),
+            std::mem::size_of::<ReduceParams>(),
+            std::mem::size_of::<RowsParams>(),
+            std::mem::size_of::<OptimParams>(),
+            std::mem::size_of::<EmbedParams>(),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0) as u64
+    }
+
     /// Compiles every kernel inside a validation error scope, so that a shader or layout
     /// mismatch is an `Err`, not a panic.
     pub fn new(device: &wgpu::Device) -> Result<Self> {

@@ -18,16 +18,27 @@ pub(crate) use model::GpuRnn;
 /// How the GPU path walks the time steps of a layer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TimeLoop {
-    /// Persistent kernels where the hidden size allows (at most 256), else one dispatch
-    /// per step.
+    /// Persistent kernels where the hidden size allows (at most 256); else tiled steps
+    /// when a step has at least [`TILED_STEP_MIN_WORK`] outputs (batch × hidden), else
+    /// one fused dispatch per step.
     #[default]
     Auto,
-    /// One fused dispatch per step, forward and backward (any hidden size).
+    /// One fused dispatch per step, forward and backward (any hidden size): 16×16 outputs
+    /// per workgroup, one per thread.
     PerStep,
     /// One dispatch per layer runs every step, each workgroup owning one sequence
     /// (hidden size at most [`PERSISTENT_MAX_HIDDEN`]).
     Persistent,
+    /// Each step's product through the tiled matrix-product kernels (64×64 or 128×128
+    /// tiles, K split when that pays), the step's element-wise work done as results are
+    /// stored (any hidden size): for steps with many outputs.
+    TiledSteps,
 }
+
+/// Outputs per step (batch × hidden) from which [`TimeLoop::Auto`] uses tiled steps when
+/// the persistent loop does not apply. Provisional: chosen from the kernels' shapes, not
+/// yet from measurements on a GPU (BENCHMARKS.md).
+pub const TILED_STEP_MIN_WORK: usize = 1 << 16;
 
 /// Largest hidden size the persistent time loop handles (one thread per unit).
 pub const PERSISTENT_MAX_HIDDEN: usize = 256;

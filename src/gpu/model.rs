@@ -253,6 +253,7 @@ impl GpuRnn {
             (h32, h32, t32 - b32.min(t32)),
             (h32, h32, b32),
             (t32, h32, h32),
+            (b32, h32, h32),
         ];
         for layer in 0..l {
             let in_size = config.layer_input_size(layer) as u32;
@@ -464,6 +465,44 @@ impl GpuRnn {
                 );
                 continue;
             }
+            if self.tiled_steps(config, p) {
+                // h(t) = phi(pre(t) + h(t-1) W_hhᵀ): C = the rows of step t, A = those of
+                // step t-1 in the same buffer (or the initial state), phi as C is stored
+                for (t, &n) in p.batch_sizes.iter().enumerate() {
+                    let mut step = MatmulParams {
+                        m: n as u32,
+                        n: h,
+                        k: h,
+                        flags: kernels::TRANS_B,
+                        lda: h,
+                        b_offset: self.layout.w_hh[l],
+                        ldb: h,
+                        c_offset: p.offsets[t] as u32 * h,
+                        ldc: h,
+                        alpha: 1.0,
+                        beta: 1.0,
+                        epilogue: if relu == 1 {
+                            kernels::EPILOGUE_RELU
+                        } else {
+                            kernels::EPILOGUE_TANH
+                        },
+                        ..Default::default()
+                    };
+                    let a = if t > 0 {
+                        step.flags |= kernels::A_IN_C;
+                        step.a_offset = p.offsets[t - 1] as u32 * h;
+                        &self.params
+                    } else if has_initial {
+                        step.a_offset = l as u32 * b * h;
+                        &w.initial
+                    } else {
+                        step.k = 0; // a zero initial state: only phi
+                        &self.params
+                    };
+                    self.product(rec, step, [a, &self.params, &self.dummies[1], &w.hs[l]]);
+                }
+                continue;
+            }
             for (t, &n) in p.batch_sizes.iter().enumerate() {
                 let step = StepParams {
                     rows: n as u32,
@@ -576,8 +615,20 @@ impl GpuRnn {
             && self.ctx.limits.max_compute_invocations_per_workgroup >= 256
             && p.batch() as u32 <= self.ctx.limits.max_compute_workgroups_per_dimension;
         match self.time_loop {
-            TimeLoop::PerStep => false,
+            TimeLoop::PerStep | TimeLoop::TiledSteps => false,
             TimeLoop::Auto | TimeLoop::Persistent => fits,
+        }
+    }
+
+    /// Whether each step runs through the tiled matrix-product kernels.
+    fn tiled_steps(&self, config: &RnnConfig, p: &Packing) -> bool {
+        match self.time_loop {
+            TimeLoop::TiledSteps => true,
+            TimeLoop::Auto => {
+                !self.persistent(config, p)
+                    && p.batch() * config.hidden_size >= super::TILED_STEP_MIN_WORK
+            }
+            TimeLoop::PerStep | TimeLoop::Persistent => false,
         }
     }
 
@@ -708,6 +759,37 @@ impl GpuRnn {
                     &[&self.params, g, hs, &w.packing],
                     [b, 1, 1],
                 );
+            } else if self.tiled_steps(config, p) {
+                // dA(t) = (g(t) + dA(t+1) W_hh) * phi'(h(t)): A = the rows of step t+1 in
+                // g itself (rows past n_next read as zero), h(t) through the bias binding
+                for t in (0..p.max_len()).rev() {
+                    let n = p.batch_sizes[t] as u32;
+                    let n_next = p.batch_sizes.get(t + 1).copied().unwrap_or(0) as u32;
+                    let cur = p.offsets[t] as u32 * h;
+                    let step = MatmulParams {
+                        m: n,
+                        n: h,
+                        k: if n_next > 0 { h } else { 0 },
+                        flags: kernels::A_IN_C,
+                        a_offset: p.offsets.get(t + 1).map_or(0, |&o| o as u32 * h),
+                        lda: h,
+                        a_rows: n_next,
+                        b_offset: lay.w_hh[l],
+                        ldb: h,
+                        c_offset: cur,
+                        ldc: h,
+                        bias_offset: cur,
+                        alpha: 1.0,
+                        beta: 1.0,
+                        epilogue: if relu == 1 {
+                            kernels::EPILOGUE_RELU_SLOPE
+                        } else {
+                            kernels::EPILOGUE_TANH_SLOPE
+                        },
+                        ..Default::default()
+                    };
+                    self.product(rec, step, [&self.params, &self.params, hs, g]);
+                }
             } else {
                 for t in (0..p.max_len()).rev() {
                     let n = p.batch_sizes[t] as u32;

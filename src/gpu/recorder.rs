@@ -46,12 +46,14 @@ pub(crate) struct Recorder<'a> {
 
 impl<'a> Recorder<'a> {
     pub fn new(ctx: &'a GpuContext) -> Self {
-        let align = ctx.limits.min_uniform_buffer_offset_alignment.max(64) as usize;
+        // every kernel's uniform block fits one slot; slots start at aligned offsets
+        let align = ctx.limits.min_uniform_buffer_offset_alignment.max(16) as usize;
+        let slot_size = (ctx.kernels.largest_uniform() as usize).next_multiple_of(align);
         Recorder {
             ctx,
             commands: Vec::new(),
             uniform_data: Vec::new(),
-            slot_size: align,
+            slot_size,
         }
     }
 
