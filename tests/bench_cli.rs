@@ -27,6 +27,7 @@ fn training_steps_on_the_cpu() {
     for line in lines {
         for field in [
             "\"config\": \"latency\"",
+            "\"time_loop\": \"Auto\"",
             "\"train_step_ms\": ",
             "\"gflops\": ",
         ] {
@@ -75,6 +76,32 @@ fn matrix_products_on_the_cpu_and_each_gpu_tiling() {
         lines[2].contains("\"plan\": \"Tile128 splits 1\""),
         "{text}"
     );
+}
+
+#[test]
+fn the_time_loop_is_reported_and_bad_ones_refused() {
+    // (the loops themselves are checked against the CPU path in gpu_parity.rs; on
+    // lavapipe a dispatch per step makes this workload take seconds per step)
+    let out = unfold(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--configs",
+        "latency",
+        "--reps",
+        "1",
+        "--time-loop",
+        "tiled-steps",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("\"time_loop\": \"TiledSteps\""),
+        "{}",
+        stdout(&out)
+    );
+    let out = unfold(&["bench", "--device", "cpu", "--time-loop", "sideways"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("sideways"), "{}", stderr(&out));
 }
 
 #[test]
