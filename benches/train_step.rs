@@ -95,7 +95,10 @@ fn each_case(
                 if variable { "variable" } else { "fixed" }
             ));
             group.throughput(Throughput::Elements(batch.tokens() as u64));
+            // flat sampling: ten iterations per sample, not 1..=10 (55 in all), since an
+            // iteration takes up to a second on a software adapter
             group
+                .sampling_mode(SamplingMode::Flat)
                 .sample_size(10)
                 .warm_up_time(Duration::from_millis(500))
                 .measurement_time(Duration::from_secs(3));
@@ -225,6 +228,7 @@ fn time_step(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("time_step/h{h}"));
         group
             .throughput(Throughput::Elements(steps as u64))
+            .sampling_mode(SamplingMode::Flat)
             .sample_size(10)
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(3));

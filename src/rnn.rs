@@ -188,7 +188,7 @@ impl Rnn {
         }
     }
 
-    /// Chooses how the GPU path walks the time steps (see [`TimeLoop`]); both give the
+    /// Chooses how the GPU path walks the time steps (see [`TimeLoop`]); all give the
     /// same numbers. Asking for the persistent loop with a hidden size it cannot handle
     /// is an error. Nothing to choose on the CPU.
     pub fn set_time_loop(&mut self, time_loop: TimeLoop) -> Result<()> {
