@@ -95,8 +95,8 @@ fn each_case(
                 if variable { "variable" } else { "fixed" }
             ));
             group.throughput(Throughput::Elements(batch.tokens() as u64));
-            // flat sampling: ten iterations per sample, not 1..=10 (55 in all), since an
-            // iteration takes up to a second on a software adapter
+            // flat sampling: as many iterations in every sample (one, when an iteration
+            // takes a second as on a software adapter) instead of 1, 2, ..., 10 of them
             group
                 .sampling_mode(SamplingMode::Flat)
                 .sample_size(10)
