@@ -1,9 +1,10 @@
 // Clipping and parameter updates, with PyTorch's semantics, entirely on the GPU.
 //
-// scalars: [0] loss, [1] sum of squared gradients, [2] clip scale, [3] 1 if the loss and
-// gradients are finite, else 0; [4] set to 1 by a checking pass when some new parameter
-// would not be finite, [5] the same for a new moment. An update changes nothing unless
-// [3] is 1 and [4], [5] are 0 (see `may_apply`).
+// scalars: [0] loss, [1] the gradients' norm (reduce.wgsl's finish_norm; infinite only
+// past the f32 range), [2] clip scale, [3] 1 if the loss and gradients are finite, else 0;
+// [4] set to 1 by a checking pass when some new parameter would not be finite, [5] the
+// same for a new moment; [6] 1 if every gradient is finite (finish_norm). An update
+// changes nothing unless [3] is 1 and [4], [5] are 0 (see `may_apply`).
 //
 // A step is three dispatches: `prepare`, then `check_<rule>` computes every new value
 // without writing it and flags any that is not finite (many threads may store the same
@@ -40,14 +41,14 @@ fn is_finite(x: f32) -> bool {
 @compute @workgroup_size(1)
 fn prepare() {
     let loss = scalars[0];
-    let sum_sq = scalars[1];
-    let norm = sqrt(sum_sq);
+    let norm = scalars[1];
     var scale = 1.0;
     if (p.has_clip != 0u) {
+        // as the CPU path: a norm past the f32 range scales the gradients to zero
         scale = min(1.0, p.max_norm / (norm + 1e-6));
     }
     scalars[2] = scale;
-    scalars[3] = select(0.0, 1.0, is_finite(loss) && is_finite(sum_sq));
+    scalars[3] = select(0.0, 1.0, is_finite(loss) && scalars[6] != 0.0);
     scalars[4] = 0.0;
     scalars[5] = 0.0;
 }

@@ -1,15 +1,15 @@
-// Reductions: sums (of values or squares) in two passes, and column sums for bias
-// gradients.
+// Reductions: sums in two passes, the gradients' Euclidean norm in two passes (scaled, so
+// that finite gradients never overflow it), and column sums for bias gradients.
 
 struct ReduceParams {
-    len: u32,        // partial_sums: elements; column_sums: rows; finish_sum: partials
-    offset: u32,     // element offset of the input
-    square: u32,     // partial_sums: 1 to sum squares
-    cols: u32,       // column_sums: columns
-    out_offset: u32, // column_sums / finish_sum: where the result goes
-    scale: f32,      // finish_sum: multiplies the total
-    chunk_rows: u32, // column_partials: rows per chunk; column_finish: number of chunks
-    _pad1: u32,
+    len: u32,         // partial_*: elements; column_sums: rows; finish_*: partials
+    offset: u32,      // element offset of the input
+    _pad0: u32,
+    cols: u32,        // column_sums: columns
+    out_offset: u32,  // column_sums / finish_*: where the result goes
+    scale: f32,       // finish_sum: multiplies the total
+    chunk_rows: u32,  // column_partials: rows per chunk; column_finish: number of chunks
+    flag_offset: u32, // finish_norm: where 1 (every element finite) or 0 goes
 }
 
 @group(0) @binding(0) var<uniform> p: ReduceParams;
@@ -36,8 +36,7 @@ fn partial_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
                 @builtin(num_workgroups) nwg: vec3<u32>) {
     var acc = 0.0;
     for (var i = wg.x * 256u + local; i < p.len; i += nwg.x * 256u) {
-        let v = input[p.offset + i];
-        acc += select(v, v * v, p.square != 0u);
+        acc += input[p.offset + i];
     }
     let total = workgroup_total(local, acc);
     if (local == 0u) {
@@ -55,6 +54,66 @@ fn finish_sum(@builtin(local_invocation_index) local: u32) {
     let total = workgroup_total(local, acc);
     if (local == 0u) {
         output[p.out_offset] = total * p.scale;
+    }
+}
+
+// The norm as BLAS's nrm2 keeps it: (scale, ssq) with norm = scale * sqrt(ssq) and scale
+// the largest magnitude seen, so no square overflows or underflows. A NaN element makes
+// ssq NaN, an infinite one makes scale infinite: either way the pair is not finite, while
+// for finite elements only the norm itself can exceed the f32 range.
+fn norm_merge(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    let b_bigger = b.x > a.x;
+    let big = select(a, b, b_bigger);
+    let small = select(b, a, b_bigger);
+    if (big.x == 0.0) {
+        return big;
+    }
+    let r = small.x / big.x;
+    return vec2<f32>(big.x, big.y + small.y * r * r);
+}
+
+var<workgroup> shared_norm: array<vec2<f32>, 256>;
+
+fn workgroup_norm(local: u32, v: vec2<f32>) -> vec2<f32> {
+    shared_norm[local] = v;
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride >>= 1u) {
+        if (local < stride) {
+            shared_norm[local] = norm_merge(shared_norm[local], shared_norm[local + stride]);
+        }
+        workgroupBarrier();
+    }
+    return shared_norm[0];
+}
+
+// output[2 wg], output[2 wg + 1] = (scale, ssq) of a grid-strided share of the input
+@compute @workgroup_size(256)
+fn partial_norms(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) local: u32,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var i = wg.x * 256u + local; i < p.len; i += nwg.x * 256u) {
+        acc = norm_merge(acc, vec2<f32>(abs(input[p.offset + i]), 1.0));
+    }
+    let total = workgroup_norm(local, acc);
+    if (local == 0u) {
+        output[2u * wg.x] = total.x;
+        output[2u * wg.x + 1u] = total.y;
+    }
+}
+
+// output[out_offset] = the norm (infinite past the f32 range), output[flag_offset] = 1 if
+// every element was finite, else 0; one workgroup over `len` partial pairs
+@compute @workgroup_size(256)
+fn finish_norm(@builtin(local_invocation_index) local: u32) {
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var i = local; i < p.len; i += 256u) {
+        acc = norm_merge(acc, vec2<f32>(input[2u * i], input[2u * i + 1u]));
+    }
+    let total = workgroup_norm(local, acc);
+    if (local == 0u) {
+        let finite = abs(total.x) <= 3.4028235e38 && abs(total.y) <= 3.4028235e38;
+        output[p.out_offset] = total.x * sqrt(total.y);
+        output[p.flag_offset] = select(0.0, 1.0, finite);
     }
 }
 

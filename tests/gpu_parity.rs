@@ -244,3 +244,46 @@ fn diverging_step_is_refused_on_gpu() {
     );
     assert_eq!(opt.steps(), 0);
 }
+
+#[test]
+fn huge_finite_gradients_are_clipped_as_on_the_cpu() {
+    // squared error against targets of 1e18, through a readout scaled up 100 times: the
+    // loss (~1e36) and every gradient are finite, but the sum of their squares is not in
+    // f32; the norm must still come out right (the CPU sums in f64), so that clipping
+    // scales the step as it should
+    let Some(gpu) = common::gpu() else { return };
+    let config = common::config(2, 32, 2, 1, false, false);
+    let inputs = vec![unfold::ndarray::Array2::from_elem((3, 2), 0.5)];
+    let targets = unfold::Targets::Values(vec![unfold::ndarray::Array2::from_elem((3, 2), 1e18)]);
+    let batch = SequenceBatch::new(inputs, targets).unwrap();
+    let mut params = common::params(&config, 5);
+    params.w_out.mapv_inplace(|w| w * 100.0);
+    let mut cpu = Rnn::new(config.clone(), params.clone(), &Device::cpu()).unwrap();
+    let mut dev = Rnn::new(config, params, &gpu).unwrap();
+    let (_, grads) = cpu.loss_and_gradients(&batch).unwrap();
+    let flat = grads.to_flat();
+    assert!(
+        flat.iter().all(|g| g.is_finite()),
+        "the setup should keep gradients finite"
+    );
+    let sum_sq: f32 = flat.iter().map(|g| g * g).sum();
+    assert!(
+        sum_sq.is_infinite(),
+        "the setup should overflow f32's sum of squares"
+    );
+    for step in 0..2 {
+        let mut opt = Optimizer::sgd(0.1).clip_grad_norm(1.0);
+        let want = cpu.train_step(&batch, &mut opt).unwrap();
+        let mut opt = Optimizer::sgd(0.1).clip_grad_norm(1.0);
+        let got = dev
+            .train_step(&batch, &mut opt)
+            .expect("finite gradients were refused");
+        common::assert_close(&format!("loss at step {step}"), &[got], &[want], TOL);
+        common::assert_params_close(
+            &format!("params after step {step}"),
+            &dev.params().unwrap(),
+            &cpu.params().unwrap(),
+            TOL,
+        );
+    }
+}

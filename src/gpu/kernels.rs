@@ -91,12 +91,12 @@ pub(crate) struct LossParams {
 pub(crate) struct ReduceParams {
     pub len: u32,
     pub offset: u32,
-    pub square: u32,
+    pub _pad0: u32,
     pub cols: u32,
     pub out_offset: u32,
     pub scale: f32,
     pub chunk_rows: u32,
-    pub _pad: u32,
+    pub flag_offset: u32,
 }
 
 #[repr(C)]
@@ -149,6 +149,8 @@ pub(crate) struct Kernels {
     pub squared_error: Kernel,
     pub partial_sums: Kernel,
     pub finish_sum: Kernel,
+    pub partial_norms: Kernel,
+    pub finish_norm: Kernel,
     pub column_partials: Kernel,
     pub column_finish: Kernel,
     pub gather_rows: Kernel,
@@ -270,6 +272,18 @@ impl Kernels {
             finish_sum: kernel(
                 &reduce,
                 "finish_sum",
+                size_of::<ReduceParams>(),
+                &[Read, Write],
+            ),
+            partial_norms: kernel(
+                &reduce,
+                "partial_norms",
+                size_of::<ReduceParams>(),
+                &[Read, Write],
+            ),
+            finish_norm: kernel(
+                &reduce,
+                "finish_norm",
                 size_of::<ReduceParams>(),
                 &[Read, Write],
             ),

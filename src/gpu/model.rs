@@ -109,9 +109,11 @@ pub(crate) struct GpuRnn {
 }
 
 const PARTIALS: usize = 256;
-/// Slots of the scalars buffer: loss, sum of squared gradients, clip scale, and the
-/// optimizer's flags (see `shaders/optimizer.wgsl`).
-const SCALARS: usize = 6;
+/// Slots of the scalars buffer: loss, the gradients' norm, clip scale, the optimizer's
+/// flags, whether every gradient is finite (see `shaders/optimizer.wgsl`).
+const SCALARS: usize = 7;
+const NORM: u32 = 1;
+const GRADS_FINITE: u32 = 6;
 /// Most row chunks a column sum is split into.
 const COLUMN_CHUNKS: usize = 64;
 
@@ -159,7 +161,8 @@ impl GpuRnn {
             .write_buffer(&buf, 0, bytemuck::cast_slice(&params.to_flat()));
         let grads = storage(&ctx, "grads", layout.len);
         let scalars = storage(&ctx, "scalars", SCALARS);
-        let partials = storage(&ctx, "partials", PARTIALS);
+        // (scale, sum of squares) pairs for the norm
+        let partials = storage(&ctx, "partials", 2 * PARTIALS);
         let column_scratch = storage(
             &ctx,
             "column sums",
@@ -584,14 +587,7 @@ impl GpuRnn {
             &[&w.out, &w.d_out, &w.row_loss, &w.classes, &w.values],
             rows as usize,
         );
-        self.record_sum(
-            rec,
-            &w.row_loss,
-            rows as usize,
-            false,
-            0,
-            finish_scale as f32,
-        );
+        self.record_sum(rec, &w.row_loss, rows as usize, 0, finish_scale as f32);
     }
 
     /// Parameters of the token kernels (layer 0).
@@ -644,13 +640,12 @@ impl GpuRnn {
         }
     }
 
-    /// `scalars[slot] = scale * Σ input[..len]` (of squares when `square`).
+    /// `scalars[slot] = scale * Σ input[..len]`.
     fn record_sum<'a>(
         &'a self,
         rec: &mut Recorder<'a>,
         input: &'a wgpu::Buffer,
         len: usize,
-        square: bool,
         slot: u32,
         scale: f32,
     ) {
@@ -658,13 +653,9 @@ impl GpuRnn {
         let groups = len.div_ceil(256).clamp(1, PARTIALS) as u32;
         let params = ReduceParams {
             len: len as u32,
-            offset: 0,
-            square: square as u32,
-            cols: 0,
             out_offset: slot,
             scale,
-            chunk_rows: 0,
-            _pad: 0,
+            ..Default::default()
         };
         rec.dispatch(
             &k.partial_sums,
@@ -674,6 +665,35 @@ impl GpuRnn {
         );
         rec.dispatch(
             &k.finish_sum,
+            ReduceParams {
+                len: groups,
+                ..params
+            },
+            &[&self.partials, &self.scalars],
+            [1, 1, 1],
+        );
+    }
+
+    /// The gradients' norm into `scalars[NORM]` and whether all are finite into
+    /// `scalars[GRADS_FINITE]`, scaled so that finite gradients never overflow it.
+    fn record_grad_norm<'a>(&'a self, rec: &mut Recorder<'a>) {
+        let k = &self.ctx.kernels;
+        let len = self.layout.len;
+        let groups = len.div_ceil(256).clamp(1, PARTIALS) as u32;
+        let params = ReduceParams {
+            len: len as u32,
+            out_offset: NORM,
+            flag_offset: GRADS_FINITE,
+            ..Default::default()
+        };
+        rec.dispatch(
+            &k.partial_norms,
+            params,
+            &[&self.grads, &self.partials],
+            [groups, 1, 1],
+        );
+        rec.dispatch(
+            &k.finish_norm,
             ReduceParams {
                 len: groups,
                 ..params
@@ -919,13 +939,11 @@ impl GpuRnn {
         let chunk_rows = rows.div_ceil(chunks);
         let params = ReduceParams {
             len: rows,
-            offset: 0,
-            square: 0,
             cols,
             out_offset,
             scale: 1.0,
             chunk_rows,
-            _pad: 0,
+            ..Default::default()
         };
         rec.dispatch(
             &k.column_partials,
@@ -1088,7 +1106,7 @@ impl GpuRnn {
         self.record_backward(&mut rec, config, batch, initial.is_some());
         let k = &self.ctx.kernels;
         let n = self.layout.len;
-        self.record_sum(&mut rec, &self.grads, n, true, 1, 1.0);
+        self.record_grad_norm(&mut rec);
         let step = optimizer.steps + 1;
         let mut params = OptimParams {
             len: n as u32,
@@ -1145,8 +1163,8 @@ impl GpuRnn {
             &[(&self.scalars, 0, SCALARS), (&w.final_h, 0, finals)],
         )?;
         let s = &data[0];
-        let (loss, sum_sq, ok) = (s[0], s[1], s[3]);
-        check_finite_step(loss, sum_sq.is_finite())?;
+        let (loss, grads_finite, ok) = (s[0], s[GRADS_FINITE as usize] != 0.0, s[3]);
+        check_finite_step(loss, grads_finite)?;
         debug_assert_eq!(ok, 1.0);
         let (params_overflow, moments_overflow) = (s[4] != 0.0, s[5] != 0.0);
         if params_overflow || moments_overflow {
