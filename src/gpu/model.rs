@@ -472,25 +472,10 @@ impl GpuRnn {
                 // h(t) = phi(pre(t) + h(t-1) W_hhᵀ): C = the rows of step t, A = those of
                 // step t-1 in the same buffer (or the initial state), phi as C is stored
                 for (t, &n) in p.batch_sizes.iter().enumerate() {
-                    let mut step = MatmulParams {
-                        m: n as u32,
-                        n: h,
-                        k: h,
-                        flags: kernels::TRANS_B,
-                        lda: h,
-                        b_offset: self.layout.w_hh[l],
-                        ldb: h,
-                        c_offset: p.offsets[t] as u32 * h,
-                        ldc: h,
-                        alpha: 1.0,
-                        beta: 1.0,
-                        epilogue: if relu == 1 {
-                            kernels::EPILOGUE_RELU
-                        } else {
-                            kernels::EPILOGUE_TANH
-                        },
-                        ..Default::default()
-                    };
+                    let epilogue = [kernels::EPILOGUE_TANH, kernels::EPILOGUE_RELU][relu as usize];
+                    let mut step =
+                        self.step_product(l, h, n as u32, p.offsets[t] as u32 * h, epilogue);
+                    step.flags = kernels::TRANS_B;
                     let a = if t > 0 {
                         step.flags |= kernels::A_IN_C;
                         step.a_offset = p.offsets[t - 1] as u32 * h;
@@ -613,6 +598,33 @@ impl GpuRnn {
         match self.time_loop {
             TimeLoop::PerStep | TimeLoop::TiledSteps => false,
             TimeLoop::Auto | TimeLoop::Persistent => fits,
+        }
+    }
+
+    /// The product of one step of layer `l` in the tiled time loop: `rows` rows of C at
+    /// `c_offset` (hidden wide) plus the previous or next step's rows times W_hh, then
+    /// `epilogue`; the caller sets where A is and whether W_hh is read transposed.
+    fn step_product(
+        &self,
+        l: usize,
+        h: u32,
+        rows: u32,
+        c_offset: u32,
+        epilogue: u32,
+    ) -> MatmulParams {
+        MatmulParams {
+            m: rows,
+            n: h,
+            k: h,
+            lda: h,
+            b_offset: self.layout.w_hh[l],
+            ldb: h,
+            c_offset,
+            ldc: h,
+            alpha: 1.0,
+            beta: 1.0,
+            epilogue,
+            ..Default::default()
         }
     }
 
@@ -786,27 +798,15 @@ impl GpuRnn {
                     let n = p.batch_sizes[t] as u32;
                     let n_next = p.batch_sizes.get(t + 1).copied().unwrap_or(0) as u32;
                     let cur = p.offsets[t] as u32 * h;
+                    let epilogue =
+                        [kernels::EPILOGUE_TANH_SLOPE, kernels::EPILOGUE_RELU_SLOPE][relu as usize];
                     let step = MatmulParams {
-                        m: n,
-                        n: h,
                         k: if n_next > 0 { h } else { 0 },
                         flags: kernels::A_IN_C,
                         a_offset: p.offsets.get(t + 1).map_or(0, |&o| o as u32 * h),
-                        lda: h,
                         a_rows: n_next,
-                        b_offset: lay.w_hh[l],
-                        ldb: h,
-                        c_offset: cur,
-                        ldc: h,
                         bias_offset: cur,
-                        alpha: 1.0,
-                        beta: 1.0,
-                        epilogue: if relu == 1 {
-                            kernels::EPILOGUE_RELU_SLOPE
-                        } else {
-                            kernels::EPILOGUE_TANH_SLOPE
-                        },
-                        ..Default::default()
+                        ..self.step_product(l, h, n, cur, epilogue)
                     };
                     self.product(rec, step, [&self.params, &self.params, hs, g]);
                 }
