@@ -1,7 +1,8 @@
 //! GPU path against the CPU reference path, relative error ≤ 1e-4: forward outputs,
 //! final states, loss, every gradient, and parameters after SGD + clipping and after
-//! several Adam steps, over randomized shapes that include sizes off the 64/16 tile grid,
-//! batch 1, hidden 1, length-1 sequences, mixed lengths and 2 layers.
+//! several Adam steps, under every time loop, over randomized shapes that include sizes
+//! off the 64/16 tile grid, batch 1, hidden 1, length-1 sequences, mixed lengths, 2
+//! layers and products long enough to be split along K; and huge finite gradients.
 
 mod common;
 
@@ -101,7 +102,7 @@ fn pair(p: &Problem, gpu: &Device, time_loop: TimeLoop) -> (Rnn, Rnn) {
     let params = common::params(&p.config, p.seed);
     let mut dev = Rnn::new(p.config.clone(), params.clone(), gpu).expect("gpu model");
     dev.set_time_loop(time_loop)
-        .expect("hidden sizes here fit both time loops");
+        .expect("hidden sizes here fit every time loop");
     (
         Rnn::new(p.config.clone(), params, &Device::cpu()).expect("cpu model"),
         dev,
