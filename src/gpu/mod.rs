@@ -3,6 +3,11 @@
 //! loss, every backward step, weight-gradient products over all steps, clipping and the
 //! update — is recorded into one command buffer and submitted once. Parameters and
 //! optimizer state stay on the device; only the loss comes back each step.
+//!
+//! `context` picks the adapter and compiles the pipelines (`kernels`); `recorder` turns a
+//! list of dispatches into one submission; `gemm` plans each matrix product (tiling, K
+//! splits) from its shape; `model` records a model's forward pass and training step
+//! under the chosen [`TimeLoop`].
 
 mod context;
 mod gemm;
