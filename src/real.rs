@@ -11,7 +11,7 @@ pub trait Real: LinalgScalar + Float + Debug + Display + Send + Sync + Default +
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
     /// tanh as the CPU path computes it: exact for `f64`, a vectorisable rational
-    /// approximation for `f32` (error within a few f32 ulps, a rational function in `src/real.rs`).
+    /// approximation for `f32` (error within a few f32 ulps; see `src/real.rs`).
     fn fast_tanh(self) -> Self {
         self.tanh()
     }
