@@ -27,6 +27,9 @@ done | tee "$OUT/tests.txt"
 
 echo "--- unfold verify: CPU path against this GPU, step by step"
 timeout 120 "$RUN/unfold" verify --config all 2>&1 | tail -4 | tee "$OUT/verify.txt"
+for loop in per-step tiled-steps; do
+    timeout 60 "$RUN/unfold" verify --config small,wide --time-loop "$loop" 2>&1 | tail -1 | tee -a "$OUT/verify.txt"
+done
 echo "--- unfold classify on the bundled JapaneseVowels, on this GPU"
 ( time timeout 300 "$RUN/unfold" classify --device gpu ) 2>&1 | grep -E "test accuracy|real" | tee "$OUT/classify.txt"
 

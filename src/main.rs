@@ -137,6 +137,9 @@ enum Command {
         clip: f32,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// How the GPU path walks the steps (auto picks by hidden size and batch).
+        #[arg(long, value_enum, default_value = "auto")]
+        time_loop: TimeLoopChoice,
     },
 }
 
@@ -216,12 +219,14 @@ fn run(cli: Cli) -> charlm::CliResult<ExitCode> {
             lr,
             clip,
             seed,
+            time_loop,
         } => verify(
             steps,
             &config,
             tolerance,
             || make_optimizer(optimizer, lr, clip),
             seed,
+            time_loop.into(),
         ),
     };
     done?;
@@ -513,7 +518,8 @@ fn classify(args: ClassifyArgs) -> unfold::Result<()> {
     Ok(())
 }
 
-/// The shapes `verify` checks: small enough for a software adapter (lavapipe).
+/// The shapes `verify` checks: small enough for a software adapter (lavapipe); `wide`
+/// has a hidden size past the persistent loop's, with products long enough to be split.
 fn verify_case(name: &str) -> unfold::Result<(RnnConfig, bool)> {
     let small = RnnConfig::new(8, 32, 5).num_layers(2);
     Ok(match name {
@@ -521,10 +527,11 @@ fn verify_case(name: &str) -> unfold::Result<(RnnConfig, bool)> {
         "relu" => (small.nonlinearity(Nonlinearity::Relu), false),
         "last-step" => (small.head(Head::LastStep), false),
         "values" => (small, true),
+        "wide" => (RnnConfig::new(16, 512, 10), false),
         _ => {
             return Err(unfold::Error::InvalidConfig {
                 what: "--config",
-                expected: "a comma-separated list of small, relu, last-step, values, or all",
+                expected: "a comma-separated list of small, relu, last-step, values, wide, or all",
                 got: name.to_string(),
             })
         }
@@ -599,6 +606,7 @@ fn verify(
     tolerance: f64,
     make_optimizer: impl Fn() -> Optimizer,
     seed: u64,
+    time_loop: unfold::TimeLoop,
 ) -> unfold::Result<()> {
     if tolerance.is_nan() || tolerance < 0.0 {
         return Err(unfold::Error::InvalidConfig {
@@ -609,7 +617,7 @@ fn verify(
     }
     make_optimizer().validate()?;
     let names: Vec<&str> = if configs.trim() == "all" {
-        vec!["small", "relu", "last-step", "values"]
+        vec!["small", "relu", "last-step", "values", "wide"]
     } else {
         configs.split(',').map(str::trim).collect()
     };
@@ -636,6 +644,7 @@ fn verify(
         let params = RnnParams::init(&config, seed);
         let mut on_cpu = Rnn::new(config.clone(), params.clone(), &cpu)?;
         let mut on_gpu = Rnn::new(config.clone(), params, &gpu)?;
+        on_gpu.set_time_loop(time_loop)?;
         let (mut opt_cpu, mut opt_gpu) = (make_optimizer(), make_optimizer());
         let mut rng = SplitMix64::new(seed ^ 0x7e57_da7a);
         for step in 1..=steps {
