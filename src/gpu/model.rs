@@ -662,54 +662,51 @@ impl GpuRnn {
         scale: f32,
     ) {
         let k = &self.ctx.kernels;
-        let groups = len.div_ceil(256).clamp(1, PARTIALS) as u32;
         let params = ReduceParams {
-            len: len as u32,
             out_offset: slot,
             scale,
             ..Default::default()
         };
-        rec.dispatch(
-            &k.partial_sums,
-            params,
-            &[input, &self.partials],
-            [groups, 1, 1],
-        );
-        rec.dispatch(
-            &k.finish_sum,
-            ReduceParams {
-                len: groups,
-                ..params
-            },
-            &[&self.partials, &self.scalars],
-            [1, 1, 1],
-        );
+        self.record_reduction(rec, [&k.partial_sums, &k.finish_sum], input, len, params);
     }
 
     /// The gradients' norm into `scalars[NORM]` and whether all are finite into
     /// `scalars[GRADS_FINITE]`, scaled so that finite gradients never overflow it.
     fn record_grad_norm<'a>(&'a self, rec: &mut Recorder<'a>) {
         let k = &self.ctx.kernels;
-        let len = self.layout.len;
-        let groups = len.div_ceil(256).clamp(1, PARTIALS) as u32;
         let params = ReduceParams {
-            len: len as u32,
             out_offset: NORM,
             flag_offset: GRADS_FINITE,
             ..Default::default()
         };
+        let kernels = [&k.partial_norms, &k.finish_norm];
+        self.record_reduction(rec, kernels, &self.grads, self.layout.len, params);
+    }
+
+    /// A two-pass reduction of `input[..len]` into the scalars: `passes[0]` leaves one
+    /// partial result per workgroup in `partials`, `passes[1]` (one workgroup) combines
+    /// them as `params` says.
+    fn record_reduction<'a>(
+        &'a self,
+        rec: &mut Recorder<'a>,
+        passes: [&'a kernels::Kernel; 2],
+        input: &'a wgpu::Buffer,
+        len: usize,
+        params: ReduceParams,
+    ) {
+        let groups = len.div_ceil(256).clamp(1, PARTIALS) as u32;
+        let first = ReduceParams {
+            len: len as u32,
+            ..params
+        };
+        rec.dispatch(passes[0], first, &[input, &self.partials], [groups, 1, 1]);
+        let second = ReduceParams {
+            len: groups,
+            ..params
+        };
         rec.dispatch(
-            &k.partial_norms,
-            params,
-            &[&self.grads, &self.partials],
-            [groups, 1, 1],
-        );
-        rec.dispatch(
-            &k.finish_norm,
-            ReduceParams {
-                len: groups,
-                ..params
-            },
+            passes[1],
+            second,
             &[&self.partials, &self.scalars],
             [1, 1, 1],
         );
