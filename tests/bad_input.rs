@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{config, params, random_batch};
+use common::{config, param_bits, params, random_batch};
 use std::path::PathBuf;
 use unfold::ndarray::{Array1, Array2};
 use unfold::{Device, Error, Optimizer, Rnn, RnnConfig, RnnParams, SequenceBatch, Targets};
@@ -25,11 +25,6 @@ fn assert_says(e: &Error, words: &[&str]) {
     // an std::error::Error with a non-empty message
     let as_std: &dyn std::error::Error = e;
     assert!(!as_std.to_string().is_empty());
-}
-
-/// Bitwise copy of every parameter (so NaN compares equal to itself).
-fn bits(p: &RnnParams) -> Vec<u32> {
-    p.to_flat().iter().map(|v| v.to_bits()).collect()
 }
 
 /// `forward`, `loss_and_gradients` and `train_step` on `batch` all fail with an error
@@ -390,14 +385,14 @@ fn non_finite_loss_is_refused_and_changes_nothing() {
             !rnn.forward(&batch).unwrap().loss.is_finite(),
             "the setup should overflow"
         );
-        let before = bits(&rnn.params().unwrap());
+        let before = param_bits(&rnn.params().unwrap());
         let e = rnn
             .train_step(&batch, &mut opt)
             .expect_err("a non-finite step was applied");
         assert!(matches!(e, Error::NonFinite { .. }), "{e:?}");
         assert_says(&e, &["non-finite", "training step", "not updated"]);
         assert_eq!(
-            bits(&rnn.params().unwrap()),
+            param_bits(&rnn.params().unwrap()),
             before,
             "a refused step changed the parameters"
         );
@@ -423,7 +418,7 @@ fn diverging_training_is_refused_and_changes_nothing() {
         let mut rnn = model(&c);
         let mut refused = None;
         for step in 0..10 {
-            let before = bits(&rnn.params().unwrap());
+            let before = param_bits(&rnn.params().unwrap());
             let steps_before = opt.steps();
             match rnn.train_step(&batch, &mut opt) {
                 Ok(loss) => assert!(loss.is_finite(), "{kind} step {step}: Ok with loss {loss}"),
@@ -434,7 +429,7 @@ fn diverging_training_is_refused_and_changes_nothing() {
                     );
                     assert_says(&e, &["non-finite", "training step"]);
                     assert_eq!(
-                        bits(&rnn.params().unwrap()),
+                        param_bits(&rnn.params().unwrap()),
                         before,
                         "{kind}: the refused step changed the parameters"
                     );
@@ -580,13 +575,6 @@ fn state_bits(opt: &Optimizer) -> Option<(u64, Vec<u32>, Vec<u32>)> {
     })
 }
 
-/// The CPU, and the GPU where there is one.
-fn devices() -> Vec<Device> {
-    std::iter::once(Device::cpu())
-        .chain(common::gpu())
-        .collect()
-}
-
 fn sgd_momentum(lr: f32) -> Optimizer {
     Optimizer::sgd_momentum(lr, 0.9)
 }
@@ -627,13 +615,13 @@ fn an_update_that_overflows_the_parameters_is_refused() {
         Targets::Values(vec![Array2::from_elem((3, 2), 100.0)]),
     )
     .unwrap();
-    for device in devices() {
+    for device in common::devices() {
         for (kind, make) in RULES {
             let what = format!("{kind} on {}", device.describe());
             let new_model = || Rnn::new(c.clone(), params(&c, 1), &device).unwrap();
             // refused as the very first step: the optimizer stays fresh
             let mut rnn = new_model();
-            let before = bits(&rnn.params().unwrap());
+            let before = param_bits(&rnn.params().unwrap());
             let mut fresh = make(f32::MAX);
             let e = rnn
                 .train_step(&batch, &mut fresh)
@@ -649,7 +637,7 @@ fn an_update_that_overflows_the_parameters_is_refused() {
                 ],
             );
             assert_eq!(
-                bits(&rnn.params().unwrap()),
+                param_bits(&rnn.params().unwrap()),
                 before,
                 "{what}: a refused first step changed the parameters"
             );
@@ -666,7 +654,7 @@ fn an_update_that_overflows_the_parameters_is_refused() {
             let mut opt = make(1e-3);
             rnn.train_step(&batch, &mut opt).unwrap();
             twin.train_step(&batch, &mut twin_opt).unwrap();
-            let before = bits(&rnn.params().unwrap());
+            let before = param_bits(&rnn.params().unwrap());
             let state_before = state_bits(&opt);
             opt.set_lr(f32::MAX);
             for from in [false, true] {
@@ -683,7 +671,7 @@ fn an_update_that_overflows_the_parameters_is_refused() {
                     ],
                 );
                 assert_eq!(
-                    bits(&rnn.params().unwrap()),
+                    param_bits(&rnn.params().unwrap()),
                     before,
                     "{what}: a refused step changed the parameters"
                 );
@@ -698,8 +686,8 @@ fn an_update_that_overflows_the_parameters_is_refused() {
             rnn.train_step(&batch, &mut opt).unwrap();
             twin.train_step(&batch, &mut twin_opt).unwrap();
             assert_eq!(
-                bits(&rnn.params().unwrap()),
-                bits(&twin.params().unwrap()),
+                param_bits(&rnn.params().unwrap()),
+                param_bits(&twin.params().unwrap()),
                 "{what}: the refused steps changed what came after"
             );
             assert_eq!(state_bits(&opt), state_bits(&twin_opt), "{what}");
@@ -717,7 +705,7 @@ fn an_update_that_overflows_adams_second_moment_is_refused() {
     let batch = random_batch(&c, &[3, 2], false, 3);
     let mut p = params(&c, 1);
     p.w_out.mapv_inplace(|w| w * 1e25);
-    for device in devices() {
+    for device in common::devices() {
         let what = device.describe();
         let mut rnn = Rnn::new(c.clone(), p.clone(), &device).unwrap();
         let (loss, grads) = rnn.loss_and_gradients(&batch).unwrap();
@@ -727,7 +715,7 @@ fn an_update_that_overflows_adams_second_moment_is_refused() {
             "{what}: the setup needs finite gradients"
         );
         let mut adam = Optimizer::adam(1e-3);
-        let before = bits(&rnn.params().unwrap());
+        let before = param_bits(&rnn.params().unwrap());
         let e = rnn
             .train_step(&batch, &mut adam)
             .expect_err(&format!("{what}: an overflowing step was applied"));
@@ -742,7 +730,7 @@ fn an_update_that_overflows_adams_second_moment_is_refused() {
             ],
         );
         assert_eq!(
-            bits(&rnn.params().unwrap()),
+            param_bits(&rnn.params().unwrap()),
             before,
             "{what}: a refused step changed the parameters"
         );

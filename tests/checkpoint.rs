@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{config, params, random_batch};
+use common::{config, param_bits, params, random_batch};
 use safetensors::tensor::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
 use unfold::ndarray::{Array1, Array2, ShapeBuilder};
@@ -27,10 +27,6 @@ fn entries(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-fn bits(p: &RnnParams) -> Vec<u32> {
-    p.to_flat().iter().map(|v| v.to_bits()).collect()
 }
 
 /// Parameters with awkward values: negative zero, subnormals, extremes.
@@ -55,7 +51,11 @@ fn round_trip_is_exact() {
         p.save(&path).unwrap();
         let q = RnnParams::load(&path).unwrap();
         assert_eq!(q, p, "{layers} layers");
-        assert_eq!(bits(&q), bits(&p), "{layers} layers: not bit-exact");
+        assert_eq!(
+            param_bits(&q),
+            param_bits(&p),
+            "{layers} layers: not bit-exact"
+        );
     }
 }
 

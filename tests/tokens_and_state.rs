@@ -142,8 +142,7 @@ fn carried_state_continues_the_sequence() {
         SequenceBatch::new(inputs, Targets::Values(targets)).unwrap()
     };
     let (first, second) = (part(0..cut), part(cut..9));
-    let mut devices = vec![Device::cpu()];
-    devices.extend(common::gpu());
+    let devices = common::devices();
     for device in &devices {
         for time_loop in [
             TimeLoop::PerStep,
@@ -308,8 +307,7 @@ fn optimizer_state_round_trips() {
     let config = common::config(3, 5, 4, 1, false, false);
     let params = common::params(&config, 2);
     let batch = common::random_batch(&config, &[4, 2, 5], false, 3);
-    let mut devices = vec![Device::cpu()];
-    devices.extend(common::gpu());
+    let devices = common::devices();
     for device in &devices {
         for make in [
             || Optimizer::adam(0.05),

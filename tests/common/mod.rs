@@ -24,6 +24,16 @@ pub fn gpu() -> Option<Device> {
     }
 }
 
+/// The CPU, and the GPU where there is one (see [`gpu`]).
+pub fn devices() -> Vec<Device> {
+    std::iter::once(Device::cpu()).chain(gpu()).collect()
+}
+
+/// Bitwise copy of every parameter (so NaN compares equal to itself and -0 differs from 0).
+pub fn param_bits(p: &RnnParams) -> Vec<u32> {
+    p.to_flat().iter().map(|v| v.to_bits()).collect()
+}
+
 /// Relative error ‖a−b‖/‖b‖ with a floor on ‖b‖, and on failure the worst element.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
