@@ -159,8 +159,7 @@ fn matmul(c: &mut Criterion) {
             .sample_size(10)
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(3));
-        let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 13) as f32 / 13.0 - 0.5);
-        let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 11) % 17) as f32 / 17.0 - 0.5);
+        let (a, b) = unfold::workloads::matmul_operands(m, n, k);
         if flops <= 1 << 34 {
             group.throughput(Throughput::Elements(flops));
             let mut out = Array2::<f32>::zeros((m, n));

@@ -277,9 +277,7 @@ fn bench(
                         .unwrap_or(0.0),
                 );
             }
-            times.sort_by(f64::total_cmp);
-            host.sort_by(f64::total_cmp);
-            let med = times[reps / 2];
+            let med = median(times);
             let dispatches = rnn.last_step_profile().map(|(_, d)| d).unwrap_or(0);
             println!(
                 "{{\"impl\": \"unfold\", \"device\": {:?}, \"time_loop\": \"{time_loop:?}\", \"config\": {:?}, \"B\": {}, \"T\": {}, \"I\": {}, \"H\": {}, \"C\": {}, \"variable\": {variable}, \"train_step_ms\": {:.3}, \"tokens_per_s\": {:.0}, \"gflops\": {:.1}, \"host_record_ms\": {:.3}, \"dispatches\": {dispatches}}}",
@@ -293,7 +291,7 @@ fn bench(
                 med * 1e3,
                 batch.tokens() as f64 / med,
                 w.train_flops(batch.tokens()) as f64 / med / 1e9,
-                host[reps / 2] * 1e3,
+                median(host) * 1e3,
             );
         }
     }
@@ -305,20 +303,8 @@ fn bench(
 fn bench_matmul(device: &Device, shapes: &str, reps: usize) -> unfold::Result<()> {
     use unfold::gpu::{GemmPlan, ResidentProduct, Tile};
     use unfold::ndarray::{linalg::general_mat_mul, Array2};
-    let median = |mut run: Box<dyn FnMut() -> unfold::Result<()> + '_>| {
-        run()?;
-        let mut times = (0..reps)
-            .map(|_| {
-                let t0 = Instant::now();
-                run().map(|_| t0.elapsed().as_secs_f64())
-            })
-            .collect::<unfold::Result<Vec<f64>>>()?;
-        times.sort_by(f64::total_cmp);
-        Ok::<f64, unfold::Error>(times[reps / 2])
-    };
     for (m, n, k) in unfold::workloads::parse_matmul_shapes(shapes)? {
-        let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 13) as f32 / 13.0 - 0.5);
-        let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 11) % 17) as f32 / 17.0 - 0.5);
+        let (a, b) = unfold::workloads::matmul_operands(m, n, k);
         let flops = 2.0 * (m * n * k) as f64;
         let report = |plan: &str, seconds: f64| {
             println!(
@@ -330,10 +316,10 @@ fn bench_matmul(device: &Device, shapes: &str, reps: usize) -> unfold::Result<()
         };
         if !device.is_gpu() {
             let mut c = Array2::<f32>::zeros((m, n));
-            let seconds = median(Box::new(|| {
+            let seconds = median_time(reps, || {
                 general_mat_mul(1.0, &a, &b, 0.0, &mut c);
                 Ok(())
-            }))?;
+            })?;
             report("ndarray", seconds);
             continue;
         }
@@ -342,7 +328,7 @@ fn bench_matmul(device: &Device, shapes: &str, reps: usize) -> unfold::Result<()
             let mut product =
                 ResidentProduct::new(device, a.view(), b.view(), (false, false), plan)?;
             let chosen = product.plan();
-            let seconds = median(Box::new(|| product.run(1)))?;
+            let seconds = median_time(reps, || product.run(1))?;
             let label = format!(
                 "{}{:?} splits {}",
                 if plan.is_none() { "auto: " } else { "" },
@@ -353,6 +339,24 @@ fn bench_matmul(device: &Device, shapes: &str, reps: usize) -> unfold::Result<()
         }
     }
     Ok(())
+}
+
+/// The median of `values` (at least one).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The median time of `reps` runs of `run`, after one warm-up run.
+fn median_time(reps: usize, mut run: impl FnMut() -> unfold::Result<()>) -> unfold::Result<f64> {
+    run()?;
+    let times = (0..reps)
+        .map(|_| {
+            let t0 = Instant::now();
+            run().map(|_| t0.elapsed().as_secs_f64())
+        })
+        .collect::<unfold::Result<Vec<f64>>>()?;
+    Ok(median(times))
 }
 
 /// An optimizer from the command line; a clip of 0 means no clipping.

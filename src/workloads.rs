@@ -135,6 +135,14 @@ pub fn random_batch(
     SequenceBatch::new(inputs, targets)
 }
 
+/// Deterministic operands for an `m × k` by `k × n` product (values in [-0.5, 0.5)), as
+/// `unfold bench --matmul` and `cargo bench`'s matmul group use them.
+pub fn matmul_operands(m: usize, n: usize, k: usize) -> (Array2<f32>, Array2<f32>) {
+    let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 13) as f32 / 13.0 - 0.5);
+    let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 11) % 17) as f32 / 17.0 - 0.5);
+    (a, b)
+}
+
 /// Matrix-product shapes written `MxNxK,MxNxK,…` (as `unfold bench --matmul` and
 /// `UNFOLD_BENCH_MATMUL` take them): `(m, n, k)` for an `m × k` by `k × n` product.
 pub fn parse_matmul_shapes(list: &str) -> crate::Result<Vec<(usize, usize, usize)>> {
