@@ -290,11 +290,6 @@ impl ResidentProduct {
         self.plan
     }
 
-    /// Floating-point operations of one product: 2·m·n·k.
-    pub fn flops(&self) -> u64 {
-        2 * self.params.m as u64 * self.params.n as u64 * self.params.k as u64
-    }
-
     /// Runs the product `repeats` times (one submission) and waits for the GPU.
     pub fn run(&mut self, repeats: usize) -> Result<()> {
         let ctx = self.ctx.clone();
