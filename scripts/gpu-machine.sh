@@ -17,11 +17,7 @@ OUT=${OUT:-/tmp/unfold-out}
 BUDGET=${BUDGET:-330}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
-printf '{"file_format_version":"1.0.1","ICD":{"library_path":"/usr/local/nvidia/lib64/libEGL_nvidia.so.0","api_version":"1.4.312"}}' > /tmp/nv_icd.json
-export VK_DRIVER_FILES=/tmp/nv_icd.json
-export LD_LIBRARY_PATH=$RUN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-export WGPU_BACKEND=vulkan
-export UNFOLD_REQUIRE_GPU=1 PYTHONUNBUFFERED=1
+source scripts/gpu-env.sh
 
 # section NAME SECONDS: true when about SECONDS more still fit in the budget
 section() {

@@ -117,8 +117,9 @@ enum Command {
         seed: u64,
     },
     /// Run the same training steps from the same weights on the CPU path and on the GPU
-    /// (`Device::gpu()`, honouring WGPU_ADAPTER_NAME) and compare losses, outputs,
-    /// gradients and parameters; fails past --tolerance.
+    /// (`Device::gpu()`, honouring WGPU_ADAPTER_NAME) and compare losses, parameters, and
+    /// (from the CPU copy's parameters at each step) outputs and gradients; fails past
+    /// --tolerance.
     Verify {
         #[arg(long, default_value_t = 5)]
         steps: usize,
@@ -653,10 +654,16 @@ fn verify(
         let mut rng = SplitMix64::new(seed ^ 0x7e57_da7a);
         for step in 1..=steps {
             let batch = verify_batch(&config, batch_size, max_len, values, &mut rng)?;
-            let (fc, fg) = (on_cpu.forward(&batch)?, on_gpu.forward(&batch)?);
+            // outputs and gradients from the same parameters (the CPU model's), so that
+            // they measure the kernels' rounding, not how far the two trained copies
+            // have drifted apart (Adam turns a sign flip of a tiny gradient into a whole
+            // step of lr); the copies' drift shows in the parameters
+            let mut probe = Rnn::new(config.clone(), on_cpu.params()?, &gpu)?;
+            probe.set_time_loop(time_loop)?;
+            let (fc, fg) = (on_cpu.forward(&batch)?, probe.forward(&batch)?);
             let (gc, gg) = (
                 on_cpu.loss_and_gradients(&batch)?.1,
-                on_gpu.loss_and_gradients(&batch)?.1,
+                probe.loss_and_gradients(&batch)?.1,
             );
             let loss_cpu = on_cpu.train_step(&batch, &mut opt_cpu)?;
             let loss_gpu = on_gpu.train_step(&batch, &mut opt_gpu)?;

@@ -1,7 +1,7 @@
 //! The long-lived GPU context: one adapter, device and queue, and every pipeline compiled
 //! once.
 
-use super::kernels::Kernels;
+use super::kernels::{Kernels, ShaderChecks};
 use crate::{Error, Result};
 
 pub struct GpuContext {
@@ -93,6 +93,7 @@ impl GpuContext {
     pub fn new() -> Result<Self> {
         let instance = new_instance();
         let adapter = choose_adapter(&instance)?;
+        let checks = ShaderChecks::from_env()?;
         let info = adapter.get_info();
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -107,7 +108,7 @@ impl GpuContext {
                 describe_adapter(&info)
             ))
         })?;
-        let kernels = Kernels::new(&device)?;
+        let kernels = Kernels::new(&device, checks)?;
         Ok(GpuContext {
             device,
             queue,

@@ -167,6 +167,47 @@ pub(crate) struct Kernels {
     pub embed_grad: Kernel,
 }
 
+/// Which of wgpu's run-time safety checks the kernels are compiled with, from the
+/// environment variable `UNFOLD_SHADER_CHECKS` (`all`, `bounds` or `none`).
+///
+/// wgpu's defaults (`all`) clamp every computed index into a workgroup array and put a
+/// counter into every loop in case it never ends; the counter keeps drivers from
+/// unrolling the matrix product's inner loops. `bounds` (the default) keeps the index
+/// checks and drops the loop counters; `none` drops both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShaderChecks {
+    All,
+    Bounds,
+    None,
+}
+
+impl ShaderChecks {
+    pub const DEFAULT: ShaderChecks = ShaderChecks::Bounds;
+
+    /// The setting `UNFOLD_SHADER_CHECKS` asks for (the default when it is unset).
+    pub fn from_env() -> Result<ShaderChecks> {
+        match std::env::var("UNFOLD_SHADER_CHECKS") {
+            Err(std::env::VarError::NotPresent) => Ok(Self::DEFAULT),
+            Ok(v) if v.trim().is_empty() => Ok(Self::DEFAULT),
+            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "all" => Ok(ShaderChecks::All),
+                "bounds" => Ok(ShaderChecks::Bounds),
+                "none" => Ok(ShaderChecks::None),
+                _ => Err(Error::InvalidConfig {
+                    what: "UNFOLD_SHADER_CHECKS",
+                    expected: "all, bounds or none",
+                    got: v,
+                }),
+            },
+            Err(e) => Err(Error::InvalidConfig {
+                what: "UNFOLD_SHADER_CHECKS",
+                expected: "all, bounds or none",
+                got: e.to_string(),
+            }),
+        }
+    }
+}
+
 impl Kernels {
     /// The largest uniform block of any kernel, in bytes.
     pub fn largest_uniform(&self) -> u64 {
@@ -186,13 +227,35 @@ impl Kernels {
 
     /// Compiles every kernel inside a validation error scope, so that a shader or layout
     /// mismatch is an `Err`, not a panic.
-    pub fn new(device: &wgpu::Device) -> Result<Self> {
+    pub fn new(device: &wgpu::Device, checks: ShaderChecks) -> Result<Self> {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = |name: &str, source: &str| {
-            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(name),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
-            })
+            };
+            match checks {
+                ShaderChecks::All => device.create_shader_module(desc),
+                // SAFETY: wgpu's loop bounding only guards against loops that never end;
+                // every loop in shaders/ runs a counter up to (or a stride down from) a
+                // bound taken from its uniform block or a constant, with a step of at
+                // least 1, and no bound is near u32::MAX (they count elements of
+                // buffers no larger than the device's binding limit).
+                ShaderChecks::Bounds => unsafe {
+                    let mut checks = wgpu::ShaderRuntimeChecks::checked();
+                    checks.force_loop_bounding = false;
+                    device.create_shader_module_trusted(desc, checks)
+                },
+                // SAFETY: as above for loops; and every index into a buffer or a workgroup
+                // array is in range by construction (the kernels test each global index
+                // against the shape in their uniform block; workgroup indices are
+                // thread ids and constant-bounded loop counters). The tests run with
+                // this setting on lavapipe and on the GPU.
+                ShaderChecks::None => unsafe {
+                    device
+                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+                },
+            }
         };
         let matmul = module("matmul", shaders::MATMUL);
         let recurrent = module("recurrent", shaders::RECURRENT);
@@ -205,7 +268,15 @@ impl Kernels {
         let mut kernel =
             |module: &wgpu::ShaderModule, name: &'static str, uniform: usize, access: &[Access]| {
                 next_id += 1;
-                Kernel::new(device, next_id, module, name, uniform as u64, access)
+                Kernel::new(
+                    device,
+                    next_id,
+                    module,
+                    name,
+                    uniform as u64,
+                    access,
+                    checks,
+                )
             };
         use std::mem::size_of;
         let kernels = Kernels {
@@ -387,6 +458,7 @@ impl Kernel {
         name: &'static str,
         uniform_size: u64,
         access: &[Access],
+        checks: ShaderChecks,
     ) -> Kernel {
         let mut entries = vec![wgpu::BindGroupLayoutEntry {
             binding: 0,
@@ -426,7 +498,12 @@ impl Kernel {
             layout: Some(&pipeline_layout),
             module,
             entry_point: Some(name),
-            compilation_options: Default::default(),
+            // every kernel writes its workgroup memory before reading it, so zeroing it
+            // first (wgpu's default, kept with ShaderChecks::All) is wasted work
+            compilation_options: wgpu::PipelineCompilationOptions {
+                zero_initialize_workgroup_memory: checks == ShaderChecks::All,
+                ..Default::default()
+            },
             cache: None,
         });
         Kernel {

@@ -18,14 +18,15 @@ pub mod shaders;
 
 pub use context::{describe_adapter, list_adapters, GpuContext};
 pub use gemm::{GemmPlan, ResidentProduct, Tile};
+pub use kernels::ShaderChecks;
 pub(crate) use model::GpuRnn;
 
 /// How the GPU path walks the time steps of a layer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TimeLoop {
-    /// Persistent kernels where the hidden size allows (at most 256); else tiled steps
-    /// when a step has at least [`TILED_STEP_MIN_WORK`] outputs (batch × hidden), else
-    /// one fused dispatch per step.
+    /// Persistent kernels where the hidden size allows (at most 256), else tiled steps:
+    /// on an H200 tiled steps beat a fused dispatch per step for every hidden size past
+    /// 256 measured, from one sequence to `large`'s 256 (BENCHMARKS.md).
     #[default]
     Auto,
     /// One fused dispatch per step, forward and backward (any hidden size): 16×16 outputs
@@ -39,11 +40,6 @@ pub enum TimeLoop {
     /// stored (any hidden size): for steps with many outputs.
     TiledSteps,
 }
-
-/// Outputs per step (batch × hidden) from which [`TimeLoop::Auto`] uses tiled steps when
-/// the persistent loop does not apply. Provisional: chosen from the kernels' shapes, not
-/// yet from measurements on a GPU (BENCHMARKS.md).
-pub const TILED_STEP_MIN_WORK: usize = 1 << 16;
 
 /// Largest hidden size the persistent time loop handles (one thread per unit).
 pub const PERSISTENT_MAX_HIDDEN: usize = 256;

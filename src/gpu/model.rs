@@ -632,10 +632,7 @@ impl GpuRnn {
     fn tiled_steps(&self, config: &RnnConfig, p: &Packing) -> bool {
         match self.time_loop {
             TimeLoop::TiledSteps => true,
-            TimeLoop::Auto => {
-                !self.persistent(config, p)
-                    && p.batch() * config.hidden_size >= super::TILED_STEP_MIN_WORK
-            }
+            TimeLoop::Auto => !self.persistent(config, p),
             TimeLoop::PerStep | TimeLoop::Persistent => false,
         }
     }
