@@ -186,6 +186,17 @@ var<workgroup> carried: array<f32, 256>;
 var<workgroup> partial: array<f32, 256>;
 var<workgroup> seq_len: u32;
 
+// The persistent kernels load each step's inputs (the pre-activation forward; the
+// incoming gradient and the slope backward) a chunk of steps at a time into workgroup
+// memory, every load of a chunk in flight at once, so that a step waits on no global
+// load: with one step ahead only, two dependent global loads (the step's row, then its
+// values) were the longest wait of a step at hidden 64. A chunk is STAGE / hidden steps.
+const STAGE: u32 = 1024u;
+var<workgroup> staged: array<f32, 1024>;
+var<workgroup> staged_slope: array<f32, 1024>;
+// packed row of step t0 + s of the chunk, in the layout's order
+var<workgroup> chunk_rows: array<u32, 1024>;
+
 // How the persistent kernels share one step's product among the workgroup's 256 threads:
 // `parts` threads per hidden unit (4 for hidden 64, 2 for 128, 1 for 256), thread u taking
 // unit u % hidden and a 1/parts share of the sum over k, so that the chain of dependent
@@ -207,26 +218,35 @@ fn share_of(u: u32, h: u32) -> Share {
     return s;
 }
 
-// sum over k in [k_begin, k_end) of carried[k] * params[base + k * h], in four independent
-// chains so that the loads of one chain overlap the multiply-adds of the others;
+// sum over k in [k_begin, k_end) of carried[k] * params[base + k * h], eight loads at a
+// time in independent chains: at hidden 256, W_hh (256 KiB) comes from L2 every step,
+// and the loads a thread has in flight are what bounds the step;
 // neighbouring threads (neighbouring units) read neighbouring floats
 fn carried_dot(base: u32, h: u32, k_begin: u32, k_end: u32) -> f32 {
     var a0 = 0.0;
     var a1 = 0.0;
     var a2 = 0.0;
     var a3 = 0.0;
+    var a4 = 0.0;
+    var a5 = 0.0;
+    var a6 = 0.0;
+    var a7 = 0.0;
     var k = k_begin;
-    for (; k + 4u <= k_end; k += 4u) {
+    for (; k + 8u <= k_end; k += 8u) {
         let at = base + k * h;
         a0 = fma(carried[k], params[at], a0);
         a1 = fma(carried[k + 1u], params[at + h], a1);
         a2 = fma(carried[k + 2u], params[at + 2u * h], a2);
         a3 = fma(carried[k + 3u], params[at + 3u * h], a3);
+        a4 = fma(carried[k + 4u], params[at + 4u * h], a4);
+        a5 = fma(carried[k + 5u], params[at + 5u * h], a5);
+        a6 = fma(carried[k + 6u], params[at + 6u * h], a6);
+        a7 = fma(carried[k + 7u], params[at + 7u * h], a7);
     }
     for (; k < k_end; k++) {
         a0 = fma(carried[k], params[base + k * h], a0);
     }
-    return (a0 + a1) + (a2 + a3);
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
 }
 
 // The step's whole product for unit u (< h): the sum of its parts.
@@ -236,6 +256,35 @@ fn gathered(u: u32, h: u32) -> f32 {
         total += partial[i];
     }
     return total;
+}
+
+// Loads the chunk of `steps` steps from t0 (forward: t0 upwards; backward: t0 downwards)
+// of sequence r: chunk_rows, then staged (the state rows) and, backward, staged_slope.
+// Ends with a barrier.
+fn stage_chunk(u: u32, r: u32, h: u32, t0: u32, steps: u32, backward: bool) {
+    for (var e = 0u; e < STAGE / 256u; e++) {
+        let s = u + e * 256u;
+        if (s < steps) {
+            var t = t0 + s;
+            if (backward) {
+                t = t0 - s;
+            }
+            chunk_rows[s] = packing[t] + r;
+        }
+    }
+    workgroupBarrier();
+    for (var e = 0u; e < STAGE / 256u; e++) {
+        let i = u + e * 256u;
+        let s = i / h;
+        if (s < steps) {
+            let at = chunk_rows[s] * h + i % h;
+            staged[i] = state[at];
+            if (backward) {
+                staged_slope[i] = derivative(hidden_out[at]);
+            }
+        }
+    }
+    workgroupBarrier();
 }
 
 // `params` here is W_hh transposed ([k][u], at w_offset): see GpuRnn::record_forward.
@@ -255,30 +304,22 @@ fn forward_sequence(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     }
     let len = workgroupUniformLoad(&seq_len);
     let share = share_of(u, h);
-    let own = min(u, h - 1u); // threads past the last unit shadow its loads, never store
-    // each step's row and input term are loaded one step ahead, so that their latency
-    // hides behind the previous step's product
-    var at = (packing[0] + r) * h + own;
-    var pre = state[at];
-    for (var t = 0u; t < len; t++) {
-        var at_next = at;
-        var pre_next = 0.0;
-        if (t + 1u < len) {
-            at_next = (packing[t + 1u] + r) * h + own;
-            pre_next = state[at_next];
+    let chunk = STAGE / h;
+    for (var t0 = 0u; t0 < len; t0 += chunk) {
+        let steps = min(chunk, len - t0);
+        stage_chunk(u, r, h, t0, steps, false);
+        for (var s = 0u; s < steps; s++) {
+            if (t0 + s > 0u || from_initial) {
+                partial[u] = carried_dot(p.w_offset + share.unit, h, share.k_begin, share.k_end);
+            }
+            workgroupBarrier();
+            if (u < h) {
+                let v = activate(staged[s * h + u] + gathered(u, h));
+                carried[u] = v;
+                state[chunk_rows[s] * h + u] = v;
+            }
+            workgroupBarrier();
         }
-        if (t > 0u || from_initial) {
-            partial[u] = carried_dot(p.w_offset + share.unit, h, share.k_begin, share.k_end);
-        }
-        workgroupBarrier();
-        if (u < h) {
-            let v = activate(pre + gathered(u, h));
-            carried[u] = v;
-            state[at] = v;
-        }
-        workgroupBarrier();
-        at = at_next;
-        pre = pre_next;
     }
 }
 
@@ -293,33 +334,23 @@ fn backward_sequence(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
     partial[u] = 0.0;
     let len = workgroupUniformLoad(&seq_len);
     let share = share_of(u, h);
-    let own = min(u, h - 1u);
-    // as forward: the next step's row, incoming gradient and slope are loaded a step ahead
-    var at = (packing[len - 1u] + r) * h + own;
-    var incoming = state[at];
-    var slope = derivative(hidden_out[at]);
-    for (var step = 0u; step < len; step++) {
-        var at_next = at;
-        var incoming_next = 0.0;
-        var slope_next = 0.0;
-        if (step + 1u < len) {
-            at_next = (packing[len - 2u - step] + r) * h + own;
-            incoming_next = state[at_next];
-            slope_next = derivative(hidden_out[at_next]);
+    let chunk = STAGE / h;
+    // steps are walked from the last (len - 1) down; `done` of them so far
+    for (var done = 0u; done < len; done += chunk) {
+        let steps = min(chunk, len - done);
+        stage_chunk(u, r, h, len - 1u - done, steps, true);
+        for (var s = 0u; s < steps; s++) {
+            if (done + s > 0u) {
+                // (W_hh^T dA(t+1))[u] = sum_k W_hh[k][u] dA(t+1)[k]
+                partial[u] = carried_dot(p.w_offset + share.unit, h, share.k_begin, share.k_end);
+            }
+            workgroupBarrier();
+            if (u < h) {
+                let d = (staged[s * h + u] + gathered(u, h)) * staged_slope[s * h + u];
+                carried[u] = d;
+                state[chunk_rows[s] * h + u] = d;
+            }
+            workgroupBarrier();
         }
-        if (step > 0u) {
-            // (W_hh^T dA(t+1))[u] = sum_k W_hh[k][u] dA(t+1)[k]
-            partial[u] = carried_dot(p.w_offset + share.unit, h, share.k_begin, share.k_end);
-        }
-        workgroupBarrier();
-        if (u < h) {
-            let d = (incoming + gathered(u, h)) * slope;
-            carried[u] = d;
-            state[at] = d;
-        }
-        workgroupBarrier();
-        at = at_next;
-        incoming = incoming_next;
-        slope = slope_next;
     }
 }

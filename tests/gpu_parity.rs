@@ -76,6 +76,20 @@ fn problems() -> Vec<Problem> {
         &[5, 3],
         8,
     ));
+    // the persistent loop stages its inputs 1024 / hidden steps at a time (16 at hidden
+    // 64, 10 at hidden 100): sequences over several chunks, exactly one, one step short
+    out.push(problem(
+        common::config(4, 64, 3, 2, false, false),
+        false,
+        &[40, 16, 33, 15, 1],
+        9,
+    ));
+    out.push(problem(
+        common::config(6, 100, 5, 1, true, true),
+        true,
+        &[23, 10, 9, 21],
+        10,
+    ));
     let mut rng = SplitMix64::new(2026);
     for k in 0..6 {
         let b = 1 + rng.below(7);
