@@ -24,9 +24,9 @@ pub(crate) use model::GpuRnn;
 /// How the GPU path walks the time steps of a layer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TimeLoop {
-    /// Persistent kernels where the hidden size allows (at most 256), else tiled steps:
-    /// on an H200 tiled steps beat a fused dispatch per step for every hidden size past
-    /// 256 measured, from one sequence to `large`'s 256 (BENCHMARKS.md).
+    /// Persistent kernels where the hidden size allows (at most 256); else tiled steps
+    /// when a step has at least [`TILED_STEP_MIN_WORK`] outputs (batch × hidden), else
+    /// one fused dispatch per step.
     #[default]
     Auto,
     /// One fused dispatch per step, forward and backward (any hidden size): 16×16 outputs
@@ -40,6 +40,13 @@ pub enum TimeLoop {
     /// stored (any hidden size): for steps with many outputs.
     TiledSteps,
 }
+
+/// Outputs per step (batch × hidden) from which [`TimeLoop::Auto`] uses tiled steps when
+/// the persistent loop does not apply. Measured on an H200 (BENCHMARKS.md): a fused
+/// dispatch per step takes half the time of tiled steps at 32,768 outputs (`ref`) and
+/// 1.15 times as long at 262,144 (`large`); one sequence of hidden 1024 also runs faster
+/// per step.
+pub const TILED_STEP_MIN_WORK: usize = 1 << 16;
 
 /// Largest hidden size the persistent time loop handles (one thread per unit).
 pub const PERSISTENT_MAX_HIDDEN: usize = 256;
