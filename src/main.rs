@@ -354,9 +354,15 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// The median time of `reps` runs of `run`, after one warm-up run.
+/// The median time of `reps` runs of `run`, after warming up.
 fn median_time(reps: usize, mut run: impl FnMut() -> unfold::Result<()>) -> unfold::Result<f64> {
+    // warm up for a tenth of a second (at least one run): a GPU that sat idle while the
+    // host prepared the operands runs its first milliseconds at lower clocks
+    let warm = Instant::now();
     run()?;
+    while warm.elapsed().as_secs_f64() < 0.1 {
+        run()?;
+    }
     let times = (0..reps)
         .map(|_| {
             let t0 = Instant::now();

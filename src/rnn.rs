@@ -180,7 +180,9 @@ impl Rnn {
     }
 
     /// For the last GPU training step: host time spent recording, encoding and submitting
-    /// it (the GPU works after that), and how many dispatches it held. `None` on the CPU.
+    /// it (until its last submission; a step with many dispatches submits its forward pass
+    /// first, which the GPU runs meanwhile), and how many dispatches it held. `None` on
+    /// the CPU.
     pub fn last_step_profile(&self) -> Option<(std::time::Duration, usize)> {
         match &self.backend {
             Backend::Cpu { .. } => None,

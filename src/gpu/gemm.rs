@@ -38,6 +38,15 @@ pub struct GemmPlan {
 /// Below this many 128×128 tiles a product uses 64×64 tiles: a large GPU runs around a
 /// hundred workgroups of the larger tile at once, and fewer would leave it idle.
 const MIN_TILES128: u32 = 96;
+/// Weight gradients of wide layers (at least this many 128×128 tiles, K at least this
+/// long: every token of a batch) run on 128×128 tiles split along K into about
+/// TARGET_WORKGROUPS128 workgroups, at most MAX_SPLITS128 ranges. Measured on an H200
+/// (BENCHMARKS.md): 1024×1024×16384 in 1.53 ms split 4 ways against 2.6 ms on split
+/// 64×64 tiles, 1024×512×16384 in 0.81 ms split 8 ways against 1.4 ms.
+const MIN_TILES128_SPLIT: u32 = 16;
+const MIN_K_TILE128_SPLIT: u32 = 4096;
+const TARGET_WORKGROUPS128: u32 = 256;
+const MAX_SPLITS128: u32 = 8;
 /// Split K aims at about this many workgroups (several per multiprocessor on a large GPU)...
 const TARGET_WORKGROUPS: u32 = 512;
 /// ...keeping each K range at least this deep (each range's partial product costs a write
@@ -58,6 +67,12 @@ impl GemmPlan {
             return GemmPlan {
                 tile: Tile::Tile128,
                 splits: 1,
+            };
+        }
+        if m >= 128 && n >= 128 && tiles128 >= MIN_TILES128_SPLIT && k >= MIN_K_TILE128_SPLIT {
+            return GemmPlan {
+                tile: Tile::Tile128,
+                splits: (TARGET_WORKGROUPS128 / tiles128).clamp(1, MAX_SPLITS128),
             };
         }
         let tiles64 = (m.div_ceil(64) * n.div_ceil(64)).max(1);

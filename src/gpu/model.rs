@@ -119,6 +119,10 @@ const GRADS_FINITE: u32 = 6;
 /// Most row chunks a column sum is split into.
 const COLUMN_CHUNKS: usize = 64;
 
+/// A training step whose forward pass records at least this many dispatches submits it
+/// on its own before recording the backward pass.
+const SPLIT_SUBMISSION_DISPATCHES: usize = 64;
+
 /// Hands `write` the batch's dense input rows in packed order (time-major, sequences by
 /// length), each as its bytes and the byte offset it goes to.
 fn pack_inputs(batch: &SequenceBatch, mut write: impl FnMut(usize, &[u8])) {
@@ -1185,6 +1189,16 @@ impl GpuRnn {
         if want_final {
             self.record_final_states(&mut rec, config, p);
         }
+        // with a dispatch per step, recording the backward pass takes the host about as
+        // long as the GPU takes for the forward pass: submit the forward pass first so
+        // that the two overlap (a second submission costs tens of µs, so not for the
+        // few dispatches of the persistent loops)
+        let mut forward_dispatches = 0;
+        if rec.dispatches() >= SPLIT_SUBMISSION_DISPATCHES {
+            forward_dispatches = rec.dispatches();
+            rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
+            rec = Recorder::new(&self.ctx);
+        }
         self.record_backward(&mut rec, config, batch, initial.is_some());
         let k = &self.ctx.kernels;
         let n = self.layout.len;
@@ -1230,7 +1244,7 @@ impl GpuRnn {
         rec.dispatch(&k.prepare_update, params, &buffers, [1, 1, 1]);
         rec.dispatch_1d(check, params, &buffers, n);
         rec.dispatch_1d(kernel, params, &buffers, n);
-        let dispatches = rec.dispatches();
+        let dispatches = forward_dispatches + rec.dispatches();
         rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
         self.last_host = start.elapsed();
         self.last_dispatches = dispatches;
