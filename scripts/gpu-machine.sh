@@ -43,7 +43,7 @@ section "PyTorch / cuDNN on the same GPU" 40 &&
     timeout 150 python3 "$RUN/torch_rnn_bench.py" cuda | tee "$OUT/torch_cuda.jsonl"
 tables
 
-SHAPES=${SHAPES:-4096x4096x4096,2048x2048x2048,1024x1024x1024,64x512x512,6400x512x128,512x512x6400,16384x1024x512,1024x1024x16384}
+SHAPES=${SHAPES:-4096x4096x4096,2048x2048x2048,1024x1024x1024,16384x1024x512,1024x1024x16384,1024x512x16384,512x512x6400,256x1024x1024,64x512x512}
 section "matrix products alone: unfold's tilings, then torch.mm (TF32 off)" 40 && {
     timeout 90 "$RUN/unfold" bench --device gpu --matmul "$SHAPES" --reps 20 | tee "$OUT/unfold_matmul.jsonl"
     timeout 60 python3 "$RUN/torch_matmul_bench.py" "$SHAPES" | tee "$OUT/torch_matmul.jsonl"
