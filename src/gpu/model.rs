@@ -62,8 +62,6 @@ struct BatchBuffers {
     /// Rows of dense inputs `x` holds (0 while only token batches have been seen).
     x_tokens: usize,
     x: wgpu::Buffer,
-    /// Host-visible memory the dense inputs are packed into, kept from step to step.
-    x_staging: Staging,
     hs: Vec<wgpu::Buffer>,
     g: wgpu::Buffer,
     g_below: wgpu::Buffer,
@@ -144,55 +142,6 @@ fn pack_inputs(batch: &SequenceBatch, mut write: impl FnMut(usize, &[u8])) {
             write(at, bytemuck::cast_slice(floats));
             at += row_bytes;
         }
-    }
-}
-
-/// A buffer the host writes into, reused from step to step. `Queue::write_buffer` stages
-/// each write in a fresh buffer, and for `large`'s 32 MB of inputs that fresh memory
-/// (allocated and first touched every step) cost more than the copy itself.
-struct Staging {
-    buffer: wgpu::Buffer,
-    /// Whether `buffer` is mapped for writing now (it is created mapped).
-    mapped: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Staging {
-    fn new(ctx: &GpuContext, label: &str, bytes: u64) -> Staging {
-        Staging {
-            buffer: ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: bytes.max(4).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT),
-                usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: true,
-            }),
-            mapped: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
-        }
-    }
-
-    /// Maps the buffer again after the submission that copied from it (every caller has
-    /// waited for its step's results by then, so this does not wait on the GPU's work);
-    /// false if it could not be mapped.
-    fn map(&self, ctx: &GpuContext) -> bool {
-        use std::sync::atomic::Ordering;
-        if !self.mapped.load(Ordering::Acquire) {
-            let flag = self.mapped.clone();
-            self.buffer
-                .slice(..)
-                .map_async(wgpu::MapMode::Write, move |r| {
-                    flag.store(r.is_ok(), Ordering::Release)
-                });
-            if ctx.wait().is_err() {
-                return false;
-            }
-        }
-        self.mapped.load(Ordering::Acquire)
-    }
-
-    /// Unmaps after the host's writes; the copy from it must be recorded next.
-    fn unmap(&self) {
-        self.buffer.unmap();
-        self.mapped
-            .store(false, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -350,7 +299,6 @@ impl GpuRnn {
             batch,
             x_tokens,
             x: storage(ctx, "x", x_tokens * i),
-            x_staging: Staging::new(ctx, "x staging", (x_tokens * i * 4) as u64),
             hs: (0..l).map(|_| storage(ctx, "hs", tokens * h)).collect(),
             g: storage(ctx, "g", tokens * h),
             g_below: storage(ctx, "g_below", tokens * h),
@@ -375,15 +323,8 @@ impl GpuRnn {
         Ok(())
     }
 
-    /// Uploads the batch: packed inputs (copied from the staging buffer by `rec`'s first
-    /// command), packed targets and the row indices.
-    fn upload<'a>(
-        &'a self,
-        rec: &mut Recorder<'a>,
-        config: &RnnConfig,
-        batch: &SequenceBatch,
-        initial: Option<ArrayView3<f32>>,
-    ) {
+    /// Uploads the batch: packed inputs, packed targets and the row indices.
+    fn upload(&self, config: &RnnConfig, batch: &SequenceBatch, initial: Option<ArrayView3<f32>>) {
         let w = self.work.as_ref().expect("ensure_work ran");
         let p = batch.packing();
         let q = &self.ctx.queue;
@@ -402,26 +343,10 @@ impl GpuRnn {
             let data: Vec<u32> = ids.iter().chain(&counts).chain(&order).copied().collect();
             q.write_buffer(&w.token_data, 0, bytemuck::cast_slice(&data));
         } else {
-            // packed straight into staging memory: inputs are the largest transfer of a
-            // step, and one host copy of them is all it takes
+            // packed straight into the upload's staging memory: inputs are the largest
+            // transfer of a step, and one host copy of them is all it takes
             let bytes = (p.tokens() * config.input_size * 4) as u64;
-            let staged = if bytes > 0 && w.x_staging.map(&self.ctx) {
-                w.x_staging
-                    .buffer
-                    .slice(..bytes)
-                    .get_mapped_range_mut()
-                    .ok()
-            } else {
-                None
-            };
-            if let Some(mut view) = staged {
-                pack_inputs(batch, |at, row| {
-                    view.slice(at..at + row.len()).copy_from_slice(row)
-                });
-                drop(view);
-                w.x_staging.unmap();
-                rec.copy(&w.x_staging.buffer, &w.x, bytes);
-            } else if let Some(mut view) =
+            if let Some(mut view) =
                 wgpu::BufferSize::new(bytes).and_then(|b| q.write_buffer_with(&w.x, 0, b))
             {
                 pack_inputs(batch, |at, row| {
@@ -1091,8 +1016,8 @@ impl GpuRnn {
     ) -> Result<Forward> {
         let p = batch.packing();
         self.ensure_work(config, batch)?;
+        self.upload(config, batch, initial);
         let mut rec = Recorder::new(&self.ctx);
-        self.upload(&mut rec, config, batch, initial);
         self.record_forward(&mut rec, config, batch, initial.is_some());
         self.record_final_states(&mut rec, config, p);
         let w = self.work.as_ref().expect("ensure_work ran");
@@ -1131,8 +1056,8 @@ impl GpuRnn {
         initial: Option<ArrayView3<f32>>,
     ) -> Result<(f32, RnnParams)> {
         self.ensure_work(config, batch)?;
+        self.upload(config, batch, initial);
         let mut rec = Recorder::new(&self.ctx);
-        self.upload(&mut rec, config, batch, initial);
         self.record_forward(&mut rec, config, batch, initial.is_some());
         self.record_backward(&mut rec, config, batch, initial.is_some());
         rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
@@ -1180,8 +1105,8 @@ impl GpuRnn {
         start: std::time::Instant,
     ) -> Result<(f32, Option<Array3<f32>>)> {
         let p = batch.packing();
+        self.upload(config, batch, initial);
         let mut rec = Recorder::new(&self.ctx);
-        self.upload(&mut rec, config, batch, initial);
         let State::Gpu(state) = &optimizer.state else {
             unreachable!("ensure_optimizer set the state")
         };

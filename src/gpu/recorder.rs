@@ -21,11 +21,6 @@ enum Command<'a> {
     Clear {
         buffer: &'a wgpu::Buffer,
     },
-    Copy {
-        from: &'a wgpu::Buffer,
-        to: &'a wgpu::Buffer,
-        bytes: u64,
-    },
 }
 
 /// Bind groups that outlive one recording, keyed by kernel and buffers.
@@ -123,11 +118,6 @@ impl<'a> Recorder<'a> {
 
     pub fn clear(&mut self, buffer: &'a wgpu::Buffer) {
         self.commands.push(Command::Clear { buffer });
-    }
-
-    /// Copies the first `bytes` of `from` to the start of `to`.
-    pub fn copy(&mut self, from: &'a wgpu::Buffer, to: &'a wgpu::Buffer, bytes: u64) {
-        self.commands.push(Command::Copy { from, to, bytes });
     }
 
     /// Writes the uniforms, encodes every command (dispatches in as few compute passes as
@@ -229,10 +219,6 @@ impl<'a> Recorder<'a> {
                 }
                 Command::Clear { buffer } => {
                     encoder.clear_buffer(buffer, 0, None);
-                    i += 1;
-                }
-                Command::Copy { from, to, bytes } => {
-                    encoder.copy_buffer_to_buffer(from, 0, to, 0, *bytes);
                     i += 1;
                 }
             }
