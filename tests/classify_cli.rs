@@ -171,6 +171,30 @@ fn verify_passes_on_the_gpu() {
 }
 
 #[test]
+fn verify_passes_under_every_shader_check_setting() {
+    if common::gpu().is_none() {
+        return;
+    }
+    // the kernels compiled with wgpu's checks (all) and with none of them agree with the
+    // CPU path as the default (bounds) does; an unknown setting is an error, not a guess
+    let run = |checks: &str, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_unfold"))
+            .args(args)
+            .env("UNFOLD_SHADER_CHECKS", checks)
+            .output()
+            .expect("the unfold binary runs")
+    };
+    for checks in ["all", "none"] {
+        let out = run(checks, &["verify", "--steps", "2", "--config", "small,relu"]);
+        assert!(out.status.success(), "{checks}: {}", stderr(&out));
+        assert!(stdout(&out).contains("ok: largest relative difference"), "{checks}");
+    }
+    let out = run("fast", &["verify", "--steps", "1"]);
+    assert_clean_failure(&out, "UNFOLD_SHADER_CHECKS");
+    assert!(stderr(&out).contains("all, bounds or none"), "{}", stderr(&out));
+}
+
+#[test]
 fn verify_fails_at_zero_tolerance() {
     if common::gpu().is_none() {
         return;
