@@ -185,13 +185,23 @@ fn verify_passes_under_every_shader_check_setting() {
             .expect("the unfold binary runs")
     };
     for checks in ["all", "none"] {
-        let out = run(checks, &["verify", "--steps", "2", "--config", "small,relu"]);
+        let out = run(
+            checks,
+            &["verify", "--steps", "2", "--config", "small,relu"],
+        );
         assert!(out.status.success(), "{checks}: {}", stderr(&out));
-        assert!(stdout(&out).contains("ok: largest relative difference"), "{checks}");
+        assert!(
+            stdout(&out).contains("ok: largest relative difference"),
+            "{checks}"
+        );
     }
     let out = run("fast", &["verify", "--steps", "1"]);
     assert_clean_failure(&out, "UNFOLD_SHADER_CHECKS");
-    assert!(stderr(&out).contains("all, bounds or none"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("all, bounds or none"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -90,6 +90,15 @@ fn problems() -> Vec<Problem> {
         &[23, 10, 9, 21],
         10,
     ));
+    // over 4 MiB of inputs (about 2,600 rows of 600 floats): packed for the upload on
+    // several threads, each a run of steps
+    let lengths: Vec<usize> = (0..48).map(|i| 30 + (i * 37) % 49).collect();
+    out.push(problem(
+        common::config(600, 8, 3, 1, false, false),
+        false,
+        &lengths,
+        11,
+    ));
     let mut rng = SplitMix64::new(2026);
     for k in 0..6 {
         let b = 1 + rng.below(7);
