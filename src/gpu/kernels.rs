@@ -170,10 +170,12 @@ pub(crate) struct Kernels {
 /// Which of wgpu's run-time safety checks the kernels are compiled with, from the
 /// environment variable `UNFOLD_SHADER_CHECKS` (`all`, `bounds` or `none`).
 ///
-/// wgpu's defaults (`all`) clamp every computed index into a workgroup array and put a
-/// counter into every loop in case it never ends; the counter keeps drivers from
-/// unrolling the matrix product's inner loops. `bounds` (the default) keeps the index
-/// checks and drops the loop counters; `none` drops both.
+/// wgpu's defaults (`all`) clamp every computed index into an array, put a counter into
+/// every loop in case it never ends, and zero each workgroup's memory before a kernel
+/// starts. The loop counters keep drivers from unrolling the kernels' inner loops: on an
+/// H200 they halved the matrix product's speed (BENCHMARKS.md). `bounds` (the default)
+/// keeps the index checks and drops the rest; `none` also drops the index checks and
+/// the guards of integer division.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShaderChecks {
     All,
@@ -246,11 +248,13 @@ impl Kernels {
                     checks.force_loop_bounding = false;
                     device.create_shader_module_trusted(desc, checks)
                 },
-                // SAFETY: as above for loops; and every index into a buffer or a workgroup
+                // SAFETY: as above for loops; every index into a buffer or a workgroup
                 // array is in range by construction (the kernels test each global index
                 // against the shape in their uniform block; workgroup indices are
-                // thread ids and constant-bounded loop counters). The tests run with
-                // this setting on lavapipe and on the GPU.
+                // thread ids and constant-bounded loop counters); and no integer divisor
+                // is zero (hidden sizes, and column counts of dispatches that have
+                // threads). `unfold verify` checks this setting against the CPU path
+                // (tests/classify_cli.rs).
                 ShaderChecks::None => unsafe {
                     device
                         .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())

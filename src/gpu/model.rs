@@ -144,16 +144,16 @@ fn pack_inputs(batch: &SequenceBatch, out: wgpu::WriteOnly<'_, [u8]>) {
     }
     // contiguous runs of steps with about the same number of rows each
     let (rows, steps) = (p.tokens(), p.batch_sizes.len());
+    let first_row = |t: usize| p.offsets.get(t).copied().unwrap_or(rows);
     let mut rest = out;
     let mut first = 0;
     std::thread::scope(|scope| {
         for k in 1..=threads {
             let mut end = first;
-            while end < steps && (k == threads || p.offsets[end] < rows * k / threads) {
+            while end < steps && (k == threads || first_row(end) < rows * k / threads) {
                 end += 1;
             }
-            let bytes =
-                (p.offsets.get(end).copied().unwrap_or(rows) - p.offsets[first]) * row_bytes;
+            let bytes = (first_row(end) - first_row(first)) * row_bytes;
             let (piece, tail) = rest.split_at(bytes);
             rest = tail;
             let (range, piece) = (first..end, Piece(piece));
@@ -1165,10 +1165,10 @@ impl GpuRnn {
     ) -> Result<(f32, Option<Array3<f32>>)> {
         let p = batch.packing();
         self.upload(config, batch, initial);
-        let mut rec = Recorder::new(&self.ctx);
         let State::Gpu(state) = &optimizer.state else {
             unreachable!("ensure_optimizer set the state")
         };
+        let mut rec = Recorder::new(&self.ctx);
         self.record_forward(&mut rec, config, batch, initial.is_some());
         if want_final {
             self.record_final_states(&mut rec, config, p);
