@@ -58,24 +58,44 @@ fn matrix_products_on_the_cpu_and_each_gpu_tiling() {
         return;
     }
     let out = unfold(&[
-        "bench", "--device", "gpu", "--matmul", "70x9x600", "--reps", "1",
+        "bench",
+        "--device",
+        "gpu",
+        "--matmul",
+        "70x9x600,9x70x40",
+        "--reps",
+        "1",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     let lines = json_lines(&text);
-    assert_eq!(
-        lines.len(),
-        3,
-        "the library's plan and both tilings: {text}"
+    // K = 600: the library's plan, then each tiling unsplit and split 2, 4 and 8 ways;
+    // K = 40, too short to split: the library's plan and each tiling
+    let plans: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            l.split("\"plan\": \"")
+                .nth(1)
+                .unwrap_or("")
+                .split('"')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    let mut want = vec!["auto: Tile64 splits 4".to_string()];
+    for tile in ["Tile64", "Tile128"] {
+        want.extend([1, 2, 4, 8].map(|s| format!("{tile} splits {s}")));
+    }
+    want.extend(
+        [
+            "auto: Tile64 splits 1",
+            "Tile64 splits 1",
+            "Tile128 splits 1",
+        ]
+        .map(String::from),
     );
-    assert!(
-        lines[0].contains("\"plan\": \"auto: Tile64 splits 4\""),
-        "{text}"
-    );
-    assert!(
-        lines[2].contains("\"plan\": \"Tile128 splits 1\""),
-        "{text}"
-    );
+    assert_eq!(plans, want, "{text}");
 }
 
 #[test]
