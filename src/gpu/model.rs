@@ -1177,11 +1177,8 @@ impl GpuRnn {
         // long as the GPU takes for the forward pass: submit the forward pass first so
         // that the two overlap (a second submission costs tens of µs, so not for the
         // few dispatches of the persistent loops)
-        let mut forward_dispatches = 0;
         if rec.dispatches() >= SPLIT_SUBMISSION_DISPATCHES {
-            forward_dispatches = rec.dispatches();
-            rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
-            rec = Recorder::new(&self.ctx);
+            rec.submit_so_far(&mut self.cache.lock().expect("bind group cache"))?;
         }
         self.record_backward(&mut rec, config, batch, initial.is_some());
         let k = &self.ctx.kernels;
@@ -1228,7 +1225,7 @@ impl GpuRnn {
         rec.dispatch(&k.prepare_update, params, &buffers, [1, 1, 1]);
         rec.dispatch_1d(check, params, &buffers, n);
         rec.dispatch_1d(kernel, params, &buffers, n);
-        let dispatches = forward_dispatches + rec.dispatches();
+        let dispatches = rec.dispatches();
         rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
         self.last_host = start.elapsed();
         self.last_dispatches = dispatches;

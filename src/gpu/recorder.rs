@@ -42,6 +42,8 @@ pub(crate) struct Recorder<'a> {
     commands: Vec<Command<'a>>,
     uniform_data: Vec<u8>,
     slot_size: usize,
+    /// Dispatches already submitted by [`Recorder::submit_so_far`].
+    submitted_dispatches: usize,
 }
 
 impl<'a> Recorder<'a> {
@@ -54,6 +56,7 @@ impl<'a> Recorder<'a> {
             commands: Vec::new(),
             uniform_data: Vec::new(),
             slot_size,
+            submitted_dispatches: 0,
         }
     }
 
@@ -108,12 +111,14 @@ impl<'a> Recorder<'a> {
         self.dispatch(kernel, params, buffers, [x, y, 1]);
     }
 
-    /// Number of dispatches recorded so far.
+    /// Number of dispatches recorded so far (including those already submitted).
     pub fn dispatches(&self) -> usize {
-        self.commands
-            .iter()
-            .filter(|c| matches!(c, Command::Dispatch { .. }))
-            .count()
+        self.submitted_dispatches
+            + self
+                .commands
+                .iter()
+                .filter(|c| matches!(c, Command::Dispatch { .. }))
+                .count()
     }
 
     pub fn clear(&mut self, buffer: &'a wgpu::Buffer) {
@@ -122,7 +127,23 @@ impl<'a> Recorder<'a> {
 
     /// Writes the uniforms, encodes every command (dispatches in as few compute passes as
     /// the copies and clears allow), and submits it all at once.
-    pub fn submit(self, cache: &mut BindGroupCache) -> Result<wgpu::SubmissionIndex> {
+    pub fn submit(mut self, cache: &mut BindGroupCache) -> Result<wgpu::SubmissionIndex> {
+        self.submit_so_far(cache)
+    }
+
+    /// Submits what is recorded so far, as [`Recorder::submit`] does, so that the GPU
+    /// starts on it while the rest is recorded; recording goes on from an empty list (its
+    /// uniforms overwrite these only after the GPU has run them: writes to a buffer are
+    /// ordered after the submissions before them).
+    pub fn submit_so_far(&mut self, cache: &mut BindGroupCache) -> Result<wgpu::SubmissionIndex> {
+        let index = self.encode_and_submit(cache)?;
+        self.submitted_dispatches = self.dispatches();
+        self.commands.clear();
+        self.uniform_data.clear();
+        Ok(index)
+    }
+
+    fn encode_and_submit(&self, cache: &mut BindGroupCache) -> Result<wgpu::SubmissionIndex> {
         let device = &self.ctx.device;
         let needed = self.uniform_data.len().max(self.slot_size) as u64;
         let max_dispatches = self.ctx.limits.max_buffer_size / self.slot_size as u64;
