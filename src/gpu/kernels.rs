@@ -188,23 +188,19 @@ impl ShaderChecks {
 
     /// The setting `UNFOLD_SHADER_CHECKS` asks for (the default when it is unset).
     pub fn from_env() -> Result<ShaderChecks> {
-        match std::env::var("UNFOLD_SHADER_CHECKS") {
-            Err(std::env::VarError::NotPresent) => Ok(Self::DEFAULT),
-            Ok(v) if v.trim().is_empty() => Ok(Self::DEFAULT),
-            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
-                "all" => Ok(ShaderChecks::All),
-                "bounds" => Ok(ShaderChecks::Bounds),
-                "none" => Ok(ShaderChecks::None),
-                _ => Err(Error::InvalidConfig {
-                    what: "UNFOLD_SHADER_CHECKS",
-                    expected: "all, bounds or none",
-                    got: v,
-                }),
-            },
-            Err(e) => Err(Error::InvalidConfig {
+        let Some(raw) = std::env::var_os("UNFOLD_SHADER_CHECKS") else {
+            return Ok(Self::DEFAULT);
+        };
+        let value = raw.to_str().map(|v| v.trim().to_ascii_lowercase());
+        match value.as_deref() {
+            Some("") => Ok(Self::DEFAULT),
+            Some("all") => Ok(ShaderChecks::All),
+            Some("bounds") => Ok(ShaderChecks::Bounds),
+            Some("none") => Ok(ShaderChecks::None),
+            _ => Err(Error::InvalidConfig {
                 what: "UNFOLD_SHADER_CHECKS",
                 expected: "all, bounds or none",
-                got: e.to_string(),
+                got: raw.to_string_lossy().into_owned(),
             }),
         }
     }
