@@ -603,6 +603,20 @@ fn step(
     }
 }
 
+/// The error of a step refused because its update would overflow the parameters.
+fn assert_overflow_refused(e: &Error, what: &str) {
+    assert!(matches!(e, Error::NonFinite { .. }), "{what}: {e:?}");
+    assert_says(
+        e,
+        &[
+            "non-finite",
+            "training step",
+            "would make the parameters",
+            "not updated",
+        ],
+    );
+}
+
 #[test]
 fn an_update_that_overflows_the_parameters_is_refused() {
     // loss and gradients are finite, the learning rate is finite and valid, but lr · g
@@ -626,16 +640,7 @@ fn an_update_that_overflows_the_parameters_is_refused() {
             let e = rnn
                 .train_step(&batch, &mut fresh)
                 .expect_err(&format!("{what}: an overflowing first step was applied"));
-            assert!(matches!(e, Error::NonFinite { .. }), "{what}: {e:?}");
-            assert_says(
-                &e,
-                &[
-                    "non-finite",
-                    "training step",
-                    "would make the parameters",
-                    "not updated",
-                ],
-            );
+            assert_overflow_refused(&e, &what);
             assert_eq!(
                 param_bits(&rnn.params().unwrap()),
                 before,
@@ -660,16 +665,7 @@ fn an_update_that_overflows_the_parameters_is_refused() {
             for from in [false, true] {
                 let e = step(&mut rnn, &batch, &mut opt, from)
                     .expect_err(&format!("{what}: an overflowing step was applied"));
-                assert!(matches!(e, Error::NonFinite { .. }), "{what}: {e:?}");
-                assert_says(
-                    &e,
-                    &[
-                        "non-finite",
-                        "training step",
-                        "would make the parameters",
-                        "not updated",
-                    ],
-                );
+                assert_overflow_refused(&e, &what);
                 assert_eq!(
                     param_bits(&rnn.params().unwrap()),
                     before,
