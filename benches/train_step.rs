@@ -1,6 +1,6 @@
 //! CPU path against GPU path on the same work, side by side in criterion groups:
 //!
-//! - `train_step/{workload}/{fixed|variable}` and `forward/…`: DESIGN.md's anchor
+//! - `train_step/{workload}/{fixed|variable}` and `forward/…`: ARCHITECTURE.md's anchor
 //!   workloads; throughput in tokens (valid positions).
 //!   `UNFOLD_BENCH_CONFIGS=latency,small,ref,large` picks the workloads (default: latency,
 //!   small, ref on the CPU; on the GPU the same with a hardware adapter, latency and small

@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
 # Every GPU measurement in one run, on a machine with an NVIDIA GPU, no Rust toolchain
-# and no network (see GPU-MACHINE.md in the shared notes). Builds nothing there.
+# and no network. Builds nothing there.
+#
+# wgpu reaches the GPU through Vulkan, set up by scripts/gpu-env.sh: the Vulkan loader,
+# which such a machine may not have installed, comes along as Debian's libvulkan.so.1 in
+# devrun/ on LD_LIBRARY_PATH; and the NVIDIA driver is named by a manifest pointing at its
+# EGL library, selected with VK_DRIVER_FILES, because the stock manifest points at the GLX
+# library, which fails without a display. (wgpu's GL backend does not work there.) Both
+# machines are x86-64 and the binaries need only glibc and the loader they open at run
+# time, so what is built here runs there.
 #
 # Prepare here (scripts/prepare-gpu-run.sh does it): devrun/ holds the release binary
 # `unfold`, the test executables, the criterion bench executable, Debian's

@@ -63,7 +63,7 @@ enum Command {
     Train(charlm::TrainArgs),
     /// Generate text from a checkpoint written by `train`.
     Sample(charlm::SampleArgs),
-    /// Time training steps on DESIGN.md's anchor workloads; one JSON line per case.
+    /// Time training steps on the anchor workloads (ARCHITECTURE.md); one JSON line per case.
     Bench {
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,

@@ -1,4 +1,4 @@
-//! The anchor workloads of DESIGN.md, shared by `cargo bench`, `unfold bench` and the GPU
+//! The anchor workloads of ARCHITECTURE.md, shared by `cargo bench`, `unfold bench` and the GPU
 //! machine script, generated the way `torch_rnn_bench.py` generates its own: inputs
 //! standard normal, classes uniform, and for variable length, lengths uniform in
 //! `[T/2, T]` with the first sequence at `T`.
@@ -18,7 +18,7 @@ pub struct Workload {
     pub classes: usize,
 }
 
-/// latency, small, ref, large: the configurations of DESIGN.md's anchor table.
+/// latency, small, ref, large: the configurations of ARCHITECTURE.md's anchor table.
 pub const ANCHORS: [Workload; 4] = [
     Workload {
         name: "latency",

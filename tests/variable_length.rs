@@ -48,7 +48,7 @@ fn sub_batch(batch: &SequenceBatch, which: &[usize]) -> SequenceBatch {
     SequenceBatch::new(inputs, targets).expect("valid sub-batch")
 }
 
-/// A naive reference: the recurrence of DESIGN.md step by step in f64 for one sequence.
+/// A naive reference: the recurrence of ARCHITECTURE.md step by step in f64 for one sequence.
 /// Returns the readout at every step and the final state of every layer.
 fn reference(config: &RnnConfig, p: &RnnParams, x: &Array2<f32>) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
     let h = config.hidden_size;
