@@ -66,8 +66,8 @@ section "one dependent time step on the GPU (criterion; µs per step = 1 / throu
     timeout 120 "$RUN/train_step_bench" --bench 'time_step/h[0-9]+/gpu' 2>&1 | grep -E "^time_step|time:|thrpt:"
 
 section "correctness on this GPU (golden PyTorch values, GPU vs CPU parity)" 60 &&
-    for t in "$RUN"/tests/*; do
-        echo "$(basename "$t"): $(timeout 120 "$t" --test-threads=4 2>&1 | grep -E '^test result|panicked' | head -3)"
+    for m in golden gpu_parity; do
+        echo "$m: $(timeout 120 "$RUN/tests/it" "$m::" --test-threads=4 2>&1 | grep -E '^test result|panicked' | head -3)"
     done
 section "unfold verify: CPU path against this GPU, step by step" 40 && {
     timeout 60 "$RUN/unfold" verify --config all 2>&1 | tail -4

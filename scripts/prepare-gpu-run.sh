@@ -5,11 +5,10 @@ cd "$(dirname "$0")/.."
 cargo build --release
 rm -rf devrun && mkdir -p devrun/tests
 cp target/release/unfold devrun/
-for t in golden gpu_parity; do
-    exe=$(cargo test --release --no-run --test "$t" --message-format=json 2>/dev/null \
-        | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | tail -1)
-    cp "$exe" "devrun/tests/$t"
-done
+# the integration tests are one binary; gpu-machine.sh picks its GPU modules by name
+exe=$(cargo test --release --no-run --test it --message-format=json 2>/dev/null \
+    | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | tail -1)
+cp "$exe" devrun/tests/it
 bench=$(cargo bench --no-run --bench train_step --message-format=json 2>/dev/null \
     | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | tail -1)
 cp "$bench" devrun/train_step_bench

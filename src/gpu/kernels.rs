@@ -250,7 +250,7 @@ impl Kernels {
                 // thread ids and constant-bounded loop counters); and no integer divisor
                 // is zero (hidden sizes, and column counts of dispatches that have
                 // threads). `unfold verify` checks this setting against the CPU path
-                // (tests/classify_cli.rs).
+                // (tests/it/classify_cli.rs).
                 ShaderChecks::None => unsafe {
                     device
                         .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())

@@ -3,7 +3,7 @@
 //! `out.bias`); exact round trips; atomic writes; loading sums the two biases; failed saves
 //! leave what was there.
 
-mod common;
+use crate::common;
 
 use common::{config, param_bits, params, random_batch};
 use safetensors::tensor::{Dtype, SafeTensors};

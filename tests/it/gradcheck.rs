@@ -9,7 +9,7 @@
 //! pre-activation is exactly zero; with random inputs and parameters none lies within
 //! `ε` of a probe (the seeds below are fixed), so the same tolerance applies.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, assert_params_close, config, params, random_batch};
 use unfold::{cpu, Device, Rnn, RnnConfig, RnnParams};

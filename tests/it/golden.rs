@@ -3,13 +3,13 @@
 //! and parameters after SGD / momentum / Adam runs with and without clipping. Checked on
 //! the CPU path, and on the GPU path where an adapter exists.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 use unfold::ndarray::{Array1, Array2};
 use unfold::{Device, LayerParams, Optimizer, Rnn, RnnConfig, RnnParams, SequenceBatch, Targets};
 
-const GOLDEN: &str = include_str!("golden/golden.json");
+const GOLDEN: &str = include_str!("../golden/golden.json");
 
 fn floats(v: &Value) -> Vec<f32> {
     match v {

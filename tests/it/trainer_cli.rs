@@ -1,7 +1,7 @@
 //! The `train` and `sample` subcommands of the built binary, with tiny models on a small
 //! text: checkpoints, resuming, sampling, and every way a run can be refused.
 
-mod common;
+use crate::common;
 
 use common::{assert_clean_failure, stderr, stdout, unfold};
 use std::io::{BufRead, BufReader};

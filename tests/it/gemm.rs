@@ -2,7 +2,7 @@
 //! product, over shapes off the tile grids, all four transpose combinations, and the
 //! errors of a bad product.
 
-mod common;
+use crate::common;
 
 use unfold::gpu::{GemmPlan, ResidentProduct, Tile};
 use unfold::ndarray::Array2;

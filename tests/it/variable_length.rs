@@ -7,7 +7,7 @@
 //! step (checked against a naive step-by-step reference written here); permuting the
 //! batch permutes the results.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, config, flat, params, random_batch};
 use unfold::ndarray::{s, Array2, Axis};

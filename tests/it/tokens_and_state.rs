@@ -2,7 +2,7 @@
 //! both paths. References: the dense path with one-hot inputs, the whole sequence run in
 //! one piece, finite differences, and an uninterrupted training run.
 
-mod common;
+use crate::common;
 
 use unfold::ndarray::{s, Array2, Array3};
 use unfold::rng::SplitMix64;

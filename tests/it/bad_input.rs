@@ -1,7 +1,7 @@
 //! Bad input: every kind gets its own `Error` variant, a message that names the problem,
 //! no panic, and changes nothing (parameters and optimizer state stay as they were).
 
-mod common;
+use crate::common;
 
 use common::{config, param_bits, params, random_batch};
 use std::path::PathBuf;

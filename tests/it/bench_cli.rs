@@ -1,7 +1,7 @@
 //! The `bench` subcommand of the built binary: JSON lines for training steps and for
 //! matrix products, and a clean failure on a bad shape.
 
-mod common;
+use crate::common;
 
 use common::{assert_clean_failure, stderr, stdout, unfold};
 

@@ -2,7 +2,7 @@
 //! rule prescribes (derived here from the gradient that `loss_and_gradients` returns);
 //! gradient clipping caps the global norm; `train_step` returns the loss before the update.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, config, params, random_batch};
 use unfold::ndarray::Array2;

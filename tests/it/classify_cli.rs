@@ -1,6 +1,6 @@
 //! The `classify` and `verify` subcommands of the built binary.
 
-mod common;
+use crate::common;
 
 use common::{assert_clean_failure, stderr, stdout, unfold};
 

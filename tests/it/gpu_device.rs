@@ -1,6 +1,6 @@
 //! The adapter's limits: work that does not fit is refused with a clear error.
 
-mod common;
+use crate::common;
 
 use unfold::ndarray::Array2;
 use unfold::{Error, Rnn, RnnParams, SequenceBatch, Targets};

@@ -4,7 +4,7 @@
 //! off the 64/16 tile grid, batch 1, hidden 1, length-1 sequences, mixed lengths, 2
 //! layers and products long enough to be split along K; and huge finite gradients.
 
-mod common;
+use crate::common;
 
 use unfold::rng::SplitMix64;
 use unfold::{Device, Optimizer, Rnn, RnnConfig, SequenceBatch, TimeLoop};

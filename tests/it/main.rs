@@ -1,0 +1,23 @@
+//! The integration tests, in one binary: each module was once its own test crate, and
+//! linking wgpu into twenty binaries was most of the time a fresh `cargo test` took.
+
+mod common;
+
+mod bad_input;
+mod bench_cli;
+mod checkpoint;
+mod classify_cli;
+mod data_loader;
+mod gemm;
+mod golden;
+mod gpu_device;
+mod gpu_parity;
+mod gradcheck;
+mod learning;
+mod parameter_sharing;
+mod shaders;
+mod text;
+mod tokens_and_state;
+mod trainer_cli;
+mod ts_format;
+mod variable_length;
