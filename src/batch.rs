@@ -142,7 +142,7 @@ impl Packing {
 #[derive(Clone, Debug)]
 pub struct SequenceBatch {
     inputs: Inputs,
-    targets: Targets,
+    targets: Option<Targets>,
     lengths: Vec<usize>,
     packing: Packing,
 }
@@ -163,25 +163,16 @@ impl SequenceBatch {
     /// depend on the model: a non-empty batch, no empty sequence, one feature width,
     /// finite values, and targets that match the inputs in count and length.
     pub fn new(inputs: Vec<Array2<f32>>, targets: Targets) -> Result<Self> {
-        if inputs.is_empty() {
-            return Err(Error::EmptyBatch);
-        }
-        let width = inputs[0].ncols();
-        for (i, x) in inputs.iter().enumerate() {
-            if x.nrows() == 0 {
-                return Err(Error::ZeroLengthSequence { index: i });
-            }
-            if x.ncols() != width {
-                return Err(Error::shape(
-                    format!("inputs[{i}] feature width"),
-                    width,
-                    x.ncols(),
-                ));
-            }
-            check_finite(&format!("inputs[{i}]"), x)?;
-        }
-        let lengths: Vec<usize> = inputs.iter().map(|x| x.nrows()).collect();
-        Self::with_targets(Inputs::Dense(inputs), lengths, targets)
+        let lengths = check_dense(&inputs)?;
+        Self::with_targets(Inputs::Dense(inputs), lengths, Some(targets))
+    }
+
+    /// Inputs without targets, for inference and for encoders ([`crate::Rnn::encode`]),
+    /// with the same checks as [`SequenceBatch::new`]. A forward pass over it gives
+    /// outputs and final states with a NaN loss; training steps need targets.
+    pub fn inputs_only(inputs: Vec<Array2<f32>>) -> Result<Self> {
+        let lengths = check_dense(&inputs)?;
+        Self::with_targets(Inputs::Dense(inputs), lengths, None)
     }
 
     /// Token sequences: step `t` of sequence `i` is the token `tokens[i][t]` in
@@ -189,46 +180,37 @@ impl SequenceBatch {
     /// projection is a column lookup in `W_ih` (and its gradient a scatter into that
     /// column), never a product with a one-hot matrix.
     pub fn from_tokens(tokens: Vec<Vec<u32>>, vocab_size: usize, targets: Targets) -> Result<Self> {
-        if tokens.is_empty() {
-            return Err(Error::EmptyBatch);
-        }
-        if vocab_size == 0 {
-            return Err(Error::InvalidConfig {
-                what: "vocab_size",
-                expected: "at least 1",
-                got: "0".into(),
-            });
-        }
-        for (i, seq) in tokens.iter().enumerate() {
-            if seq.is_empty() {
-                return Err(Error::ZeroLengthSequence { index: i });
-            }
-            if let Some((t, &token)) = seq
-                .iter()
-                .enumerate()
-                .find(|(_, &k)| k as usize >= vocab_size)
-            {
-                return Err(Error::TokenOutOfRange {
-                    sequence: i,
-                    step: t,
-                    token,
-                    vocab_size,
-                });
-            }
-        }
-        let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
-        Self::with_targets(
-            Inputs::Tokens {
-                ids: tokens,
-                vocab_size,
-            },
-            lengths,
-            targets,
-        )
+        let lengths = check_tokens(&tokens, vocab_size)?;
+        let inputs = Inputs::Tokens {
+            ids: tokens,
+            vocab_size,
+        };
+        Self::with_targets(inputs, lengths, Some(targets))
+    }
+
+    /// Token sequences without targets (see [`SequenceBatch::inputs_only`]). An encoder's
+    /// backward pass over them gives parameter gradients only: tokens have no input
+    /// gradient.
+    pub fn tokens_only(tokens: Vec<Vec<u32>>, vocab_size: usize) -> Result<Self> {
+        let lengths = check_tokens(&tokens, vocab_size)?;
+        let inputs = Inputs::Tokens {
+            ids: tokens,
+            vocab_size,
+        };
+        Self::with_targets(inputs, lengths, None)
     }
 
     /// Checks the targets against the lengths and packs the batch.
-    fn with_targets(inputs: Inputs, lengths: Vec<usize>, targets: Targets) -> Result<Self> {
+    fn with_targets(inputs: Inputs, lengths: Vec<usize>, targets: Option<Targets>) -> Result<Self> {
+        let Some(targets) = targets else {
+            let packing = Packing::from_lengths(&lengths);
+            return Ok(SequenceBatch {
+                inputs,
+                targets: None,
+                lengths,
+                packing,
+            });
+        };
         if targets.len() != lengths.len() {
             return Err(Error::shape(
                 "number of target sequences",
@@ -262,7 +244,7 @@ impl SequenceBatch {
         let packing = Packing::from_lengths(&lengths);
         Ok(SequenceBatch {
             inputs,
-            targets,
+            targets: Some(targets),
             lengths,
             packing,
         })
@@ -296,8 +278,15 @@ impl SequenceBatch {
         Some(out)
     }
 
-    pub fn targets(&self) -> &Targets {
-        &self.targets
+    /// The targets (`None` for a batch made by [`SequenceBatch::inputs_only`] or
+    /// [`SequenceBatch::tokens_only`]).
+    pub fn targets(&self) -> Option<&Targets> {
+        self.targets.as_ref()
+    }
+
+    /// The targets, or an error saying that `action` needs them.
+    pub(crate) fn require_targets(&self, action: &'static str) -> Result<&Targets> {
+        self.targets.as_ref().ok_or(Error::MissingTargets { action })
     }
 
     pub fn lengths(&self) -> &[usize] {
@@ -343,10 +332,13 @@ impl SequenceBatch {
                 self.input_size(),
             ));
         }
+        let Some(targets) = self.targets.as_ref().filter(|_| config.head != crate::Head::None) else {
+            return Ok(());
+        };
         let per_step = config.head == crate::Head::PerStep;
         for (i, &len) in self.lengths.iter().enumerate() {
             let want = if per_step { len } else { 1 };
-            let rows = self.targets.rows(i);
+            let rows = targets.rows(i);
             if rows != want {
                 let head = if per_step {
                     "per-step head: one per step"
@@ -360,7 +352,7 @@ impl SequenceBatch {
                 ));
             }
         }
-        match &self.targets {
+        match targets {
             Targets::Classes(c) => {
                 for (i, seq) in c.iter().enumerate() {
                     if let Some((t, &class)) = seq
@@ -389,6 +381,62 @@ impl SequenceBatch {
         }
         Ok(())
     }
+}
+
+/// The lengths of dense inputs, checked: a non-empty batch, no empty sequence, one
+/// feature width, finite values.
+fn check_dense(inputs: &[Array2<f32>]) -> Result<Vec<usize>> {
+    if inputs.is_empty() {
+        return Err(Error::EmptyBatch);
+    }
+    let width = inputs[0].ncols();
+    for (i, x) in inputs.iter().enumerate() {
+        if x.nrows() == 0 {
+            return Err(Error::ZeroLengthSequence { index: i });
+        }
+        if x.ncols() != width {
+            return Err(Error::shape(
+                format!("inputs[{i}] feature width"),
+                width,
+                x.ncols(),
+            ));
+        }
+        check_finite(&format!("inputs[{i}]"), x)?;
+    }
+    Ok(inputs.iter().map(|x| x.nrows()).collect())
+}
+
+/// The lengths of token sequences, checked: a non-empty batch and vocabulary, no empty
+/// sequence, every id in range.
+fn check_tokens(tokens: &[Vec<u32>], vocab_size: usize) -> Result<Vec<usize>> {
+    if tokens.is_empty() {
+        return Err(Error::EmptyBatch);
+    }
+    if vocab_size == 0 {
+        return Err(Error::InvalidConfig {
+            what: "vocab_size",
+            expected: "at least 1",
+            got: "0".into(),
+        });
+    }
+    for (i, seq) in tokens.iter().enumerate() {
+        if seq.is_empty() {
+            return Err(Error::ZeroLengthSequence { index: i });
+        }
+        if let Some((t, &token)) = seq
+            .iter()
+            .enumerate()
+            .find(|(_, &k)| k as usize >= vocab_size)
+        {
+            return Err(Error::TokenOutOfRange {
+                sequence: i,
+                step: t,
+                token,
+                vocab_size,
+            });
+        }
+    }
+    Ok(tokens.iter().map(Vec::len).collect())
 }
 
 fn check_finite(what: &str, x: &Array2<f32>) -> Result<()> {

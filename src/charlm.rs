@@ -15,6 +15,7 @@
 //! (hard links where the file system allows). A save cut short therefore loses nothing:
 //! `--resume` and `sample` then say so and use `previous/`, the checkpoint before it.
 
+use unfold::RnnState;
 use crate::{make_optimizer, pick, DeviceChoice, OptimizerChoice};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -633,14 +634,17 @@ fn install_interrupt_handler() {
 fn held_out_loss(rnn: &mut Rnn, tokens: &[u32], streams: &TokenStreams) -> CliResult<f32> {
     let vocab = rnn.config().input_size;
     let (mut sum, mut count) = (0.0f64, 0usize);
-    let mut state: Option<Array3<f32>> = None;
+    let mut state: Option<RnnState> = None;
     for c in 0..streams.chunks_per_pass() {
         let (inputs, targets) = streams.chunk(tokens, c);
         let batch = SequenceBatch::from_tokens(inputs, vocab, Targets::Classes(targets))?;
         let forward = rnn.forward_from(&batch, state.as_ref())?;
         sum += forward.loss as f64 * batch.tokens() as f64;
         count += batch.tokens();
-        state = Some(forward.final_hidden);
+        state = Some(RnnState {
+            h: forward.final_hidden,
+            c: forward.final_cell,
+        });
     }
     Ok((sum / count.max(1) as f64) as f32)
 }
@@ -929,8 +933,9 @@ pub fn train(args: TrainArgs) -> CliResult<ExitCode> {
         }
         let (inputs, targets) = streams.chunk(corpus.train(), meta.progress.chunk);
         let batch = SequenceBatch::from_tokens(inputs, vocab, Targets::Classes(targets))?;
-        let (loss, h) = rnn.train_step_from(&batch, hidden.as_ref(), &mut optimizer)?;
-        hidden = Some(h);
+        let carried = hidden.take().map(RnnState::hidden);
+        let (loss, last) = rnn.train_step_from(&batch, carried.as_ref(), &mut optimizer)?;
+        hidden = Some(last.h);
         run_steps += 1;
         run_tokens += batch.tokens() as u64;
         window_loss += loss as f64 * batch.tokens() as f64;

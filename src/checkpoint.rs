@@ -1,12 +1,13 @@
-//! Checkpoints: safetensors files with PyTorch's names, so that `torch.nn.RNN` +
-//! `torch.nn.Linear` load them with `safetensors.torch.load_file`.
+//! Checkpoints: safetensors files with PyTorch's names, so that a module holding
+//! `rnn = nn.RNN | nn.LSTM | nn.GRU` and `out = nn.Linear` loads them strictly with
+//! `safetensors.torch.load_file` + `load_state_dict`, and files PyTorch writes load here.
 //!
-//! `rnn.weight_ih_l{k}`, `rnn.weight_hh_l{k}`, `rnn.bias_ih_l{k}` (= b),
-//! `rnn.bias_hh_l{k}` (zeros), `out.weight`, `out.bias`. Loading sums the two biases, so
-//! a file written by PyTorch loads too.
+//! `rnn.weight_ih_l{k}[_reverse]`, `rnn.weight_hh_l{k}[_reverse]`,
+//! `rnn.bias_ih_l{k}[_reverse]`, `rnn.bias_hh_l{k}[_reverse]`, `out.weight`, `out.bias`
+//! (no `out.*` for an encoder). The metadata records the cell and the shape of the model.
 
-use crate::model::{LayerParams, RnnParams};
-use crate::{Error, Head, Nonlinearity, Result};
+use crate::model::{Cell, LayerParams, RnnConfig, RnnParams};
+use crate::{Error, Head, Result};
 use ndarray::{Array1, Array2};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
@@ -14,47 +15,92 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 impl RnnParams<f32> {
-    /// Writes a safetensors checkpoint atomically: to a temporary file in the same
-    /// directory, flushed to disk, then renamed over `path`. A crash at any moment leaves
-    /// either the old file or the new one, never a half-written one.
+    /// Writes a safetensors checkpoint atomically (see [`RnnParams::save_for`]), with the
+    /// model's shape inferred from the tensors: the gate count tells an LSTM (4) and a
+    /// GRU (3) from an Elman cell (1), and a second tensor per layer with the first
+    /// layer's input width marks a bidirectional model. One case is ambiguous — a
+    /// one-layer bidirectional model whose input size equals its hidden size looks like
+    /// a two-layer unidirectional one — and is saved as the latter; use
+    /// [`RnnParams::save_for`] to name such a model exactly.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let params = self.clone().into_standard_layout();
-        if let Some(k) = params
-            .layers
-            .iter()
-            .position(|l| l.w_hh.nrows() != l.w_ih.nrows() || l.b.len() != l.w_ih.nrows())
-        {
-            return Err(Error::shape(
-                format!("layers[{k}] (w_ih, w_hh and b must share the hidden size)"),
+        let config = self.guess_config()?;
+        self.write(&config, path.as_ref(), false)
+    }
+
+    /// Writes a safetensors checkpoint of a model with `config` atomically: to a
+    /// temporary file in the same directory, flushed to disk, then renamed over `path`.
+    /// A crash at any moment leaves either the old file or the new one, never a
+    /// half-written one. The metadata records the cell, so that [`RnnParams::load_for`]
+    /// can tell a checkpoint of another cell from a bad one.
+    pub fn save_for(&self, config: &RnnConfig, path: impl AsRef<Path>) -> Result<()> {
+        self.validate_shapes(config)?;
+        self.write(config, path.as_ref(), true)
+    }
+
+    /// The model shape [`RnnParams::save`] assumes.
+    fn guess_config(&self) -> Result<RnnConfig> {
+        let inconsistent = |k: usize| {
+            Error::shape(
+                format!("layers[{k}] (w_ih, w_hh, b_ih and b_hh must share gates x hidden)"),
                 "consistent shapes",
                 "inconsistent",
-            ));
+            )
+        };
+        let first = self.layers.first().ok_or(Error::InvalidConfig {
+            what: "num_layers",
+            expected: "at least 1",
+            got: "0".into(),
+        })?;
+        let h = first.w_hh.ncols().max(1);
+        let cell = match first.w_hh.nrows() / h {
+            4 => Cell::Lstm,
+            3 => Cell::Gru,
+            _ => Cell::Tanh,
+        };
+        let input = first.w_ih.ncols();
+        let bidirectional = self.layers.len() % 2 == 0
+            && self.layers.get(1).is_some_and(|l| l.w_ih.ncols() == input)
+            && (self.layers.len() == 2 || self.layers.get(2).is_some_and(|l| l.w_ih.ncols() == 2 * h))
+            && !(self.layers.len() == 2 && input == h);
+        let head = if self.w_out.nrows() == 0 {
+            Head::None
+        } else {
+            Head::PerStep
+        };
+        let config = RnnConfig::new(input, h, self.w_out.nrows())
+            .num_layers(self.layers.len() / (1 + bidirectional as usize))
+            .cell(cell)
+            .head(head)
+            .bidirectional(bidirectional);
+        if let Some(k) = self.layers.iter().position(|l| {
+            let g = l.w_hh.nrows();
+            l.w_ih.nrows() != g || l.b_ih.len() != g || l.b_hh.len() != g
+        }) {
+            return Err(inconsistent(k));
         }
+        self.validate_shapes(&config)?;
+        Ok(config)
+    }
+
+    fn write(&self, config: &RnnConfig, path: &Path, exact: bool) -> Result<()> {
+        let params = self.clone().into_standard_layout();
         let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-        let mut push2 = |name: String, a: &Array2<f32>| {
-            let bytes = bytemuck::cast_slice(a.as_slice().expect("standard layout")).to_vec();
-            tensors.push((name, a.shape().to_vec(), bytes));
+        let mut push = |name: String, shape: &[usize], data: &[f32]| {
+            tensors.push((name, shape.to_vec(), bytemuck::cast_slice(data).to_vec()));
         };
-        for (k, l) in params.layers.iter().enumerate() {
-            push2(format!("rnn.weight_ih_l{k}"), &l.w_ih);
-            push2(format!("rnn.weight_hh_l{k}"), &l.w_hh);
+        for (u, l) in params.layers.iter().enumerate() {
+            let k = config.unit_name(u);
+            let std = "standard layout";
+            push(format!("rnn.weight_ih_{k}"), l.w_ih.shape(), l.w_ih.as_slice().expect(std));
+            push(format!("rnn.weight_hh_{k}"), l.w_hh.shape(), l.w_hh.as_slice().expect(std));
+            push(format!("rnn.bias_ih_{k}"), l.b_ih.shape(), l.b_ih.as_slice().expect(std));
+            push(format!("rnn.bias_hh_{k}"), l.b_hh.shape(), l.b_hh.as_slice().expect(std));
         }
-        push2("out.weight".into(), &params.w_out);
-        let mut push1 = |name: String, a: &[f32]| {
-            tensors.push((name, vec![a.len()], bytemuck::cast_slice(a).to_vec()));
-        };
-        for (k, l) in params.layers.iter().enumerate() {
-            push1(
-                format!("rnn.bias_ih_l{k}"),
-                l.b.as_slice().expect("standard layout"),
-            );
-            push1(format!("rnn.bias_hh_l{k}"), &vec![0.0; l.b.len()]);
+        if config.head != Head::None {
+            let (w, b) = (&params.w_out, &params.b_out);
+            push("out.weight".into(), w.shape(), w.as_slice().expect("standard layout"));
+            push("out.bias".into(), b.shape(), b.as_slice().expect("standard layout"));
         }
-        push1(
-            "out.bias".into(),
-            params.b_out.as_slice().expect("standard layout"),
-        );
         let views: Vec<(String, TensorView)> = tensors
             .iter()
             .map(|(name, shape, bytes)| {
@@ -63,7 +109,15 @@ impl RnnParams<f32> {
                 (name.clone(), view)
             })
             .collect();
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        let mut metadata = HashMap::from([
+            ("format".to_string(), "pt".to_string()),
+            ("num_layers".to_string(), config.num_layers.to_string()),
+            ("bidirectional".to_string(), config.bidirectional.to_string()),
+        ]);
+        // an Elman cell's nonlinearity is not in its shapes: record it only when known
+        if exact || config.cell.gates() > 1 {
+            metadata.insert("cell".into(), config.cell.name().into());
+        }
         let bytes = safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| {
             Error::Checkpoint {
                 path: path.to_path_buf(),
@@ -73,87 +127,161 @@ impl RnnParams<f32> {
         write_atomically(path, &bytes)
     }
 
-    /// Reads a safetensors checkpoint written by [`RnnParams::save`] or by PyTorch.
-    /// Every tensor must be present, f32, finite and consistently shaped.
+    /// Reads a safetensors checkpoint written by [`RnnParams::save`] or by PyTorch (an
+    /// `nn.RNN`, `nn.LSTM` or `nn.GRU` as `rnn`, optionally an `nn.Linear` as `out`).
+    /// Every tensor must be present, f32, finite and consistently shaped; LSTM
+    /// projections (`proj_size`) are refused.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Ok(read_checkpoint(path.as_ref())?.0)
+    }
+
+    /// [`RnnParams::load`] for a model with `config`: a checkpoint of another cell,
+    /// direction count or size is refused with an error naming what the file holds and
+    /// what the config asks for.
+    pub fn load_for(config: &RnnConfig, path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            action: "reading checkpoint",
+        let (params, meta) = read_checkpoint(path)?;
+        let mismatch = |what: String| Error::Checkpoint {
             path: path.to_path_buf(),
-            source,
+            reason: what,
+        };
+        let gates = params.layers[0].w_hh.nrows() / params.layers[0].w_hh.ncols().max(1);
+        let recorded = meta.cell.unwrap_or(match gates {
+            4 => Cell::Lstm,
+            3 => Cell::Gru,
+            _ => config.cell,
+        });
+        let elman = |c: Cell| matches!(c, Cell::Tanh | Cell::Relu);
+        let fits = recorded == config.cell || (meta.cell.is_none() && elman(recorded) && elman(config.cell));
+        if !fits {
+            return Err(mismatch(format!(
+                "it holds a {} model, the config asks for a {} cell",
+                recorded, config.cell
+            )));
+        }
+        if meta.bidirectional != config.bidirectional {
+            return Err(mismatch(format!(
+                "it holds a {} model, the config asks for a {} one",
+                if meta.bidirectional { "bidirectional" } else { "unidirectional" },
+                if config.bidirectional { "bidirectional" } else { "unidirectional" },
+            )));
+        }
+        params.validate(config).map_err(|e| {
+            mismatch(format!(
+                "its tensors do not fit the config ({} cell, input {}, hidden {}, output {}, {} layers): {e}",
+                config.cell, config.input_size, config.hidden_size, config.output_size, config.num_layers
+            ))
         })?;
-        let bad = |reason: String| Error::Checkpoint {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let file = SafeTensors::deserialize(&bytes)
-            .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
-        let get = |name: &str, rank: usize| -> Result<(Vec<usize>, Vec<f32>)> {
-            let t = file
-                .tensor(name)
-                .map_err(|_| bad(format!("missing tensor `{name}`")))?;
-            if t.dtype() != Dtype::F32 {
-                return Err(bad(format!(
-                    "tensor `{name}` has dtype {:?}, expected F32",
-                    t.dtype()
-                )));
-            }
-            if t.shape().len() != rank {
-                return Err(bad(format!(
-                    "tensor `{name}` has shape {:?}, expected rank {rank}",
-                    t.shape()
-                )));
-            }
-            let data = t
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            Ok((t.shape().to_vec(), data))
-        };
-        let matrix = |name: &str| -> Result<Array2<f32>> {
-            let (shape, data) = get(name, 2)?;
-            Ok(Array2::from_shape_vec((shape[0], shape[1]), data)
-                .expect("safetensors checked the size"))
-        };
-        let vector = |name: &str| -> Result<Array1<f32>> { Ok(Array1::from_vec(get(name, 1)?.1)) };
-        let num_layers = (0..)
-            .take_while(|k| {
-                file.names()
-                    .iter()
-                    .any(|n| *n == format!("rnn.weight_ih_l{k}"))
-            })
-            .count();
-        if num_layers == 0 {
-            return Err(bad("missing tensor `rnn.weight_ih_l0`".into()));
-        }
-        let mut layers = Vec::with_capacity(num_layers);
-        for k in 0..num_layers {
-            let b_ih = vector(&format!("rnn.bias_ih_l{k}"))?;
-            let b_hh = vector(&format!("rnn.bias_hh_l{k}"))?;
-            if b_ih.len() != b_hh.len() {
-                return Err(bad(format!(
-                    "rnn.bias_ih_l{k} has {} elements but rnn.bias_hh_l{k} has {}",
-                    b_ih.len(),
-                    b_hh.len()
-                )));
-            }
-            layers.push(LayerParams {
-                w_ih: matrix(&format!("rnn.weight_ih_l{k}"))?,
-                w_hh: matrix(&format!("rnn.weight_hh_l{k}"))?,
-                b: b_ih + b_hh,
-            });
-        }
-        let params = RnnParams {
-            layers,
-            w_out: matrix("out.weight")?,
-            b_out: vector("out.bias")?,
-        };
-        params
-            .infer_config(Nonlinearity::Tanh, Head::PerStep)
-            .map_err(|e| bad(format!("inconsistent tensors: {e}")))?;
         Ok(params)
     }
+}
+
+/// What a checkpoint says about its model besides the tensors.
+struct CheckpointMeta {
+    cell: Option<Cell>,
+    bidirectional: bool,
+}
+
+fn read_checkpoint(path: &Path) -> Result<(RnnParams, CheckpointMeta)> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        action: "reading checkpoint",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let bad = |reason: String| Error::Checkpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+    let names = file.names();
+    if let Some(n) = names.iter().find(|n| n.contains("weight_hr_l")) {
+        return Err(bad(format!(
+            "`{n}` is an LSTM projection (PyTorch's proj_size), which unfold does not have"
+        )));
+    }
+    let meta = header.metadata().clone().unwrap_or_default();
+    let cell = meta.get("cell").map(|c| Cell::from_name(c)).transpose().map_err(|e| bad(format!("metadata: {e}")))?;
+    let get = |name: &str, rank: usize| -> Result<(Vec<usize>, Vec<f32>)> {
+        let t = file
+            .tensor(name)
+            .map_err(|_| bad(format!("missing tensor `{name}`")))?;
+        if t.dtype() != Dtype::F32 {
+            return Err(bad(format!(
+                "tensor `{name}` has dtype {:?}, expected F32",
+                t.dtype()
+            )));
+        }
+        if t.shape().len() != rank {
+            return Err(bad(format!(
+                "tensor `{name}` has shape {:?}, expected rank {rank}",
+                t.shape()
+            )));
+        }
+        let data = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok((t.shape().to_vec(), data))
+    };
+    let matrix = |name: &str| -> Result<Array2<f32>> {
+        let (shape, data) = get(name, 2)?;
+        Array2::from_shape_vec((shape[0], shape[1]), data)
+            .map_err(|e| bad(format!("tensor `{name}`: {e}")))
+    };
+    let vector = |name: &str| -> Result<Array1<f32>> { Ok(Array1::from_vec(get(name, 1)?.1)) };
+    let has = |name: String| names.iter().any(|n| **n == name);
+    let num_layers = (0..).take_while(|k| has(format!("rnn.weight_ih_l{k}"))).count();
+    if num_layers == 0 {
+        return Err(bad("missing tensor `rnn.weight_ih_l0`".into()));
+    }
+    let bidirectional = has("rnn.weight_ih_l0_reverse".into());
+    let suffixes: &[&str] = if bidirectional { &["", "_reverse"] } else { &[""] };
+    let mut layers = Vec::with_capacity(num_layers * suffixes.len());
+    for k in 0..num_layers {
+        for sfx in suffixes {
+            layers.push(LayerParams {
+                w_ih: matrix(&format!("rnn.weight_ih_l{k}{sfx}"))?,
+                w_hh: matrix(&format!("rnn.weight_hh_l{k}{sfx}"))?,
+                b_ih: vector(&format!("rnn.bias_ih_l{k}{sfx}"))?,
+                b_hh: vector(&format!("rnn.bias_hh_l{k}{sfx}"))?,
+            });
+        }
+    }
+    let encoder = !has("out.weight".into()) && !has("out.bias".into());
+    let (w_out, b_out) = if encoder {
+        let width = (1 + bidirectional as usize) * layers[0].w_hh.ncols();
+        (Array2::zeros((0, width)), Array1::zeros(0))
+    } else {
+        (matrix("out.weight")?, vector("out.bias")?)
+    };
+    let params = RnnParams {
+        layers,
+        w_out,
+        b_out,
+    };
+    let h = params.layers[0].w_hh.ncols();
+    let gates = params.layers[0].w_hh.nrows() / h.max(1);
+    let shape_cell = match (cell, gates) {
+        (Some(c), _) => c,
+        (None, 4) => Cell::Lstm,
+        (None, 3) => Cell::Gru,
+        (None, _) => Cell::Tanh,
+    };
+    let head = if encoder { Head::None } else { Head::PerStep };
+    params
+        .infer_config(shape_cell, head, bidirectional)
+        .map_err(|e| bad(format!("inconsistent tensors: {e}")))?;
+    Ok((
+        params,
+        CheckpointMeta {
+            cell,
+            bidirectional,
+        },
+    ))
 }
 
 /// Writes `bytes` to `path` through a temporary sibling file and a rename, syncing the

@@ -22,6 +22,13 @@ pub enum Error {
     /// A sequence with no steps.
     #[error("sequence {index} has length 0: every sequence needs at least one step")]
     ZeroLengthSequence { index: usize },
+    /// A batch without targets given to an operation that computes a loss.
+    #[error("{action} needs targets: this batch was made without them (SequenceBatch::inputs_only)")]
+    MissingTargets { action: &'static str },
+    /// An operation the model's configuration does not offer (the message says what to
+    /// use instead).
+    #[error("{0}")]
+    Unsupported(String),
     /// An array has the wrong shape.
     #[error("shape mismatch in {what}: expected {expected}, got {got}")]
     ShapeMismatch {

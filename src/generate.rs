@@ -19,7 +19,7 @@
 
 use crate::rng::SplitMix64;
 use crate::text::Vocabulary;
-use crate::{Error, Head, Result, Rnn, SequenceBatch, Targets};
+use crate::{Error, Head, Result, Rnn, RnnState, SequenceBatch};
 
 /// A token drawn from `softmax(logits / temperature)`; a temperature of 0 takes the most
 /// likely token (the first of equals). Computed in f64, shifted by the largest logit.
@@ -94,11 +94,7 @@ pub fn sample_tokens(
             got: "none".into(),
         });
     }
-    let batch = SequenceBatch::from_tokens(
-        vec![prime.to_vec()],
-        vocab_size,
-        Targets::Classes(vec![vec![0; prime.len()]]),
-    )?;
+    let batch = SequenceBatch::tokens_only(vec![prime.to_vec()], vocab_size)?;
     let mut out = Vec::with_capacity(count);
     if count == 0 {
         return Ok(out);
@@ -114,12 +110,12 @@ pub fn sample_tokens(
         if out.len() == count {
             return Ok(out);
         }
-        let step = SequenceBatch::from_tokens(
-            vec![vec![token]],
-            vocab_size,
-            Targets::Classes(vec![vec![0]]),
-        )?;
-        forward = rnn.forward_from(&step, Some(&forward.final_hidden))?;
+        let step = SequenceBatch::tokens_only(vec![vec![token]], vocab_size)?;
+        let state = RnnState {
+            h: forward.final_hidden,
+            c: forward.final_cell,
+        };
+        forward = rnn.forward_from(&step, Some(&state))?;
         last = 0;
     }
 }

@@ -53,10 +53,11 @@ pub use checkpoint::write_atomically;
 pub use device::Device;
 pub use error::{Error, Result};
 pub use gpu::TimeLoop;
-pub use model::{Head, LayerParams, Nonlinearity, RnnConfig, RnnParams};
+pub use cpu::RnnState;
+pub use model::{Cell, Head, LayerParams, Nonlinearity, RnnConfig, RnnParams};
 pub use optim::{Optimizer, OptimizerKind, OptimizerState};
 pub use real::Real;
-pub use rnn::{Forward, Rnn};
+pub use rnn::{Encoded, Forward, Gradients, Rnn};
 
 /// The README's example runs as a doctest.
 #[cfg(doctest)]

@@ -654,7 +654,7 @@ fn verify(
             config.hidden_size,
             config.output_size,
             config.num_layers,
-            config.nonlinearity,
+            config.cell,
             config.head,
             if values { "value" } else { "class" }
         );

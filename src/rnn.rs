@@ -1,13 +1,14 @@
 //! `Rnn`: a model bound to a device, with the operations of the public API.
 
 use crate::batch::SequenceBatch;
-use crate::cpu::{self, Workspace};
+use crate::cpu::{self, RnnState, Workspace};
 use crate::device::DeviceKind;
 use crate::gpu::{GpuRnn, TimeLoop};
 use crate::model::{RnnConfig, RnnParams};
 use crate::optim::Optimizer;
-use crate::{Device, Error, Result};
-use ndarray::Array3;
+use crate::rng::SplitMix64;
+use crate::{Device, Error, Head, Result};
+use ndarray::{Array2, Array3};
 
 /// What a forward pass returns.
 #[derive(Clone, Debug, PartialEq)]
@@ -15,15 +16,47 @@ pub struct Forward {
     /// `[batch, max_len, output]`, zero past each length; `[batch, 1, output]` for the
     /// last-step head.
     pub outputs: Array3<f32>,
-    /// `[num_layers, batch, hidden]`: each sequence's state at its own last valid step.
+    /// `[layers·directions, batch, hidden]`: each sequence's final state in every layer
+    /// and direction (PyTorch's `h_n`).
     pub final_hidden: Array3<f32>,
+    /// The LSTM's final cell states (`c_n`), same shape; `None` for the other cells.
+    pub final_cell: Option<Array3<f32>>,
+    /// The loss over the batch's targets (NaN for a batch without targets).
     pub loss: f32,
+}
+
+/// What [`Rnn::encode`] returns: the network's states for a model built around it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Encoded {
+    /// `[batch, max_len, directions·hidden]`: the top layer's states at every step
+    /// (`[h_fwd(t); h_rev(t)]` when bidirectional), zero past each length.
+    pub states: Array3<f32>,
+    /// `[layers·directions, batch, hidden]`, as [`Forward::final_hidden`].
+    pub final_hidden: Array3<f32>,
+    /// As [`Forward::final_cell`].
+    pub final_cell: Option<Array3<f32>>,
+}
+
+/// What [`Rnn::backward`] returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gradients {
+    /// The gradient of every parameter (the readout's are zero: the loss is the caller's).
+    pub params: RnnParams,
+    /// `[len_i, input]` per sequence: the gradient with respect to the inputs, for what
+    /// feeds the network. Empty for token batches, which have no input gradient.
+    pub inputs: Vec<Array2<f32>>,
 }
 
 /// An RNN with its parameters on a device.
 pub struct Rnn {
     config: RnnConfig,
     backend: Backend,
+    /// Draws each training step's dropout seed.
+    dropout_rng: SplitMix64,
+    /// Whether [`Rnn::encode`] applies dropout (see [`Rnn::set_training`]).
+    training: bool,
+    /// The dropout seed of the last [`Rnn::encode`], for the [`Rnn::backward`] after it.
+    encode_seed: Option<u64>,
 }
 
 enum Backend {
@@ -48,11 +81,36 @@ impl Rnn {
                 Backend::Gpu(Box::new(GpuRnn::new(ctx.clone(), &config, &params)?))
             }
         };
-        Ok(Rnn { config, backend })
+        Ok(Rnn {
+            config,
+            backend,
+            dropout_rng: SplitMix64::new(0x5eed),
+            training: false,
+            encode_seed: None,
+        })
     }
 
+    /// The model's configuration.
     pub fn config(&self) -> &RnnConfig {
         &self.config
+    }
+
+    /// Seeds the dropout masks of the training steps that follow (two models with the
+    /// same seed and the same steps draw the same masks, on either device).
+    pub fn set_dropout_seed(&mut self, seed: u64) {
+        self.dropout_rng = SplitMix64::new(seed);
+    }
+
+    /// Whether [`Rnn::encode`] runs as a training pass, with dropout between layers (off
+    /// by default). [`Rnn::train_step`] always does, [`Rnn::forward`] never.
+    pub fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    /// This step's dropout seed, if the model drops anything.
+    fn draw_dropout(&mut self) -> Option<u64> {
+        (self.config.dropout > 0.0 && self.config.num_layers > 1)
+            .then(|| self.dropout_rng.next_u64())
     }
 
     /// Outputs, final states and loss of `batch`, from a zero initial state.
@@ -60,21 +118,23 @@ impl Rnn {
         self.forward_from(batch, None)
     }
 
-    /// [`Rnn::forward`] from an initial state `[num_layers, batch, hidden]` (`None`: zeros),
-    /// for carrying the state from one chunk of a long sequence to the next.
+    /// [`Rnn::forward`] from an initial state (`None`: zeros), for carrying the state
+    /// from one chunk of a long sequence to the next.
     pub fn forward_from(
         &mut self,
         batch: &SequenceBatch,
-        initial: Option<&Array3<f32>>,
+        initial: Option<&RnnState>,
     ) -> Result<Forward> {
+        self.check_head("forward")?;
         self.check(batch, initial)?;
-        let initial = initial.map(|s| s.view());
         match &mut self.backend {
             Backend::Cpu { params, ws } => {
-                let loss = cpu::forward(&self.config, params, batch, initial, ws);
+                let loss = cpu::forward(&self.config, params, batch, initial, None, ws);
+                let last = cpu::final_state(&self.config, batch, ws);
                 Ok(Forward {
                     outputs: cpu::outputs(&self.config, batch, ws),
-                    final_hidden: cpu::final_hidden(&self.config, batch, ws),
+                    final_hidden: last.h,
+                    final_cell: last.c,
                     loss,
                 })
             }
@@ -82,7 +142,7 @@ impl Rnn {
         }
     }
 
-    /// The loss of `batch` and its gradient with respect to every parameter.
+    /// The loss of `batch` and its gradient with respect to every parameter (no dropout).
     pub fn loss_and_gradients(&mut self, batch: &SequenceBatch) -> Result<(f32, RnnParams)> {
         self.loss_and_gradients_from(batch, None)
     }
@@ -91,39 +151,47 @@ impl Rnn {
     pub fn loss_and_gradients_from(
         &mut self,
         batch: &SequenceBatch,
-        initial: Option<&Array3<f32>>,
+        initial: Option<&RnnState>,
     ) -> Result<(f32, RnnParams)> {
+        self.check_head("loss_and_gradients")?;
         self.check(batch, initial)?;
-        let initial = initial.map(|s| s.view());
+        batch.require_targets("loss_and_gradients")?;
         match &mut self.backend {
             Backend::Cpu { params, ws } => {
-                let loss = cpu::forward(&self.config, params, batch, initial, ws);
-                let grads = cpu::backward(&self.config, params, batch, initial, ws);
+                let loss = cpu::forward(&self.config, params, batch, initial, None, ws);
+                let grads = cpu::backward(&self.config, params, batch, ws);
                 Ok((loss, grads))
             }
             Backend::Gpu(g) => g.loss_and_gradients(&self.config, batch, initial),
         }
     }
 
-    /// One training step: forward, back-propagation through time, optional clipping and
-    /// the optimizer's update. Returns the loss before the update. A step whose loss or
-    /// gradients are not finite, or whose update would make a parameter or an optimizer
-    /// moment non-finite (overflow f32), is refused with [`Error::NonFinite`] and changes
-    /// nothing: parameters, moments and the optimizer's step count stay as they were.
+    /// One training step: forward (with dropout between layers, if configured),
+    /// back-propagation through time, optional clipping and the optimizer's update.
+    /// Returns the loss before the update. A step whose loss or gradients are not
+    /// finite, or whose update would make a parameter or an optimizer moment non-finite
+    /// (overflow f32), is refused with [`Error::NonFinite`] and changes nothing:
+    /// parameters, moments and the optimizer's step count stay as they were.
     pub fn train_step(&mut self, batch: &SequenceBatch, optimizer: &mut Optimizer) -> Result<f32> {
         Ok(self.train_step_inner(batch, None, optimizer, false)?.0)
     }
 
-    /// [`Rnn::train_step`] from an initial state `[num_layers, batch, hidden]` (`None`:
-    /// zeros), returning the loss and each sequence's final state — computed with the
-    /// parameters before the update — to start the next chunk from. This is truncated
-    /// back-propagation through time: no gradient flows into `initial`.
+    /// [`Rnn::train_step`] from an initial state (`None`: zeros), returning the loss and
+    /// each sequence's final state — computed with the parameters before the update — to
+    /// start the next chunk from. This is truncated back-propagation through time: no
+    /// gradient flows into `initial`. Not for bidirectional models, whose reverse
+    /// direction needs each whole sequence.
     pub fn train_step_from(
         &mut self,
         batch: &SequenceBatch,
-        initial: Option<&Array3<f32>>,
+        initial: Option<&RnnState>,
         optimizer: &mut Optimizer,
-    ) -> Result<(f32, Array3<f32>)> {
+    ) -> Result<(f32, RnnState)> {
+        if self.config.bidirectional {
+            return Err(Error::Unsupported(
+                "truncated back-propagation through time (train_step_from) needs a unidirectional model: the reverse direction of a bidirectional one reads each whole sequence".into(),
+            ));
+        }
         let (loss, last) = self.train_step_inner(batch, initial, optimizer, true)?;
         Ok((loss, last.expect("asked for the final state")))
     }
@@ -131,52 +199,157 @@ impl Rnn {
     fn train_step_inner(
         &mut self,
         batch: &SequenceBatch,
-        initial: Option<&Array3<f32>>,
+        initial: Option<&RnnState>,
         optimizer: &mut Optimizer,
         want_final: bool,
-    ) -> Result<(f32, Option<Array3<f32>>)> {
+    ) -> Result<(f32, Option<RnnState>)> {
+        self.check_head("train_step")?;
         self.check(batch, initial)?;
+        batch.require_targets("train_step")?;
         optimizer.validate()?;
-        let initial = initial.map(|s| s.view());
+        let dropout = self.draw_dropout();
         match &mut self.backend {
             Backend::Cpu { params, ws } => {
-                let loss = cpu::forward(&self.config, params, batch, initial, ws);
-                let mut grads = cpu::backward(&self.config, params, batch, initial, ws);
-                check_finite_step(
-                    loss,
-                    grads
-                        .tensors()
-                        .iter()
-                        .all(|(_, t)| t.iter().all(|g| g.is_finite())),
-                )?;
-                let last = want_final.then(|| cpu::final_hidden(&self.config, batch, ws));
+                let loss = cpu::forward(&self.config, params, batch, initial, dropout, ws);
+                let mut grads = cpu::backward(&self.config, params, batch, ws);
+                check_finite_step(loss, all_finite(&grads))?;
+                let last = want_final.then(|| cpu::final_state(&self.config, batch, ws));
                 optimizer.apply_cpu(params, &mut grads)?;
                 Ok((loss, last))
             }
-            Backend::Gpu(g) => g.train_step(&self.config, batch, initial, optimizer, want_final),
+            Backend::Gpu(g) => {
+                g.train_step(&self.config, batch, initial, dropout, optimizer, want_final)
+            }
         }
     }
 
+    /// The top layer's states at every step and the final states, for a model built
+    /// around this network (any head; the readout is not applied). With
+    /// [`Rnn::set_training`] on, dropout between layers applies as in a training step,
+    /// and the [`Rnn::backward`] that follows uses the same masks.
+    pub fn encode(&mut self, batch: &SequenceBatch) -> Result<Encoded> {
+        self.check(batch, None)?;
+        let dropout = if self.training {
+            self.draw_dropout()
+        } else {
+            None
+        };
+        self.encode_seed = dropout;
+        match &mut self.backend {
+            Backend::Cpu { params, ws } => {
+                cpu::forward_layers(&self.config, params, batch, None, dropout, ws);
+                let last = cpu::final_state(&self.config, batch, ws);
+                Ok(Encoded {
+                    states: cpu::top_states(&self.config, batch, ws),
+                    final_hidden: last.h,
+                    final_cell: last.c,
+                })
+            }
+            Backend::Gpu(g) => g.encode(&self.config, batch, dropout),
+        }
+    }
+
+    /// Back-propagation from a gradient on the states [`Rnn::encode`] returned
+    /// (`grad_states`, shaped like [`Encoded::states`]; values past each length are
+    /// ignored): the gradient of every parameter (the readout's zero) and of each input
+    /// sequence. It runs the recurrent layers forward again over `batch` (with the masks
+    /// of the last `encode`), so it needs no state from that call but the dropout seed.
+    pub fn backward(&mut self, batch: &SequenceBatch, grad_states: &Array3<f32>) -> Result<Gradients> {
+        self.check(batch, None)?;
+        let want = (batch.len(), batch.max_len(), self.config.state_width());
+        if grad_states.dim() != want {
+            return Err(Error::shape(
+                "grad_states [batch, max_len, directions·hidden]",
+                format!("{want:?}"),
+                format!("{:?}", grad_states.dim()),
+            ));
+        }
+        if let Some(((b, t, k), v)) = grad_states.indexed_iter().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "grad_states".into(),
+                detail: format!("sequence {b}, step {t}, unit {k} is {v}"),
+            });
+        }
+        let dropout = self.encode_seed;
+        match &mut self.backend {
+            Backend::Cpu { params, ws } => {
+                let (params, inputs) =
+                    cpu::encoder_backward(&self.config, params, batch, grad_states, dropout, ws);
+                Ok(Gradients { params, inputs })
+            }
+            Backend::Gpu(g) => g.backward(&self.config, batch, grad_states, dropout),
+        }
+    }
+
+    /// Applies gradients (from [`Rnn::backward`], or any with the model's shapes) with
+    /// the optimizer, exactly as [`Rnn::train_step`] applies its own: clipping, the
+    /// update, and the same refusal of non-finite steps.
+    pub fn apply_gradients(&mut self, grads: &RnnParams, optimizer: &mut Optimizer) -> Result<()> {
+        optimizer.validate()?;
+        let mut grads = grads.clone().into_standard_layout();
+        grads
+            .validate_shapes(&self.config)
+            .map_err(|e| match e {
+                Error::ShapeMismatch { what, expected, got } => Error::ShapeMismatch {
+                    what: format!("gradient {what}"),
+                    expected,
+                    got,
+                },
+                e => e,
+            })?;
+        check_finite_step(0.0, all_finite(&grads))?;
+        match &mut self.backend {
+            Backend::Cpu { params, .. } => optimizer.apply_cpu(params, &mut grads),
+            Backend::Gpu(g) => g.apply_gradients(&grads, optimizer),
+        }
+    }
+
+    /// `forward` and `train_step` need a readout; an encoder is used through `encode`.
+    fn check_head(&self, action: &str) -> Result<()> {
+        if self.config.head == Head::None {
+            return Err(Error::Unsupported(format!(
+                "{action} needs a readout, and this model has Head::None: use Rnn::encode for its states and Rnn::backward with your own head's gradient"
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks a batch and an initial state against the model.
-    fn check(&self, batch: &SequenceBatch, initial: Option<&Array3<f32>>) -> Result<()> {
+    fn check(&self, batch: &SequenceBatch, initial: Option<&RnnState>) -> Result<()> {
         batch.check_against(&self.config)?;
-        if let Some(s) = initial {
-            let want = (self.config.num_layers, batch.len(), self.config.hidden_size);
-            if s.dim() != want {
+        let Some(s) = initial else { return Ok(()) };
+        let want = (self.config.num_units(), batch.len(), self.config.hidden_size);
+        let check = |what: &str, a: &Array3<f32>| {
+            if a.dim() != want {
                 return Err(Error::shape(
-                    "initial state [num_layers, batch, hidden]",
+                    format!("{what} [layers·directions, batch, hidden]"),
                     format!("{want:?}"),
-                    format!("{:?}", s.dim()),
+                    format!("{:?}", a.dim()),
                 ));
             }
-            if let Some(((l, b, h), v)) = s.indexed_iter().find(|(_, v)| !v.is_finite()) {
+            if let Some(((l, b, h), v)) = a.indexed_iter().find(|(_, v)| !v.is_finite()) {
                 return Err(Error::NonFinite {
-                    what: "initial state".into(),
+                    what: what.into(),
                     detail: format!("layer {l}, sequence {b}, unit {h} is {v}"),
                 });
             }
+            Ok(())
+        };
+        check("initial state h", &s.h)?;
+        match (&s.c, self.config.cell.has_c()) {
+            (Some(c), true) => check("initial cell state c", c),
+            (None, true) => Err(Error::InvalidConfig {
+                what: "initial state of an LSTM",
+                expected: "both h and c",
+                got: "h only".into(),
+            }),
+            (Some(_), false) => Err(Error::InvalidConfig {
+                what: "initial cell state c",
+                expected: "absent: only the LSTM has a cell state",
+                got: format!("a c for a {} cell", self.config.cell),
+            }),
+            (None, false) => Ok(()),
         }
-        Ok(())
     }
 
     /// For the last GPU training step: host time spent recording, encoding and submitting
@@ -216,6 +389,10 @@ impl Rnn {
             Backend::Gpu(g) => g.params(&self.config),
         }
     }
+}
+
+fn all_finite(grads: &RnnParams) -> bool {
+    grads.tensors().iter().all(|(_, t)| t.iter().all(|g| g.is_finite()))
 }
 
 pub(crate) fn check_finite_step(loss: f32, grads_finite: bool) -> Result<()> {

@@ -1,22 +1,63 @@
 //! The CPU reference path: the same model and semantics as the GPU path, computed with
 //! ndarray in any [`Real`] precision (`f32` to train, `f64` for gradient checks).
 //!
-//! It is built the fast way: per layer, the input projection of every step is one
-//! matrix product before the time loop; the loop does one small product per step on the
-//! packed rows still running (see [`crate::batch`]); the weight gradients are one product
-//! over all steps after it. Buffers live in a [`Workspace`] reused across calls, so the
-//! time loop allocates nothing.
+//! It is built the fast way: per layer and direction, the input projection of every step
+//! (all gates) is one matrix product before the time loop; the loop does one small
+//! product per step on the packed rows still running (see [`crate::batch`]) and the
+//! cell's element-wise work (`cell.rs`, the only place cells differ); the weight
+//! gradients are one product over all steps after it. The reverse direction walks the
+//! same packed rows from the last step to the first: a sequence joins when its own last
+//! step comes, so it runs within its own length. Buffers live in a [`Workspace`] reused
+//! across calls, so the time loop allocates nothing.
 
+mod cell;
 mod loss;
 
 use crate::batch::{Packing, SequenceBatch};
-use crate::model::{LayerParams, RnnConfig, RnnParams};
+use crate::model::{Cell, LayerParams, RnnConfig, RnnParams};
 use crate::real::Real;
-use crate::{Head, Nonlinearity};
+use crate::rng::SplitMix64;
+use crate::Head;
+use cell::{backward_row, forward_row, RowBackward, RowForward};
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis, Zip};
+use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayViewMut2, Axis, Zip};
 
 pub use loss::{cross_entropy, pack_classes, pack_values, squared_error};
+
+/// A recurrent state: `h` `[layers·directions, batch, hidden]` and, for the LSTM, `c` of
+/// the same shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RnnState {
+    /// Hidden states, PyTorch's `h_0` / `h_n`.
+    pub h: Array3<f32>,
+    /// LSTM cell states, PyTorch's `c_0` / `c_n` (`None` for the other cells).
+    pub c: Option<Array3<f32>>,
+}
+
+impl RnnState {
+    /// A state with hidden states only (every cell but the LSTM).
+    pub fn hidden(h: Array3<f32>) -> Self {
+        RnnState { h, c: None }
+    }
+}
+
+/// Buffers of one layer in one direction ("unit"), all in packed row order.
+#[derive(Debug, Default)]
+struct UnitBuffers<F> {
+    /// `[tokens, gates·hidden]`: the input projection, then the gates after their
+    /// nonlinearities.
+    gates: Array2<F>,
+    /// `[tokens, hidden]`: the state each step started from (previous step, initial
+    /// state or zeros).
+    h_prev: Array2<F>,
+    /// LSTM: `c(t)` and `c(t-1)`; GRU: `W_hn h(t-1) + b_hn` in `hn`. Empty otherwise.
+    c: Array2<F>,
+    c_prev: Array2<F>,
+    hn: Array2<F>,
+    /// Initial states in packed order `[batch, hidden]` (when given).
+    h0: Option<Array2<F>>,
+    c0: Option<Array2<F>>,
+}
 
 /// Reusable buffers of one model's forward and backward pass.
 #[derive(Debug, Default)]
@@ -25,21 +66,35 @@ pub struct Workspace<F> {
     x: Array2<F>,
     /// Packed token ids (token batches).
     token_ids: Vec<u32>,
-    /// Per layer, packed states `[tokens, hidden]`.
-    hs: Vec<Array2<F>>,
-    /// Per layer, initial states in packed order `[batch, hidden]` (when given).
-    h0: Vec<Array2<F>>,
-    /// Last-step head: top-layer final states in packed order `[batch, hidden]`.
+    /// Per layer, its output `[tokens, directions·hidden]`: direction `d`'s states in
+    /// columns `d·hidden ..`.
+    outs: Vec<Array2<F>>,
+    /// Per layer (from 1) on a step with dropout: the mask (0 or `1/(1-p)`) over its
+    /// input, and the input after it.
+    masks: Vec<Array2<F>>,
+    dropped: Vec<Array2<F>>,
+    dropout_used: bool,
+    units: Vec<UnitBuffers<F>>,
+    /// One step's recurrent product `[batch, gates·hidden]`.
+    hh: Array2<F>,
+    /// Last-step head: top-layer final states in packed order `[batch, directions·hidden]`.
     last: Array2<F>,
     /// Readout `[rows, output]` and its gradient.
     out: Array2<F>,
     d_out: Array2<F>,
-    /// Gradient with respect to the pre-activations of the current layer, and the one
-    /// being formed for the layer below.
-    g: Array2<F>,
-    g_below: Array2<F>,
-    /// Previous states of steps 1.. gathered into one matrix for the `dW_hh` product.
-    hprev: Array2<F>,
+    /// Gradient with respect to the current layer's output `[tokens, directions·hidden]`,
+    /// and the one being formed for the layer below (or the inputs).
+    dh: Array2<F>,
+    d_below: Array2<F>,
+    /// One unit's gradients: with respect to its states and cell states `[tokens,
+    /// hidden]`, its input projection and recurrent product `[tokens, gates·hidden]`, and
+    /// one step's direct terms to the previous state `[batch, hidden]`.
+    dh_unit: Array2<F>,
+    dc: Array2<F>,
+    dgx: Array2<F>,
+    dgh: Array2<F>,
+    dh_prev: Array2<F>,
+    dc_prev: Array2<F>,
     classes: Vec<u32>,
     values: Array2<F>,
 }
@@ -52,92 +107,183 @@ pub(crate) fn resize<F: Real>(a: &mut Array2<F>, rows: usize, cols: usize) {
     }
 }
 
-/// `a = φ(a)` in place.
-fn activate<F: Real>(n: Nonlinearity, mut a: ArrayViewMut2<F>) {
-    match n {
-        Nonlinearity::Tanh => a.mapv_inplace(F::fast_tanh),
-        Nonlinearity::Relu => a.mapv_inplace(|v| v.max(F::zero())),
+/// Row `r` of `a` as a slice; empty when `a` is an unused (empty) buffer.
+fn row<F: Real>(a: &Array2<F>, r: usize) -> &[F] {
+    if a.is_empty() {
+        return &[];
+    }
+    a.row(r).to_slice().expect("rows of standard-layout arrays are contiguous")
+}
+
+fn row_mut<F: Real>(a: &mut Array2<F>, r: usize) -> &mut [F] {
+    if a.is_empty() {
+        return &mut [];
+    }
+    a.row_mut(r)
+        .into_slice()
+        .expect("rows of standard-layout arrays are contiguous")
+}
+
+/// The dropout masks of one training step: for every layer from 1, `[tokens,
+/// directions·hidden]` of 0 (dropped, probability `p`) or `1/(1-p)`, in packed row order.
+/// Both paths draw them here, so a seed gives the same masks on the CPU and the GPU.
+pub(crate) fn dropout_masks(config: &RnnConfig, tokens: usize, seed: u64) -> Vec<Array2<f32>> {
+    let p = config.dropout;
+    let keep = 1.0 / (1.0 - p);
+    let mut rng = SplitMix64::new(seed);
+    (1..config.num_layers)
+        .map(|_| {
+            Array2::from_shape_simple_fn((tokens, config.state_width()), || {
+                if rng.next_f32() < p {
+                    0.0
+                } else {
+                    keep
+                }
+            })
+        })
+        .collect()
+}
+
+/// Where a step's previous state comes from in the packed rows: `(first row, count)` of
+/// the rows holding it for the first `count` rows of step `t`; the rest start from the
+/// initial state. Forward: step `t-1`, for every row. Reverse: step `t+1`, for the
+/// sequences that are still running there.
+fn previous_rows(p: &Packing, t: usize, reverse: bool) -> Option<(usize, usize)> {
+    if !reverse {
+        (t > 0).then(|| (p.offsets[t - 1], p.batch_sizes[t]))
+    } else {
+        (t + 1 < p.max_len()).then(|| (p.offsets[t + 1], p.batch_sizes[t + 1]))
     }
 }
 
-/// `d *= φ'(pre)`, with φ' written in terms of the output `h = φ(pre)`.
-fn times_derivative<F: Real>(n: Nonlinearity, d: ArrayViewMut2<F>, h: ArrayView2<F>) {
-    match n {
-        Nonlinearity::Tanh => Zip::from(d)
-            .and(h)
-            .for_each(|d, &h| *d = *d * (F::one() - h * h)),
-        Nonlinearity::Relu => Zip::from(d).and(h).for_each(|d, &h| {
-            if h <= F::zero() {
-                *d = F::zero()
-            }
-        }),
+/// The steps in the order a direction visits them.
+fn steps(p: &Packing, reverse: bool) -> Box<dyn Iterator<Item = usize>> {
+    if reverse {
+        Box::new((0..p.max_len()).rev())
+    } else {
+        Box::new(0..p.max_len())
     }
 }
 
-/// Runs the model forward over `batch` (already checked against `config`), leaving the
-/// states in `ws`, and returns the loss.
-pub fn forward<F: Real>(
+/// Runs the recurrent layers over `batch` (already checked against `config`), leaving
+/// every layer's states in `ws`. `dropout`: the seed of this step's dropout masks
+/// (training steps of a model with dropout and several layers), or `None`.
+pub fn forward_layers<F: Real>(
     config: &RnnConfig,
     params: &RnnParams<F>,
     batch: &SequenceBatch,
-    initial: Option<ArrayView3<f32>>,
+    initial: Option<&RnnState>,
+    dropout: Option<u64>,
     ws: &mut Workspace<F>,
-) -> F {
+) {
     let p = batch.packing();
     let tokens = p.tokens();
-    let h = config.hidden_size;
+    let (h, dirs) = (config.hidden_size, config.num_directions());
     match batch.packed_token_ids() {
         Some(ids) => ws.token_ids = ids,
         None => pack_inputs(batch, &mut ws.x),
     }
     let tokens_in = batch.token_ids().is_some();
-    ws.hs.resize_with(config.num_layers, Default::default);
-    ws.h0.resize_with(config.num_layers, Default::default);
-    for (l, layer) in params.layers.iter().enumerate() {
-        let (below, rest) = ws.hs.split_at_mut(l);
+    ws.outs.resize_with(config.num_layers, Default::default);
+    ws.units.resize_with(config.num_units(), Default::default);
+    ws.dropout_used = dropout.is_some() && config.dropout > 0.0 && config.num_layers > 1;
+    if ws.dropout_used {
+        let masks = dropout_masks(config, tokens, dropout.unwrap_or_default());
+        ws.masks = masks.into_iter().map(|m| m.mapv(F::from_f32)).collect();
+        ws.dropped.resize_with(config.num_layers - 1, Default::default);
+    }
+    for l in 0..config.num_layers {
+        let (below, rest) = ws.outs.split_at_mut(l);
+        let out = &mut rest[0];
+        resize(out, tokens, dirs * h);
         let input = match l {
             0 if tokens_in => LayerInput::Tokens(&ws.token_ids),
             0 => LayerInput::Dense(&ws.x),
+            _ if ws.dropout_used => {
+                let dropped = &mut ws.dropped[l - 1];
+                *dropped = &below[l - 1] * &ws.masks[l - 1];
+                LayerInput::Dense(dropped)
+            }
             _ => LayerInput::Dense(&below[l - 1]),
         };
-        let hs = &mut rest[0];
-        resize(hs, tokens, h);
-        let h0 = initial.map(|s| {
-            pack_initial(s.index_axis(Axis(0), l), p, &mut ws.h0[l]);
-            &ws.h0[l]
-        });
-        layer_forward(config.nonlinearity, layer, p, input, h0, hs);
+        for d in 0..dirs {
+            let u = l * dirs + d;
+            let unit = &mut ws.units[u];
+            unit.h0 = initial.map(|s| pack_initial(s.h.index_axis(Axis(0), u), p));
+            unit.c0 = initial
+                .and_then(|s| s.c.as_ref())
+                .map(|c| pack_initial(c.index_axis(Axis(0), u), p));
+            unit_forward(
+                config.cell,
+                &params.layers[u],
+                p,
+                &input,
+                d == 1,
+                unit,
+                &mut ws.hh,
+                out.slice_mut(s![.., d * h..(d + 1) * h]),
+            );
+        }
     }
-    let top = &ws.hs[config.num_layers - 1];
+}
+
+/// Runs the model forward over `batch` (already checked against `config`, with targets),
+/// leaving the states in `ws`, and returns the loss.
+pub fn forward<F: Real>(
+    config: &RnnConfig,
+    params: &RnnParams<F>,
+    batch: &SequenceBatch,
+    initial: Option<&RnnState>,
+    dropout: Option<u64>,
+    ws: &mut Workspace<F>,
+) -> F {
+    forward_layers(config, params, batch, initial, dropout, ws);
+    let p = batch.packing();
+    let top = &ws.outs[config.num_layers - 1];
     let per_step = config.head == Head::PerStep;
     let head_in = if per_step {
         top
     } else {
-        resize(&mut ws.last, p.batch(), h);
-        for j in 0..p.batch() {
-            ws.last.row_mut(j).assign(&top.row(p.last_row(j)));
-        }
+        gather_last(config, p, top, &mut ws.last);
         &ws.last
     };
     resize(&mut ws.out, head_in.nrows(), config.output_size);
-    linear(head_in, &params.w_out, &params.b_out, &mut ws.out);
-    loss::loss_and_d_out(
-        batch.targets(),
-        p,
-        per_step,
-        &ws.out,
-        &mut ws.d_out,
-        &mut ws.classes,
-        &mut ws.values,
-    )
+    linear(head_in.view(), &params.w_out, &params.b_out, &mut ws.out.view_mut());
+    match batch.targets() {
+        Some(targets) => loss::loss_and_d_out(
+            targets,
+            p,
+            per_step,
+            &ws.out,
+            &mut ws.d_out,
+            &mut ws.classes,
+            &mut ws.values,
+        ),
+        None => F::nan(),
+    }
+}
+
+/// Each sequence's final top-layer states in packed order, `[batch, directions·hidden]`:
+/// the forward direction's at the sequence's last step, the reverse direction's at its
+/// first.
+fn gather_last<F: Real>(config: &RnnConfig, p: &Packing, top: &Array2<F>, last: &mut Array2<F>) {
+    let h = config.hidden_size;
+    resize(last, p.batch(), config.state_width());
+    for j in 0..p.batch() {
+        for d in 0..config.num_directions() {
+            let r = if d == 0 { p.last_row(j) } else { p.row(0, j) };
+            last.slice_mut(s![j, d * h..(d + 1) * h])
+                .assign(&top.slice(s![r, d * h..(d + 1) * h]));
+        }
+    }
 }
 
 /// `out = input · wᵀ + b`
-fn linear<F: Real>(input: &Array2<F>, w: &Array2<F>, b: &Array1<F>, out: &mut Array2<F>) {
+fn linear<F: Real>(input: ArrayView2<F>, w: &Array2<F>, b: &Array1<F>, out: &mut ArrayViewMut2<F>) {
     for mut row in out.rows_mut() {
         row.assign(b);
     }
-    general_mat_mul(F::one(), input, &w.t(), F::one(), out);
+    general_mat_mul(F::one(), &input, &w.t(), F::one(), out);
 }
 
 /// What a layer reads at each packed row: feature vectors, or token ids.
@@ -146,44 +292,88 @@ enum LayerInput<'a, F> {
     Tokens(&'a [u32]),
 }
 
-/// One layer over all steps: the hoisted input product (for tokens a column lookup in
-/// `W_ih`), then one recurrent product per step on the rows still running.
-fn layer_forward<F: Real>(
-    nonlinearity: Nonlinearity,
+/// One layer in one direction over all steps: the hoisted input product for all gates
+/// (for tokens a column lookup in `W_ih`), then per step the recurrent product on the
+/// rows still running and the cell's element-wise work.
+#[allow(clippy::too_many_arguments)]
+fn unit_forward<F: Real>(
+    cell: Cell,
     layer: &LayerParams<F>,
     p: &Packing,
-    input: LayerInput<F>,
-    h0: Option<&Array2<F>>,
-    hs: &mut Array2<F>,
+    input: &LayerInput<F>,
+    reverse: bool,
+    unit: &mut UnitBuffers<F>,
+    hh: &mut Array2<F>,
+    mut states: ArrayViewMut2<F>,
 ) {
+    let (tokens, h) = (p.tokens(), states.ncols());
+    let g = layer.w_hh.nrows();
+    resize(&mut unit.gates, tokens, g);
+    resize(&mut unit.h_prev, tokens, h);
+    let (c_rows, hn_rows) = match cell {
+        Cell::Lstm => (tokens, 0),
+        Cell::Gru => (0, tokens),
+        Cell::Tanh | Cell::Relu => (0, 0),
+    };
+    resize(&mut unit.c, c_rows, h);
+    resize(&mut unit.c_prev, c_rows, h);
+    resize(&mut unit.hn, hn_rows, h);
+    resize(hh, p.batch(), g);
     match input {
-        LayerInput::Dense(x) => linear(x, &layer.w_ih, &layer.b, hs),
+        LayerInput::Dense(x) => linear(x.view(), &layer.w_ih, &layer.b_ih, &mut unit.gates.view_mut()),
         LayerInput::Tokens(ids) => {
-            for (mut row, &id) in hs.rows_mut().into_iter().zip(ids) {
+            for (mut row, &id) in unit.gates.rows_mut().into_iter().zip(*ids) {
                 Zip::from(&mut row)
                     .and(layer.w_ih.column(id as usize))
-                    .and(&layer.b)
-                    .for_each(|h, &w, &b| *h = w + b);
+                    .and(&layer.b_ih)
+                    .for_each(|a, &w, &b| *a = w + b);
             }
         }
     }
-    for (t, &n) in p.batch_sizes.iter().enumerate() {
-        let off = p.offsets[t];
-        let (prev, mut cur) = hs.view_mut().split_at(Axis(0), off);
-        let mut cur = cur.slice_mut(s![..n, ..]);
-        if t > 0 {
-            let prev_off = p.offsets[t - 1];
-            general_mat_mul(
-                F::one(),
-                &prev.slice(s![prev_off..prev_off + n, ..]),
-                &layer.w_hh.t(),
-                F::one(),
-                &mut cur,
-            );
-        } else if let Some(h0) = h0 {
-            general_mat_mul(F::one(), h0, &layer.w_hh.t(), F::one(), &mut cur);
+    for t in steps(p, reverse) {
+        let (off, n) = (p.offsets[t], p.batch_sizes[t]);
+        let (prev_off, m) = previous_rows(p, t, reverse).unwrap_or((0, 0));
+        // the state each row starts from: the previous step's, else the initial one
+        for j in 0..n {
+            let mut dst = unit.h_prev.row_mut(off + j);
+            match (&unit.h0, j < m) {
+                (_, true) => dst.assign(&states.row(prev_off + j)),
+                (Some(h0), false) => dst.assign(&h0.row(j)),
+                (None, false) => dst.fill(F::zero()),
+            }
+            if cell == Cell::Lstm {
+                let (c, c_prev) = (&unit.c, &mut unit.c_prev);
+                let mut dst = c_prev.row_mut(off + j);
+                match (&unit.c0, j < m) {
+                    (_, true) => dst.assign(&c.row(prev_off + j)),
+                    (Some(c0), false) => dst.assign(&c0.row(j)),
+                    (None, false) => dst.fill(F::zero()),
+                }
+            }
         }
-        activate(nonlinearity, cur);
+        let mut step = hh.slice_mut(s![..n, ..]);
+        linear(
+            unit.h_prev.slice(s![off..off + n, ..]),
+            &layer.w_hh,
+            &layer.b_hh,
+            &mut step,
+        );
+        for j in 0..n {
+            let r = off + j;
+            let mut h_row = states.row_mut(r);
+            forward_row(
+                cell,
+                RowForward {
+                    gates: row_mut(&mut unit.gates, r),
+                    hh: step.row(j).to_slice().expect("contiguous rows"),
+                    h_prev: row(&unit.h_prev, r),
+                    c_prev: row(&unit.c_prev, r),
+                    h: h_row.as_slice_mut().expect("a row of one direction's columns is contiguous"),
+                    c: row_mut(&mut unit.c, r),
+                    hn: row_mut(&mut unit.hn, r),
+                },
+            );
+        }
     }
 }
 
@@ -193,134 +383,211 @@ pub fn backward<F: Real>(
     config: &RnnConfig,
     params: &RnnParams<F>,
     batch: &SequenceBatch,
-    initial: Option<ArrayView3<f32>>,
     ws: &mut Workspace<F>,
 ) -> RnnParams<F> {
     let p = batch.packing();
-    let tokens = p.tokens();
     let h = config.hidden_size;
     let top = config.num_layers - 1;
     let mut grads = RnnParams::<F>::zeros(config);
 
     // readout
     let head_in = if config.head == Head::PerStep {
-        &ws.hs[top]
+        &ws.outs[top]
     } else {
         &ws.last
     };
-    general_mat_mul(
-        F::one(),
-        &ws.d_out.t(),
-        head_in,
-        F::zero(),
-        &mut grads.w_out,
-    );
+    general_mat_mul(F::one(), &ws.d_out.t(), head_in, F::zero(), &mut grads.w_out);
     grads.b_out = ws.d_out.sum_axis(Axis(0));
-    resize(&mut ws.g, tokens, h);
+    resize(&mut ws.dh, p.tokens(), config.state_width());
     match config.head {
-        Head::PerStep => general_mat_mul(F::one(), &ws.d_out, &params.w_out, F::zero(), &mut ws.g),
+        Head::PerStep => general_mat_mul(F::one(), &ws.d_out, &params.w_out, F::zero(), &mut ws.dh),
         Head::LastStep => {
-            ws.g.fill(F::zero());
+            ws.dh.fill(F::zero());
             let d_last = ws.d_out.dot(&params.w_out);
             for j in 0..p.batch() {
-                ws.g.row_mut(p.last_row(j)).assign(&d_last.row(j));
-            }
-        }
-    }
-
-    for l in (0..config.num_layers).rev() {
-        let layer = &params.layers[l];
-        let hs = &ws.hs[l];
-        layer_backward_steps(config.nonlinearity, layer, p, hs, &mut ws.g);
-        let input = if l == 0 { &ws.x } else { &ws.hs[l - 1] };
-        let gl = &mut grads.layers[l];
-        if l == 0 && batch.token_ids().is_some() {
-            // a column lookup's gradient: each row's dA added into its token's column
-            for (g_row, &id) in ws.g.rows().into_iter().zip(&ws.token_ids) {
-                Zip::from(gl.w_ih.column_mut(id as usize))
-                    .and(&g_row)
-                    .for_each(|w, &g| *w = *w + g);
-            }
-        } else {
-            // dW_ih = Σ_t dA(t)ᵀ · in(t), one product over all steps
-            general_mat_mul(F::one(), &ws.g.t(), input, F::zero(), &mut gl.w_ih);
-        }
-        gl.b = ws.g.sum_axis(Axis(0));
-        // dW_hh = Σ_t dA(t)ᵀ · h(t-1)
-        let b = p.batch();
-        if tokens > b {
-            let fixed_length = p.batch_sizes.iter().all(|&n| n == b);
-            let prev = if fixed_length {
-                hs.slice(s![..tokens - b, ..])
-            } else {
-                resize(&mut ws.hprev, tokens - b, h);
-                for t in 1..p.max_len() {
-                    let n = p.batch_sizes[t];
-                    let (src, dst) = (p.offsets[t - 1], p.offsets[t] - b);
-                    ws.hprev
-                        .slice_mut(s![dst..dst + n, ..])
-                        .assign(&hs.slice(s![src..src + n, ..]));
+                for d in 0..config.num_directions() {
+                    let r = if d == 0 { p.last_row(j) } else { p.row(0, j) };
+                    ws.dh
+                        .slice_mut(s![r, d * h..(d + 1) * h])
+                        .assign(&d_last.slice(s![j, d * h..(d + 1) * h]));
                 }
-                ws.hprev.view()
-            };
-            general_mat_mul(
-                F::one(),
-                &ws.g.slice(s![b.., ..]).t(),
-                &prev,
-                F::zero(),
-                &mut gl.w_hh,
-            );
+            }
         }
-        if initial.is_some() {
-            general_mat_mul(
-                F::one(),
-                &ws.g.slice(s![..b, ..]).t(),
-                &ws.h0[l],
-                F::one(),
-                &mut gl.w_hh,
-            );
-        }
-        if l > 0 {
-            // gradient with respect to the layer below's states: one product over all steps
-            resize(&mut ws.g_below, tokens, h);
-            general_mat_mul(F::one(), &ws.g, &layer.w_ih, F::zero(), &mut ws.g_below);
-            std::mem::swap(&mut ws.g, &mut ws.g_below);
-        }
+        Head::None => ws.dh.fill(F::zero()),
     }
+    backward_layers(config, params, batch, ws, &mut grads, false);
     grads
 }
 
-/// Turns `g`, the gradient with respect to the layer's states from outside the
-/// recurrence (readout or layer above), into the gradient with respect to its
-/// pre-activations, walking the steps backwards:
-/// `dA(t) = (g(t) + W_hhᵀ dA(t+1)) ⊙ φ'(h(t))`.
-fn layer_backward_steps<F: Real>(
-    nonlinearity: Nonlinearity,
-    layer: &LayerParams<F>,
-    p: &Packing,
-    hs: &Array2<F>,
-    g: &mut Array2<F>,
+/// Back-propagation through the recurrent layers, from the gradient with respect to the
+/// top layer's output in `ws.dh` (packed rows), after [`forward_layers`]. Adds every
+/// recurrent parameter's gradient into `grads`; with `input_grads`, leaves the gradient
+/// with respect to the packed inputs in `ws.dh` (feature batches only).
+pub fn backward_layers<F: Real>(
+    config: &RnnConfig,
+    params: &RnnParams<F>,
+    batch: &SequenceBatch,
+    ws: &mut Workspace<F>,
+    grads: &mut RnnParams<F>,
+    input_grads: bool,
 ) {
-    for t in (0..p.max_len()).rev() {
-        let off = p.offsets[t];
-        let n = p.batch_sizes[t];
-        if t + 1 < p.max_len() {
-            let next_off = p.offsets[t + 1];
-            let n_next = p.batch_sizes[t + 1];
-            let (mut cur, next) = g.view_mut().split_at(Axis(0), next_off);
-            general_mat_mul(
-                F::one(),
-                &next.slice(s![..n_next, ..]),
-                &layer.w_hh,
-                F::one(),
-                &mut cur.slice_mut(s![off..off + n_next, ..]),
+    let p = batch.packing();
+    let (h, dirs) = (config.hidden_size, config.num_directions());
+    let tokens_in = batch.token_ids().is_some();
+    for l in (0..config.num_layers).rev() {
+        let below = l > 0 || (input_grads && !tokens_in);
+        if below {
+            resize(&mut ws.d_below, p.tokens(), config.layer_input_size(l));
+            ws.d_below.fill(F::zero());
+        }
+        for d in 0..dirs {
+            let u = l * dirs + d;
+            let input = match l {
+                0 if tokens_in => LayerInput::Tokens(&ws.token_ids),
+                0 => LayerInput::Dense(&ws.x),
+                _ if ws.dropout_used => LayerInput::Dense(&ws.dropped[l - 1]),
+                _ => LayerInput::Dense(&ws.outs[l - 1]),
+            };
+            let scratch = StepGradients {
+                dh: &mut ws.dh_unit,
+                dc: &mut ws.dc,
+                dgx: &mut ws.dgx,
+                dgh: &mut ws.dgh,
+                dh_prev: &mut ws.dh_prev,
+                dc_prev: &mut ws.dc_prev,
+            };
+            unit_backward(
+                config.cell,
+                &params.layers[u],
+                p,
+                &input,
+                d == 1,
+                &ws.units[u],
+                ws.outs[l].slice(s![.., d * h..(d + 1) * h]),
+                ws.dh.slice(s![.., d * h..(d + 1) * h]),
+                scratch,
+                &mut grads.layers[u],
+                below.then_some(&mut ws.d_below),
             );
         }
-        times_derivative(
-            nonlinearity,
-            g.slice_mut(s![off..off + n, ..]),
-            hs.slice(s![off..off + n, ..]),
+        if below {
+            if l > 0 && ws.dropout_used {
+                Zip::from(&mut ws.d_below)
+                    .and(&ws.masks[l - 1])
+                    .for_each(|d, &m| *d = *d * m);
+            }
+            std::mem::swap(&mut ws.dh, &mut ws.d_below);
+        }
+    }
+}
+
+/// `dst += src`
+fn add_into<F: Real, D: ndarray::Dimension>(
+    dst: ndarray::ArrayViewMut<F, D>,
+    src: ndarray::ArrayView<F, D>,
+) {
+    Zip::from(dst).and(src).for_each(|d, &s| *d = *d + s);
+}
+
+/// A unit's gradient buffers (see [`Workspace`]).
+struct StepGradients<'a, F> {
+    dh: &'a mut Array2<F>,
+    dc: &'a mut Array2<F>,
+    dgx: &'a mut Array2<F>,
+    dgh: &'a mut Array2<F>,
+    dh_prev: &'a mut Array2<F>,
+    dc_prev: &'a mut Array2<F>,
+}
+
+/// One unit backwards: walks its steps in reverse, turning the gradient with respect to
+/// its states from outside the recurrence (`dh_ext`: readout or layer above) into the
+/// gradients with respect to its input projection and recurrent product, then forms the
+/// weight gradients as one product over all steps each, and adds the gradient with
+/// respect to its input into `d_below`.
+#[allow(clippy::too_many_arguments)]
+fn unit_backward<F: Real>(
+    cell: Cell,
+    layer: &LayerParams<F>,
+    p: &Packing,
+    input: &LayerInput<F>,
+    reverse: bool,
+    unit: &UnitBuffers<F>,
+    states: ArrayView2<F>,
+    dh_ext: ArrayView2<F>,
+    b: StepGradients<F>,
+    grads: &mut LayerParams<F>,
+    d_below: Option<&mut Array2<F>>,
+) {
+    let (tokens, h) = (p.tokens(), states.ncols());
+    let g = layer.w_hh.nrows();
+    let (lstm, gru) = (cell == Cell::Lstm, cell == Cell::Gru);
+    resize(b.dh, tokens, h);
+    b.dh.assign(&dh_ext);
+    resize(b.dc, if lstm { tokens } else { 0 }, h);
+    b.dc.fill(F::zero());
+    resize(b.dgx, tokens, g);
+    resize(b.dgh, if gru { tokens } else { 0 }, g);
+    resize(b.dh_prev, if gru { p.batch() } else { 0 }, h);
+    resize(b.dc_prev, if lstm { p.batch() } else { 0 }, h);
+    for t in steps(p, !reverse) {
+        let (off, n) = (p.offsets[t], p.batch_sizes[t]);
+        for j in 0..n {
+            let r = off + j;
+            backward_row(
+                cell,
+                RowBackward {
+                    gates: row(&unit.gates, r),
+                    h_prev: row(&unit.h_prev, r),
+                    c_prev: row(&unit.c_prev, r),
+                    c: row(&unit.c, r),
+                    hn: row(&unit.hn, r),
+                    dh: row(b.dh, r),
+                    dc: row(b.dc, r),
+                    dgx: row_mut(b.dgx, r),
+                    dgh: row_mut(b.dgh, r),
+                    dh_prev: row_mut(b.dh_prev, j),
+                    dc_prev: row_mut(b.dc_prev, j),
+                },
+            );
+        }
+        let Some((prev_off, m)) = previous_rows(p, t, reverse) else {
+            continue;
+        };
+        // what reaches the previous step's state: through W_hh, and the cell's direct terms
+        let dgh = if gru { &*b.dgh } else { &*b.dgx };
+        general_mat_mul(
+            F::one(),
+            &dgh.slice(s![off..off + m, ..]),
+            &layer.w_hh,
+            F::one(),
+            &mut b.dh.slice_mut(s![prev_off..prev_off + m, ..]),
         );
+        if gru {
+            add_into(b.dh.slice_mut(s![prev_off..prev_off + m, ..]), b.dh_prev.slice(s![..m, ..]));
+        }
+        if lstm {
+            add_into(b.dc.slice_mut(s![prev_off..prev_off + m, ..]), b.dc_prev.slice(s![..m, ..]));
+        }
+    }
+    let dgh = if gru { &*b.dgh } else { &*b.dgx };
+    match input {
+        LayerInput::Tokens(ids) => {
+            // a column lookup's gradient: each row's gradient added into its token's column
+            for (g_row, &id) in b.dgx.rows().into_iter().zip(*ids) {
+                Zip::from(grads.w_ih.column_mut(id as usize))
+                    .and(&g_row)
+                    .for_each(|w, &g| *w = *w + g);
+            }
+        }
+        // dW_ih = Σ_t dgx(t)ᵀ · in(t), one product over all steps
+        LayerInput::Dense(x) => general_mat_mul(F::one(), &b.dgx.t(), *x, F::one(), &mut grads.w_ih),
+    }
+    add_into(grads.b_ih.view_mut(), b.dgx.sum_axis(Axis(0)).view());
+    // dW_hh = Σ_t dgh(t)ᵀ · h(t-1); rows that started from zeros add nothing
+    general_mat_mul(F::one(), &dgh.t(), &unit.h_prev, F::one(), &mut grads.w_hh);
+    add_into(grads.b_hh.view_mut(), dgh.sum_axis(Axis(0)).view());
+    if let Some(d_below) = d_below {
+        general_mat_mul(F::one(), &*b.dgx, &layer.w_ih, F::one(), d_below);
     }
 }
 
@@ -338,47 +605,98 @@ fn pack_inputs<F: Real>(batch: &SequenceBatch, x: &mut Array2<F>) {
     }
 }
 
-fn pack_initial<F: Real>(state: ndarray::ArrayView2<f32>, p: &Packing, dst: &mut Array2<F>) {
-    resize(dst, p.batch(), state.ncols());
-    for (j, &i) in p.order.iter().enumerate() {
-        dst.row_mut(j)
-            .iter_mut()
-            .zip(state.row(i))
-            .for_each(|(d, &s)| *d = F::from_f32(s));
-    }
+/// One unit's initial state `[batch, hidden]` in packed order.
+fn pack_initial<F: Real>(state: ArrayView2<f32>, p: &Packing) -> Array2<F> {
+    Array2::from_shape_fn((p.batch(), state.ncols()), |(j, k)| F::from_f32(state[[p.order[j], k]]))
 }
 
 /// The readout of the last [`forward`] in the batch's original order:
 /// `[batch, max_len, output]` with zeros past each length (per-step head) or
 /// `[batch, 1, output]` (last-step head).
-pub fn outputs<F: Real>(
-    config: &RnnConfig,
-    batch: &SequenceBatch,
-    ws: &Workspace<F>,
-) -> Array3<f32> {
+pub fn outputs<F: Real>(config: &RnnConfig, batch: &SequenceBatch, ws: &Workspace<F>) -> Array3<f32> {
     let p = batch.packing();
     let rows = ws.out.mapv(|v| v.to_f64() as f32);
     match config.head {
-        Head::PerStep => p.unpack_steps(rows.view()),
         Head::LastStep => p.unpack_sequences(rows.view()).insert_axis(Axis(1)),
+        Head::PerStep | Head::None => p.unpack_steps(rows.view()),
     }
 }
 
-/// Each sequence's state at its own last valid step, `[num_layers, batch, hidden]`.
-pub fn final_hidden<F: Real>(
-    config: &RnnConfig,
-    batch: &SequenceBatch,
-    ws: &Workspace<F>,
-) -> Array3<f32> {
+/// The top layer's states of the last [`forward_layers`], `[batch, max_len,
+/// directions·hidden]` in the batch's order, zero past each length.
+pub fn top_states<F: Real>(config: &RnnConfig, batch: &SequenceBatch, ws: &Workspace<F>) -> Array3<f32> {
+    let top = ws.outs[config.num_layers - 1].mapv(|v| v.to_f64() as f32);
+    batch.packing().unpack_steps(top.view())
+}
+
+/// Each sequence's final state in every layer and direction (PyTorch's `h_n`, and `c_n`
+/// for the LSTM), `[layers·directions, batch, hidden]`: the forward direction's at the
+/// sequence's last step, the reverse direction's at its first.
+pub fn final_state<F: Real>(config: &RnnConfig, batch: &SequenceBatch, ws: &Workspace<F>) -> RnnState {
     let p = batch.packing();
-    let mut out = Array3::zeros((config.num_layers, p.batch(), config.hidden_size));
-    let last = p.last_rows();
-    for (l, hs) in ws.hs.iter().enumerate().take(config.num_layers) {
-        let finals = hs.select(Axis(0), &last).mapv(|v| v.to_f64() as f32);
-        out.index_axis_mut(Axis(0), l)
-            .assign(&p.unpack_sequences(finals.view()));
+    let (h, dirs) = (config.hidden_size, config.num_directions());
+    let finals = |states: &dyn Fn(usize) -> Array2<f32>| {
+        let mut out = Array3::zeros((config.num_units(), p.batch(), h));
+        for u in 0..config.num_units() {
+            let rows: Vec<usize> = if u % dirs == 0 {
+                p.last_rows()
+            } else {
+                (0..p.batch()).map(|j| p.row(0, j)).collect()
+            };
+            let picked = states(u).select(Axis(0), &rows);
+            out.index_axis_mut(Axis(0), u)
+                .assign(&p.unpack_sequences(picked.view()));
+        }
+        out
+    };
+    let to_f32 = |a: ArrayView2<F>| a.mapv(|v| v.to_f64() as f32);
+    let hidden = finals(&|u| {
+        let d = u % dirs;
+        to_f32(ws.outs[u / dirs].slice(s![.., d * h..(d + 1) * h]))
+    });
+    let cell = config.cell.has_c().then(|| finals(&|u| to_f32(ws.units[u].c.view())));
+    RnnState { h: hidden, c: cell }
+}
+
+/// The encoder's backward pass: runs the layers forward over `batch` again (with the
+/// dropout masks of `dropout`), then back-propagates `grad_states` (`[batch, max_len,
+/// directions·hidden]`, the gradient on the top layer's states; values past each length
+/// ignored). Returns every parameter's gradient (the readout's zero) and, for feature
+/// batches, each sequence's input gradient `[len_i, input]`.
+pub fn encoder_backward<F: Real>(
+    config: &RnnConfig,
+    params: &RnnParams<F>,
+    batch: &SequenceBatch,
+    grad_states: &Array3<f32>,
+    dropout: Option<u64>,
+    ws: &mut Workspace<F>,
+) -> (RnnParams<F>, Vec<Array2<f32>>) {
+    forward_layers(config, params, batch, None, dropout, ws);
+    let p = batch.packing();
+    resize(&mut ws.dh, p.tokens(), config.state_width());
+    for (t, &n) in p.batch_sizes.iter().enumerate() {
+        for (j, &i) in p.order[..n].iter().enumerate() {
+            ws.dh
+                .row_mut(p.row(t, j))
+                .iter_mut()
+                .zip(grad_states.slice(s![i, t, ..]))
+                .for_each(|(d, &g)| *d = F::from_f32(g));
+        }
     }
-    out
+    let mut grads = RnnParams::zeros(config);
+    backward_layers(config, params, batch, ws, &mut grads, true);
+    let inputs = if batch.token_ids().is_some() {
+        Vec::new()
+    } else {
+        let padded = p.unpack_steps(ws.dh.mapv(|v| v.to_f64() as f32).view());
+        batch
+            .lengths()
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| padded.slice(s![i, ..len, ..]).to_owned())
+            .collect()
+    };
+    (grads, inputs)
 }
 
 /// Loss and gradients in precision `F`, for gradient checks: the whole reference path in
@@ -389,12 +707,12 @@ pub fn loss_and_gradients<F: Real>(
     batch: &SequenceBatch,
 ) -> (F, RnnParams<F>) {
     let mut ws = Workspace::default();
-    let loss = forward(config, params, batch, None, &mut ws);
-    let grads = backward(config, params, batch, None, &mut ws);
+    let loss = forward(config, params, batch, None, None, &mut ws);
+    let grads = backward(config, params, batch, &mut ws);
     (loss, grads)
 }
 
 /// The loss alone in precision `F` (for finite differences).
 pub fn loss<F: Real>(config: &RnnConfig, params: &RnnParams<F>, batch: &SequenceBatch) -> F {
-    forward(config, params, batch, None, &mut Workspace::default())
+    forward(config, params, batch, None, None, &mut Workspace::default())
 }

@@ -11,8 +11,9 @@ use crate::batch::{Packing, SequenceBatch, Targets};
 use crate::model::{RnnConfig, RnnParams};
 use crate::optim::{update_overflow, AdamCoefficients, Optimizer, OptimizerKind, State};
 use crate::rnn::{check_finite_step, Forward};
-use crate::{Error, Head, Nonlinearity, Result};
-use ndarray::{Array3, ArrayView2, ArrayView3, Axis};
+use crate::cpu::RnnState;
+use crate::{Cell, Error, Head, Result};
+use ndarray::{Array3, ArrayView2, Axis};
 use std::sync::Arc;
 
 /// Element offsets of every tensor in the flat parameter (and gradient) buffer, in the
@@ -21,7 +22,8 @@ use std::sync::Arc;
 struct ParamLayout {
     w_ih: Vec<u32>,
     w_hh: Vec<u32>,
-    b: Vec<u32>,
+    b_ih: Vec<u32>,
+    b_hh: Vec<u32>,
     w_out: u32,
     b_out: u32,
     len: usize,
@@ -36,18 +38,21 @@ impl ParamLayout {
             at += n;
             o
         };
-        let (mut w_ih, mut w_hh, mut b) = (vec![], vec![], vec![]);
-        for l in 0..config.num_layers {
-            w_ih.push(take(h * config.layer_input_size(l)));
-            w_hh.push(take(h * h));
-            b.push(take(h));
+        let g = config.gate_width();
+        let (mut w_ih, mut w_hh, mut b_ih, mut b_hh) = (vec![], vec![], vec![], vec![]);
+        for u in 0..config.num_units() {
+            w_ih.push(take(g * config.layer_input_size(u / config.num_directions())));
+            w_hh.push(take(g * h));
+            b_ih.push(take(g));
+            b_hh.push(take(g));
         }
-        let w_out = take(config.output_size * h);
+        let w_out = take(config.output_size * config.state_width());
         let b_out = take(config.output_size);
         ParamLayout {
             w_ih,
             w_hh,
-            b,
+            b_ih,
+            b_hh,
             w_out,
             b_out,
             len: at,
@@ -243,6 +248,16 @@ fn check_fits(ctx: &GpuContext, what: &str, floats: usize) -> Result<()> {
 
 impl GpuRnn {
     pub fn new(ctx: Arc<GpuContext>, config: &RnnConfig, params: &RnnParams) -> Result<Self> {
+        let elman = matches!(config.cell, Cell::Tanh | Cell::Relu);
+        if !elman || config.bidirectional || config.dropout > 0.0 || config.head == Head::None {
+            return Err(Error::Unsupported(format!(
+                "the GPU path does not run this configuration yet ({} cell{}{}{}): use Device::cpu()",
+                config.cell,
+                if config.bidirectional { ", bidirectional" } else { "" },
+                if config.dropout > 0.0 { ", dropout" } else { "" },
+                if config.head == Head::None { ", no readout" } else { "" },
+            )));
+        }
         let layout = ParamLayout::new(config);
         check_fits(&ctx, "the parameter buffer", layout.len)?;
         let buf = storage(&ctx, "params", layout.len);
@@ -385,7 +400,7 @@ impl GpuRnn {
     }
 
     /// Uploads the batch: packed inputs, packed targets and the row indices.
-    fn upload(&self, config: &RnnConfig, batch: &SequenceBatch, initial: Option<ArrayView3<f32>>) {
+    fn upload(&self, config: &RnnConfig, batch: &SequenceBatch, initial: Option<&RnnState>) {
         let w = self.work.as_ref().expect("ensure_work ran");
         let p = batch.packing();
         let q = &self.ctx.queue;
@@ -414,8 +429,8 @@ impl GpuRnn {
             }
         }
         if let Some(state) = initial {
-            let mut packed: Vec<f32> = Vec::with_capacity(state.len());
-            for layer in state.outer_iter() {
+            let mut packed: Vec<f32> = Vec::with_capacity(state.h.len());
+            for layer in state.h.outer_iter() {
                 for &i in &p.order {
                     packed.extend(layer.row(i).iter());
                 }
@@ -424,12 +439,13 @@ impl GpuRnn {
         }
         let per_step = config.head == Head::PerStep;
         match batch.targets() {
-            Targets::Classes(c) => {
+            None => {}
+            Some(Targets::Classes(c)) => {
                 let mut packed = Vec::new();
                 crate::cpu::pack_classes(c, p, per_step, &mut packed);
                 q.write_buffer(&w.classes, 0, bytemuck::cast_slice(&packed));
             }
-            Targets::Values(v) => {
+            Some(Targets::Values(v)) => {
                 let mut packed = ndarray::Array2::<f32>::zeros((0, 0));
                 crate::cpu::pack_values(v, p, per_step, &mut packed);
                 q.write_buffer(
@@ -479,7 +495,7 @@ impl GpuRnn {
         let p = batch.packing();
         let (h, o) = (config.hidden_size as u32, config.output_size as u32);
         let tokens = p.tokens() as u32;
-        let relu = (config.nonlinearity == Nonlinearity::Relu) as u32;
+        let relu = (config.cell == Cell::Relu) as u32;
         let b = p.batch() as u32;
         for l in 0..config.num_layers {
             let input = if l == 0 { &w.x } else { &w.hs[l - 1] };
@@ -504,11 +520,29 @@ impl GpuRnn {
                         (0, in_size),
                         (self.layout.w_ih[l], in_size),
                         (0, h),
-                        self.layout.b[l],
+                        self.layout.b_ih[l],
                     ),
                     [input, &self.params, &self.params, &w.hs[l]],
                 );
             }
+            // + b_hh on every row (a product with K = 0 adds only its bias)
+            self.product(
+                rec,
+                MatmulParams {
+                    beta: 1.0,
+                    ..matmul(
+                        tokens,
+                        h,
+                        0,
+                        kernels::ADD_BIAS,
+                        (0, h),
+                        (0, h),
+                        (0, h),
+                        self.layout.b_hh[l],
+                    )
+                },
+                [&self.dummies[0], &self.params, &self.params, &w.hs[l]],
+            );
             let initial = if has_initial {
                 &w.initial
             } else {
@@ -595,7 +629,7 @@ impl GpuRnn {
         }
         let top = &w.hs[config.num_layers - 1];
         let (head_in, rows) = match config.head {
-            Head::PerStep => (top, tokens),
+            Head::PerStep | Head::None => (top, tokens),
             Head::LastStep => {
                 let b = p.batch() as u32;
                 rec.dispatch_1d(
@@ -627,8 +661,10 @@ impl GpuRnn {
             [head_in, &self.params, &self.params, &w.out],
         );
         let (kernel, scale, finish_scale) = match batch.targets() {
-            Targets::Classes(_) => (&k.cross_entropy, 1.0 / rows as f32, 1.0 / rows as f64),
-            Targets::Values(_) => (
+            // inference without targets: no loss (the host reports NaN)
+            None => return,
+            Some(Targets::Classes(_)) => (&k.cross_entropy, 1.0 / rows as f32, 1.0 / rows as f64),
+            Some(Targets::Values(_)) => (
                 &k.squared_error,
                 2.0 / (rows as f32 * o as f32),
                 1.0 / (rows as f64 * o as f64),
@@ -656,7 +692,7 @@ impl GpuRnn {
             hidden: config.hidden_size as u32,
             vocab: config.input_size as u32,
             w_offset: self.layout.w_ih[0],
-            b_offset: self.layout.b[0],
+            b_offset: self.layout.b_ih[0],
             ranges_offset: tokens,
             order_offset: tokens + config.input_size as u32 + 1,
             _pad: 0,
@@ -720,7 +756,7 @@ impl GpuRnn {
             rows_next: p.offsets.len() as u32,
             hidden: config.hidden_size as u32,
             w_offset: self.layout.w_hh[l],
-            relu: (config.nonlinearity == Nonlinearity::Relu) as u32,
+            relu: (config.cell == Cell::Relu) as u32,
             ..Default::default()
         }
     }
@@ -802,9 +838,9 @@ impl GpuRnn {
         let tokens = p.tokens() as u32;
         let b = p.batch() as u32;
         let top = config.num_layers - 1;
-        let relu = (config.nonlinearity == Nonlinearity::Relu) as u32;
+        let relu = (config.cell == Cell::Relu) as u32;
         let (head_in, rows) = match config.head {
-            Head::PerStep => (&w.hs[top], tokens),
+            Head::PerStep | Head::None => (&w.hs[top], tokens),
             Head::LastStep => (&w.last, b),
         };
         // readout: dW_out = d_outᵀ · head_in, db_out = Σ rows d_out
@@ -825,7 +861,7 @@ impl GpuRnn {
         self.record_column_sums(rec, &w.d_out, rows, o, lay.b_out);
         // gradient arriving at the top layer's states
         match config.head {
-            Head::PerStep => self.product(
+            Head::PerStep | Head::None => self.product(
                 rec,
                 matmul(tokens, h, o, 0, (0, o), (lay.w_out, h), (0, h), 0),
                 [&w.d_out, &self.params, &self.params, &w.g],
@@ -934,7 +970,9 @@ impl GpuRnn {
                     [g, input, &self.params, &self.grads],
                 );
             }
-            self.record_column_sums(rec, g, tokens, h, lay.b[l]);
+            // both biases receive the same gradient (an Elman cell adds them)
+            self.record_column_sums(rec, g, tokens, h, lay.b_ih[l]);
+            self.record_column_sums(rec, g, tokens, h, lay.b_hh[l]);
             // dW_hh = Σ_{t≥1} dA(t)ᵀ h(t-1); fixed-length batches read h(t-1) in place
             let later = tokens - b;
             let fixed_length = p.batch_sizes.iter().all(|&n| n as u32 == b);
@@ -1071,7 +1109,7 @@ impl GpuRnn {
         &mut self,
         config: &RnnConfig,
         batch: &SequenceBatch,
-        initial: Option<ArrayView3<f32>>,
+        initial: Option<&RnnState>,
     ) -> Result<Forward> {
         let p = batch.packing();
         self.ensure_work(config, batch)?;
@@ -1097,14 +1135,20 @@ impl GpuRnn {
         )?;
         let out = ArrayView2::from_shape((rows, o), &data[0]).expect("sized above");
         let outputs = match config.head {
-            Head::PerStep => p.unpack_steps(out),
+            Head::PerStep | Head::None => p.unpack_steps(out),
             Head::LastStep => p.unpack_sequences(out).insert_axis(Axis(1)),
         };
         let final_hidden = Self::unpack_final_states(config, p, &data[1]);
+        let loss = if batch.targets().is_some() {
+            data[2][0]
+        } else {
+            f32::NAN
+        };
         Ok(Forward {
             outputs,
             final_hidden,
-            loss: data[2][0],
+            final_cell: None,
+            loss,
         })
     }
 
@@ -1112,7 +1156,7 @@ impl GpuRnn {
         &mut self,
         config: &RnnConfig,
         batch: &SequenceBatch,
-        initial: Option<ArrayView3<f32>>,
+        initial: Option<&RnnState>,
     ) -> Result<(f32, RnnParams)> {
         self.ensure_work(config, batch)?;
         self.upload(config, batch, initial);
@@ -1135,10 +1179,11 @@ impl GpuRnn {
         &mut self,
         config: &RnnConfig,
         batch: &SequenceBatch,
-        initial: Option<ArrayView3<f32>>,
+        initial: Option<&RnnState>,
+        _dropout: Option<u64>,
         optimizer: &mut Optimizer,
         want_final: bool,
-    ) -> Result<(f32, Option<Array3<f32>>)> {
+    ) -> Result<(f32, Option<RnnState>)> {
         let start = std::time::Instant::now();
         self.ensure_work(config, batch)?;
         let replaced = self.ensure_optimizer(optimizer)?;
@@ -1158,11 +1203,11 @@ impl GpuRnn {
         &mut self,
         config: &RnnConfig,
         batch: &SequenceBatch,
-        initial: Option<ArrayView3<f32>>,
+        initial: Option<&RnnState>,
         optimizer: &mut Optimizer,
         want_final: bool,
         start: std::time::Instant,
-    ) -> Result<(f32, Option<Array3<f32>>)> {
+    ) -> Result<(f32, Option<RnnState>)> {
         let p = batch.packing();
         self.upload(config, batch, initial);
         let State::Gpu(state) = &optimizer.state else {
@@ -1250,7 +1295,7 @@ impl GpuRnn {
         optimizer.steps = step;
         Ok((
             loss,
-            want_final.then(|| Self::unpack_final_states(config, p, &data[1])),
+            want_final.then(|| RnnState::hidden(Self::unpack_final_states(config, p, &data[1]))),
         ))
     }
 
@@ -1306,6 +1351,39 @@ impl GpuRnn {
             &mut optimizer.state,
             State::Gpu(buffers),
         )))
+    }
+
+    /// The encoder API on the GPU (not yet offered: `new` refuses `Head::None`, and
+    /// other heads are served by the CPU path's encoder until the GPU records it).
+    pub fn encode(
+        &mut self,
+        _config: &RnnConfig,
+        _batch: &SequenceBatch,
+        _dropout: Option<u64>,
+    ) -> Result<crate::Encoded> {
+        Err(Error::Unsupported(
+            "Rnn::encode does not run on the GPU yet: use Device::cpu()".into(),
+        ))
+    }
+
+    /// See [`GpuRnn::encode`].
+    pub fn backward(
+        &mut self,
+        _config: &RnnConfig,
+        _batch: &SequenceBatch,
+        _grad_states: &Array3<f32>,
+        _dropout: Option<u64>,
+    ) -> Result<crate::Gradients> {
+        Err(Error::Unsupported(
+            "Rnn::backward does not run on the GPU yet: use Device::cpu()".into(),
+        ))
+    }
+
+    /// See [`GpuRnn::encode`].
+    pub fn apply_gradients(&mut self, _grads: &RnnParams, _optimizer: &mut Optimizer) -> Result<()> {
+        Err(Error::Unsupported(
+            "Rnn::apply_gradients does not run on the GPU yet: use Device::cpu()".into(),
+        ))
     }
 
     pub fn params(&self, config: &RnnConfig) -> Result<RnnParams> {
