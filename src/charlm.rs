@@ -15,7 +15,6 @@
 //! (hard links where the file system allows). A save cut short therefore loses nothing:
 //! `--resume` and `sample` then say so and use `previous/`, the checkpoint before it.
 
-use unfold::RnnState;
 use crate::{make_optimizer, pick, DeviceChoice, OptimizerChoice};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -30,6 +29,7 @@ use unfold::generate::sample_text;
 use unfold::ndarray::Array3;
 use unfold::text::{fingerprint, read_text, Corpus, TokenStreams, Vocabulary};
 use unfold::text::{BUNDLED_NAME, BUNDLED_TEXT};
+use unfold::RnnState;
 use unfold::{
     write_atomically, Optimizer, OptimizerState, Rnn, RnnConfig, RnnParams, SequenceBatch, Targets,
 };
