@@ -286,7 +286,9 @@ impl SequenceBatch {
 
     /// The targets, or an error saying that `action` needs them.
     pub(crate) fn require_targets(&self, action: &'static str) -> Result<&Targets> {
-        self.targets.as_ref().ok_or(Error::MissingTargets { action })
+        self.targets
+            .as_ref()
+            .ok_or(Error::MissingTargets { action })
     }
 
     pub fn lengths(&self) -> &[usize] {
@@ -332,7 +334,11 @@ impl SequenceBatch {
                 self.input_size(),
             ));
         }
-        let Some(targets) = self.targets.as_ref().filter(|_| config.head != crate::Head::None) else {
+        let Some(targets) = self
+            .targets
+            .as_ref()
+            .filter(|_| config.head != crate::Head::None)
+        else {
             return Ok(());
         };
         let per_step = config.head == crate::Head::PerStep;

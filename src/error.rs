@@ -23,7 +23,9 @@ pub enum Error {
     #[error("sequence {index} has length 0: every sequence needs at least one step")]
     ZeroLengthSequence { index: usize },
     /// A batch without targets given to an operation that computes a loss.
-    #[error("{action} needs targets: this batch was made without them (SequenceBatch::inputs_only)")]
+    #[error(
+        "{action} needs targets: this batch was made without them (SequenceBatch::inputs_only)"
+    )]
     MissingTargets { action: &'static str },
     /// An operation the model's configuration does not offer (the message says what to
     /// use instead).

@@ -50,10 +50,10 @@ pub use ndarray;
 
 pub use batch::{SequenceBatch, Targets};
 pub use checkpoint::write_atomically;
+pub use cpu::RnnState;
 pub use device::Device;
 pub use error::{Error, Result};
 pub use gpu::TimeLoop;
-pub use cpu::RnnState;
 pub use model::{Cell, Head, LayerParams, Nonlinearity, RnnConfig, RnnParams};
 pub use optim::{Optimizer, OptimizerKind, OptimizerState};
 pub use real::Real;

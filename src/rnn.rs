@@ -254,7 +254,11 @@ impl Rnn {
     /// ignored): the gradient of every parameter (the readout's zero) and of each input
     /// sequence. It runs the recurrent layers forward again over `batch` (with the masks
     /// of the last `encode`), so it needs no state from that call but the dropout seed.
-    pub fn backward(&mut self, batch: &SequenceBatch, grad_states: &Array3<f32>) -> Result<Gradients> {
+    pub fn backward(
+        &mut self,
+        batch: &SequenceBatch,
+        grad_states: &Array3<f32>,
+    ) -> Result<Gradients> {
         self.check(batch, None)?;
         let want = (batch.len(), batch.max_len(), self.config.state_width());
         if grad_states.dim() != want {
@@ -287,16 +291,18 @@ impl Rnn {
     pub fn apply_gradients(&mut self, grads: &RnnParams, optimizer: &mut Optimizer) -> Result<()> {
         optimizer.validate()?;
         let mut grads = grads.clone().into_standard_layout();
-        grads
-            .validate_shapes(&self.config)
-            .map_err(|e| match e {
-                Error::ShapeMismatch { what, expected, got } => Error::ShapeMismatch {
-                    what: format!("gradient {what}"),
-                    expected,
-                    got,
-                },
-                e => e,
-            })?;
+        grads.validate_shapes(&self.config).map_err(|e| match e {
+            Error::ShapeMismatch {
+                what,
+                expected,
+                got,
+            } => Error::ShapeMismatch {
+                what: format!("gradient {what}"),
+                expected,
+                got,
+            },
+            e => e,
+        })?;
         check_finite_step(0.0, all_finite(&grads))?;
         match &mut self.backend {
             Backend::Cpu { params, .. } => optimizer.apply_cpu(params, &mut grads),
@@ -318,7 +324,11 @@ impl Rnn {
     fn check(&self, batch: &SequenceBatch, initial: Option<&RnnState>) -> Result<()> {
         batch.check_against(&self.config)?;
         let Some(s) = initial else { return Ok(()) };
-        let want = (self.config.num_units(), batch.len(), self.config.hidden_size);
+        let want = (
+            self.config.num_units(),
+            batch.len(),
+            self.config.hidden_size,
+        );
         let check = |what: &str, a: &Array3<f32>| {
             if a.dim() != want {
                 return Err(Error::shape(
@@ -392,7 +402,10 @@ impl Rnn {
 }
 
 fn all_finite(grads: &RnnParams) -> bool {
-    grads.tensors().iter().all(|(_, t)| t.iter().all(|g| g.is_finite()))
+    grads
+        .tensors()
+        .iter()
+        .all(|(_, t)| t.iter().all(|g| g.is_finite()))
 }
 
 pub(crate) fn check_finite_step(loss: f32, grads_finite: bool) -> Result<()> {

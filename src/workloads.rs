@@ -110,6 +110,10 @@ pub fn random_batch(
         .iter()
         .map(|&len| Array2::from_shape_simple_fn((len, config.input_size), || rng.normal()))
         .collect();
+    if config.head == Head::None {
+        // an encoder has no readout, so nothing to aim at
+        return SequenceBatch::inputs_only(inputs);
+    }
     let rows = |len: usize| if config.head == Head::PerStep { len } else { 1 };
     let targets = if values {
         Targets::Values(

@@ -112,7 +112,9 @@ fn row<F: Real>(a: &Array2<F>, r: usize) -> &[F] {
     if a.is_empty() {
         return &[];
     }
-    a.row(r).to_slice().expect("rows of standard-layout arrays are contiguous")
+    a.row(r)
+        .to_slice()
+        .expect("rows of standard-layout arrays are contiguous")
 }
 
 fn row_mut<F: Real>(a: &mut Array2<F>, r: usize) -> &mut [F] {
@@ -190,7 +192,8 @@ pub fn forward_layers<F: Real>(
     if ws.dropout_used {
         let masks = dropout_masks(config, tokens, dropout.unwrap_or_default());
         ws.masks = masks.into_iter().map(|m| m.mapv(F::from_f32)).collect();
-        ws.dropped.resize_with(config.num_layers - 1, Default::default);
+        ws.dropped
+            .resize_with(config.num_layers - 1, Default::default);
     }
     for l in 0..config.num_layers {
         let (below, rest) = ws.outs.split_at_mut(l);
@@ -248,7 +251,12 @@ pub fn forward<F: Real>(
         &ws.last
     };
     resize(&mut ws.out, head_in.nrows(), config.output_size);
-    linear(head_in.view(), &params.w_out, &params.b_out, &mut ws.out.view_mut());
+    linear(
+        head_in.view(),
+        &params.w_out,
+        &params.b_out,
+        &mut ws.out.view_mut(),
+    );
     match batch.targets() {
         Some(targets) => loss::loss_and_d_out(
             targets,
@@ -320,7 +328,12 @@ fn unit_forward<F: Real>(
     resize(&mut unit.hn, hn_rows, h);
     resize(hh, p.batch(), g);
     match input {
-        LayerInput::Dense(x) => linear(x.view(), &layer.w_ih, &layer.b_ih, &mut unit.gates.view_mut()),
+        LayerInput::Dense(x) => linear(
+            x.view(),
+            &layer.w_ih,
+            &layer.b_ih,
+            &mut unit.gates.view_mut(),
+        ),
         LayerInput::Tokens(ids) => {
             for (mut row, &id) in unit.gates.rows_mut().into_iter().zip(*ids) {
                 Zip::from(&mut row)
@@ -368,7 +381,9 @@ fn unit_forward<F: Real>(
                     hh: step.row(j).to_slice().expect("contiguous rows"),
                     h_prev: row(&unit.h_prev, r),
                     c_prev: row(&unit.c_prev, r),
-                    h: h_row.as_slice_mut().expect("a row of one direction's columns is contiguous"),
+                    h: h_row
+                        .as_slice_mut()
+                        .expect("a row of one direction's columns is contiguous"),
                     c: row_mut(&mut unit.c, r),
                     hn: row_mut(&mut unit.hn, r),
                 },
@@ -396,7 +411,13 @@ pub fn backward<F: Real>(
     } else {
         &ws.last
     };
-    general_mat_mul(F::one(), &ws.d_out.t(), head_in, F::zero(), &mut grads.w_out);
+    general_mat_mul(
+        F::one(),
+        &ws.d_out.t(),
+        head_in,
+        F::zero(),
+        &mut grads.w_out,
+    );
     grads.b_out = ws.d_out.sum_axis(Axis(0));
     resize(&mut ws.dh, p.tokens(), config.state_width());
     match config.head {
@@ -563,10 +584,16 @@ fn unit_backward<F: Real>(
             &mut b.dh.slice_mut(s![prev_off..prev_off + m, ..]),
         );
         if gru {
-            add_into(b.dh.slice_mut(s![prev_off..prev_off + m, ..]), b.dh_prev.slice(s![..m, ..]));
+            add_into(
+                b.dh.slice_mut(s![prev_off..prev_off + m, ..]),
+                b.dh_prev.slice(s![..m, ..]),
+            );
         }
         if lstm {
-            add_into(b.dc.slice_mut(s![prev_off..prev_off + m, ..]), b.dc_prev.slice(s![..m, ..]));
+            add_into(
+                b.dc.slice_mut(s![prev_off..prev_off + m, ..]),
+                b.dc_prev.slice(s![..m, ..]),
+            );
         }
     }
     let dgh = if gru { &*b.dgh } else { &*b.dgx };
@@ -580,7 +607,9 @@ fn unit_backward<F: Real>(
             }
         }
         // dW_ih = Σ_t dgx(t)ᵀ · in(t), one product over all steps
-        LayerInput::Dense(x) => general_mat_mul(F::one(), &b.dgx.t(), *x, F::one(), &mut grads.w_ih),
+        LayerInput::Dense(x) => {
+            general_mat_mul(F::one(), &b.dgx.t(), *x, F::one(), &mut grads.w_ih)
+        }
     }
     add_into(grads.b_ih.view_mut(), b.dgx.sum_axis(Axis(0)).view());
     // dW_hh = Σ_t dgh(t)ᵀ · h(t-1); rows that started from zeros add nothing
@@ -607,13 +636,19 @@ fn pack_inputs<F: Real>(batch: &SequenceBatch, x: &mut Array2<F>) {
 
 /// One unit's initial state `[batch, hidden]` in packed order.
 fn pack_initial<F: Real>(state: ArrayView2<f32>, p: &Packing) -> Array2<F> {
-    Array2::from_shape_fn((p.batch(), state.ncols()), |(j, k)| F::from_f32(state[[p.order[j], k]]))
+    Array2::from_shape_fn((p.batch(), state.ncols()), |(j, k)| {
+        F::from_f32(state[[p.order[j], k]])
+    })
 }
 
 /// The readout of the last [`forward`] in the batch's original order:
 /// `[batch, max_len, output]` with zeros past each length (per-step head) or
 /// `[batch, 1, output]` (last-step head).
-pub fn outputs<F: Real>(config: &RnnConfig, batch: &SequenceBatch, ws: &Workspace<F>) -> Array3<f32> {
+pub fn outputs<F: Real>(
+    config: &RnnConfig,
+    batch: &SequenceBatch,
+    ws: &Workspace<F>,
+) -> Array3<f32> {
     let p = batch.packing();
     let rows = ws.out.mapv(|v| v.to_f64() as f32);
     match config.head {
@@ -624,7 +659,11 @@ pub fn outputs<F: Real>(config: &RnnConfig, batch: &SequenceBatch, ws: &Workspac
 
 /// The top layer's states of the last [`forward_layers`], `[batch, max_len,
 /// directions·hidden]` in the batch's order, zero past each length.
-pub fn top_states<F: Real>(config: &RnnConfig, batch: &SequenceBatch, ws: &Workspace<F>) -> Array3<f32> {
+pub fn top_states<F: Real>(
+    config: &RnnConfig,
+    batch: &SequenceBatch,
+    ws: &Workspace<F>,
+) -> Array3<f32> {
     let top = ws.outs[config.num_layers - 1].mapv(|v| v.to_f64() as f32);
     batch.packing().unpack_steps(top.view())
 }
@@ -632,7 +671,11 @@ pub fn top_states<F: Real>(config: &RnnConfig, batch: &SequenceBatch, ws: &Works
 /// Each sequence's final state in every layer and direction (PyTorch's `h_n`, and `c_n`
 /// for the LSTM), `[layers·directions, batch, hidden]`: the forward direction's at the
 /// sequence's last step, the reverse direction's at its first.
-pub fn final_state<F: Real>(config: &RnnConfig, batch: &SequenceBatch, ws: &Workspace<F>) -> RnnState {
+pub fn final_state<F: Real>(
+    config: &RnnConfig,
+    batch: &SequenceBatch,
+    ws: &Workspace<F>,
+) -> RnnState {
     let p = batch.packing();
     let (h, dirs) = (config.hidden_size, config.num_directions());
     let finals = |states: &dyn Fn(usize) -> Array2<f32>| {
@@ -654,7 +697,10 @@ pub fn final_state<F: Real>(config: &RnnConfig, batch: &SequenceBatch, ws: &Work
         let d = u % dirs;
         to_f32(ws.outs[u / dirs].slice(s![.., d * h..(d + 1) * h]))
     });
-    let cell = config.cell.has_c().then(|| finals(&|u| to_f32(ws.units[u].c.view())));
+    let cell = config
+        .cell
+        .has_c()
+        .then(|| finals(&|u| to_f32(ws.units[u].c.view())));
     RnnState { h: hidden, c: cell }
 }
 

@@ -8,10 +8,10 @@ use super::kernels::{
 use super::recorder::{read_back, BindGroupCache, Recorder};
 use super::{GpuContext, OptimizerBuffers, TimeLoop, PERSISTENT_MAX_HIDDEN};
 use crate::batch::{Packing, SequenceBatch, Targets};
+use crate::cpu::RnnState;
 use crate::model::{RnnConfig, RnnParams};
 use crate::optim::{update_overflow, AdamCoefficients, Optimizer, OptimizerKind, State};
 use crate::rnn::{check_finite_step, Forward};
-use crate::cpu::RnnState;
 use crate::{Cell, Error, Head, Result};
 use ndarray::{Array3, ArrayView2, Axis};
 use std::sync::Arc;
@@ -41,7 +41,9 @@ impl ParamLayout {
         let g = config.gate_width();
         let (mut w_ih, mut w_hh, mut b_ih, mut b_hh) = (vec![], vec![], vec![], vec![]);
         for u in 0..config.num_units() {
-            w_ih.push(take(g * config.layer_input_size(u / config.num_directions())));
+            w_ih.push(take(
+                g * config.layer_input_size(u / config.num_directions()),
+            ));
             w_hh.push(take(g * h));
             b_ih.push(take(g));
             b_hh.push(take(g));
@@ -1380,7 +1382,11 @@ impl GpuRnn {
     }
 
     /// See [`GpuRnn::encode`].
-    pub fn apply_gradients(&mut self, _grads: &RnnParams, _optimizer: &mut Optimizer) -> Result<()> {
+    pub fn apply_gradients(
+        &mut self,
+        _grads: &RnnParams,
+        _optimizer: &mut Optimizer,
+    ) -> Result<()> {
         Err(Error::Unsupported(
             "Rnn::apply_gradients does not run on the GPU yet: use Device::cpu()".into(),
         ))

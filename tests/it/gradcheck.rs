@@ -75,7 +75,7 @@ fn gradcheck(
     }
     eprintln!(
         "{:?} {:?} L{} values={values} lengths {lengths:?}: max relative error {:.2e} at {}",
-        config.nonlinearity, config.head, config.num_layers, worst.0, names[worst.1]
+        config.cell, config.head, config.num_layers, worst.0, names[worst.1]
     );
     (grads, worst.0)
 }
