@@ -11,7 +11,7 @@ use std::time::Instant;
 use unfold::data::{
     parse_ts, predict, read_ts, BatchLoader, ConfusionMatrix, Dataset, Standardizer,
 };
-use unfold::{Head, Optimizer, Rnn, RnnConfig, RnnParams};
+use unfold::{Device, Head, Optimizer, Rnn, RnnConfig, RnnParams};
 
 /// The bundled JapaneseVowels dataset (see data/JapaneseVowels/README.md).
 const JAPANESE_VOWELS_TRAIN: &str =
@@ -74,19 +74,10 @@ pub fn run(args: ClassifyArgs) -> CliResult<ExitCode> {
     let (train, test) = (standardizer.apply(&train)?, standardizer.apply(&test)?);
 
     let device = pick(args.device)?;
-    let config = model_config(&args, &train);
-    config.validate()?;
-    let mut optimizer = make_optimizer(args.optimizer, args.lr, args.clip);
-    optimizer.validate()?;
-    let mut rnn = Rnn::new(config.clone(), RnnParams::init(&config, args.seed), &device)?;
-    rnn.set_dropout_seed(args.seed);
+    let (mut rnn, mut optimizer) = build_model(&args, &train, &device)?;
     let loader = BatchLoader::new(&train, args.batch)?
         .seed(args.seed)
         .pool_batches(args.pool);
-    let shuffled = BatchLoader::new(&train, args.batch)?
-        .seed(args.seed)
-        .pool_batches(1);
-
     println!(
         "{name}: train {}, test {}; {} features, {} classes",
         describe_lengths(&train),
@@ -96,22 +87,11 @@ pub fn run(args: ClassifyArgs) -> CliResult<ExitCode> {
     );
     println!(
         "model: {}, last-step head, {} parameters, on {}",
-        describe_model(&config),
-        config.num_params(),
+        describe_model(rnn.config()),
+        rnn.config().num_params(),
         device.describe()
     );
-    println!(
-        "training: {} epochs of {} batches of {} ({:.1}% padding with pools of {} batches, {:.1}% shuffled plainly), {:?}, clip {}, seed {}",
-        args.epochs,
-        loader.num_batches(),
-        args.batch,
-        100.0 * loader.padding_fraction(0),
-        args.pool.max(1),
-        100.0 * shuffled.padding_fraction(0),
-        optimizer.kind(),
-        optimizer.clip().map_or("off".to_string(), |c| c.to_string()),
-        args.seed
-    );
+    println!("{}", describe_training(&args, &loader, &train, &optimizer)?);
     for epoch in 1..=args.epochs {
         train_epoch(
             &mut rnn,
@@ -124,6 +104,50 @@ pub fn run(args: ClassifyArgs) -> CliResult<ExitCode> {
     }
     report_test(&mut rnn, &test, start)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The model, initialised from `--seed`, and its optimizer, both checked.
+fn build_model(
+    args: &ClassifyArgs,
+    train: &Dataset,
+    device: &Device,
+) -> unfold::Result<(Rnn, Optimizer)> {
+    let config = RnnConfig::new(train.num_features(), args.hidden, train.num_classes())
+        .num_layers(args.layers)
+        .cell(args.cell.into())
+        .bidirectional(args.bidirectional)
+        .dropout(args.dropout)
+        .head(Head::LastStep);
+    config.validate()?;
+    let optimizer = make_optimizer(args.optimizer, args.lr, args.clip);
+    optimizer.validate()?;
+    let mut rnn = Rnn::new(config.clone(), RnnParams::init(&config, args.seed), device)?;
+    rnn.set_dropout_seed(args.seed);
+    Ok((rnn, optimizer))
+}
+
+/// `training: 60 epochs of 17 batches of 16 (… padding …), Adam, clip 1, seed 0`
+fn describe_training(
+    args: &ClassifyArgs,
+    loader: &BatchLoader,
+    train: &Dataset,
+    optimizer: &Optimizer,
+) -> unfold::Result<String> {
+    let shuffled = BatchLoader::new(train, args.batch)?
+        .seed(args.seed)
+        .pool_batches(1);
+    Ok(format!(
+        "training: {} epochs of {} batches of {} ({:.1}% padding with pools of {} batches, {:.1}% shuffled plainly), {:?}, clip {}, seed {}",
+        args.epochs,
+        loader.num_batches(),
+        args.batch,
+        100.0 * loader.padding_fraction(0),
+        args.pool.max(1),
+        100.0 * shuffled.padding_fraction(0),
+        optimizer.kind(),
+        optimizer.clip().map_or("off".to_string(), |c| c.to_string()),
+        args.seed
+    ))
 }
 
 /// The datasets' name, the training set and the test set: the given files, or the bundled
@@ -176,15 +200,6 @@ fn check_compatible(train: &Dataset, test: &Dataset) -> unfold::Result<()> {
         )));
     }
     Ok(())
-}
-
-fn model_config(args: &ClassifyArgs, train: &Dataset) -> RnnConfig {
-    RnnConfig::new(train.num_features(), args.hidden, train.num_classes())
-        .num_layers(args.layers)
-        .cell(args.cell.into())
-        .bidirectional(args.bidirectional)
-        .dropout(args.dropout)
-        .head(Head::LastStep)
 }
 
 /// `2 bidirectional layer(s) of 96 gru units, dropout 0.2 between layers`

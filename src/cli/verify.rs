@@ -156,43 +156,87 @@ fn verify_one(
         config.head,
         if values { "value" } else { "class" }
     );
-    let time_loop: TimeLoop = args.time_loop.into();
-    let params = RnnParams::init(config, args.seed);
-    let mut on_cpu = Rnn::new(config.clone(), params.clone(), &Device::cpu())?;
-    let mut on_gpu = Rnn::new(config.clone(), params, gpu)?;
-    on_gpu.set_time_loop(time_loop)?;
-    let (mut opt_cpu, mut opt_gpu) = (args.optimizer(), args.optimizer());
+    let mut copies = Copies::new(args, config, gpu)?;
     let mut rng = SplitMix64::new(args.seed ^ 0x7e57_da7a);
     for step in 1..=args.steps {
         let batch = verify_batch(config, values, &mut rng)?;
-        // outputs and gradients from the same parameters (the CPU model's), so that
-        // they measure the kernels' rounding, not how far the two trained copies
-        // have drifted apart (Adam turns a sign flip of a tiny gradient into a whole
-        // step of lr); the copies' drift shows in the parameters
-        let mut probe = Rnn::new(config.clone(), on_cpu.params()?, gpu)?;
-        probe.set_time_loop(time_loop)?;
-        let (fc, fg) = (on_cpu.forward(&batch)?, probe.forward(&batch)?);
-        let grads = worst_of(param_pairs(
-            &probe.loss_and_gradients(&batch)?.1,
-            &on_cpu.loss_and_gradients(&batch)?.1,
-        ));
-        let loss_cpu = on_cpu.train_step(&batch, &mut opt_cpu)?;
-        let loss_gpu = on_gpu.train_step(&batch, &mut opt_gpu)?;
-        let outputs = worst_output(&fg, &fc, [loss_gpu, fg.loss], [loss_cpu, fc.loss]);
-        let parameters = worst_of(param_pairs(&on_gpu.params()?, &on_cpu.params()?));
+        let d = copies.step(&batch)?;
         println!(
-            "step {step:>3}  loss cpu {loss_cpu:.6} gpu {loss_gpu:.6}  largest relative difference: outputs {:.2e}  gradients {:.2e}  parameters {:.2e}",
-            outputs.0, grads.0, parameters.0
+            "step {step:>3}  loss cpu {:.6} gpu {:.6}  largest relative difference: outputs {:.2e}  gradients {:.2e}  parameters {:.2e}",
+            d.loss_cpu, d.loss_gpu, d.outputs.0, d.gradients.0, d.parameters.0
         );
         for ((d, tensor), what, kind) in [
-            (outputs, "", "outputs"),
-            (grads, "gradient of ", "gradients"),
-            (parameters, "", "parameters"),
+            (d.outputs, "", "outputs"),
+            (d.gradients, "gradient of ", "gradients"),
+            (d.parameters, "", "parameters"),
         ] {
             worst.update(d, || format!("{name}, step {step}, {kind}: {what}{tensor}"));
         }
     }
     Ok(())
+}
+
+/// Two copies of one model, on the CPU path and on the GPU, each with its optimizer.
+struct Copies<'a> {
+    cpu: Rnn,
+    gpu: Rnn,
+    optimizers: (Optimizer, Optimizer),
+    device: &'a Device,
+    time_loop: TimeLoop,
+}
+
+/// What one step of [`Copies::step`] found: the losses, and the largest relative
+/// differences (and where) of the outputs, the gradients and the updated parameters.
+struct StepDifferences {
+    loss_cpu: f32,
+    loss_gpu: f32,
+    outputs: (f64, String),
+    gradients: (f64, String),
+    parameters: (f64, String),
+}
+
+impl<'a> Copies<'a> {
+    fn new(args: &VerifyArgs, config: &RnnConfig, device: &'a Device) -> unfold::Result<Self> {
+        let time_loop = args.time_loop.into();
+        let params = RnnParams::init(config, args.seed);
+        let cpu = Rnn::new(config.clone(), params.clone(), &Device::cpu())?;
+        let mut gpu = Rnn::new(config.clone(), params, device)?;
+        gpu.set_time_loop(time_loop)?;
+        Ok(Copies {
+            cpu,
+            gpu,
+            optimizers: (args.optimizer(), args.optimizer()),
+            device,
+            time_loop,
+        })
+    }
+
+    /// One training step of each copy on `batch`, compared.
+    fn step(&mut self, batch: &SequenceBatch) -> unfold::Result<StepDifferences> {
+        // outputs and gradients from the same parameters (the CPU copy's), so that they
+        // measure the kernels' rounding, not how far the two trained copies have drifted
+        // apart (Adam turns a sign flip of a tiny gradient into a whole step of lr); the
+        // copies' drift shows in the parameters
+        let config = self.cpu.config().clone();
+        let mut probe = Rnn::new(config, self.cpu.params()?, self.device)?;
+        probe.set_time_loop(self.time_loop)?;
+        let (fc, fg) = (self.cpu.forward(batch)?, probe.forward(batch)?);
+        let gradients = worst_of(param_pairs(
+            &probe.loss_and_gradients(batch)?.1,
+            &self.cpu.loss_and_gradients(batch)?.1,
+        ));
+        let loss_cpu = self.cpu.train_step(batch, &mut self.optimizers.0)?;
+        let loss_gpu = self.gpu.train_step(batch, &mut self.optimizers.1)?;
+        let outputs = worst_output(&fg, &fc, [loss_gpu, fg.loss], [loss_cpu, fc.loss]);
+        let parameters = worst_of(param_pairs(&self.gpu.params()?, &self.cpu.params()?));
+        Ok(StepDifferences {
+            loss_cpu,
+            loss_gpu,
+            outputs,
+            gradients,
+            parameters,
+        })
+    }
 }
 
 /// The largest relative difference of the losses (training step's and forward pass's),

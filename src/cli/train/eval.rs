@@ -38,7 +38,7 @@ impl Trainer {
             train_loss,
             held_out_loss: held,
         });
-        self.evaluated_at = step;
+        self.run.evaluated_at = step;
         let fmt = |l: Option<f32>| l.map_or("-".to_string(), |l| format!("{l:.3}"));
         Ok(format!(
             "step {step:>6}  {:>7}  train {}  held-out {}\n  sample: {:?}",

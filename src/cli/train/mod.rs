@@ -152,7 +152,7 @@ fn stop_after_interrupt(t: &mut Trainer) -> CliResult<ExitCode> {
 /// At the goal: a last evaluation (unless one was just made), checkpoint, plot and
 /// summary.
 fn finish(t: &mut Trainer) -> CliResult<ExitCode> {
-    if t.evaluated_at != t.meta.progress.step || t.meta.history.is_empty() {
+    if t.run.evaluated_at != t.meta.progress.step || t.meta.history.is_empty() {
         let line = t.evaluate()?;
         println!("{line}");
     }

@@ -65,7 +65,7 @@ pub fn plot_title(t: &Trainer) -> String {
 /// The last line: this run's steps, time and speed, the latest and best losses, where
 /// the checkpoint and plot are.
 pub fn summary(t: &Trainer, plot: &Path) -> String {
-    let elapsed = t.started.elapsed().as_secs_f64();
+    let elapsed = t.run.started.elapsed().as_secs_f64();
     let last = t.meta.history.last();
     let loss = |l: Option<f32>| l.map_or("-".into(), |l| format!("{l:.3}"));
     let best = t
@@ -76,11 +76,11 @@ pub fn summary(t: &Trainer, plot: &Path) -> String {
         .min_by(|a, b| a.0.total_cmp(&b.0));
     format!(
         "done: {} steps ({} characters) in {} on {}, {} chars/s; step {}: train loss {}, held-out loss {} nats/char{}; checkpoint {}, plot {}",
-        t.run_steps,
-        format_count(t.run_tokens as f64),
+        t.run.steps,
+        format_count(t.run.tokens as f64),
         format_duration(elapsed),
         t.device_name,
-        format_count(t.run_tokens as f64 / elapsed.max(1e-9)),
+        format_count(t.run.tokens as f64 / elapsed.max(1e-9)),
         t.meta.progress.step,
         loss(last.and_then(|p| p.train_loss)),
         loss(last.and_then(|p| p.held_out_loss)),

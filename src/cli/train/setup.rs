@@ -4,7 +4,7 @@
 
 use super::checkpoint::{hex, holds_checkpoint, load_checkpoint, DataInfo, Loaded, Meta};
 use super::config::{merge_config, Hyper};
-use super::trainer::Trainer;
+use super::trainer::{RunStats, Trainer};
 use super::{interrupt, TrainArgs};
 use crate::cli::options::{make_optimizer, pick, OptimizerChoice};
 use crate::cli::CliResult;
@@ -34,25 +34,14 @@ pub fn prepare(args: &TrainArgs) -> CliResult<(Trainer, String)> {
         .transpose()?;
     let hyper = merge_config(args, resumed.as_ref().map(|r| &r.meta.config))?;
     let text = load_text(args, resumed.as_ref().map(|r| &r.meta))?;
-    let corpus = match &resumed {
-        Some(r) => Corpus::with_vocabulary(&text.text, r.vocabulary.clone(), hyper.held_out)
-            .map_err(|e| {
-                format!(
-                    "{} does not fit the checkpoint's vocabulary: {e}",
-                    text.name
-                )
-            })?,
-        None => Corpus::new(&text.text, hyper.held_out)?,
-    };
+    let corpus = make_corpus(&text, &hyper, resumed.as_ref())?;
     let vocab = corpus.vocabulary().len();
     let streams = TokenStreams::new(corpus.train().len(), hyper.batch, hyper.seq_len)?;
     let config = hyper.model_config(vocab)?;
     config.validate()?;
     let mut optimizer = optimizer(&hyper)?;
-    if let Some(m) = args.minutes {
-        if !(m.is_finite() && m > 0.0) {
-            return Err(format!("--minutes must be a positive number, got {m}").into());
-        }
+    if let Some(m) = args.minutes.filter(|m| !(m.is_finite() && *m > 0.0)) {
+        return Err(format!("--minutes must be a positive number, got {m}").into());
     }
     let data = DataInfo {
         source: text.source,
@@ -66,25 +55,42 @@ pub fn prepare(args: &TrainArgs) -> CliResult<(Trainer, String)> {
     let (params, meta, carried) = match resumed {
         Some(r) => continue_from(r, hyper, data, &mut optimizer)?,
         None => {
-            let meta = Meta::new(corpus.vocabulary(), hyper.clone(), data);
-            (RnnParams::init(&config, hyper.seed), meta, None)
+            let params = RnnParams::init(&config, hyper.seed);
+            (params, Meta::new(corpus.vocabulary(), hyper, data), None)
         }
     };
     let rnn = Rnn::new(config, params, &device)?;
-    let device_name = if device.is_gpu() { "gpu" } else { "cpu" };
-    let trainer = Trainer::new(
+    let held_out = corpus.held_out().len();
+    let trainer = Trainer {
+        eval_streams: TokenStreams::fitting(held_out, streams.streams(), streams.seq_len()),
         corpus,
         streams,
         rnn,
         optimizer,
+        run: RunStats::new(&meta),
         meta,
         carried,
         out,
-        text.name,
-        device_name,
-        args.sample_len,
-    );
+        text_name: text.name,
+        device_name: if device.is_gpu() { "gpu" } else { "cpu" },
+        sample_len: args.sample_len,
+    };
     Ok((trainer, device.describe()))
+}
+
+/// The text's characters as tokens, split into training and held-out parts; a resumed
+/// run keeps the checkpoint's vocabulary.
+fn make_corpus(text: &Text, hyper: &Hyper, resumed: Option<&Loaded>) -> CliResult<Corpus> {
+    Ok(match resumed {
+        Some(r) => Corpus::with_vocabulary(&text.text, r.vocabulary.clone(), hyper.held_out)
+            .map_err(|e| {
+                format!(
+                    "{} does not fit the checkpoint's vocabulary: {e}",
+                    text.name
+                )
+            })?,
+        None => Corpus::new(&text.text, hyper.held_out)?,
+    })
 }
 
 fn optimizer(hyper: &Hyper) -> CliResult<Optimizer> {

@@ -35,17 +35,37 @@ pub struct Trainer {
     pub device_name: &'static str,
     /// Characters in the sample shown at each evaluation.
     pub sample_len: usize,
+    pub run: RunStats,
+}
+
+/// This run's counters.
+pub struct RunStats {
     /// When this run started, and the seconds of training before it.
     pub started: Instant,
     pub seconds_before: f64,
     /// Steps and characters of this run.
-    pub run_steps: u64,
-    pub run_tokens: u64,
+    pub steps: u64,
+    pub tokens: u64,
     /// Loss summed over the characters since the last evaluation, and their count.
     window: (f64, u64),
     last_eval: Instant,
     /// The step of the last evaluation.
     pub evaluated_at: u64,
+}
+
+impl RunStats {
+    /// A run starting where `meta`'s progress is.
+    pub fn new(meta: &Meta) -> RunStats {
+        RunStats {
+            started: Instant::now(),
+            seconds_before: meta.progress.seconds,
+            steps: 0,
+            tokens: 0,
+            window: (0.0, 0),
+            last_eval: Instant::now(),
+            evaluated_at: meta.progress.step,
+        }
+    }
 }
 
 /// When the run ends: after `steps` steps of this run and/or after `budget`.
@@ -89,44 +109,6 @@ impl Goal {
 }
 
 impl Trainer {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        corpus: Corpus,
-        streams: TokenStreams,
-        rnn: Rnn,
-        optimizer: Optimizer,
-        meta: Meta,
-        carried: Option<RnnState>,
-        out: PathBuf,
-        text_name: String,
-        device_name: &'static str,
-        sample_len: usize,
-    ) -> Trainer {
-        let held_out = corpus.held_out().len();
-        let eval_streams = TokenStreams::fitting(held_out, streams.streams(), streams.seq_len());
-        let evaluated_at = meta.progress.step;
-        Trainer {
-            corpus,
-            streams,
-            eval_streams,
-            rnn,
-            optimizer,
-            seconds_before: meta.progress.seconds,
-            meta,
-            carried,
-            out,
-            text_name,
-            device_name,
-            sample_len,
-            started: Instant::now(),
-            run_steps: 0,
-            run_tokens: 0,
-            window: (0.0, 0),
-            last_eval: Instant::now(),
-            evaluated_at,
-        }
-    }
-
     /// Whether the record holds training from an earlier run.
     pub fn resuming(&self) -> bool {
         self.meta.progress.step > 0 || !self.meta.history.is_empty()
@@ -134,7 +116,7 @@ impl Trainer {
 
     /// Seconds of training in all runs so far.
     pub fn total_seconds(&self) -> f64 {
-        self.seconds_before + self.started.elapsed().as_secs_f64()
+        self.run.seconds_before + self.run.started.elapsed().as_secs_f64()
     }
 
     /// Trains until `goal` or a Ctrl-C, evaluating and writing a checkpoint every
@@ -145,7 +127,7 @@ impl Trainer {
             if interrupt::requested() {
                 break true;
             }
-            if goal.reached(self.run_steps, self.started.elapsed()) {
+            if goal.reached(self.run.steps, self.run.started.elapsed()) {
                 break false;
             }
             let loss = self.step()?;
@@ -154,7 +136,7 @@ impl Trainer {
                 let line = self.evaluate()?;
                 pb.suspend(|| println!("{line}"));
                 self.save()?;
-                self.last_eval = Instant::now();
+                self.run.last_eval = Instant::now();
             }
         };
         pb.finish_and_clear();
@@ -179,10 +161,10 @@ impl Trainer {
                 .train_step_from(&batch, self.carried.as_ref(), &mut self.optimizer)?;
         self.carried = Some(last);
         let tokens = batch.tokens() as u64;
-        self.run_steps += 1;
-        self.run_tokens += tokens;
-        self.window.0 += loss as f64 * tokens as f64;
-        self.window.1 += tokens;
+        self.run.steps += 1;
+        self.run.tokens += tokens;
+        self.run.window.0 += loss as f64 * tokens as f64;
+        self.run.window.1 += tokens;
         progress.step += 1;
         progress.tokens += tokens;
         progress.chunk += 1;
@@ -194,27 +176,27 @@ impl Trainer {
     }
 
     fn show_progress(&self, pb: &ProgressBar, goal: &Goal, loss: f32) {
-        let elapsed = self.started.elapsed();
-        let rate = self.run_tokens as f64 / elapsed.as_secs_f64().max(1e-9);
+        let elapsed = self.run.started.elapsed();
+        let rate = self.run.tokens as f64 / elapsed.as_secs_f64().max(1e-9);
         pb.set_message(format!(
             "step {} | loss {loss:.3} | {} chars/s | {}",
             self.meta.progress.step,
             format_count(rate),
             self.device_name
         ));
-        pb.set_position(goal.position(self.run_steps, elapsed));
+        pb.set_position(goal.position(self.run.steps, elapsed));
     }
 
     fn evaluation_due(&self, eval_every: Option<u64>) -> bool {
         match eval_every {
             Some(n) => self.meta.progress.step.is_multiple_of(n.max(1)),
-            None => self.last_eval.elapsed().as_secs_f64() >= EVAL_SECONDS,
+            None => self.run.last_eval.elapsed().as_secs_f64() >= EVAL_SECONDS,
         }
     }
 
     /// The mean training loss since the last call (none if no step ran since).
     pub fn take_window_loss(&mut self) -> Option<f32> {
-        let (sum, tokens) = std::mem::take(&mut self.window);
+        let (sum, tokens) = std::mem::take(&mut self.run.window);
         (tokens > 0).then(|| (sum / tokens as f64) as f32)
     }
 
