@@ -154,8 +154,8 @@ impl Trainer {
         let batch = SequenceBatch::from_tokens(inputs, vocab, Targets::Classes(targets))?;
         // dropout masks depend on the seed and the step alone, so that a resumed run
         // draws the masks the uninterrupted one would have
-        let seed = self.meta.config.seed ^ progress.step.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        self.rnn.set_dropout_seed(seed);
+        self.rnn
+            .restore_dropout_state((self.meta.config.seed, progress.step));
         let (loss, last) =
             self.rnn
                 .train_step_from(&batch, self.carried.as_ref(), &mut self.optimizer)?;
