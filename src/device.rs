@@ -63,6 +63,7 @@ impl Device {
         }
     }
 
+    /// Whether this is a GPU device.
     pub fn is_gpu(&self) -> bool {
         matches!(self.kind, DeviceKind::Gpu(_))
     }

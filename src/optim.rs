@@ -8,15 +8,27 @@ use crate::{Error, Result, RnnParams};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OptimizerKind {
     /// `p -= lr · g`
-    Sgd { lr: f32 },
+    Sgd {
+        /// Learning rate.
+        lr: f32,
+    },
     /// `buf = momentum · buf + g; p -= lr · buf` (`torch.optim.SGD(momentum=..)`,
     /// no dampening, not Nesterov)
-    Momentum { lr: f32, momentum: f32 },
+    Momentum {
+        /// Learning rate.
+        lr: f32,
+        /// Momentum factor.
+        momentum: f32,
+    },
     /// `torch.optim.Adam` without weight decay.
     Adam {
+        /// Learning rate.
         lr: f32,
+        /// Decay of the first moment.
         beta1: f32,
+        /// Decay of the second moment.
         beta2: f32,
+        /// Added to the denominator's square root.
         eps: f32,
     },
 }
@@ -50,8 +62,11 @@ impl CpuMoments {
 /// first moment, `v`: Adam's second moment; empty where the rule has none).
 #[derive(Clone, Debug, PartialEq)]
 pub struct OptimizerState {
+    /// Updates applied (Adam's `t`).
     pub steps: u64,
+    /// Momentum buffer or Adam's first moment (empty for plain SGD).
     pub m: Vec<f32>,
+    /// Adam's second moment (empty for the other rules).
     pub v: Vec<f32>,
 }
 
@@ -94,10 +109,12 @@ impl Optimizer {
         }
     }
 
+    /// Plain SGD, `torch.optim.SGD(lr=lr)`.
     pub fn sgd(lr: f32) -> Self {
         Self::with(OptimizerKind::Sgd { lr })
     }
 
+    /// SGD with momentum, `torch.optim.SGD(lr=lr, momentum=momentum)`.
     pub fn sgd_momentum(lr: f32, momentum: f32) -> Self {
         Self::with(OptimizerKind::Momentum { lr, momentum })
     }
@@ -119,14 +136,17 @@ impl Optimizer {
         self
     }
 
+    /// The update rule and its hyper-parameters.
     pub fn kind(&self) -> OptimizerKind {
         self.kind
     }
 
+    /// The clipping norm, if the gradients are clipped.
     pub fn clip(&self) -> Option<f32> {
         self.clip
     }
 
+    /// The learning rate.
     pub fn lr(&self) -> f32 {
         match self.kind {
             OptimizerKind::Sgd { lr }
@@ -303,8 +323,16 @@ pub(crate) fn update_overflow(params: bool, moments: bool) -> Error {
 /// exactly what is committed.
 #[derive(Clone, Copy)]
 enum Rule {
-    Sgd { lr: f32 },
-    Momentum { lr: f32, momentum: f32 },
+    Sgd {
+        /// Learning rate.
+        lr: f32,
+    },
+    Momentum {
+        /// Learning rate.
+        lr: f32,
+        /// Momentum factor.
+        momentum: f32,
+    },
     Adam(AdamRule),
 }
 

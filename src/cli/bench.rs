@@ -6,8 +6,9 @@ use super::CliResult;
 use clap::Args;
 use std::process::ExitCode;
 use std::time::Instant;
-use unfold::workloads::Workload;
-use unfold::{Cell, Device, Optimizer, Rnn, RnnParams, SequenceBatch, TimeLoop};
+use unfold::internals::workloads::Workload;
+use unfold::internals::TimeLoop;
+use unfold::{Cell, Device, Optimizer, Rnn, RnnParams, SequenceBatch};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -117,10 +118,10 @@ fn train_flops(w: &Workload, cell: Cell, batch: &SequenceBatch) -> f64 {
 /// `unfold bench --matmul`: one JSON line per shape and tiling (median of `reps` runs after
 /// one warm-up run), the library's own choice first.
 fn bench_matmul(device: &Device, shapes: &str, reps: usize) -> unfold::Result<()> {
-    use unfold::gpu::{GemmPlan, ResidentProduct, Tile};
+    use unfold::internals::gpu::{GemmPlan, ResidentProduct, Tile};
     use unfold::ndarray::{linalg::general_mat_mul, Array2};
-    for (m, n, k) in unfold::workloads::parse_matmul_shapes(shapes)? {
-        let (a, b) = unfold::workloads::matmul_operands(m, n, k);
+    for (m, n, k) in unfold::internals::workloads::parse_matmul_shapes(shapes)? {
+        let (a, b) = unfold::internals::workloads::matmul_operands(m, n, k);
         let flops = 2.0 * (m * n * k) as f64;
         let report = |plan: &str, seconds: f64| {
             println!(

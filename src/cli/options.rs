@@ -1,7 +1,8 @@
 //! Choices shared by several commands: device, optimizer, cell, time loop.
 
 use clap::ValueEnum;
-use unfold::{Cell, Device, Optimizer, TimeLoop};
+use unfold::internals::TimeLoop;
+use unfold::{Cell, Device, Optimizer};
 
 /// `--device`.
 #[derive(Clone, Copy, ValueEnum)]
@@ -86,7 +87,7 @@ impl From<CellChoice> for Cell {
     }
 }
 
-/// `--time-loop`: how the GPU path walks the steps (see `unfold::TimeLoop`).
+/// `--time-loop`: how the GPU path walks the steps (see `unfold::internals::TimeLoop`).
 #[derive(Clone, Copy, ValueEnum)]
 pub enum TimeLoopChoice {
     Auto,

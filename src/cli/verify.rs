@@ -5,11 +5,10 @@ use super::options::{make_optimizer, OptimizerChoice, TimeLoopChoice};
 use super::CliResult;
 use clap::Args;
 use std::process::ExitCode;
+use unfold::internals::TimeLoop;
 use unfold::ndarray::Array3;
 use unfold::rng::SplitMix64;
-use unfold::{
-    Cell, Device, Forward, Head, Optimizer, Rnn, RnnConfig, RnnParams, SequenceBatch, TimeLoop,
-};
+use unfold::{Cell, Device, Forward, Head, Optimizer, Rnn, RnnConfig, RnnParams, SequenceBatch};
 
 /// Every case, in the order `--config all` runs them.
 const ALL_CASES: [&str; 7] = [
@@ -288,7 +287,7 @@ fn verify_batch(
             }
         })
         .collect();
-    unfold::workloads::random_batch(config, &lengths, values, rng)
+    unfold::internals::workloads::random_batch(config, &lengths, values, rng)
 }
 
 /// ‖got − want‖ / ‖want‖ (‖want‖ floored at 1e-6); infinite if anything is not finite.

@@ -3,7 +3,7 @@
 //!
 //! It is built the fast way: per layer and direction, the input projection of every step
 //! (all gates) is one matrix product before the time loop; the loop does one small
-//! product per step on the packed rows still running (see [`crate::batch`]) and the
+//! product per step on the packed rows still running (see `src/batch.rs`) and the
 //! cell's element-wise work (`cell.rs`, the only place cells differ); the weight
 //! gradients are one product over all steps after it. The reverse direction walks the
 //! same packed rows from the last step to the first: a sequence joins when its own last

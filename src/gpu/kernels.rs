@@ -178,12 +178,16 @@ pub(crate) struct Kernels {
 /// the guards of integer division.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShaderChecks {
+    /// wgpu's defaults: index clamping, loop counters, zeroed workgroup memory.
     All,
+    /// Index clamping only.
     Bounds,
+    /// No run-time checks.
     None,
 }
 
 impl ShaderChecks {
+    /// What the kernels are compiled with unless asked otherwise.
     pub const DEFAULT: ShaderChecks = ShaderChecks::Bounds;
 
     /// The setting `UNFOLD_SHADER_CHECKS` asks for (the default when it is unset).

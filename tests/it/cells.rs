@@ -6,10 +6,11 @@
 use crate::common;
 
 use common::{assert_close, random_batch};
+use unfold::internals::cpu;
 use unfold::ndarray::{s, Array2, Array3};
 use unfold::rng::SplitMix64;
 use unfold::{
-    cpu, Cell, Device, Error, Head, Optimizer, Rnn, RnnConfig, RnnParams, RnnState, SequenceBatch,
+    Cell, Device, Error, Head, Optimizer, Rnn, RnnConfig, RnnParams, RnnState, SequenceBatch,
     Targets,
 };
 

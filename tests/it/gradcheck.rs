@@ -12,7 +12,8 @@
 use crate::common;
 
 use common::{assert_close, assert_params_close, config, params, random_batch};
-use unfold::{cpu, Device, Rnn, RnnConfig, RnnParams};
+use unfold::internals::cpu;
+use unfold::{Device, Rnn, RnnConfig, RnnParams};
 
 const EPS: f64 = 1e-5;
 /// Per scalar: `|analytic − numeric| ≤ TOL · max(|analytic|, |numeric|, FLOOR)`.

@@ -4,11 +4,10 @@
 
 use crate::common;
 
+use unfold::internals::{cpu, TimeLoop};
 use unfold::ndarray::{s, Array2, Array3};
 use unfold::rng::SplitMix64;
-use unfold::{
-    cpu, Device, Error, Optimizer, Rnn, RnnConfig, RnnState, SequenceBatch, Targets, TimeLoop,
-};
+use unfold::{Device, Error, Optimizer, Rnn, RnnConfig, RnnState, SequenceBatch, Targets};
 
 const VOCAB: usize = 7;
 

@@ -21,9 +21,10 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
+use unfold::internals::write_atomically;
 use unfold::ndarray::Array3;
 use unfold::text::{fingerprint, Vocabulary};
-use unfold::{write_atomically, Optimizer, OptimizerState, Rnn, RnnConfig, RnnParams, RnnState};
+use unfold::{Optimizer, OptimizerState, Rnn, RnnConfig, RnnParams, RnnState};
 
 const FORMAT: &str = "unfold char-lm checkpoint";
 const VERSION: u32 = 1;

@@ -6,7 +6,7 @@ use crate::cli::CliResult;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use std::path::Path;
-use unfold::write_atomically;
+use unfold::internals::write_atomically;
 
 /// The plot's file name in the checkpoint directory.
 pub const PLOT_FILE: &str = "loss.svg";

@@ -10,8 +10,9 @@ use crate::cli::options::{make_optimizer, pick, OptimizerChoice};
 use crate::cli::CliResult;
 use clap::ValueEnum;
 use std::path::PathBuf;
+use unfold::internals::write_atomically;
 use unfold::text::{read_text, Corpus, TokenStreams, BUNDLED_NAME, BUNDLED_TEXT};
-use unfold::{write_atomically, Optimizer, Rnn, RnnParams, RnnState};
+use unfold::{Optimizer, Rnn, RnnParams, RnnState};
 
 /// The `data.source` of the bundled text.
 const BUNDLED_SOURCE: &str = "bundled:persuasion";

@@ -84,7 +84,7 @@ pub fn random_batch(
     values: bool,
     seed: u64,
 ) -> SequenceBatch {
-    unfold::workloads::random_batch(config, lengths, values, &mut SplitMix64::new(seed))
+    unfold::internals::workloads::random_batch(config, lengths, values, &mut SplitMix64::new(seed))
         .expect("valid random batch")
 }
 
