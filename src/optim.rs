@@ -20,7 +20,8 @@ pub enum OptimizerKind {
         /// Momentum factor.
         momentum: f32,
     },
-    /// `torch.optim.Adam` without weight decay.
+    /// `torch.optim.Adam`, or `torch.optim.AdamW` with a decoupled `weight_decay`
+    /// (0: none).
     Adam {
         /// Learning rate.
         lr: f32,
@@ -30,6 +31,9 @@ pub enum OptimizerKind {
         beta2: f32,
         /// Added to the denominator's square root.
         eps: f32,
+        /// Decoupled weight decay: each step first scales the parameters by
+        /// `1 - lr · weight_decay`, as `torch.optim.AdamW`.
+        weight_decay: f32,
     },
 }
 
@@ -121,11 +125,19 @@ impl Optimizer {
 
     /// Betas (0.9, 0.999), eps 1e-8, as `torch.optim.Adam`.
     pub fn adam(lr: f32) -> Self {
+        Self::adamw(lr, 0.0)
+    }
+
+    /// Adam with decoupled weight decay, as `torch.optim.AdamW(lr, weight_decay=..)`
+    /// (betas (0.9, 0.999), eps 1e-8). The decay applies to every parameter, biases
+    /// included, as it does there by default.
+    pub fn adamw(lr: f32, weight_decay: f32) -> Self {
         Self::with(OptimizerKind::Adam {
             lr,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            weight_decay,
         })
     }
 
@@ -219,8 +231,15 @@ impl Optimizer {
                 return bad("momentum", "in [0, 1]", momentum)
             }
             OptimizerKind::Adam {
-                beta1, beta2, eps, ..
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
             } => {
+                if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+                    return bad("AdamW weight_decay", "finite and >= 0", weight_decay);
+                }
                 if !(0.0..1.0).contains(&beta1) {
                     return bad("Adam beta1", "in [0, 1)", beta1);
                 }
@@ -342,6 +361,8 @@ struct AdamRule {
     beta1: f32,
     beta2: f32,
     eps: f32,
+    /// `1 - lr · weight_decay`
+    decay: f32,
     c: AdamCoefficients,
 }
 
@@ -352,7 +373,7 @@ impl AdamRule {
         let m = self.beta1 * m + (1.0 - self.beta1) * g;
         let v = self.beta2 * v + (1.0 - self.beta2) * g * g;
         let denom = v.sqrt() / self.c.bias_correction2_sqrt + self.eps;
-        (p - self.c.step_size * m / denom, m, v)
+        (p * self.decay - self.c.step_size * m / denom, m, v)
     }
 }
 
@@ -366,10 +387,12 @@ impl Rule {
                 beta1,
                 beta2,
                 eps,
+                weight_decay,
             } => Rule::Adam(AdamRule {
                 beta1,
                 beta2,
                 eps,
+                decay: 1.0 - lr * weight_decay,
                 c: AdamCoefficients::new(lr, beta1, beta2, step),
             }),
         }

@@ -120,7 +120,9 @@ pub(crate) struct OptimParams {
     pub eps: f32,
     pub step_size: f32,
     pub bias_correction2_sqrt: f32,
-    pub _pad: [u32; 3],
+    /// Adam: `1 - lr · weight_decay` (decoupled weight decay; 1 for none)
+    pub decay: f32,
+    pub _pad: [u32; 2],
 }
 
 #[repr(C)]
