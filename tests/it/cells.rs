@@ -525,3 +525,39 @@ fn checkpoints_of_every_cell_and_direction_round_trip_and_refuse_another_cell() 
     assert!(file.names().iter().all(|n| !n.starts_with("out.")));
     assert_eq!(RnnParams::load_for(&enc, &path).unwrap(), p);
 }
+
+/// An optimizer's state belongs to the parameters it first updated: another model with
+/// as many parameters but other shapes is refused, changing nothing, on every device.
+#[test]
+fn optimizer_state_is_matched_by_name_and_shape() {
+    for device in common::devices() {
+        let (a, b) = (RnnConfig::new(3, 4, 2), RnnConfig::new(5, 3, 4));
+        assert_eq!(a.num_params(), b.num_params(), "same count, other shapes");
+        let batch_a = random_batch(&a, &[3, 2], false, 1);
+        let batch_b = random_batch(&b, &[3, 2], false, 1);
+        let mut rnn_a = Rnn::new(a.clone(), RnnParams::init(&a, 1), &device).unwrap();
+        let mut rnn_b = Rnn::new(b.clone(), RnnParams::init(&b, 1), &device).unwrap();
+        let mut adam = Optimizer::adam(0.01);
+        rnn_a.train_step(&batch_a, &mut adam).unwrap();
+        let before = (rnn_b.params().unwrap(), adam.export_state().unwrap());
+        let err = rnn_b.train_step(&batch_b, &mut adam).unwrap_err();
+        assert!(matches!(err, Error::OptimizerMismatch(_)), "{err}");
+        assert!(err.to_string().contains("rnn.weight_ih_l0"), "{err}");
+        let (grads, _) = (rnn_b.loss_and_gradients(&batch_b).unwrap().1, ());
+        assert!(matches!(
+            rnn_b.apply_gradients(&grads, &mut adam),
+            Err(Error::OptimizerMismatch(_))
+        ));
+        assert_eq!(
+            (rnn_b.params().unwrap(), adam.export_state().unwrap()),
+            before
+        );
+        // the exported state carries the layout, so an import refuses the other model too
+        let mut imported = Optimizer::adam(0.01);
+        imported
+            .import_state(adam.export_state().unwrap().unwrap())
+            .unwrap();
+        assert!(rnn_b.train_step(&batch_b, &mut imported).is_err());
+        rnn_a.train_step(&batch_a, &mut imported).unwrap();
+    }
+}

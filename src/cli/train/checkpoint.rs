@@ -315,7 +315,12 @@ fn read_optimizer(file: &StateFile, steps: u64, n: usize) -> CliResult<Option<Op
                     )));
                 }
             }
-            Ok(Some(OptimizerState { steps, m, v }))
+            Ok(Some(OptimizerState {
+                layout: Vec::new(),
+                steps,
+                m,
+                v,
+            }))
         }
         (None, None) if steps == 0 => Ok(None),
         _ => Err(file.error(format!(
