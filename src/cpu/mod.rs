@@ -11,6 +11,7 @@
 //! across calls, so the time loop allocates nothing.
 
 mod cell;
+mod gemm;
 mod loss;
 
 use crate::batch::{Packing, SequenceBatch};
@@ -18,7 +19,7 @@ use crate::model::{Cell, LayerParams, RnnConfig, RnnParams};
 use crate::real::Real;
 use crate::Head;
 use cell::{backward_row, forward_row, RowBackward, RowForward};
-use ndarray::linalg::general_mat_mul;
+use gemm::mat_mul;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayViewMut2, Axis, Zip};
 
 pub use loss::{cross_entropy, pack_classes, pack_values, squared_error};
@@ -53,6 +54,10 @@ struct UnitBuffers<F> {
     c: Array2<F>,
     c_prev: Array2<F>,
     hn: Array2<F>,
+    /// `W_hhᵀ` `[hidden, gates·hidden]`, stored row-major for the step's product: its
+    /// rows are what each step streams through, contiguous (the products' kernels run
+    /// 1.2–2× faster on it than on `W_hh` read transposed).
+    w_hh_t: Array2<F>,
     /// Initial states in packed order `[batch, hidden]` (when given).
     h0: Option<Array2<F>>,
     c0: Option<Array2<F>>,
@@ -323,7 +328,7 @@ fn linear<F: Real>(input: ArrayView2<F>, w: &Array2<F>, b: &Array1<F>, out: &mut
     for mut row in out.rows_mut() {
         row.assign(b);
     }
-    general_mat_mul(F::one(), &input, &w.t(), F::one(), out);
+    mat_mul(F::one(), &input, &w.t(), F::one(), out);
 }
 
 /// What a layer reads at each packed row: feature vectors, or token ids.
@@ -359,6 +364,8 @@ fn unit_forward<F: Real>(
     resize(&mut unit.c_prev, c_rows, h);
     resize(&mut unit.hn, hn_rows, h);
     resize(hh, p.batch(), g);
+    resize(&mut unit.w_hh_t, h, g);
+    unit.w_hh_t.assign(&layer.w_hh.t());
     match input {
         LayerInput::Dense(x) => linear(
             x.view(),
@@ -397,10 +404,14 @@ fn unit_forward<F: Real>(
             }
         }
         let mut step = hh.slice_mut(s![..n, ..]);
-        linear(
-            unit.h_prev.slice(s![off..off + n, ..]),
-            &layer.w_hh,
-            &layer.b_hh,
+        for mut row in step.rows_mut() {
+            row.assign(&layer.b_hh);
+        }
+        mat_mul(
+            F::one(),
+            &unit.h_prev.slice(s![off..off + n, ..]),
+            &unit.w_hh_t.view(),
+            F::one(),
             &mut step,
         );
         for j in 0..n {
@@ -443,17 +454,23 @@ pub fn backward<F: Real>(
     } else {
         &ws.last
     };
-    general_mat_mul(
+    mat_mul(
         F::one(),
         &ws.d_out.t(),
-        head_in,
+        &head_in.view(),
         F::zero(),
-        &mut grads.w_out,
+        &mut grads.w_out.view_mut(),
     );
     grads.b_out = ws.d_out.sum_axis(Axis(0));
     resize(&mut ws.dh, p.tokens(), config.state_width());
     match config.head {
-        Head::PerStep => general_mat_mul(F::one(), &ws.d_out, &params.w_out, F::zero(), &mut ws.dh),
+        Head::PerStep => mat_mul(
+            F::one(),
+            &ws.d_out.view(),
+            &params.w_out.view(),
+            F::zero(),
+            &mut ws.dh.view_mut(),
+        ),
         Head::LastStep => {
             ws.dh.fill(F::zero());
             let d_last = ws.d_out.dot(&params.w_out);
@@ -608,10 +625,10 @@ fn unit_backward<F: Real>(
         };
         // what reaches the previous step's state: through W_hh, and the cell's direct terms
         let dgh = if gru { &*b.dgh } else { &*b.dgx };
-        general_mat_mul(
+        mat_mul(
             F::one(),
             &dgh.slice(s![off..off + m, ..]),
-            &layer.w_hh,
+            &layer.w_hh.view(),
             F::one(),
             &mut b.dh.slice_mut(s![prev_off..prev_off + m, ..]),
         );
@@ -639,16 +656,32 @@ fn unit_backward<F: Real>(
             }
         }
         // dW_ih = Σ_t dgx(t)ᵀ · in(t), one product over all steps
-        LayerInput::Dense(x) => {
-            general_mat_mul(F::one(), &b.dgx.t(), *x, F::one(), &mut grads.w_ih)
-        }
+        LayerInput::Dense(x) => mat_mul(
+            F::one(),
+            &b.dgx.t(),
+            &x.view(),
+            F::one(),
+            &mut grads.w_ih.view_mut(),
+        ),
     }
     add_into(grads.b_ih.view_mut(), b.dgx.sum_axis(Axis(0)).view());
     // dW_hh = Σ_t dgh(t)ᵀ · h(t-1); rows that started from zeros add nothing
-    general_mat_mul(F::one(), &dgh.t(), &unit.h_prev, F::one(), &mut grads.w_hh);
+    mat_mul(
+        F::one(),
+        &dgh.t(),
+        &unit.h_prev.view(),
+        F::one(),
+        &mut grads.w_hh.view_mut(),
+    );
     add_into(grads.b_hh.view_mut(), dgh.sum_axis(Axis(0)).view());
     if let Some(d_below) = d_below {
-        general_mat_mul(F::one(), &*b.dgx, &layer.w_ih, F::one(), d_below);
+        mat_mul(
+            F::one(),
+            &b.dgx.view(),
+            &layer.w_ih.view(),
+            F::one(),
+            &mut d_below.view_mut(),
+        );
     }
 }
 
