@@ -34,6 +34,29 @@ pub(crate) fn mat_mul<F: Real>(
     beta: F,
     c: &mut ArrayViewMut2<F>,
 ) {
+    product(true, alpha, a, b, beta, c)
+}
+
+/// [`mat_mul`] on the calling thread alone, whatever the size (for the threads of a time
+/// loop, which split the work themselves).
+pub(crate) fn mat_mul_serial<F: Real>(
+    alpha: F,
+    a: &ArrayView2<F>,
+    b: &ArrayView2<F>,
+    beta: F,
+    c: &mut ArrayViewMut2<F>,
+) {
+    product(false, alpha, a, b, beta, c)
+}
+
+fn product<F: Real>(
+    may_split: bool,
+    alpha: F,
+    a: &ArrayView2<F>,
+    b: &ArrayView2<F>,
+    beta: F,
+    c: &mut ArrayViewMut2<F>,
+) {
     let ((m, k), (k2, n)) = (a.dim(), b.dim());
     assert!(
         k == k2 && c.dim() == (m, n),
@@ -63,7 +86,7 @@ pub(crate) fn mat_mul<F: Real>(
         b.as_ptr() as *const f32,
         c.as_mut_ptr() as *mut f32,
     );
-    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_WORK {
+    let parallelism = if may_split && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_WORK {
         gemm_common::Parallelism::Rayon(0)
     } else {
         gemm_common::Parallelism::None

@@ -13,14 +13,16 @@
 mod cell;
 mod gemm;
 mod loss;
+mod team;
 
 use crate::batch::{Packing, SequenceBatch};
 use crate::model::{Cell, LayerParams, RnnConfig, RnnParams};
 use crate::real::Real;
 use crate::Head;
-use cell::{backward_row, forward_row, RowBackward, RowForward};
+use cell::{backward_units, forward_units, UnitsBackward, UnitsForward};
 use gemm::mat_mul;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayViewMut2, Axis, Zip};
+use std::ops::Range;
 
 pub use loss::{cross_entropy, pack_classes, pack_values, squared_error};
 
@@ -79,8 +81,8 @@ pub struct Workspace<F> {
     dropped: Vec<Array2<F>>,
     dropout_used: bool,
     units: Vec<UnitBuffers<F>>,
-    /// One step's recurrent product `[batch, gates·hidden]`.
-    hh: Array2<F>,
+    /// Threads of the time loops, when fixed (tests); by the size of a step otherwise.
+    loop_threads: Option<usize>,
     /// Last-step head: top-layer final states in packed order `[batch, directions·hidden]`.
     last: Array2<F>,
     /// Readout `[rows, output]` and its gradient.
@@ -91,14 +93,11 @@ pub struct Workspace<F> {
     dh: Array2<F>,
     d_below: Array2<F>,
     /// One unit's gradients: with respect to its states and cell states `[tokens,
-    /// hidden]`, its input projection and recurrent product `[tokens, gates·hidden]`, and
-    /// one step's direct terms to the previous state `[batch, hidden]`.
+    /// hidden]`, and its input projection and recurrent product `[tokens, gates·hidden]`.
     dh_unit: Array2<F>,
     dc: Array2<F>,
     dgx: Array2<F>,
     dgh: Array2<F>,
-    dh_prev: Array2<F>,
-    dc_prev: Array2<F>,
     classes: Vec<u32>,
     values: Array2<F>,
 }
@@ -118,15 +117,6 @@ fn row<F: Real>(a: &Array2<F>, r: usize) -> &[F] {
     }
     a.row(r)
         .to_slice()
-        .expect("rows of standard-layout arrays are contiguous")
-}
-
-fn row_mut<F: Real>(a: &mut Array2<F>, r: usize) -> &mut [F] {
-    if a.is_empty() {
-        return &mut [];
-    }
-    a.row_mut(r)
-        .into_slice()
         .expect("rows of standard-layout arrays are contiguous")
 }
 
@@ -260,7 +250,7 @@ pub fn forward_layers<F: Real>(
                 &input,
                 d == 1,
                 unit,
-                &mut ws.hh,
+                ws.loop_threads,
                 out.slice_mut(s![.., d * h..(d + 1) * h]),
             );
         }
@@ -338,8 +328,11 @@ enum LayerInput<'a, F> {
 }
 
 /// One layer in one direction over all steps: the hoisted input product for all gates
-/// (for tokens a column lookup in `W_ih`), then per step the recurrent product on the
-/// rows still running and the cell's element-wise work.
+/// with both biases (for tokens a column lookup in `W_ih`), then per step the recurrent
+/// product on the rows still running, accumulated straight into the gates' pre-activations
+/// (GRU's n block apart, into `hn`), and the cell's element-wise work, which also writes
+/// each state where the next step reads it. A loop whose steps are large enough runs on
+/// several threads, split by hidden units (`team.rs`).
 #[allow(clippy::too_many_arguments)]
 fn unit_forward<F: Real>(
     cell: Cell,
@@ -348,11 +341,12 @@ fn unit_forward<F: Real>(
     input: &LayerInput<F>,
     reverse: bool,
     unit: &mut UnitBuffers<F>,
-    hh: &mut Array2<F>,
-    mut states: ArrayViewMut2<F>,
+    threads: Option<usize>,
+    states: ArrayViewMut2<F>,
 ) {
     let (tokens, h) = (p.tokens(), states.ncols());
     let g = layer.w_hh.nrows();
+    let gates = g / h;
     resize(&mut unit.gates, tokens, g);
     resize(&mut unit.h_prev, tokens, h);
     let (c_rows, hn_rows) = match cell {
@@ -363,75 +357,148 @@ fn unit_forward<F: Real>(
     resize(&mut unit.c, c_rows, h);
     resize(&mut unit.c_prev, c_rows, h);
     resize(&mut unit.hn, hn_rows, h);
-    resize(hh, p.batch(), g);
     resize(&mut unit.w_hh_t, h, g);
     unit.w_hh_t.assign(&layer.w_hh.t());
+    // the recurrent product lands in the gates, so their bias carries b_hh too (but for
+    // GRU's n block, whose recurrent part stays apart)
+    let in_gates = if cell == Cell::Gru { 2 * h } else { g };
+    let mut bias = layer.b_ih.clone();
+    add_into(
+        bias.slice_mut(s![..in_gates]),
+        layer.b_hh.slice(s![..in_gates]),
+    );
     match input {
-        LayerInput::Dense(x) => linear(
-            x.view(),
-            &layer.w_ih,
-            &layer.b_ih,
-            &mut unit.gates.view_mut(),
-        ),
+        LayerInput::Dense(x) => linear(x.view(), &layer.w_ih, &bias, &mut unit.gates.view_mut()),
         LayerInput::Tokens(ids) => {
             for (mut row, &id) in unit.gates.rows_mut().into_iter().zip(*ids) {
                 Zip::from(&mut row)
                     .and(layer.w_ih.column(id as usize))
-                    .and(&layer.b_ih)
+                    .and(&bias)
                     .for_each(|a, &w, &b| *a = w + b);
             }
         }
     }
-    for t in steps(p, reverse) {
+    // rows that start from the initial state (or zeros): all of the first step forward;
+    // in reverse, at each step those whose sequence ends there
+    for t in 0..p.max_len() {
         let (off, n) = (p.offsets[t], p.batch_sizes[t]);
-        let (prev_off, m) = previous_rows(p, t, reverse).unwrap_or((0, 0));
-        // the state each row starts from: the previous step's, else the initial one
-        for j in 0..n {
+        let m = previous_rows(p, t, reverse).map_or(0, |(_, m)| m);
+        for j in m..n {
             let mut dst = unit.h_prev.row_mut(off + j);
-            match (&unit.h0, j < m) {
-                (_, true) => dst.assign(&states.row(prev_off + j)),
-                (Some(h0), false) => dst.assign(&h0.row(j)),
-                (None, false) => dst.fill(F::zero()),
+            match &unit.h0 {
+                Some(h0) => dst.assign(&h0.row(j)),
+                None => dst.fill(F::zero()),
             }
             if cell == Cell::Lstm {
-                let (c, c_prev) = (&unit.c, &mut unit.c_prev);
-                let mut dst = c_prev.row_mut(off + j);
-                match (&unit.c0, j < m) {
-                    (_, true) => dst.assign(&c.row(prev_off + j)),
-                    (Some(c0), false) => dst.assign(&c0.row(j)),
-                    (None, false) => dst.fill(F::zero()),
+                let mut dst = unit.c_prev.row_mut(off + j);
+                match &unit.c0 {
+                    Some(c0) => dst.assign(&c0.row(j)),
+                    None => dst.fill(F::zero()),
                 }
             }
         }
-        let mut step = hh.slice_mut(s![..n, ..]);
-        for mut row in step.rows_mut() {
-            row.assign(&layer.b_hh);
+    }
+    let threads = threads.unwrap_or_else(|| team::threads_for(p.batch(), h, gates));
+    let barrier = team::Barrier::new(threads);
+    let w_hh_t = &unit.w_hh_t;
+    let b_hn = if cell == Cell::Gru {
+        layer.b_hh.slice(s![2 * h..]).to_vec()
+    } else {
+        Vec::new()
+    };
+    let [gates_m, h_prev, c, c_prev, hn, states] = [
+        unit.gates.view_mut(),
+        unit.h_prev.view_mut(),
+        unit.c.view_mut(),
+        unit.c_prev.view_mut(),
+        unit.hn.view_mut(),
+        states,
+    ]
+    .map(team::Shared::new);
+    team::run(threads, h, |_, units| {
+        for (i, t) in steps(p, reverse).enumerate() {
+            let (off, n) = (p.offsets[t], p.batch_sizes[t]);
+            if i > 0 {
+                // every thread's part of this step's previous states is written
+                barrier.wait();
+            }
+            // SAFETY (every access below, see team.rs): this thread writes only its own
+            // units' columns of this step's rows (gates, hn, states, c) and of the next
+            // step's rows (h_prev, c_prev); it reads all columns of this step's h_prev
+            // rows, written before the barrier above (or before the loop).
+            unsafe {
+                let h_rows = h_prev.view(off..off + n, 0..h);
+                // this step's product for this thread's gate columns, straight into the
+                // gates (GRU's n block into hn): in one piece per destination when the
+                // thread has every unit, else a piece per gate block
+                let product = |cols: Range<usize>| {
+                    let w = w_hh_t.slice(s![.., cols.clone()]);
+                    if cols.start < in_gates {
+                        let mut dst = gates_m.view_mut(off..off + n, cols);
+                        gemm::mat_mul_serial(F::one(), &h_rows, &w, F::one(), &mut dst);
+                    } else {
+                        let local = cols.start - in_gates..cols.end - in_gates;
+                        let mut dst = hn.view_mut(off..off + n, local);
+                        gemm::mat_mul_serial(F::one(), &h_rows, &w, F::zero(), &mut dst);
+                    }
+                };
+                if units.len() == h {
+                    product(0..in_gates);
+                    if in_gates < g {
+                        product(in_gates..g);
+                    }
+                } else {
+                    for b in 0..gates {
+                        product(b * h + units.start..b * h + units.end);
+                    }
+                }
+                let next = next_rows(p, t, reverse);
+                for j in 0..n {
+                    let r = off + j;
+                    let block = |b: usize| {
+                        if b < gates {
+                            gates_m.get_mut(r, b * h + units.start..b * h + units.end)
+                        } else {
+                            &mut []
+                        }
+                    };
+                    let h_out = states.get_mut(r, units.clone());
+                    let c_out = c.get_mut(r, units.clone());
+                    forward_units(
+                        cell,
+                        UnitsForward {
+                            gates: [block(0), block(1), block(2), block(3)],
+                            hn: hn.get_mut(r, units.clone()),
+                            b_hn: b_hn.get(units.clone()).unwrap_or(&[]),
+                            h_prev: h_prev.get(r, units.clone()),
+                            c_prev: c_prev.get(r, units.clone()),
+                            h: &mut *h_out,
+                            c: &mut *c_out,
+                        },
+                    );
+                    // where the next step reads this state
+                    if let Some((next_off, _)) = next.filter(|&(_, m)| j < m) {
+                        h_prev
+                            .get_mut(next_off + j, units.clone())
+                            .copy_from_slice(h_out);
+                        c_prev
+                            .get_mut(next_off + j, units.clone())
+                            .copy_from_slice(c_out);
+                    }
+                }
+            }
         }
-        mat_mul(
-            F::one(),
-            &unit.h_prev.slice(s![off..off + n, ..]),
-            &unit.w_hh_t.view(),
-            F::one(),
-            &mut step,
-        );
-        for j in 0..n {
-            let r = off + j;
-            let mut h_row = states.row_mut(r);
-            forward_row(
-                cell,
-                RowForward {
-                    gates: row_mut(&mut unit.gates, r),
-                    hh: step.row(j).to_slice().expect("contiguous rows"),
-                    h_prev: row(&unit.h_prev, r),
-                    c_prev: row(&unit.c_prev, r),
-                    h: h_row
-                        .as_slice_mut()
-                        .expect("a row of one direction's columns is contiguous"),
-                    c: row_mut(&mut unit.c, r),
-                    hn: row_mut(&mut unit.hn, r),
-                },
-            );
-        }
+    });
+}
+
+/// Where a step's states are read next: `(first row, count)` of the next step's rows that
+/// continue from the first `count` rows of step `t`. Forward: step `t+1`; reverse: step
+/// `t-1`, for every row.
+fn next_rows(p: &Packing, t: usize, reverse: bool) -> Option<(usize, usize)> {
+    if !reverse {
+        (t + 1 < p.max_len()).then(|| (p.offsets[t + 1], p.batch_sizes[t + 1]))
+    } else {
+        (t > 0).then(|| (p.offsets[t - 1], p.batch_sizes[t]))
     }
 }
 
@@ -523,8 +590,6 @@ pub fn backward_layers<F: Real>(
                 dc: &mut ws.dc,
                 dgx: &mut ws.dgx,
                 dgh: &mut ws.dgh,
-                dh_prev: &mut ws.dh_prev,
-                dc_prev: &mut ws.dc_prev,
             };
             unit_backward(
                 config.cell,
@@ -533,7 +598,7 @@ pub fn backward_layers<F: Real>(
                 &input,
                 d == 1,
                 &ws.units[u],
-                ws.outs[l].slice(s![.., d * h..(d + 1) * h]),
+                ws.loop_threads,
                 ws.dh.slice(s![.., d * h..(d + 1) * h]),
                 scratch,
                 &mut grads.layers[u],
@@ -551,6 +616,11 @@ pub fn backward_layers<F: Real>(
     }
 }
 
+/// Columns `cols` of row `r` of `a`; empty when `a` is an unused (empty) buffer.
+fn part<F: Real>(a: &Array2<F>, r: usize, cols: Range<usize>) -> &[F] {
+    row(a, r).get(cols).unwrap_or(&[])
+}
+
 /// `dst += src`
 fn add_into<F: Real, D: ndarray::Dimension>(
     dst: ndarray::ArrayViewMut<F, D>,
@@ -565,15 +635,14 @@ struct StepGradients<'a, F> {
     dc: &'a mut Array2<F>,
     dgx: &'a mut Array2<F>,
     dgh: &'a mut Array2<F>,
-    dh_prev: &'a mut Array2<F>,
-    dc_prev: &'a mut Array2<F>,
 }
 
 /// One unit backwards: walks its steps in reverse, turning the gradient with respect to
 /// its states from outside the recurrence (`dh_ext`: readout or layer above) into the
 /// gradients with respect to its input projection and recurrent product, then forms the
 /// weight gradients as one product over all steps each, and adds the gradient with
-/// respect to its input into `d_below`.
+/// respect to its input into `d_below`. The walk is split by hidden units over threads
+/// as the forward one is (`team.rs`).
 #[allow(clippy::too_many_arguments)]
 fn unit_backward<F: Real>(
     cell: Cell,
@@ -582,14 +651,15 @@ fn unit_backward<F: Real>(
     input: &LayerInput<F>,
     reverse: bool,
     unit: &UnitBuffers<F>,
-    states: ArrayView2<F>,
+    threads: Option<usize>,
     dh_ext: ArrayView2<F>,
     b: StepGradients<F>,
     grads: &mut LayerParams<F>,
     d_below: Option<&mut Array2<F>>,
 ) {
-    let (tokens, h) = (p.tokens(), states.ncols());
+    let (tokens, h) = (p.tokens(), dh_ext.ncols());
     let g = layer.w_hh.nrows();
+    let gates = g / h;
     let (lstm, gru) = (cell == Cell::Lstm, cell == Cell::Gru);
     resize(b.dh, tokens, h);
     b.dh.assign(&dh_ext);
@@ -597,54 +667,83 @@ fn unit_backward<F: Real>(
     b.dc.fill(F::zero());
     resize(b.dgx, tokens, g);
     resize(b.dgh, if gru { tokens } else { 0 }, g);
-    resize(b.dh_prev, if gru { p.batch() } else { 0 }, h);
-    resize(b.dc_prev, if lstm { p.batch() } else { 0 }, h);
-    for t in steps(p, !reverse) {
-        let (off, n) = (p.offsets[t], p.batch_sizes[t]);
-        for j in 0..n {
-            let r = off + j;
-            backward_row(
-                cell,
-                RowBackward {
-                    gates: row(&unit.gates, r),
-                    h_prev: row(&unit.h_prev, r),
-                    c_prev: row(&unit.c_prev, r),
-                    c: row(&unit.c, r),
-                    hn: row(&unit.hn, r),
-                    dh: row(b.dh, r),
-                    dc: row(b.dc, r),
-                    dgx: row_mut(b.dgx, r),
-                    dgh: row_mut(b.dgh, r),
-                    dh_prev: row_mut(b.dh_prev, j),
-                    dc_prev: row_mut(b.dc_prev, j),
-                },
-            );
+    let threads = threads.unwrap_or_else(|| team::threads_for(p.batch(), h, gates));
+    let barrier = team::Barrier::new(threads);
+    let w_hh = &layer.w_hh;
+    let [dh, dc, dgx, dgh] = [
+        b.dh.view_mut(),
+        b.dc.view_mut(),
+        b.dgx.view_mut(),
+        b.dgh.view_mut(),
+    ]
+    .map(team::Shared::new);
+    // what the step products read: dgh for GRU, dgx (the same values) otherwise
+    let d_rec = if gru { dgh } else { dgx };
+    team::run(threads, h, |_, units| {
+        for t in steps(p, !reverse) {
+            let (off, n) = (p.offsets[t], p.batch_sizes[t]);
+            let prev = previous_rows(p, t, reverse);
+            // SAFETY (every access below, see team.rs): this thread writes only its own
+            // units' columns (of this step's dgx and dgh rows, of the previous step's dh
+            // and dc rows) and reads its own columns of this step's dh and dc rows, which
+            // only it writes; the product reads all columns of this step's dgx / dgh rows,
+            // written before the barrier that precedes it.
+            unsafe {
+                for j in 0..n {
+                    let r = off + j;
+                    let block = |m: &team::Shared<F>, b: usize| -> &mut [F] {
+                        if b < gates {
+                            m.get_mut(r, b * h + units.start..b * h + units.end)
+                        } else {
+                            &mut []
+                        }
+                    };
+                    let read = |b: usize| -> &[F] {
+                        if b < gates {
+                            part(&unit.gates, r, b * h + units.start..b * h + units.end)
+                        } else {
+                            &[]
+                        }
+                    };
+                    let prev_row = prev.filter(|&(_, m)| j < m).map(|(po, _)| po + j);
+                    backward_units(
+                        cell,
+                        UnitsBackward {
+                            gates: [0, 1, 2, 3].map(read),
+                            h_prev: part(&unit.h_prev, r, units.clone()),
+                            c_prev: part(&unit.c_prev, r, units.clone()),
+                            c: part(&unit.c, r, units.clone()),
+                            hn: part(&unit.hn, r, units.clone()),
+                            dh: dh.get(r, units.clone()),
+                            dc: dc.get(r, units.clone()),
+                            dgx: [0, 1, 2, 3].map(|b| block(&dgx, b)),
+                            dgh: [0, 1, 2, 3].map(|b| block(&dgh, b)),
+                            dh_prev: prev_row
+                                .filter(|_| gru)
+                                .map(|pr| dh.get_mut(pr, units.clone())),
+                            dc_prev: prev_row
+                                .filter(|_| lstm)
+                                .map(|pr| dc.get_mut(pr, units.clone())),
+                        },
+                    );
+                }
+                let Some((prev_off, m)) = prev else {
+                    continue;
+                };
+                // every thread's columns of this step's gradients are written
+                barrier.wait();
+                // what reaches the previous step's state through W_hh, for this thread's units
+                let w = w_hh.slice(s![.., units.clone()]);
+                gemm::mat_mul_serial(
+                    F::one(),
+                    &d_rec.view(off..off + m, 0..g),
+                    &w,
+                    F::one(),
+                    &mut dh.view_mut(prev_off..prev_off + m, units.clone()),
+                );
+            }
         }
-        let Some((prev_off, m)) = previous_rows(p, t, reverse) else {
-            continue;
-        };
-        // what reaches the previous step's state: through W_hh, and the cell's direct terms
-        let dgh = if gru { &*b.dgh } else { &*b.dgx };
-        mat_mul(
-            F::one(),
-            &dgh.slice(s![off..off + m, ..]),
-            &layer.w_hh.view(),
-            F::one(),
-            &mut b.dh.slice_mut(s![prev_off..prev_off + m, ..]),
-        );
-        if gru {
-            add_into(
-                b.dh.slice_mut(s![prev_off..prev_off + m, ..]),
-                b.dh_prev.slice(s![..m, ..]),
-            );
-        }
-        if lstm {
-            add_into(
-                b.dc.slice_mut(s![prev_off..prev_off + m, ..]),
-                b.dc_prev.slice(s![..m, ..]),
-            );
-        }
-    }
+    });
     let dgh = if gru { &*b.dgh } else { &*b.dgx };
     match input {
         LayerInput::Tokens(ids) => {
@@ -831,6 +930,72 @@ pub fn loss<F: Real>(config: &RnnConfig, params: &RnnParams<F>, batch: &Sequence
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A time loop split by hidden units over threads computes what one thread does:
+    /// every cell, both directions, two layers, variable lengths, initial states, hidden
+    /// sizes that the threads share unevenly.
+    #[test]
+    fn time_loops_split_over_threads_agree_with_one_thread() {
+        use crate::internals::workloads::random_batch;
+        use crate::rng::SplitMix64;
+        for (cell, hidden) in [
+            (Cell::Tanh, 80),
+            (Cell::Relu, 64),
+            (Cell::Lstm, 72),
+            (Cell::Gru, 96),
+        ] {
+            let config = RnnConfig::new(5, hidden, 4)
+                .cell(cell)
+                .num_layers(2)
+                .bidirectional(true);
+            let mut rng = SplitMix64::new(3);
+            let batch = random_batch(&config, &[7, 3, 7, 1, 5], false, &mut rng).unwrap();
+            let params = RnnParams::<f32>::init(&config, 1);
+            let shape = (config.num_units(), batch.len(), hidden);
+            let initial = RnnState {
+                h: Array3::from_shape_simple_fn(shape, || rng.normal()),
+                c: cell
+                    .has_c()
+                    .then(|| Array3::from_shape_simple_fn(shape, || rng.normal())),
+            };
+            let run = |threads: usize| {
+                let mut ws = Workspace {
+                    loop_threads: Some(threads),
+                    ..Workspace::default()
+                };
+                let loss = forward(&config, &params, &batch, Some(&initial), None, &mut ws);
+                let state = final_state(&config, &batch, &ws);
+                let grads = backward(&config, &params, &batch, &mut ws);
+                let flat: Vec<f32> = grads
+                    .tensors()
+                    .iter()
+                    .flat_map(|(_, t)| t.to_vec())
+                    .collect();
+                (loss, state, flat)
+            };
+            let (loss, state, grads) = run(1);
+            for threads in [2, 3] {
+                let (l, s, g) = run(threads);
+                let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * (1.0 + b.abs());
+                assert!(
+                    close(l, loss),
+                    "{cell:?} {threads}: loss {l} against {loss}"
+                );
+                for (a, b) in s.h.iter().zip(&state.h) {
+                    assert!(close(*a, *b), "{cell:?} {threads}: h {a} against {b}");
+                }
+                for (a, b) in s.c.iter().flatten().zip(state.c.iter().flatten()) {
+                    assert!(close(*a, *b), "{cell:?} {threads}: c {a} against {b}");
+                }
+                for (i, (a, b)) in g.iter().zip(&grads).enumerate() {
+                    assert!(
+                        close(*a, *b),
+                        "{cell:?} {threads}: gradient {i}: {a} against {b}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn dropout_drops_at_its_rate_and_scales_what_it_keeps() {
