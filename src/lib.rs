@@ -35,6 +35,8 @@ mod checkpoint;
 pub mod cpu;
 pub mod data;
 mod device;
+#[cfg(feature = "mpi")]
+pub mod distributed;
 mod error;
 pub mod generate;
 pub mod gpu;

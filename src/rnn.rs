@@ -166,6 +166,33 @@ impl Rnn {
         }
     }
 
+    /// The loss and gradients of a training pass, as [`Rnn::train_step`] computes them
+    /// before its update: with dropout between layers (if configured), its seed drawn
+    /// from the model's stream as a training step draws it. For the data-parallel wrapper
+    /// (`distributed`), which applies the averaged gradients with
+    /// [`Rnn::apply_gradients`].
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn training_loss_and_gradients(
+        &mut self,
+        batch: &SequenceBatch,
+    ) -> Result<(f32, RnnParams)> {
+        self.check_head("train_step")?;
+        self.check(batch, None)?;
+        batch.require_targets("train_step")?;
+        let dropout = self.draw_dropout();
+        match &mut self.backend {
+            Backend::Cpu { params, ws } => {
+                let loss = cpu::forward(&self.config, params, batch, None, dropout, ws);
+                let grads = cpu::backward(&self.config, params, batch, ws);
+                Ok((loss, grads))
+            }
+            Backend::Gpu(_) if dropout.is_some() => Err(Error::Unsupported(
+                "data-parallel training with dropout on the GPU: the GPU's gradient pass does not take a dropout seed yet; use Device::cpu()".into(),
+            )),
+            Backend::Gpu(g) => g.loss_and_gradients(&self.config, batch, None),
+        }
+    }
+
     /// One training step: forward (with dropout between layers, if configured),
     /// back-propagation through time, optional clipping and the optimizer's update.
     /// Returns the loss before the update. A step whose loss or gradients are not
