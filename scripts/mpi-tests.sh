@@ -27,6 +27,8 @@ if [ -z "$bin" ]; then
     exit 1
 fi
 
+# lavapipe's window-system code complains without it; compute does not need it
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 np="${NP:-2}"
 root=()
 if [ "$(id -u)" = 0 ]; then root=(--allow-run-as-root); fi

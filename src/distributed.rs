@@ -456,6 +456,14 @@ impl<C: Communicator> DataParallel<C> {
     }
 }
 
+/// This process's rank among the ranks on its own machine, and how many there are
+/// (collective: splits `comm` by shared memory). For choosing a device per rank: several
+/// ranks may share one adapter, or each take its own.
+pub fn local_rank<C: Communicator>(comm: &C) -> (usize, usize) {
+    let node = comm.split_shared(0);
+    (node.rank() as usize, node.size() as usize)
+}
+
 /// The number of loss terms of `batch` under `config`'s head: its weight in the global
 /// mean. Valid positions for the per-step head, sequences for the last-step head, 0 for
 /// an encoder (no loss). Value targets also average over `output_size` units, the same

@@ -12,7 +12,7 @@ use std::time::Instant;
 use unfold::distributed::mpi::topology::SimpleCommunicator;
 use unfold::distributed::mpi::traits::*;
 use unfold::distributed::{
-    mpi, select, shard_indices, shard_range, split_batch, DataParallel, Split,
+    local_rank, mpi, select, shard_indices, shard_range, split_batch, DataParallel, Split,
 };
 use unfold::rng::SplitMix64;
 use unfold::{
@@ -131,6 +131,19 @@ fn main() {
         (
             "shards_cover_every_sequence_once",
             Box::new(shards_partition),
+        ),
+        (
+            "local_rank_on_one_machine",
+            Box::new(|| {
+                let got = local_rank(&SimpleCommunicator::world());
+                if got == (rank, size) {
+                    Ok(String::new())
+                } else {
+                    Err(format!(
+                        "local_rank {got:?}, expected ({rank}, {size}) on one machine"
+                    ))
+                }
+            }),
         ),
         (
             "select_keeps_inputs_and_targets",
