@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Arguments: workload names (default `small ref`), `--steps N` (measured steps, default
-//! 10; `ref` and `large` take fewer), `--variable` (lengths uniform in [T/2, T]). Besides
+//! 10; `ref` and `large` take fewer), `--variable` (lengths uniform in [T/2, T]),
+//! `--balanced` (`Split::BalancedSteps` instead of consecutive blocks). Besides
 //! the training steps it times a bare allreduce of the same buffer, for the cost of the
 //! exchange without the wait for the slowest rank.
 
@@ -31,12 +32,13 @@ fn main() {
     let world = universe.world();
     let (rank, size) = (world.rank() as usize, world.size() as usize);
     let mut names = Vec::new();
-    let (mut steps, mut variable) = (10usize, false);
+    let (mut steps, mut variable, mut split) = (10usize, false, Split::Contiguous);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--steps" => steps = args.next().and_then(|s| s.parse().ok()).expect("--steps N"),
             "--variable" => variable = true,
+            "--balanced" => split = Split::BalancedSteps,
             name => names.push(name.to_string()),
         }
     }
@@ -56,8 +58,15 @@ fn main() {
         let mut dp = DataParallel::new(world, config, params, &Device::cpu()).expect("start");
         let mut sgd = Optimizer::sgd(0.01);
         let batch = w.batch(variable, 1);
-        let shard = split_batch(&batch, rank, size, Split::Contiguous).expect("split");
+        let shard = split_batch(&batch, rank, size, split).expect("split");
         let tokens = batch.tokens();
+        // every rank's valid positions: how evenly the split shares the work
+        let shard_tokens: Vec<String> = (0..size)
+            .map(|r| {
+                let s = split_batch(&batch, r, size, split).expect("split");
+                s.map_or(0, |b| b.tokens()).to_string()
+            })
+            .collect();
         let (mut step_s, mut compute_s, mut reduce_s, mut update_s) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for i in 0..steps + 1 {
@@ -92,9 +101,10 @@ fn main() {
         }
         let step = median(step_s);
         let reduce = median(reduce_s);
+        let shard = shard_tokens.join(",");
         if rank == 0 {
             println!(
-                "{{\"workload\":\"{}\",\"variable\":{variable},\"ranks\":{size},\"matmul_threads\":\"{}\",\"steps\":{steps},\"global_tokens\":{tokens},\"step_ms\":{:.2},\"tokens_per_s\":{:.0},\"compute_ms_rank0\":{:.2},\"compute_ms_slowest\":{:.2},\"allreduce_ms\":{:.3},\"allreduce_share\":{:.4},\"bare_allreduce_ms\":{:.3},\"update_ms\":{:.3},\"buffer_bytes\":{}}}",
+                "{{\"workload\":\"{}\",\"variable\":{variable},\"split\":\"{split:?}\",\"ranks\":{size},\"matmul_threads\":\"{}\",\"steps\":{steps},\"global_tokens\":{tokens},\"shard_tokens\":[{shard}],\"step_ms\":{:.2},\"tokens_per_s\":{:.0},\"compute_ms_rank0\":{:.2},\"compute_ms_slowest\":{:.2},\"allreduce_ms\":{:.3},\"allreduce_share\":{:.4},\"bare_allreduce_ms\":{:.3},\"update_ms\":{:.3},\"buffer_bytes\":{}}}",
                 w.name,
                 std::env::var("MATMUL_NUM_THREADS").unwrap_or_else(|_| "default".into()),
                 step * 1e3,
