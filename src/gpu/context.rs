@@ -118,6 +118,11 @@ impl GpuContext {
         })
     }
 
+    /// The kernels of `cell`, compiled on first use.
+    pub(crate) fn cell_kernels(&self, cell: crate::Cell) -> Result<&super::kernels::CellKernels> {
+        self.kernels.cell(&self.device, cell)
+    }
+
     pub fn describe(&self) -> String {
         format!("GPU {}", describe_adapter(&self.info))
     }

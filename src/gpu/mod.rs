@@ -9,12 +9,14 @@
 //! splits) from its shape; `model` records a model's forward pass and training step
 //! under the chosen [`TimeLoop`].
 
+mod buffers;
 mod context;
 mod gemm;
 mod kernels;
 mod model;
 mod recorder;
 pub mod shaders;
+mod time_loop;
 
 pub use context::{describe_adapter, list_adapters, GpuContext};
 pub use gemm::{GemmPlan, ResidentProduct, Tile};
