@@ -38,7 +38,9 @@ impl ParamLayout {
         let g = config.gate_width();
         let (mut w_ih, mut w_hh, mut b_ih, mut b_hh) = (vec![], vec![], vec![], vec![]);
         for u in 0..config.num_units() {
-            w_ih.push(take(g * config.layer_input_size(u / config.num_directions())));
+            w_ih.push(take(
+                g * config.layer_input_size(u / config.num_directions()),
+            ));
             w_hh.push(take(g * h));
             b_ih.push(take(g));
             b_hh.push(take(g));
@@ -174,10 +176,22 @@ impl BatchBuffers {
         let units = config.num_units();
         for (what, n) in [
             ("the packed inputs (tokens x input_size)", x_tokens * i),
-            ("one layer's states (tokens x directions x hidden_size)", tokens * dh),
-            ("one layer's gates (tokens x directions x gates x hidden_size)", saved),
-            ("the gate gradients (tokens x directions x gates x hidden_size)", dgates),
-            ("the gradient of a layer's input (tokens x its width)", tokens * width_below),
+            (
+                "one layer's states (tokens x directions x hidden_size)",
+                tokens * dh,
+            ),
+            (
+                "one layer's gates (tokens x directions x gates x hidden_size)",
+                saved,
+            ),
+            (
+                "the gate gradients (tokens x directions x gates x hidden_size)",
+                dgates,
+            ),
+            (
+                "the gradient of a layer's input (tokens x its width)",
+                tokens * width_below,
+            ),
             ("the outputs (rows x output_size)", rows * o),
             ("the dropout masks", (l - 1) * tokens * dh),
             ("the final states", 2 * units * batch * h),
@@ -210,7 +224,11 @@ impl BatchBuffers {
         ];
         for layer in 0..l {
             let in_size = config.layer_input_size(layer) as u32;
-            shapes.extend([(t32, gh32, in_size), (gh32, in_size, t32), (t32, in_size, gh32)]);
+            shapes.extend([
+                (t32, gh32, in_size),
+                (gh32, in_size, t32),
+                (t32, in_size, gh32),
+            ]);
         }
         let scratch_floats =
             gemm::scratch_for(&shapes).min((ctx.max_storage_binding() / 4) as usize);
@@ -255,7 +273,9 @@ impl BatchBuffers {
     pub fn fit(&self, batch: &SequenceBatch) -> bool {
         let p = batch.packing();
         let dense = batch.token_ids().is_none();
-        self.tokens >= p.tokens() && self.batch >= p.batch() && (!dense || self.x_tokens >= p.tokens())
+        self.tokens >= p.tokens()
+            && self.batch >= p.batch()
+            && (!dense || self.x_tokens >= p.tokens())
     }
 
     /// Uploads `batch` (packed inputs or token tables, targets, packing tables), the
@@ -335,7 +355,13 @@ impl BatchBuffers {
         let mut last = to_u32(&p.last_rows());
         last.extend(0..p.batch() as u32);
         q.write_buffer(&self.last_index, 0, bytemuck::cast_slice(&last));
-        let packing = to_u32(&p.offsets.iter().chain(&p.sorted_lengths).copied().collect::<Vec<_>>());
+        let packing = to_u32(
+            &p.offsets
+                .iter()
+                .chain(&p.sorted_lengths)
+                .copied()
+                .collect::<Vec<_>>(),
+        );
         q.write_buffer(&self.packing, 0, bytemuck::cast_slice(&packing));
         let prev = previous_rows(p, config.num_directions(), initial.is_some());
         q.write_buffer(&self.prev_index, 0, bytemuck::cast_slice(&prev));

@@ -174,12 +174,7 @@ pub(crate) struct Product<'a> {
 
 impl<'a> Product<'a> {
     /// `C = op(A)·op(B)` for `op(A)` of `m × k` and `op(B)` of `k × n`, both as stored.
-    pub fn new(
-        (m, n, k): (u32, u32, u32),
-        a: Matrix<'a>,
-        b: Matrix<'a>,
-        c: Matrix<'a>,
-    ) -> Self {
+    pub fn new((m, n, k): (u32, u32, u32), a: Matrix<'a>, b: Matrix<'a>, c: Matrix<'a>) -> Self {
         Product {
             m,
             n,
@@ -214,7 +209,10 @@ impl<'a> Product<'a> {
         }
         // bindings a product does not read get B's buffer, which it reads anyway: never
         // C's, which is bound for writing
-        debug_assert!(self.b.buffer != self.c.buffer, "B may not live in C's buffer");
+        debug_assert!(
+            self.b.buffer != self.c.buffer,
+            "B may not live in C's buffer"
+        );
         let a = if self.a.buffer == self.c.buffer {
             flags |= A_IN_C;
             self.b.buffer
@@ -252,7 +250,10 @@ impl<'a> Product<'a> {
             }
             (None, None) => (self.b.buffer, 0),
         };
-        debug_assert!(bias_buffer != self.c.buffer, "the bias binding is read-only");
+        debug_assert!(
+            bias_buffer != self.c.buffer,
+            "the bias binding is read-only"
+        );
         // no rows of A: no product (the kernel reads a_rows 0 as all of them)
         let k = if self.a_rows == Some(0) { 0 } else { self.k };
         let params = MatmulParams {
@@ -273,7 +274,13 @@ impl<'a> Product<'a> {
             epilogue,
             ..Default::default()
         };
-        record_product(rec, kernels, params, [a, self.b.buffer, bias_buffer, self.c.buffer], scratch);
+        record_product(
+            rec,
+            kernels,
+            params,
+            [a, self.b.buffer, bias_buffer, self.c.buffer],
+            scratch,
+        );
     }
 }
 

@@ -497,7 +497,9 @@ impl Kernels {
             cell_backward_rows: kernel(&cells, "cell_backward_rows"),
         };
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Gpu(format!("compiling the {cell} cell's kernels: {e}")));
+            return Err(Error::Gpu(format!(
+                "compiling the {cell} cell's kernels: {e}"
+            )));
         }
         // a concurrent first use may have won: either copy works
         let _ = slot.set(compiled);
@@ -536,8 +538,7 @@ fn shader_module(
         // threads). `unfold verify` checks this setting against the CPU path
         // (tests/it/classify_cli.rs).
         ShaderChecks::None => unsafe {
-            device
-                .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+            device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
         },
     }
 }

@@ -98,7 +98,10 @@ impl GpuRnn {
             "W_hh transposed",
             persistent_fits as usize * config.num_units() * (h * gh + gh),
         );
-        let dummies = [storage(&ctx, "dummy (read)", 4), storage(&ctx, "dummy (write)", 4)];
+        let dummies = [
+            storage(&ctx, "dummy (read)", 4),
+            storage(&ctx, "dummy (write)", 4),
+        ];
         Ok(GpuRnn {
             ctx,
             config: config.clone(),
@@ -244,11 +247,21 @@ impl GpuRnn {
     /// Layer `l - 1`'s dropout mask `[tokens, D·H]` (l ≥ 1).
     fn mask(&self, l: usize, p: &Packing) -> Matrix<'_> {
         let width = self.dirs() * self.hidden();
-        Matrix::new(&self.work().masks, (l as u32 - 1) * p.tokens() as u32 * width, width)
+        Matrix::new(
+            &self.work().masks,
+            (l as u32 - 1) * p.tokens() as u32 * width,
+            width,
+        )
     }
 
     /// Layer `l`'s time loop over `p`, reading its output gradient from `g` backward.
-    fn layer_loop<'a>(&'a self, l: usize, p: &'a Packing, pass: Pass, g: &'a wgpu::Buffer) -> LayerLoop<'a> {
+    fn layer_loop<'a>(
+        &'a self,
+        l: usize,
+        p: &'a Packing,
+        pass: Pass,
+        g: &'a wgpu::Buffer,
+    ) -> LayerLoop<'a> {
         let w = self.work();
         let (h, gh, dirs) = (self.hidden(), self.gate_width(), self.dirs());
         let b = p.batch() as u32;
@@ -636,7 +649,10 @@ impl GpuRnn {
             // forward: rows from b on continue rows from 0; reverse: the other way round
             let later = tokens - b;
             let (continuing, previous, starting) = if d == 0 { (b, 0, 0) } else { (0, b, later) };
-            self.product(rec, product(later, dgh.at(continuing, 0), states.at(previous, 0), false));
+            self.product(
+                rec,
+                product(later, dgh.at(continuing, 0), states.at(previous, 0), false),
+            );
             if pass.initial {
                 self.product(rec, product(b, dgh.at(starting, 0), initial, true));
             }
@@ -666,7 +682,10 @@ impl GpuRnn {
             ],
             (tokens * h) as usize,
         );
-        self.product(rec, product(tokens, dgh, Matrix::new(&w.hprev, 0, h), false));
+        self.product(
+            rec,
+            product(tokens, dgh, Matrix::new(&w.hprev, 0, h), false),
+        );
     }
 
     /// `grads[out_offset + c] = Σ_r input[r, c]` (bias gradients), in two passes.
@@ -821,7 +840,12 @@ impl GpuRnn {
     /// The outcome of a recorded update from the scalars read back: an error if the loss
     /// or gradients were not finite or the update would have overflowed (nothing was
     /// written then), else the optimizer counts the step.
-    fn finish_update(scalars: &[f32], loss: f32, optimizer: &mut Optimizer, step: u64) -> Result<()> {
+    fn finish_update(
+        scalars: &[f32],
+        loss: f32,
+        optimizer: &mut Optimizer,
+        step: u64,
+    ) -> Result<()> {
         let (grads_finite, ok) = (scalars[GRADS_FINITE as usize] != 0.0, scalars[3]);
         check_finite_step(loss, grads_finite)?;
         debug_assert_eq!(ok, 1.0);
@@ -911,7 +935,8 @@ impl GpuRnn {
     ) -> Result<Forward> {
         let p = batch.packing();
         self.ensure_work(batch)?;
-        self.work().upload(&self.ctx, &self.config, batch, initial, None);
+        self.work()
+            .upload(&self.ctx, &self.config, batch, initial, None);
         let pass = Pass {
             initial: initial.is_some(),
             ..Default::default()
@@ -962,7 +987,8 @@ impl GpuRnn {
         initial: Option<&RnnState>,
     ) -> Result<(f32, RnnParams)> {
         self.ensure_work(batch)?;
-        self.work().upload(&self.ctx, &self.config, batch, initial, None);
+        self.work()
+            .upload(&self.ctx, &self.config, batch, initial, None);
         let pass = Pass {
             initial: initial.is_some(),
             ..Default::default()
@@ -1018,7 +1044,8 @@ impl GpuRnn {
         start: std::time::Instant,
     ) -> Result<(f32, Option<RnnState>)> {
         let p = batch.packing();
-        self.work().upload(&self.ctx, &self.config, batch, initial, dropout);
+        self.work()
+            .upload(&self.ctx, &self.config, batch, initial, dropout);
         let pass = Pass {
             initial: initial.is_some(),
             dropout: dropout.is_some(),
@@ -1052,7 +1079,10 @@ impl GpuRnn {
         )?;
         let loss = data[0][0];
         Self::finish_update(&data[0], loss, optimizer, step)?;
-        Ok((loss, want_final.then(|| self.unpack_final_states(p, &data[1]))))
+        Ok((
+            loss,
+            want_final.then(|| self.unpack_final_states(p, &data[1])),
+        ))
     }
 
     /// Gives the optimizer its moment buffers on this device: zeros for a fresh one,
@@ -1119,7 +1149,8 @@ impl GpuRnn {
     ) -> Result<Encoded> {
         let p = batch.packing();
         self.ensure_work(batch)?;
-        self.work().upload(&self.ctx, &self.config, batch, None, dropout);
+        self.work()
+            .upload(&self.ctx, &self.config, batch, None, dropout);
         let pass = Pass {
             dropout: dropout.is_some(),
             ..Default::default()
@@ -1159,7 +1190,8 @@ impl GpuRnn {
     ) -> Result<Gradients> {
         let p = batch.packing();
         self.ensure_work(batch)?;
-        self.work().upload(&self.ctx, &self.config, batch, None, dropout);
+        self.work()
+            .upload(&self.ctx, &self.config, batch, None, dropout);
         let width = self.config.state_width();
         let mut packed: Vec<f32> = Vec::with_capacity(p.tokens() * width);
         for (t, &n) in p.batch_sizes.iter().enumerate() {

@@ -309,7 +309,10 @@ impl<'a> LayerLoop<'a> {
                 let mut step = self.cell_step(Default::default());
                 for d in 0..self.dirs as usize {
                     let u = self.units[d];
-                    for (rows, cols, src, dst) in [(gh, h, u.w_hh, u.w_hh_t), (1, gh, u.b_hh, u.w_hh_t + h * gh)] {
+                    for (rows, cols, src, dst) in [
+                        (gh, h, u.w_hh, u.w_hh_t),
+                        (1, gh, u.b_hh, u.w_hh_t + h * gh),
+                    ] {
                         rec.dispatch_1d(
                             &self.kernels.transpose,
                             RowsParams {
@@ -319,7 +322,11 @@ impl<'a> LayerLoop<'a> {
                                 dst_offset: dst,
                                 ..Default::default()
                             },
-                            &[self.buffers.packing, self.buffers.params, self.buffers.w_hh_t],
+                            &[
+                                self.buffers.packing,
+                                self.buffers.params,
+                                self.buffers.w_hh_t,
+                            ],
                             (rows * cols) as usize,
                         );
                     }
@@ -337,7 +344,13 @@ impl<'a> LayerLoop<'a> {
                 // a workgroup covers 16 gate columns: all gates of 16 / G units
                 let units = 16 / self.gates();
                 for s in 0..self.packing.max_len() {
-                    self.dispatch_rows(rec, &ck.step_forward, self.steps_at(s, false), units, false);
+                    self.dispatch_rows(
+                        rec,
+                        &ck.step_forward,
+                        self.steps_at(s, false),
+                        units,
+                        false,
+                    );
                 }
             }
             Strategy::Tiled => {

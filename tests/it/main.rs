@@ -10,6 +10,7 @@ mod classify_cli;
 mod data_loader;
 mod gemm;
 mod golden;
+mod gpu_cells;
 mod gpu_device;
 mod gpu_parity;
 mod gradcheck;
