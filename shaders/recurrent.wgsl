@@ -329,11 +329,11 @@ fn share_of(u: u32, cols: u32, depth: u32) -> Share {
     return s;
 }
 
-// The forward step's G*H products h(t-1) W_hh^T: up to 256 columns shared as share_of
-// says, more (gated cells past hidden 64 or 85) one thread per column, each whole.
-fn forward_products(u: u32, w: u32, h: u32, gh: u32) {
+// The forward step's G*H products h(t-1) W_hh^T: up to 256 columns shared as `share`
+// says (share_of(u, gh, h)), more (gated cells past hidden 64 or 85) one thread per
+// column, each whole.
+fn forward_products(u: u32, share: Share, w: u32, h: u32, gh: u32) {
     if (gh <= 256u) {
-        let share = share_of(u, gh, h);
         products[u] = dot_h(w + share.col, gh, share.k_begin, share.k_end);
     } else {
         for (var col = u; col < gh; col += 256u) {
@@ -378,22 +378,30 @@ fn sequence_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
             c = initial[p.initial_c + s.initial + r * h + u];
         }
     }
+    // unit u's b_hh, in registers for the whole walk
+    var b_hh = vec4<f32>(0.0);
+    if (u < h) {
+        for (var g = 0u; g < GATES; g++) {
+            b_hh[g] = params[s.b_hh + g * h + u];
+        }
+    }
     let len = workgroupUniformLoad(&seq_len);
+    let share = share_of(u, min(gh, 256u), h);
     let chunk = min(STAGE / gh, MAX_CHUNK);
     for (var i0 = 0u; i0 < len; i0 += chunk) {
         let steps = min(chunk, len - i0);
         stage_chunk(u, r, d, len, i0, steps, gh, false);
         for (var q = 0u; q < steps; q++) {
             if (i0 + q > 0u || p.has_initial != 0u) {
-                forward_products(u, s.w_hh, h, gh);
+                forward_products(u, share, s.w_hh, h, gh);
             }
             workgroupBarrier();
             if (u < h) {
                 var gx = vec4<f32>(0.0);
-                var hh = vec4<f32>(0.0);
+                var hh = b_hh;
                 for (var g = 0u; g < GATES; g++) {
                     gx[g] = staged[q * gh + g * h + u];
-                    hh[g] = forward_product(g * h + u, gh) + params[s.b_hh + g * h + u];
+                    hh[g] += forward_product(g * h + u, gh);
                 }
                 let out = cell_forward(gx, hh, carried_h[u], c);
                 c = out.aux;
@@ -428,6 +436,24 @@ fn sequence_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
         let steps = min(chunk, len - i0);
         stage_chunk(u, r, d, len, i0, steps, h, true);
         for (var q = 0u; q < steps; q++) {
+            let row = chunk_rows[q];
+            // a gated cell's values from the forward pass: loaded before the product,
+            // which they do not depend on, so that their latency overlaps it
+            var saved_row: CellSaved;
+            if (!ELMAN && u < h) {
+                // this step's previous state in the forward pass
+                let t = walk_step(d, len, i0 + q, true);
+                var has_prev = false;
+                var prev_row = 0u;
+                if (d == 0u && t > 0u) {
+                    has_prev = true;
+                    prev_row = packing[t - 1u] + r;
+                } else if (d == 1u && t + 1u < len) {
+                    has_prev = true;
+                    prev_row = packing[t + 1u] + r;
+                }
+                saved_row = load_saved(row, d, has_prev, prev_row, r, u);
+            }
             if (i0 + q > 0u) {
                 // (dgh(t+1) W_hh)[unit] = sum_m dgh(t+1)[m] W_hh[m][unit]
                 partial[u] = dot_d(s.w_hh + share.col, h, share.k_begin, share.k_end);
@@ -438,28 +464,13 @@ fn sequence_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
                 for (var i = u; i < 256u; i += h) {
                     recurrent += partial[i];
                 }
-                let row = chunk_rows[q];
                 let dh = staged[q * h + u] + recurrent;
                 if (ELMAN) {
                     let da = dh * staged_slope[q * h + u];
                     carried_d[u] = da;
                     grad[state_at(row, d, u)] = da;
                 } else {
-                    // this step's previous state in the forward pass
-                    let t = walk_step(d, len, i0 + q, true);
-                    var has_prev = t > 0u;
-                    var prev_row = 0u;
-                    if (d == 0u) {
-                        if (has_prev) {
-                            prev_row = packing[t - 1u] + r;
-                        }
-                    } else {
-                        has_prev = t + 1u < len;
-                        if (has_prev) {
-                            prev_row = packing[t + 1u] + r;
-                        }
-                    }
-                    let out = cell_backward(load_saved(row, d, has_prev, prev_row, r, u), dh, carry);
+                    let out = cell_backward(saved_row, dh, carry);
                     carry = out.carry;
                     for (var g = 0u; g < GATES; g++) {
                         carried_d[g * h + u] = out.dgh[g];
