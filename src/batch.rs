@@ -22,6 +22,7 @@ pub enum Targets {
 }
 
 impl Targets {
+    /// Number of sequences.
     pub fn len(&self) -> usize {
         match self {
             Targets::Classes(c) => c.len(),
@@ -29,6 +30,7 @@ impl Targets {
         }
     }
 
+    /// Whether there are no sequences.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -268,7 +270,7 @@ impl SequenceBatch {
     }
 
     /// The token ids in packed row order (token batches only).
-    pub fn packed_token_ids(&self) -> Option<Vec<u32>> {
+    pub(crate) fn packed_token_ids(&self) -> Option<Vec<u32>> {
         let ids = self.token_ids()?;
         let p = &self.packing;
         let mut out = Vec::with_capacity(p.tokens());
@@ -286,21 +288,27 @@ impl SequenceBatch {
 
     /// The targets, or an error saying that `action` needs them.
     pub(crate) fn require_targets(&self, action: &'static str) -> Result<&Targets> {
-        self.targets.as_ref().ok_or(Error::MissingTargets { action })
+        self.targets
+            .as_ref()
+            .ok_or(Error::MissingTargets { action })
     }
 
+    /// Each sequence's length, in the batch's order.
     pub fn lengths(&self) -> &[usize] {
         &self.lengths
     }
 
+    /// Number of sequences.
     pub fn len(&self) -> usize {
         self.lengths.len()
     }
 
+    /// Whether there are no sequences (never true for a constructed batch).
     pub fn is_empty(&self) -> bool {
         self.lengths.is_empty()
     }
 
+    /// The longest sequence's length.
     pub fn max_len(&self) -> usize {
         self.packing.max_len()
     }
@@ -318,7 +326,7 @@ impl SequenceBatch {
         self.packing.tokens()
     }
 
-    pub fn packing(&self) -> &Packing {
+    pub(crate) fn packing(&self) -> &Packing {
         &self.packing
     }
 
@@ -332,7 +340,11 @@ impl SequenceBatch {
                 self.input_size(),
             ));
         }
-        let Some(targets) = self.targets.as_ref().filter(|_| config.head != crate::Head::None) else {
+        let Some(targets) = self
+            .targets
+            .as_ref()
+            .filter(|_| config.head != crate::Head::None)
+        else {
             return Ok(());
         };
         let per_step = config.head == crate::Head::PerStep;

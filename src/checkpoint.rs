@@ -10,7 +10,7 @@ use crate::model::{Cell, LayerParams, RnnConfig, RnnParams};
 use crate::{Error, Head, Result};
 use ndarray::{Array1, Array2};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -58,9 +58,10 @@ impl RnnParams<f32> {
             _ => Cell::Tanh,
         };
         let input = first.w_ih.ncols();
-        let bidirectional = self.layers.len() % 2 == 0
+        let bidirectional = self.layers.len().is_multiple_of(2)
             && self.layers.get(1).is_some_and(|l| l.w_ih.ncols() == input)
-            && (self.layers.len() == 2 || self.layers.get(2).is_some_and(|l| l.w_ih.ncols() == 2 * h))
+            && (self.layers.len() == 2
+                || self.layers.get(2).is_some_and(|l| l.w_ih.ncols() == 2 * h))
             && !(self.layers.len() == 2 && input == h);
         let head = if self.w_out.nrows() == 0 {
             Head::None
@@ -91,15 +92,39 @@ impl RnnParams<f32> {
         for (u, l) in params.layers.iter().enumerate() {
             let k = config.unit_name(u);
             let std = "standard layout";
-            push(format!("rnn.weight_ih_{k}"), l.w_ih.shape(), l.w_ih.as_slice().expect(std));
-            push(format!("rnn.weight_hh_{k}"), l.w_hh.shape(), l.w_hh.as_slice().expect(std));
-            push(format!("rnn.bias_ih_{k}"), l.b_ih.shape(), l.b_ih.as_slice().expect(std));
-            push(format!("rnn.bias_hh_{k}"), l.b_hh.shape(), l.b_hh.as_slice().expect(std));
+            push(
+                format!("rnn.weight_ih_{k}"),
+                l.w_ih.shape(),
+                l.w_ih.as_slice().expect(std),
+            );
+            push(
+                format!("rnn.weight_hh_{k}"),
+                l.w_hh.shape(),
+                l.w_hh.as_slice().expect(std),
+            );
+            push(
+                format!("rnn.bias_ih_{k}"),
+                l.b_ih.shape(),
+                l.b_ih.as_slice().expect(std),
+            );
+            push(
+                format!("rnn.bias_hh_{k}"),
+                l.b_hh.shape(),
+                l.b_hh.as_slice().expect(std),
+            );
         }
         if config.head != Head::None {
             let (w, b) = (&params.w_out, &params.b_out);
-            push("out.weight".into(), w.shape(), w.as_slice().expect("standard layout"));
-            push("out.bias".into(), b.shape(), b.as_slice().expect("standard layout"));
+            push(
+                "out.weight".into(),
+                w.shape(),
+                w.as_slice().expect("standard layout"),
+            );
+            push(
+                "out.bias".into(),
+                b.shape(),
+                b.as_slice().expect("standard layout"),
+            );
         }
         let views: Vec<(String, TensorView)> = tensors
             .iter()
@@ -109,22 +134,21 @@ impl RnnParams<f32> {
                 (name.clone(), view)
             })
             .collect();
-        let mut metadata = HashMap::from([
-            ("format".to_string(), "pt".to_string()),
-            ("num_layers".to_string(), config.num_layers.to_string()),
-            ("bidirectional".to_string(), config.bidirectional.to_string()),
+        let mut metadata = BTreeMap::from([
+            ("format", "pt".to_string()),
+            ("num_layers", config.num_layers.to_string()),
+            ("bidirectional", config.bidirectional.to_string()),
         ]);
         // an Elman cell's nonlinearity is not in its shapes: record it only when known
         if exact || config.cell.gates() > 1 {
-            metadata.insert("cell".into(), config.cell.name().into());
+            metadata.insert("cell", config.cell.name().into());
         }
-        let bytes = safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| {
-            Error::Checkpoint {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            }
-        })?;
-        write_atomically(path, &bytes)
+        let fail = |reason: String| Error::Checkpoint {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = safetensors::tensor::serialize(views, None).map_err(|e| fail(e.to_string()))?;
+        write_atomically(path, &with_metadata(&bytes, &metadata).map_err(fail)?)
     }
 
     /// Reads a safetensors checkpoint written by [`RnnParams::save`] or by PyTorch (an
@@ -152,7 +176,8 @@ impl RnnParams<f32> {
             _ => config.cell,
         });
         let elman = |c: Cell| matches!(c, Cell::Tanh | Cell::Relu);
-        let fits = recorded == config.cell || (meta.cell.is_none() && elman(recorded) && elman(config.cell));
+        let fits = recorded == config.cell
+            || (meta.cell.is_none() && elman(recorded) && elman(config.cell));
         if !fits {
             return Err(mismatch(format!(
                 "it holds a {} model, the config asks for a {} cell",
@@ -162,8 +187,16 @@ impl RnnParams<f32> {
         if meta.bidirectional != config.bidirectional {
             return Err(mismatch(format!(
                 "it holds a {} model, the config asks for a {} one",
-                if meta.bidirectional { "bidirectional" } else { "unidirectional" },
-                if config.bidirectional { "bidirectional" } else { "unidirectional" },
+                if meta.bidirectional {
+                    "bidirectional"
+                } else {
+                    "unidirectional"
+                },
+                if config.bidirectional {
+                    "bidirectional"
+                } else {
+                    "unidirectional"
+                },
             )));
         }
         params.validate(config).map_err(|e| {
@@ -174,6 +207,31 @@ impl RnnParams<f32> {
         })?;
         Ok(params)
     }
+}
+
+/// A serialized safetensors file with `metadata` put into its header, every key in sorted
+/// order: the same parameters always give the same bytes (safetensors writes its metadata
+/// map in hash order, which changes from run to run).
+fn with_metadata(
+    file: &[u8],
+    metadata: &BTreeMap<&str, String>,
+) -> std::result::Result<Vec<u8>, String> {
+    let header_len = u64::from_le_bytes(file[..8].try_into().map_err(|_| "short file")?) as usize;
+    let mut header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&file[8..8 + header_len]).map_err(|e| e.to_string())?;
+    let meta = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone())))
+        .collect();
+    header.insert("__metadata__".into(), serde_json::Value::Object(meta));
+    let mut text = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+    // the data that follows stays aligned to 8 bytes, as safetensors pads it
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + file.len() - 8 - header_len);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&file[8 + header_len..]);
+    Ok(out)
 }
 
 /// What a checkpoint says about its model besides the tensors.
@@ -203,7 +261,11 @@ fn read_checkpoint(path: &Path) -> Result<(RnnParams, CheckpointMeta)> {
         )));
     }
     let meta = header.metadata().clone().unwrap_or_default();
-    let cell = meta.get("cell").map(|c| Cell::from_name(c)).transpose().map_err(|e| bad(format!("metadata: {e}")))?;
+    let cell = meta
+        .get("cell")
+        .map(|c| Cell::from_name(c))
+        .transpose()
+        .map_err(|e| bad(format!("metadata: {e}")))?;
     let get = |name: &str, rank: usize| -> Result<(Vec<usize>, Vec<f32>)> {
         let t = file
             .tensor(name)
@@ -234,12 +296,18 @@ fn read_checkpoint(path: &Path) -> Result<(RnnParams, CheckpointMeta)> {
     };
     let vector = |name: &str| -> Result<Array1<f32>> { Ok(Array1::from_vec(get(name, 1)?.1)) };
     let has = |name: String| names.iter().any(|n| **n == name);
-    let num_layers = (0..).take_while(|k| has(format!("rnn.weight_ih_l{k}"))).count();
+    let num_layers = (0..)
+        .take_while(|k| has(format!("rnn.weight_ih_l{k}")))
+        .count();
     if num_layers == 0 {
         return Err(bad("missing tensor `rnn.weight_ih_l0`".into()));
     }
     let bidirectional = has("rnn.weight_ih_l0_reverse".into());
-    let suffixes: &[&str] = if bidirectional { &["", "_reverse"] } else { &[""] };
+    let suffixes: &[&str] = if bidirectional {
+        &["", "_reverse"]
+    } else {
+        &[""]
+    };
     let mut layers = Vec::with_capacity(num_layers * suffixes.len());
     for k in 0..num_layers {
         for sfx in suffixes {

@@ -475,7 +475,7 @@ impl<F: Real> RnnParams<F> {
         if self.layers.len() != config.num_units() {
             return Err(Error::shape(
                 format!(
-                    "params.layers (one per layer and direction: {} layers x {} directions, {} cell)",
+                    "params.layers (number of layers x directions: {} x {}, {} cell)",
                     config.num_layers,
                     config.num_directions(),
                     config.cell
@@ -514,14 +514,25 @@ impl<F: Real> RnnParams<F> {
         };
         for (u, l) in self.layers.iter().enumerate() {
             let input = config.layer_input_size(u / config.num_directions());
-            check2(format!("layers[{u}].w_ih"), &l.w_ih, g, input)?;
-            check2(format!("layers[{u}].w_hh"), &l.w_hh, g, h)?;
-            check1(format!("layers[{u}].b_ih"), &l.b_ih, g)?;
-            check1(format!("layers[{u}].b_hh"), &l.b_hh, g)?;
+            let k = config.unit_name(u);
+            check2(
+                format!("layers[{u}].w_ih (weight_ih_{k})"),
+                &l.w_ih,
+                g,
+                input,
+            )?;
+            check2(format!("layers[{u}].w_hh (weight_hh_{k})"), &l.w_hh, g, h)?;
+            check1(format!("layers[{u}].b_ih (bias_ih_{k})"), &l.b_ih, g)?;
+            check1(format!("layers[{u}].b_hh (bias_hh_{k})"), &l.b_hh, g)?;
         }
         let width = config.state_width();
-        check2("w_out".into(), &self.w_out, config.output_size, width)?;
-        check1("b_out".into(), &self.b_out, config.output_size)?;
+        check2(
+            "w_out (out.weight)".into(),
+            &self.w_out,
+            config.output_size,
+            width,
+        )?;
+        check1("b_out (out.bias)".into(), &self.b_out, config.output_size)?;
         Ok(())
     }
 
@@ -545,7 +556,7 @@ impl<F: Real> RnnParams<F> {
             bidirectional,
             dropout: 0.0,
         };
-        if self.layers.len() % directions != 0 {
+        if !self.layers.len().is_multiple_of(directions) {
             return Err(Error::shape(
                 "params.layers (two per layer when bidirectional)",
                 "an even number",

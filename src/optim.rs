@@ -8,16 +8,32 @@ use crate::{Error, Result, RnnParams};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OptimizerKind {
     /// `p -= lr · g`
-    Sgd { lr: f32 },
+    Sgd {
+        /// Learning rate.
+        lr: f32,
+    },
     /// `buf = momentum · buf + g; p -= lr · buf` (`torch.optim.SGD(momentum=..)`,
     /// no dampening, not Nesterov)
-    Momentum { lr: f32, momentum: f32 },
-    /// `torch.optim.Adam` without weight decay.
-    Adam {
+    Momentum {
+        /// Learning rate.
         lr: f32,
+        /// Momentum factor.
+        momentum: f32,
+    },
+    /// `torch.optim.Adam`, or `torch.optim.AdamW` with a decoupled `weight_decay`
+    /// (0: none).
+    Adam {
+        /// Learning rate.
+        lr: f32,
+        /// Decay of the first moment.
         beta1: f32,
+        /// Decay of the second moment.
         beta2: f32,
+        /// Added to the denominator's square root.
         eps: f32,
+        /// Decoupled weight decay: each step first scales the parameters by
+        /// `1 - lr · weight_decay`, as `torch.optim.AdamW`.
+        weight_decay: f32,
     },
 }
 
@@ -50,8 +66,11 @@ impl CpuMoments {
 /// first moment, `v`: Adam's second moment; empty where the rule has none).
 #[derive(Clone, Debug, PartialEq)]
 pub struct OptimizerState {
+    /// Updates applied (Adam's `t`).
     pub steps: u64,
+    /// Momentum buffer or Adam's first moment (empty for plain SGD).
     pub m: Vec<f32>,
+    /// Adam's second moment (empty for the other rules).
     pub v: Vec<f32>,
 }
 
@@ -94,21 +113,31 @@ impl Optimizer {
         }
     }
 
+    /// Plain SGD, `torch.optim.SGD(lr=lr)`.
     pub fn sgd(lr: f32) -> Self {
         Self::with(OptimizerKind::Sgd { lr })
     }
 
+    /// SGD with momentum, `torch.optim.SGD(lr=lr, momentum=momentum)`.
     pub fn sgd_momentum(lr: f32, momentum: f32) -> Self {
         Self::with(OptimizerKind::Momentum { lr, momentum })
     }
 
     /// Betas (0.9, 0.999), eps 1e-8, as `torch.optim.Adam`.
     pub fn adam(lr: f32) -> Self {
+        Self::adamw(lr, 0.0)
+    }
+
+    /// Adam with decoupled weight decay, as `torch.optim.AdamW(lr, weight_decay=..)`
+    /// (betas (0.9, 0.999), eps 1e-8). The decay applies to every parameter, biases
+    /// included, as it does there by default.
+    pub fn adamw(lr: f32, weight_decay: f32) -> Self {
         Self::with(OptimizerKind::Adam {
             lr,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            weight_decay,
         })
     }
 
@@ -119,14 +148,17 @@ impl Optimizer {
         self
     }
 
+    /// The update rule and its hyper-parameters.
     pub fn kind(&self) -> OptimizerKind {
         self.kind
     }
 
+    /// The clipping norm, if the gradients are clipped.
     pub fn clip(&self) -> Option<f32> {
         self.clip
     }
 
+    /// The learning rate.
     pub fn lr(&self) -> f32 {
         match self.kind {
             OptimizerKind::Sgd { lr }
@@ -199,8 +231,15 @@ impl Optimizer {
                 return bad("momentum", "in [0, 1]", momentum)
             }
             OptimizerKind::Adam {
-                beta1, beta2, eps, ..
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
             } => {
+                if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+                    return bad("AdamW weight_decay", "finite and >= 0", weight_decay);
+                }
                 if !(0.0..1.0).contains(&beta1) {
                     return bad("Adam beta1", "in [0, 1)", beta1);
                 }
@@ -303,8 +342,16 @@ pub(crate) fn update_overflow(params: bool, moments: bool) -> Error {
 /// exactly what is committed.
 #[derive(Clone, Copy)]
 enum Rule {
-    Sgd { lr: f32 },
-    Momentum { lr: f32, momentum: f32 },
+    Sgd {
+        /// Learning rate.
+        lr: f32,
+    },
+    Momentum {
+        /// Learning rate.
+        lr: f32,
+        /// Momentum factor.
+        momentum: f32,
+    },
     Adam(AdamRule),
 }
 
@@ -314,6 +361,8 @@ struct AdamRule {
     beta1: f32,
     beta2: f32,
     eps: f32,
+    /// `1 - lr · weight_decay`
+    decay: f32,
     c: AdamCoefficients,
 }
 
@@ -324,7 +373,7 @@ impl AdamRule {
         let m = self.beta1 * m + (1.0 - self.beta1) * g;
         let v = self.beta2 * v + (1.0 - self.beta2) * g * g;
         let denom = v.sqrt() / self.c.bias_correction2_sqrt + self.eps;
-        (p - self.c.step_size * m / denom, m, v)
+        (p * self.decay - self.c.step_size * m / denom, m, v)
     }
 }
 
@@ -338,10 +387,12 @@ impl Rule {
                 beta1,
                 beta2,
                 eps,
+                weight_decay,
             } => Rule::Adam(AdamRule {
                 beta1,
                 beta2,
                 eps,
+                decay: 1.0 - lr * weight_decay,
                 c: AdamCoefficients::new(lr, beta1, beta2, step),
             }),
         }

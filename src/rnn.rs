@@ -6,7 +6,6 @@ use crate::device::DeviceKind;
 use crate::gpu::{GpuRnn, TimeLoop};
 use crate::model::{RnnConfig, RnnParams};
 use crate::optim::Optimizer;
-use crate::rng::SplitMix64;
 use crate::{Device, Error, Head, Result};
 use ndarray::{Array2, Array3};
 
@@ -51,8 +50,9 @@ pub struct Gradients {
 pub struct Rnn {
     config: RnnConfig,
     backend: Backend,
-    /// Draws each training step's dropout seed.
-    dropout_rng: SplitMix64,
+    /// Dropout masks are keyed by this seed and the number of training passes so far.
+    dropout_seed: u64,
+    dropout_step: u64,
     /// Whether [`Rnn::encode`] applies dropout (see [`Rnn::set_training`]).
     training: bool,
     /// The dropout seed of the last [`Rnn::encode`], for the [`Rnn::backward`] after it.
@@ -84,7 +84,8 @@ impl Rnn {
         Ok(Rnn {
             config,
             backend,
-            dropout_rng: SplitMix64::new(0x5eed),
+            dropout_seed: 0x5eed,
+            dropout_step: 0,
             training: false,
             encode_seed: None,
         })
@@ -95,10 +96,24 @@ impl Rnn {
         &self.config
     }
 
-    /// Seeds the dropout masks of the training steps that follow (two models with the
-    /// same seed and the same steps draw the same masks, on either device).
+    /// Seeds the dropout masks of the training steps that follow and restarts their
+    /// count: two models with the same seed and the same steps draw the same masks, on
+    /// either device. Each mask entry is a function of (seed, step, layer, position).
     pub fn set_dropout_seed(&mut self, seed: u64) {
-        self.dropout_rng = SplitMix64::new(seed);
+        self.dropout_seed = seed;
+        self.dropout_step = 0;
+    }
+
+    /// The dropout seed and the number of training passes that drew masks from it, to
+    /// save with a checkpoint; [`Rnn::restore_dropout_state`] continues the same masks.
+    pub fn dropout_state(&self) -> (u64, u64) {
+        (self.dropout_seed, self.dropout_step)
+    }
+
+    /// Continues the dropout masks of a saved [`Rnn::dropout_state`].
+    pub fn restore_dropout_state(&mut self, (seed, step): (u64, u64)) {
+        self.dropout_seed = seed;
+        self.dropout_step = step;
     }
 
     /// Whether [`Rnn::encode`] runs as a training pass, with dropout between layers (off
@@ -107,10 +122,13 @@ impl Rnn {
         self.training = training;
     }
 
-    /// This step's dropout seed, if the model drops anything.
+    /// This training pass's dropout key, if the model drops anything.
     fn draw_dropout(&mut self) -> Option<u64> {
-        (self.config.dropout > 0.0 && self.config.num_layers > 1)
-            .then(|| self.dropout_rng.next_u64())
+        if self.config.dropout == 0.0 || self.config.num_layers < 2 {
+            return None;
+        }
+        self.dropout_step += 1;
+        Some(cpu::dropout_key(self.dropout_seed, self.dropout_step))
     }
 
     /// Outputs, final states and loss of `batch`, from a zero initial state.
@@ -207,7 +225,24 @@ impl Rnn {
         self.check(batch, initial)?;
         batch.require_targets("train_step")?;
         optimizer.validate()?;
+        let step_before = self.dropout_step;
         let dropout = self.draw_dropout();
+        let result = self.run_train_step(batch, initial, optimizer, want_final, dropout);
+        if result.is_err() {
+            // a refused step changes nothing, the dropout stream included
+            self.dropout_step = step_before;
+        }
+        result
+    }
+
+    fn run_train_step(
+        &mut self,
+        batch: &SequenceBatch,
+        initial: Option<&RnnState>,
+        optimizer: &mut Optimizer,
+        want_final: bool,
+        dropout: Option<u64>,
+    ) -> Result<(f32, Option<RnnState>)> {
         match &mut self.backend {
             Backend::Cpu { params, ws } => {
                 let loss = cpu::forward(&self.config, params, batch, initial, dropout, ws);
@@ -254,7 +289,11 @@ impl Rnn {
     /// ignored): the gradient of every parameter (the readout's zero) and of each input
     /// sequence. It runs the recurrent layers forward again over `batch` (with the masks
     /// of the last `encode`), so it needs no state from that call but the dropout seed.
-    pub fn backward(&mut self, batch: &SequenceBatch, grad_states: &Array3<f32>) -> Result<Gradients> {
+    pub fn backward(
+        &mut self,
+        batch: &SequenceBatch,
+        grad_states: &Array3<f32>,
+    ) -> Result<Gradients> {
         self.check(batch, None)?;
         let want = (batch.len(), batch.max_len(), self.config.state_width());
         if grad_states.dim() != want {
@@ -287,16 +326,18 @@ impl Rnn {
     pub fn apply_gradients(&mut self, grads: &RnnParams, optimizer: &mut Optimizer) -> Result<()> {
         optimizer.validate()?;
         let mut grads = grads.clone().into_standard_layout();
-        grads
-            .validate_shapes(&self.config)
-            .map_err(|e| match e {
-                Error::ShapeMismatch { what, expected, got } => Error::ShapeMismatch {
-                    what: format!("gradient {what}"),
-                    expected,
-                    got,
-                },
-                e => e,
-            })?;
+        grads.validate_shapes(&self.config).map_err(|e| match e {
+            Error::ShapeMismatch {
+                what,
+                expected,
+                got,
+            } => Error::ShapeMismatch {
+                what: format!("gradient {what}"),
+                expected,
+                got,
+            },
+            e => e,
+        })?;
         check_finite_step(0.0, all_finite(&grads))?;
         match &mut self.backend {
             Backend::Cpu { params, .. } => optimizer.apply_cpu(params, &mut grads),
@@ -318,7 +359,11 @@ impl Rnn {
     fn check(&self, batch: &SequenceBatch, initial: Option<&RnnState>) -> Result<()> {
         batch.check_against(&self.config)?;
         let Some(s) = initial else { return Ok(()) };
-        let want = (self.config.num_units(), batch.len(), self.config.hidden_size);
+        let want = (
+            self.config.num_units(),
+            batch.len(),
+            self.config.hidden_size,
+        );
         let check = |what: &str, a: &Array3<f32>| {
             if a.dim() != want {
                 return Err(Error::shape(
@@ -392,7 +437,10 @@ impl Rnn {
 }
 
 fn all_finite(grads: &RnnParams) -> bool {
-    grads.tensors().iter().all(|(_, t)| t.iter().all(|g| g.is_finite()))
+    grads
+        .tensors()
+        .iter()
+        .all(|(_, t)| t.iter().all(|g| g.is_finite()))
 }
 
 pub(crate) fn check_finite_step(loss: f32, grads_finite: bool) -> Result<()> {

@@ -3,7 +3,7 @@
 //!
 //! It is built the fast way: per layer and direction, the input projection of every step
 //! (all gates) is one matrix product before the time loop; the loop does one small
-//! product per step on the packed rows still running (see [`crate::batch`]) and the
+//! product per step on the packed rows still running (see `src/batch.rs`) and the
 //! cell's element-wise work (`cell.rs`, the only place cells differ); the weight
 //! gradients are one product over all steps after it. The reverse direction walks the
 //! same packed rows from the last step to the first: a sequence joins when its own last
@@ -16,7 +16,6 @@ mod loss;
 use crate::batch::{Packing, SequenceBatch};
 use crate::model::{Cell, LayerParams, RnnConfig, RnnParams};
 use crate::real::Real;
-use crate::rng::SplitMix64;
 use crate::Head;
 use cell::{backward_row, forward_row, RowBackward, RowForward};
 use ndarray::linalg::general_mat_mul;
@@ -112,7 +111,9 @@ fn row<F: Real>(a: &Array2<F>, r: usize) -> &[F] {
     if a.is_empty() {
         return &[];
     }
-    a.row(r).to_slice().expect("rows of standard-layout arrays are contiguous")
+    a.row(r)
+        .to_slice()
+        .expect("rows of standard-layout arrays are contiguous")
 }
 
 fn row_mut<F: Real>(a: &mut Array2<F>, r: usize) -> &mut [F] {
@@ -126,22 +127,55 @@ fn row_mut<F: Real>(a: &mut Array2<F>, r: usize) -> &mut [F] {
 
 /// The dropout masks of one training step: for every layer from 1, `[tokens,
 /// directions·hidden]` of 0 (dropped, probability `p`) or `1/(1-p)`, in packed row order.
-/// Both paths draw them here, so a seed gives the same masks on the CPU and the GPU.
-pub(crate) fn dropout_masks(config: &RnnConfig, tokens: usize, seed: u64) -> Vec<Array2<f32>> {
+/// Each entry is drawn by [`dropout_keeps`] from its own key (the step's `key`, the layer,
+/// the packed row and the unit), not from a stream, so any path — the CPU, the GPU, a
+/// kernel computing it in place — draws the same masks.
+pub(crate) fn dropout_masks(config: &RnnConfig, tokens: usize, key: u64) -> Vec<Array2<f32>> {
     let p = config.dropout;
     let keep = 1.0 / (1.0 - p);
-    let mut rng = SplitMix64::new(seed);
     (1..config.num_layers)
-        .map(|_| {
-            Array2::from_shape_simple_fn((tokens, config.state_width()), || {
-                if rng.next_f32() < p {
-                    0.0
-                } else {
+        .map(|layer| {
+            Array2::from_shape_fn((tokens, config.state_width()), |(row, unit)| {
+                if dropout_keeps(key, layer as u32, row as u32, unit as u32, p) {
                     keep
+                } else {
+                    0.0
                 }
             })
         })
         .collect()
+}
+
+/// Whether dropout with probability `p` keeps input `unit` of packed row `row` of layer
+/// `layer` on the training step keyed `key`: a counter-based draw (a 32-bit integer hash
+/// of the five numbers, so that a WGSL kernel can compute it too) compared against `p`
+/// with 24 bits.
+pub(crate) fn dropout_keeps(key: u64, layer: u32, row: u32, unit: u32, p: f32) -> bool {
+    // the finaliser of MurmurHash3, chained over the key's halves and the counters
+    fn mix(mut h: u32, v: u32) -> u32 {
+        h ^= v
+            .wrapping_mul(0xcc9e_2d51)
+            .rotate_left(15)
+            .wrapping_mul(0x1b87_3593);
+        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
+    }
+    let h = [key as u32, (key >> 32) as u32, layer, row, unit]
+        .into_iter()
+        .fold(0x9747_b28c, mix);
+    (h >> 8) as f32 * (1.0 / (1u32 << 24) as f32) >= p
+}
+
+/// The key of training step `step` of a model whose dropout seed is `seed`.
+pub(crate) fn dropout_key(seed: u64, step: u64) -> u64 {
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Where a step's previous state comes from in the packed rows: `(first row, count)` of
@@ -190,7 +224,8 @@ pub fn forward_layers<F: Real>(
     if ws.dropout_used {
         let masks = dropout_masks(config, tokens, dropout.unwrap_or_default());
         ws.masks = masks.into_iter().map(|m| m.mapv(F::from_f32)).collect();
-        ws.dropped.resize_with(config.num_layers - 1, Default::default);
+        ws.dropped
+            .resize_with(config.num_layers - 1, Default::default);
     }
     for l in 0..config.num_layers {
         let (below, rest) = ws.outs.split_at_mut(l);
@@ -248,7 +283,12 @@ pub fn forward<F: Real>(
         &ws.last
     };
     resize(&mut ws.out, head_in.nrows(), config.output_size);
-    linear(head_in.view(), &params.w_out, &params.b_out, &mut ws.out.view_mut());
+    linear(
+        head_in.view(),
+        &params.w_out,
+        &params.b_out,
+        &mut ws.out.view_mut(),
+    );
     match batch.targets() {
         Some(targets) => loss::loss_and_d_out(
             targets,
@@ -320,7 +360,12 @@ fn unit_forward<F: Real>(
     resize(&mut unit.hn, hn_rows, h);
     resize(hh, p.batch(), g);
     match input {
-        LayerInput::Dense(x) => linear(x.view(), &layer.w_ih, &layer.b_ih, &mut unit.gates.view_mut()),
+        LayerInput::Dense(x) => linear(
+            x.view(),
+            &layer.w_ih,
+            &layer.b_ih,
+            &mut unit.gates.view_mut(),
+        ),
         LayerInput::Tokens(ids) => {
             for (mut row, &id) in unit.gates.rows_mut().into_iter().zip(*ids) {
                 Zip::from(&mut row)
@@ -368,7 +413,9 @@ fn unit_forward<F: Real>(
                     hh: step.row(j).to_slice().expect("contiguous rows"),
                     h_prev: row(&unit.h_prev, r),
                     c_prev: row(&unit.c_prev, r),
-                    h: h_row.as_slice_mut().expect("a row of one direction's columns is contiguous"),
+                    h: h_row
+                        .as_slice_mut()
+                        .expect("a row of one direction's columns is contiguous"),
                     c: row_mut(&mut unit.c, r),
                     hn: row_mut(&mut unit.hn, r),
                 },
@@ -396,7 +443,13 @@ pub fn backward<F: Real>(
     } else {
         &ws.last
     };
-    general_mat_mul(F::one(), &ws.d_out.t(), head_in, F::zero(), &mut grads.w_out);
+    general_mat_mul(
+        F::one(),
+        &ws.d_out.t(),
+        head_in,
+        F::zero(),
+        &mut grads.w_out,
+    );
     grads.b_out = ws.d_out.sum_axis(Axis(0));
     resize(&mut ws.dh, p.tokens(), config.state_width());
     match config.head {
@@ -563,10 +616,16 @@ fn unit_backward<F: Real>(
             &mut b.dh.slice_mut(s![prev_off..prev_off + m, ..]),
         );
         if gru {
-            add_into(b.dh.slice_mut(s![prev_off..prev_off + m, ..]), b.dh_prev.slice(s![..m, ..]));
+            add_into(
+                b.dh.slice_mut(s![prev_off..prev_off + m, ..]),
+                b.dh_prev.slice(s![..m, ..]),
+            );
         }
         if lstm {
-            add_into(b.dc.slice_mut(s![prev_off..prev_off + m, ..]), b.dc_prev.slice(s![..m, ..]));
+            add_into(
+                b.dc.slice_mut(s![prev_off..prev_off + m, ..]),
+                b.dc_prev.slice(s![..m, ..]),
+            );
         }
     }
     let dgh = if gru { &*b.dgh } else { &*b.dgx };
@@ -580,7 +639,9 @@ fn unit_backward<F: Real>(
             }
         }
         // dW_ih = Σ_t dgx(t)ᵀ · in(t), one product over all steps
-        LayerInput::Dense(x) => general_mat_mul(F::one(), &b.dgx.t(), *x, F::one(), &mut grads.w_ih),
+        LayerInput::Dense(x) => {
+            general_mat_mul(F::one(), &b.dgx.t(), *x, F::one(), &mut grads.w_ih)
+        }
     }
     add_into(grads.b_ih.view_mut(), b.dgx.sum_axis(Axis(0)).view());
     // dW_hh = Σ_t dgh(t)ᵀ · h(t-1); rows that started from zeros add nothing
@@ -607,13 +668,19 @@ fn pack_inputs<F: Real>(batch: &SequenceBatch, x: &mut Array2<F>) {
 
 /// One unit's initial state `[batch, hidden]` in packed order.
 fn pack_initial<F: Real>(state: ArrayView2<f32>, p: &Packing) -> Array2<F> {
-    Array2::from_shape_fn((p.batch(), state.ncols()), |(j, k)| F::from_f32(state[[p.order[j], k]]))
+    Array2::from_shape_fn((p.batch(), state.ncols()), |(j, k)| {
+        F::from_f32(state[[p.order[j], k]])
+    })
 }
 
 /// The readout of the last [`forward`] in the batch's original order:
 /// `[batch, max_len, output]` with zeros past each length (per-step head) or
 /// `[batch, 1, output]` (last-step head).
-pub fn outputs<F: Real>(config: &RnnConfig, batch: &SequenceBatch, ws: &Workspace<F>) -> Array3<f32> {
+pub fn outputs<F: Real>(
+    config: &RnnConfig,
+    batch: &SequenceBatch,
+    ws: &Workspace<F>,
+) -> Array3<f32> {
     let p = batch.packing();
     let rows = ws.out.mapv(|v| v.to_f64() as f32);
     match config.head {
@@ -624,7 +691,11 @@ pub fn outputs<F: Real>(config: &RnnConfig, batch: &SequenceBatch, ws: &Workspac
 
 /// The top layer's states of the last [`forward_layers`], `[batch, max_len,
 /// directions·hidden]` in the batch's order, zero past each length.
-pub fn top_states<F: Real>(config: &RnnConfig, batch: &SequenceBatch, ws: &Workspace<F>) -> Array3<f32> {
+pub fn top_states<F: Real>(
+    config: &RnnConfig,
+    batch: &SequenceBatch,
+    ws: &Workspace<F>,
+) -> Array3<f32> {
     let top = ws.outs[config.num_layers - 1].mapv(|v| v.to_f64() as f32);
     batch.packing().unpack_steps(top.view())
 }
@@ -632,7 +703,11 @@ pub fn top_states<F: Real>(config: &RnnConfig, batch: &SequenceBatch, ws: &Works
 /// Each sequence's final state in every layer and direction (PyTorch's `h_n`, and `c_n`
 /// for the LSTM), `[layers·directions, batch, hidden]`: the forward direction's at the
 /// sequence's last step, the reverse direction's at its first.
-pub fn final_state<F: Real>(config: &RnnConfig, batch: &SequenceBatch, ws: &Workspace<F>) -> RnnState {
+pub fn final_state<F: Real>(
+    config: &RnnConfig,
+    batch: &SequenceBatch,
+    ws: &Workspace<F>,
+) -> RnnState {
     let p = batch.packing();
     let (h, dirs) = (config.hidden_size, config.num_directions());
     let finals = |states: &dyn Fn(usize) -> Array2<f32>| {
@@ -654,7 +729,10 @@ pub fn final_state<F: Real>(config: &RnnConfig, batch: &SequenceBatch, ws: &Work
         let d = u % dirs;
         to_f32(ws.outs[u / dirs].slice(s![.., d * h..(d + 1) * h]))
     });
-    let cell = config.cell.has_c().then(|| finals(&|u| to_f32(ws.units[u].c.view())));
+    let cell = config
+        .cell
+        .has_c()
+        .then(|| finals(&|u| to_f32(ws.units[u].c.view())));
     RnnState { h: hidden, c: cell }
 }
 
@@ -715,4 +793,40 @@ pub fn loss_and_gradients<F: Real>(
 /// The loss alone in precision `F` (for finite differences).
 pub fn loss<F: Real>(config: &RnnConfig, params: &RnnParams<F>, batch: &SequenceBatch) -> F {
     forward(config, params, batch, None, None, &mut Workspace::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_drops_at_its_rate_and_scales_what_it_keeps() {
+        for p in [0.1f32, 0.5, 0.8] {
+            let config = RnnConfig::new(3, 50, 2)
+                .num_layers(3)
+                .bidirectional(true)
+                .dropout(p);
+            let masks = dropout_masks(&config, 400, dropout_key(7, 1));
+            assert_eq!(masks.len(), 2);
+            for m in &masks {
+                let n = m.len() as f64;
+                let dropped = m.iter().filter(|&&v| v == 0.0).count() as f64;
+                // binomial: within 5 standard deviations of n·p
+                let sd = (n * p as f64 * (1.0 - p as f64)).sqrt();
+                assert!(
+                    (dropped - n * p as f64).abs() < 5.0 * sd,
+                    "p {p}: {dropped} of {n}"
+                );
+                let keep = 1.0 / (1.0 - p);
+                assert!(m.iter().all(|&v| v == 0.0 || v == keep));
+            }
+            assert_ne!(masks[0], masks[1], "layers draw independently");
+        }
+        // other steps and seeds draw other masks; the same key the same ones
+        let c = RnnConfig::new(3, 8, 2).num_layers(2).dropout(0.5);
+        let at = |seed, step| dropout_masks(&c, 20, dropout_key(seed, step));
+        assert_eq!(at(1, 1), at(1, 1));
+        assert_ne!(at(1, 1), at(1, 2));
+        assert_ne!(at(1, 1), at(2, 1));
+    }
 }

@@ -78,9 +78,12 @@ pub(super) struct BatchBuffers {
     pub dropped: Vec<wgpu::Buffer>,
     pub masks: wgpu::Buffer,
     /// The gradient with respect to a layer's output, and the one formed for the layer
-    /// below (or the inputs): `[tokens, max(D·H, input)]`.
+    /// below: `[tokens, D·H]`.
     pub g: wgpu::Buffer,
     pub g_below: wgpu::Buffer,
+    /// The gradient with respect to dense inputs `[tokens, input]`, made when first
+    /// needed (the encoder's backward pass; see [`BatchBuffers::ensure_input_grads`]).
+    pub d_inputs: Option<wgpu::Buffer>,
     /// A gated cell's gate gradients `[tokens, D·G·H]` (and the GRU's `dgh` after them).
     pub dgates: wgpu::Buffer,
     /// One direction's previous states `[tokens, H]` (for the `W_hh` gradient).
@@ -170,7 +173,6 @@ impl BatchBuffers {
         } else {
             batch
         };
-        let width_below = dh.max(if x_tokens > 0 { i } else { 0 });
         let saved = gated as usize * tokens * (dgh + dh);
         let dgates = gated as usize * (1 + gru as usize) * tokens * dgh;
         let units = config.num_units();
@@ -187,10 +189,6 @@ impl BatchBuffers {
             (
                 "the gate gradients (tokens x directions x gates x hidden_size)",
                 dgates,
-            ),
-            (
-                "the gradient of a layer's input (tokens x its width)",
-                tokens * width_below,
             ),
             ("the outputs (rows x output_size)", rows * o),
             ("the dropout masks", (l - 1) * tokens * dh),
@@ -244,8 +242,9 @@ impl BatchBuffers {
                 .map(|_| storage(ctx, "dropped", tokens * dh))
                 .collect(),
             masks: storage(ctx, "masks", dropout_layers * tokens * dh),
-            g: storage(ctx, "g", tokens * width_below),
-            g_below: storage(ctx, "g_below", tokens * width_below),
+            g: storage(ctx, "g", tokens * dh),
+            g_below: storage(ctx, "g_below", tokens * dh),
+            d_inputs: None,
             dgates: storage(ctx, "dgates", dgates),
             hprev: storage(ctx, "hprev", tokens * h),
             step_scratch: storage(ctx, "step scratch", gated as usize * 2 * batch * g * h),
@@ -267,6 +266,16 @@ impl BatchBuffers {
                 scratch_floats,
             ),
         })
+    }
+
+    /// Makes the buffer of the inputs' gradient, refused if a kernel could not bind it.
+    pub fn ensure_input_grads(&mut self, ctx: &GpuContext, config: &RnnConfig) -> Result<()> {
+        if self.d_inputs.is_none() {
+            let floats = self.tokens * config.input_size;
+            let what = "the gradient of the inputs (tokens x input_size)";
+            self.d_inputs = Some(storage_checked(ctx, what, floats)?);
+        }
+        Ok(())
     }
 
     /// Whether these buffers hold `batch`.

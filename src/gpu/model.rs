@@ -535,8 +535,8 @@ impl GpuRnn {
     /// Records back-propagation through the recurrent layers after
     /// [`GpuRnn::record_layers`], from the gradient with respect to the top layer's
     /// output in `g`, writing every recurrent parameter's gradient into the gradient
-    /// buffer. Returns the buffer holding the gradient with respect to the inputs when
-    /// `pass.input_grads` (dense batches).
+    /// buffer. With `pass.input_grads` (dense batches), also the gradient with respect
+    /// to the inputs, into `d_inputs`, which it returns.
     fn record_layers_backward<'a>(
         &'a self,
         rec: &mut Recorder<'a>,
@@ -593,6 +593,10 @@ impl GpuRnn {
                     // the gradient reaching the layer's input: Σ_d dgx_d · W_ih_d, times
                     // the dropout mask the input went through
                     let last = d + 1 == dirs;
+                    let target = match l {
+                        0 => w.d_inputs.as_ref().expect("ensure_input_grads ran"),
+                        _ => g_below,
+                    };
                     self.product(
                         rec,
                         Product {
@@ -606,17 +610,17 @@ impl GpuRnn {
                                 (tokens, in_size, gh),
                                 dgx,
                                 Matrix::new(&self.params, lay.w_ih[u], in_size),
-                                Matrix::new(g_below, 0, in_size),
+                                Matrix::new(target, 0, in_size),
                             )
                         },
                     );
                 }
             }
-            if below {
+            if l > 0 {
                 std::mem::swap(&mut g, &mut g_below);
             }
         }
-        g
+        w.d_inputs.as_ref().unwrap_or(g)
     }
 
     /// `dW_hh = Σ_t dgh(t)ᵀ · h(t-1)` of layer `l`'s direction `d`, one product over all
@@ -815,7 +819,9 @@ impl GpuRnn {
                 beta1,
                 beta2,
                 eps,
+                weight_decay,
             } => {
+                params.decay = 1.0 - lr * weight_decay;
                 let c = AdamCoefficients::new(lr, beta1, beta2, step);
                 params.lr = lr;
                 params.momentum = beta1;
@@ -1189,7 +1195,12 @@ impl GpuRnn {
         dropout: Option<u64>,
     ) -> Result<Gradients> {
         let p = batch.packing();
+        let dense = batch.token_ids().is_none();
         self.ensure_work(batch)?;
+        if dense {
+            let work = self.work.as_mut().expect("ensure_work ran");
+            work.ensure_input_grads(&self.ctx, &self.config)?;
+        }
         self.work()
             .upload(&self.ctx, &self.config, batch, None, dropout);
         let width = self.config.state_width();
@@ -1202,7 +1213,6 @@ impl GpuRnn {
         self.ctx
             .queue
             .write_buffer(&self.work().g, 0, bytemuck::cast_slice(&packed));
-        let dense = batch.token_ids().is_none();
         let pass = Pass {
             initial: false,
             dropout: dropout.is_some(),

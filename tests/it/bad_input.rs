@@ -299,7 +299,7 @@ fn params_that_do_not_fit_the_config() {
     let c = config(3, 4, 2, 2, false, false);
     let good = params(&c, 1);
     type Edit = fn(&mut RnnParams);
-    let cases: [(&str, Edit); 7] = [
+    let cases: [(&str, Edit); 8] = [
         ("number of layers", |p| {
             p.layers.pop();
         }),
@@ -312,7 +312,8 @@ fn params_that_do_not_fit_the_config() {
         ("layers[1].w_hh", |p| {
             p.layers[1].w_hh = Array2::zeros((4, 5))
         }),
-        ("layers[0].b", |p| p.layers[0].b = Array1::zeros(5)),
+        ("layers[0].b_ih", |p| p.layers[0].b_ih = Array1::zeros(5)),
+        ("layers[0].b_hh", |p| p.layers[0].b_hh = Array1::zeros(5)),
         ("w_out", |p| p.w_out = Array2::zeros((3, 4))),
         ("b_out", |p| p.b_out = Array1::zeros(3)),
     ];
@@ -507,7 +508,7 @@ fn checkpoint_with_a_missing_tensor() {
     let p = params(&c, 1);
     // the complete file loads (so what follows tests only the missing tensor)
     let complete = dir.join("complete.safetensors");
-    common::write_pytorch_checkpoint(&complete, &p, None, "");
+    common::write_pytorch_checkpoint(&complete, &p, "");
     assert_eq!(RnnParams::load(&complete).unwrap(), p);
     for missing in [
         "out.bias",
@@ -518,7 +519,7 @@ fn checkpoint_with_a_missing_tensor() {
         "rnn.weight_ih_l0",
     ] {
         let path = dir.join(format!("without-{missing}.safetensors"));
-        common::write_pytorch_checkpoint(&path, &p, None, missing);
+        common::write_pytorch_checkpoint(&path, &p, missing);
         assert_bad_checkpoint(&path, &["missing tensor", missing]);
     }
 }

@@ -8,7 +8,7 @@ use crate::common;
 use common::{config, param_bits, params, random_batch};
 use safetensors::tensor::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
-use unfold::ndarray::{Array1, Array2, ShapeBuilder};
+use unfold::ndarray::{Array2, ShapeBuilder};
 use unfold::{Device, Error, Rnn, RnnParams};
 
 /// A fresh scratch directory for one test.
@@ -33,7 +33,8 @@ fn entries(dir: &Path) -> Vec<String> {
 fn awkward(p: &mut RnnParams) {
     p.layers[0].w_ih[[0, 0]] = -0.0;
     p.layers[0].w_hh[[1, 1]] = f32::MIN_POSITIVE / 8.0;
-    p.layers[1].b[0] = f32::MAX;
+    p.layers[1].b_ih[0] = f32::MAX;
+    p.layers[1].b_hh[1] = -0.0;
     p.w_out[[0, 1]] = f32::MIN;
     p.b_out[0] = 1e-40;
 }
@@ -129,8 +130,14 @@ fn file_has_pytorch_names_shapes_and_zero_hidden_bias() {
             get(&format!("rnn.weight_hh_l{k}")),
             (vec![5, 5], l.w_hh.iter().copied().collect())
         );
-        assert_eq!(get(&format!("rnn.bias_ih_l{k}")), (vec![5], l.b.to_vec()));
-        assert_eq!(get(&format!("rnn.bias_hh_l{k}")), (vec![5], vec![0.0; 5]));
+        assert_eq!(
+            get(&format!("rnn.bias_ih_l{k}")),
+            (vec![5], l.b_ih.to_vec())
+        );
+        assert_eq!(
+            get(&format!("rnn.bias_hh_l{k}")),
+            (vec![5], l.b_hh.to_vec())
+        );
     }
     assert_eq!(
         get("out.weight"),
@@ -140,48 +147,35 @@ fn file_has_pytorch_names_shapes_and_zero_hidden_bias() {
 }
 
 #[test]
-fn loading_sums_the_two_biases() {
+fn both_biases_load_as_separate_parameters() {
     let dir = scratch("biases");
     let c = config(3, 5, 4, 2, false, false);
     let p = params(&c, 3);
-    let mut rng = unfold::rng::SplitMix64::new(4);
-    let bias_hh: Vec<Array1<f32>> = (0..2)
-        .map(|_| Array1::from_shape_simple_fn(5, || rng.uniform(-1.0, 1.0)))
-        .collect();
+    assert_ne!(p.layers[0].b_ih, p.layers[0].b_hh, "init draws both biases");
     let path = dir.join("torch.safetensors");
-    common::write_pytorch_checkpoint(&path, &p, Some(&bias_hh), "");
+    common::write_pytorch_checkpoint(&path, &p, "");
     let q = RnnParams::load(&path).unwrap();
-    for (k, (lq, lp)) in q.layers.iter().zip(&p.layers).enumerate() {
-        let want: Vec<f32> = lp.b.iter().zip(&bias_hh[k]).map(|(a, b)| a + b).collect();
-        assert_eq!(
-            lq.b.to_vec(),
-            want,
-            "layer {k}: b should be bias_ih + bias_hh"
-        );
-        assert_eq!(lq.w_ih, lp.w_ih);
-        assert_eq!(lq.w_hh, lp.w_hh);
-    }
-    assert_eq!(q.w_out, p.w_out);
-    assert_eq!(q.b_out, p.b_out);
-    // the model with the summed bias computes what one with b = bias_ih + bias_hh does,
-    // and not what the file's bias_ih alone would give
+    assert_eq!(
+        q, p,
+        "every tensor, both biases included, as PyTorch wrote it"
+    );
+    // the model adds both biases: dropping b_hh changes what it computes
     let batch = random_batch(&c, &[3, 2], false, 5);
     let loaded = Rnn::new(c.clone(), q, &Device::cpu())
         .unwrap()
         .forward(&batch)
         .unwrap();
-    let ih_only = Rnn::new(c.clone(), p, &Device::cpu())
+    let mut ih_only = p.clone();
+    ih_only.layers.iter_mut().for_each(|l| l.b_hh.fill(0.0));
+    let ih_only = Rnn::new(c.clone(), ih_only, &Device::cpu())
         .unwrap()
         .forward(&batch)
         .unwrap();
     assert_ne!(loaded.final_hidden, ih_only.final_hidden);
-    // and saving it again writes the sum as bias_ih and zeros as bias_hh
+    // and saving it again writes the same file contents
     let again = dir.join("again.safetensors");
     RnnParams::load(&path).unwrap().save(&again).unwrap();
-    assert_eq!(
-        RnnParams::load(&again).unwrap(),
-        RnnParams::load(&path).unwrap()
-    );
+    assert_eq!(RnnParams::load(&again).unwrap(), p);
 }
 
 #[test]

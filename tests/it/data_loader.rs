@@ -85,7 +85,7 @@ fn batches_carry_last_step_class_targets() {
     let loader = BatchLoader::new(&data, 6).unwrap().seed(3);
     for batch in loader.epoch(0) {
         let batch = batch.unwrap();
-        let Targets::Classes(classes) = batch.targets() else {
+        let Targets::Classes(classes) = batch.targets().unwrap() else {
             panic!("class targets expected");
         };
         for (x, c) in batch.inputs().iter().zip(classes) {

@@ -7,11 +7,10 @@
 
 use crate::common;
 
+use unfold::internals::TimeLoop;
 use unfold::ndarray::{Array2, Array3};
 use unfold::rng::SplitMix64;
-use unfold::{
-    Cell, Device, Head, Optimizer, Rnn, RnnConfig, RnnState, SequenceBatch, Targets, TimeLoop,
-};
+use unfold::{Cell, Device, Head, Optimizer, Rnn, RnnConfig, RnnState, SequenceBatch, Targets};
 
 const TOL: f64 = 1e-4;
 
@@ -125,14 +124,15 @@ fn every_cell_direction_and_time_loop_matches_cpu() {
         for bidirectional in [false, true] {
             for (k, &time_loop) in TIME_LOOPS.iter().enumerate() {
                 let variant = c + 2 * k + bidirectional as usize;
-                let head = if variant % 2 == 0 {
+                let head = if variant.is_multiple_of(2) {
                     Head::PerStep
                 } else {
                     Head::LastStep
                 };
                 let config = config(cell, bidirectional, (3, 5, 4), 2).head(head);
                 let seed = 10 + variant as u64;
-                let batch = common::random_batch(&config, &lengths, variant % 3 == 0, seed);
+                let batch =
+                    common::random_batch(&config, &lengths, variant.is_multiple_of(3), seed);
                 let (mut cpu, mut dev) = pair(&config, &gpu, time_loop, seed);
                 let label = format!("{cell} bidirectional={bidirectional} {time_loop:?} {head:?}");
                 compare_pass(&label, &mut cpu, &mut dev, &batch, None);
@@ -277,7 +277,7 @@ fn dropout_with_the_same_seed_matches_cpu() {
     let Some(gpu) = common::gpu() else { return };
     for (k, cell) in CELLS.into_iter().enumerate() {
         let time_loop = TIME_LOOPS[k % TIME_LOOPS.len()];
-        let config = config(cell, k % 2 == 0, (3, 6, 4), 3).dropout(0.4);
+        let config = config(cell, k.is_multiple_of(2), (3, 6, 4), 3).dropout(0.4);
         let batch = common::random_batch(&config, &[4, 2, 3], false, 60);
         let (mut cpu, mut dev) = pair(&config, &gpu, time_loop, 61);
         cpu.set_dropout_seed(99);

@@ -12,7 +12,8 @@
 use crate::common;
 
 use common::{assert_close, assert_params_close, config, params, random_batch};
-use unfold::{cpu, Device, Rnn, RnnConfig, RnnParams};
+use unfold::internals::cpu;
+use unfold::{Device, Rnn, RnnConfig, RnnParams};
 
 const EPS: f64 = 1e-5;
 /// Per scalar: `|analytic − numeric| ≤ TOL · max(|analytic|, |numeric|, FLOOR)`.
@@ -75,7 +76,7 @@ fn gradcheck(
     }
     eprintln!(
         "{:?} {:?} L{} values={values} lengths {lengths:?}: max relative error {:.2e} at {}",
-        config.nonlinearity, config.head, config.num_layers, worst.0, names[worst.1]
+        config.cell, config.head, config.num_layers, worst.0, names[worst.1]
     );
     (grads, worst.0)
 }

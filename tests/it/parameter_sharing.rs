@@ -88,7 +88,7 @@ impl Task {
 /// Fraction of valid positions whose largest output is the target class.
 fn accuracy(model: &mut Rnn, batch: &SequenceBatch) -> f64 {
     let fwd = model.forward(batch).expect("valid batch");
-    let Targets::Classes(targets) = batch.targets() else {
+    let Targets::Classes(targets) = batch.targets().unwrap() else {
         unreachable!("class targets")
     };
     let (mut right, mut total) = (0usize, 0usize);

@@ -4,9 +4,10 @@
 
 use crate::common;
 
+use unfold::internals::{cpu, TimeLoop};
 use unfold::ndarray::{s, Array2, Array3};
 use unfold::rng::SplitMix64;
-use unfold::{cpu, Device, Error, Optimizer, Rnn, RnnConfig, SequenceBatch, Targets, TimeLoop};
+use unfold::{Device, Error, Optimizer, Rnn, RnnConfig, RnnState, SequenceBatch, Targets};
 
 const VOCAB: usize = 7;
 
@@ -132,7 +133,7 @@ fn carried_state_continues_the_sequence() {
             .iter()
             .map(|x| x.slice(s![range.clone(), ..]).to_owned())
             .collect();
-        let Targets::Values(v) = whole.targets() else {
+        let Targets::Values(v) = whole.targets().unwrap() else {
             unreachable!()
         };
         let targets = v
@@ -152,7 +153,7 @@ fn carried_state_continues_the_sequence() {
             let mut rnn = Rnn::new(config.clone(), params.clone(), device).unwrap();
             rnn.set_time_loop(time_loop).unwrap();
             let all = rnn.forward(&whole).unwrap();
-            let state = rnn.forward(&first).unwrap().final_hidden;
+            let state = RnnState::hidden(rnn.forward(&first).unwrap().final_hidden);
             let rest = rnn.forward_from(&second, Some(&state)).unwrap();
             let label = format!("{} {time_loop:?}", device.describe());
             common::assert_close(
@@ -177,19 +178,22 @@ fn truncated_gradients_match_finite_differences() {
     let params = common::params(&config, 9).cast::<f64>();
     let batch = common::random_batch(&config, &[3, 1, 2], false, 6);
     let mut rng = SplitMix64::new(12);
-    let initial = Array3::from_shape_simple_fn((2, 3, 4), || 0.5 * rng.normal());
+    let initial = RnnState::hidden(Array3::from_shape_simple_fn((2, 3, 4), || {
+        0.5 * rng.normal()
+    }));
     let loss = |p: &unfold::RnnParams<f64>| {
         cpu::forward(
             &config,
             p,
             &batch,
-            Some(initial.view()),
+            Some(&initial),
+            None,
             &mut cpu::Workspace::default(),
         )
     };
     let mut ws = cpu::Workspace::default();
-    cpu::forward(&config, &params, &batch, Some(initial.view()), &mut ws);
-    let grads = cpu::backward(&config, &params, &batch, Some(initial.view()), &mut ws);
+    cpu::forward(&config, &params, &batch, Some(&initial), None, &mut ws);
+    let grads = cpu::backward(&config, &params, &batch, &mut ws);
     let eps = 1e-6;
     for l in 0..2 {
         for (r, c) in [(0, 0), (1, 3), (3, 2)] {
@@ -213,7 +217,9 @@ fn gpu_matches_cpu_with_tokens_and_initial_state() {
     let (tokens, targets) = token_problem(3, &[6, 3, 6, 1, 4]);
     let batch = SequenceBatch::from_tokens(tokens, VOCAB, targets).unwrap();
     let mut rng = SplitMix64::new(4);
-    let initial = Array3::from_shape_simple_fn((2, 5, 6), || 0.3 * rng.normal());
+    let initial = RnnState::hidden(Array3::from_shape_simple_fn((2, 5, 6), || {
+        0.3 * rng.normal()
+    }));
     let params = common::params(&config, 10);
     for time_loop in [
         TimeLoop::PerStep,
@@ -247,7 +253,7 @@ fn gpu_matches_cpu_with_tokens_and_initial_state() {
         }
         // truncated BPTT over three chunks, carrying the state
         let (mut o_cpu, mut o_gpu) = (Optimizer::adam(0.01), Optimizer::adam(0.01));
-        let (mut s_cpu, mut s_gpu) = (None::<Array3<f32>>, None::<Array3<f32>>);
+        let (mut s_cpu, mut s_gpu) = (None::<RnnState>, None::<RnnState>);
         for chunk in 0..3 {
             let (l1, f1) = cpu
                 .train_step_from(&batch, s_cpu.as_ref(), &mut o_cpu)
@@ -263,8 +269,8 @@ fn gpu_matches_cpu_with_tokens_and_initial_state() {
             );
             common::assert_close(
                 &format!("{time_loop:?} chunk {chunk} state"),
-                &common::flat(&f2),
-                &common::flat(&f1),
+                &common::flat(&f2.h),
+                &common::flat(&f1.h),
                 1e-4,
             );
             (s_cpu, s_gpu) = (Some(f1), Some(f2));
@@ -285,13 +291,13 @@ fn bad_initial_states_are_refused() {
     let (tokens, targets) = token_problem(5, &[2, 3]);
     let batch = SequenceBatch::from_tokens(tokens, VOCAB, targets).unwrap();
     let mut rnn = Rnn::new(config, params.clone(), &Device::cpu()).unwrap();
-    let wrong = Array3::zeros((2, 3, 6));
+    let wrong = RnnState::hidden(Array3::zeros((2, 3, 6)));
     assert!(matches!(
         rnn.forward_from(&batch, Some(&wrong)),
         Err(Error::ShapeMismatch { .. })
     ));
-    let mut nan = Array3::zeros((2, 2, 6));
-    nan[[1, 0, 2]] = f32::NAN;
+    let mut nan = RnnState::hidden(Array3::zeros((2, 2, 6)));
+    nan.h[[1, 0, 2]] = f32::NAN;
     let mut sgd = Optimizer::sgd(0.1);
     assert!(matches!(
         rnn.train_step_from(&batch, Some(&nan), &mut sgd),

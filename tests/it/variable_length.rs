@@ -10,9 +10,10 @@
 use crate::common;
 
 use common::{assert_close, config, flat, params, random_batch};
+use unfold::internals::cpu;
 use unfold::ndarray::{s, Array2, Axis};
 use unfold::rng::SplitMix64;
-use unfold::{cpu, Device, Head, Nonlinearity, Rnn, RnnConfig, RnnParams, SequenceBatch, Targets};
+use unfold::{Cell, Device, Head, Rnn, RnnConfig, RnnParams, SequenceBatch, Targets};
 
 const LENGTHS: [usize; 4] = [3, 1, 4, 2];
 
@@ -41,7 +42,7 @@ fn alone(batch: &SequenceBatch, i: usize) -> SequenceBatch {
 /// The sequences `which` of `batch`, in that order.
 fn sub_batch(batch: &SequenceBatch, which: &[usize]) -> SequenceBatch {
     let inputs = which.iter().map(|&i| batch.inputs()[i].clone()).collect();
-    let targets = match batch.targets() {
+    let targets = match batch.targets().unwrap() {
         Targets::Classes(c) => Targets::Classes(which.iter().map(|&i| c[i].clone()).collect()),
         Targets::Values(v) => Targets::Values(which.iter().map(|&i| v[i].clone()).collect()),
     };
@@ -52,9 +53,10 @@ fn sub_batch(batch: &SequenceBatch, which: &[usize]) -> SequenceBatch {
 /// Returns the readout at every step and the final state of every layer.
 fn reference(config: &RnnConfig, p: &RnnParams, x: &Array2<f32>) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
     let h = config.hidden_size;
-    let phi = |v: f64| match config.nonlinearity {
-        Nonlinearity::Tanh => v.tanh(),
-        Nonlinearity::Relu => v.max(0.0),
+    let phi = |v: f64| match config.cell {
+        Cell::Relu => v.max(0.0),
+        Cell::Tanh => v.tanh(),
+        other => unreachable!("an Elman reference, not {other}"),
     };
     let mut state = vec![vec![0.0f64; h]; config.num_layers];
     let mut outputs = Vec::new();
@@ -69,7 +71,8 @@ fn reference(config: &RnnConfig, p: &RnnParams, x: &Array2<f32>) -> (Vec<Vec<f64
                         + (0..h)
                             .map(|c| layer.w_hh[[r, c]] as f64 * state[l][c])
                             .sum::<f64>()
-                        + layer.b[r] as f64;
+                        + layer.b_ih[r] as f64
+                        + layer.b_hh[r] as f64;
                     phi(a)
                 })
                 .collect();
@@ -115,9 +118,9 @@ fn outputs_and_final_states_match_a_naive_reference() {
         let fwd = model.forward(&batch).unwrap();
         for (i, x) in batch.inputs().iter().enumerate() {
             let (outs, finals) = reference(&c, &p, x);
-            let what = format!("{:?} {:?} sequence {i}", c.nonlinearity, c.head);
+            let what = format!("{:?} {:?} sequence {i}", c.cell, c.head);
             match c.head {
-                Head::PerStep => {
+                Head::PerStep | Head::None => {
                     for (t, o) in outs.iter().enumerate() {
                         let got = fwd.outputs.slice(s![i, t, ..]).flat_vec();
                         assert_close(
@@ -170,7 +173,7 @@ fn batch_and_grown(c: &RnnConfig, values: bool, seed: u64) -> (SequenceBatch, Se
         })
         .collect();
     let per_step = c.head == Head::PerStep;
-    let grown_targets = match batch.targets() {
+    let grown_targets = match batch.targets().unwrap() {
         Targets::Classes(t) => Targets::Classes(
             t.iter()
                 .enumerate()
@@ -211,7 +214,7 @@ fn growing_other_sequences_changes_nothing_for_a_sequence() {
         let mut model = rnn(&c, 4);
         let a = model.forward(&batch).unwrap();
         let b = model.forward(&grown).unwrap();
-        let what = format!("{:?} {:?} values {values}", c.nonlinearity, c.head);
+        let what = format!("{:?} {:?} values {values}", c.cell, c.head);
         // sequence 0: every output and its final state of every layer
         let steps = if c.head == Head::PerStep { 3 } else { 1 };
         assert_close(
@@ -268,7 +271,7 @@ fn a_sequence_alone_equals_its_part_of_the_batch() {
         let p64 = model.params().unwrap().cast::<f64>();
         let fwd = model.forward(&batch).unwrap();
         let (loss, grads) = cpu::loss_and_gradients::<f64>(&c, &p64, &batch);
-        let what = format!("{:?} {:?} values {values}", c.nonlinearity, c.head);
+        let what = format!("{:?} {:?} values {values}", c.cell, c.head);
 
         // the batch loss and gradient are the loss-weighted sums of the sequences':
         // per-step head: weight n_i / N (mean over all valid positions);
@@ -295,7 +298,7 @@ fn a_sequence_alone_equals_its_part_of_the_batch() {
             );
             let (l1, g1) = cpu::loss_and_gradients::<f64>(&c, &p64, &one);
             let w = match c.head {
-                Head::PerStep => len as f64 / total as f64,
+                Head::PerStep | Head::None => len as f64 / total as f64,
                 Head::LastStep => 1.0 / LENGTHS.len() as f64,
             };
             weighted_loss += w * l1;
@@ -331,7 +334,7 @@ fn outputs_are_exactly_zero_past_each_length() {
         let n = LENGTHS.len();
         assert_eq!(fwd.final_hidden.dim(), (c.num_layers, n, c.hidden_size));
         match c.head {
-            Head::PerStep => {
+            Head::PerStep | Head::None => {
                 assert_eq!(fwd.outputs.dim(), (n, 4, c.output_size));
                 for (i, &len) in LENGTHS.iter().enumerate() {
                     for t in 0..4 {
@@ -372,7 +375,7 @@ fn final_hidden_is_the_state_at_the_sequences_own_last_step() {
             assert_close(
                 &format!(
                     "{:?} {:?}: final state of sequence {i} (length {len})",
-                    c.nonlinearity, c.head
+                    c.cell, c.head
                 ),
                 &fwd.final_hidden.slice(s![.., i, ..]).flat_vec(),
                 &flat(&single.final_hidden),
@@ -414,7 +417,7 @@ fn permuting_the_batch_permutes_the_results() {
         let mut model = rnn(&c, 12);
         let a = model.forward(&batch).unwrap();
         let b = model.forward(&permuted).unwrap();
-        let what = format!("{:?} {:?} values {values}", c.nonlinearity, c.head);
+        let what = format!("{:?} {:?} values {values}", c.cell, c.head);
         for (j, &i) in perm.iter().enumerate() {
             assert_close(
                 &format!("{what}: outputs of sequence {i} at position {j}"),
@@ -455,7 +458,7 @@ fn loss_is_the_mean_over_valid_positions_only() {
                     .iter()
                     .map(|&v| v as f64)
                     .collect();
-                match batch.targets() {
+                match batch.targets().unwrap() {
                     Targets::Classes(y) => {
                         let max = o.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                         let lse = max + o.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
@@ -473,7 +476,7 @@ fn loss_is_the_mean_over_valid_positions_only() {
         }
         let want = total / count as f64;
         assert_close(
-            &format!("{:?} {:?} values {values}: loss", c.nonlinearity, c.head),
+            &format!("{:?} {:?} values {values}: loss", c.cell, c.head),
             &[fwd.loss],
             &[want as f32],
             1e-5,

@@ -84,7 +84,7 @@ pub fn random_batch(
     values: bool,
     seed: u64,
 ) -> SequenceBatch {
-    unfold::workloads::random_batch(config, lengths, values, &mut SplitMix64::new(seed))
+    unfold::internals::workloads::random_batch(config, lengths, values, &mut SplitMix64::new(seed))
         .expect("valid random batch")
 }
 
@@ -149,15 +149,10 @@ pub fn assert_clean_failure(out: &Output, needle: &str) {
     assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
 }
 
-/// Writes `p` by hand as PyTorch would save `nn.RNN` + `nn.Linear` (independently of
-/// `RnnParams::save`): `rnn.bias_hh_l{k}` from `bias_hh` (zeros when `None`), and every
-/// tensor except the one named `skip`.
-pub fn write_pytorch_checkpoint(
-    path: &std::path::Path,
-    p: &RnnParams,
-    bias_hh: Option<&[unfold::ndarray::Array1<f32>]>,
-    skip: &str,
-) {
+/// Writes `p` (a unidirectional model) by hand as PyTorch would save `nn.RNN` +
+/// `nn.Linear` (independently of `RnnParams::save`), every tensor except the one named
+/// `skip`, without metadata.
+pub fn write_pytorch_checkpoint(path: &std::path::Path, p: &RnnParams, skip: &str) {
     use safetensors::tensor::{Dtype, TensorView};
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut put = |name: String, shape: &[usize], data: Vec<f32>| {
@@ -178,9 +173,8 @@ pub fn write_pytorch_checkpoint(
             l.w_hh.shape(),
             l.w_hh.iter().copied().collect(),
         );
-        put(format!("rnn.bias_ih_l{k}"), l.b.shape(), l.b.to_vec());
-        let hh = bias_hh.map_or_else(|| vec![0.0; l.b.len()], |b| b[k].to_vec());
-        put(format!("rnn.bias_hh_l{k}"), l.b.shape(), hh);
+        put(format!("rnn.bias_ih_l{k}"), l.b_ih.shape(), l.b_ih.to_vec());
+        put(format!("rnn.bias_hh_l{k}"), l.b_hh.shape(), l.b_hh.to_vec());
     }
     put(
         "out.weight".into(),
