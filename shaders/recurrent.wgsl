@@ -329,22 +329,28 @@ fn share_of(u: u32, cols: u32, depth: u32) -> Share {
     return s;
 }
 
+// Whether the persistent forward step's product has more than 256 columns (G*H of a gated
+// cell past hidden 64 or 85): a constant per pipeline (src/gpu/kernels.rs), so that each
+// variant holds only its own code (the wide variant's loop slowed the other by a sixth on
+// the software adapter, branch or no branch).
+override WIDE_PRODUCTS: bool = false;
+
 // The forward step's G*H products h(t-1) W_hh^T: up to 256 columns shared as `share`
-// says (share_of(u, gh, h)), more (gated cells past hidden 64 or 85) one thread per
-// column, each whole.
+// (share_of(u, gh, h)) says, products[u] being part of column share.col; more, one thread
+// per column, each whole, products[col] being column col.
 fn forward_products(u: u32, share: Share, w: u32, h: u32, gh: u32) {
-    if (gh <= 256u) {
-        products[u] = dot_h(w + share.col, gh, share.k_begin, share.k_end);
-    } else {
+    if (WIDE_PRODUCTS) {
         for (var col = u; col < gh; col += 256u) {
             products[col] = dot_h(w + col, gh, 0u, h);
         }
+    } else {
+        products[u] = dot_h(w + share.col, gh, share.k_begin, share.k_end);
     }
 }
 
 // Column `col` of the forward step's product: the sum of its parts.
 fn forward_product(col: u32, gh: u32) -> f32 {
-    if (gh > 256u) {
+    if (WIDE_PRODUCTS) {
         return products[col];
     }
     var total = 0.0;

@@ -1,8 +1,8 @@
 // Row gathers and scatters by an index list, with row strides and column offsets on both
 // sides (so that one direction's columns of a layer's output can be read or written in
 // place): the last valid state of each sequence, the last-step head's gradient, the
-// previous state of every row (for the W_hh gradient); a transpose (W_hh for the
-// persistent forward kernel); and the dropout masks applied to a layer's input.
+// previous state of every row (for the W_hh gradient); a transpose (W_hh and b_hh for
+// the persistent forward kernel); and the dropout masks applied to a layer's input.
 
 struct RowsParams {
     rows: u32,
@@ -86,15 +86,24 @@ fn apply_mask(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     dst[p.dst_offset + e] = src[p.src_offset + e] * extra[p.extra_offset + e];
 }
 
-// dst = src^T: src is [rows, cols] at src_offset, dst [cols, rows] at dst_offset (`index`
-// is not read)
+// dst = [src | v]^T: src is [rows, cols] at src_offset, with the vector v [rows] at
+// extra_offset (in the same buffer) as one more column; dst is [cols + 1, rows] at
+// dst_offset (`index` is not read). The persistent forward kernel's W_hh^T, with b_hh as
+// its last row, in one dispatch.
 @compute @workgroup_size(256)
-fn transpose(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn transpose_with_column(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = element(gid, nwg);
-    if (e >= p.rows * p.cols) {
+    let cols = p.cols + 1u;
+    if (e >= p.rows * cols) {
         return;
     }
-    let r = e / p.cols;
-    let c = e % p.cols;
-    dst[p.dst_offset + c * p.rows + r] = src[p.src_offset + r * p.cols + c];
+    let r = e / cols;
+    let c = e % cols;
+    var v = 0.0;
+    if (c < p.cols) {
+        v = src[p.src_offset + r * p.cols + c];
+    } else {
+        v = src[p.extra_offset + r];
+    }
+    dst[p.dst_offset + c * p.rows + r] = v;
 }

@@ -190,7 +190,7 @@ pub(crate) struct Kernels {
     pub scatter_rows: Kernel,
     pub gather_previous: Kernel,
     pub apply_mask: Kernel,
-    pub transpose: Kernel,
+    pub transpose_with_column: Kernel,
     pub prepare_update: Kernel,
     pub check_sgd: Kernel,
     pub check_momentum: Kernel,
@@ -212,6 +212,9 @@ pub(crate) struct CellKernels {
     pub step_forward: Kernel,
     pub step_backward: Kernel,
     pub sequence_forward: Kernel,
+    /// `sequence_forward` for steps of more than 256 gate columns (gated cells past
+    /// hidden 64 or 85; `None` for Elman cells, which never have them).
+    pub sequence_forward_wide: Option<Kernel>,
     pub sequence_backward: Kernel,
     pub cell_forward_rows: Kernel,
     pub cell_backward_rows: Kernel,
@@ -402,9 +405,9 @@ impl Kernels {
                 size_of::<RowsParams>(),
                 &[Read, Read, Write, Read],
             ),
-            transpose: kernel(
+            transpose_with_column: kernel(
                 &rows,
-                "transpose",
+                "transpose_with_column",
                 size_of::<RowsParams>(),
                 &[Read, Read, Write],
             ),
@@ -483,24 +486,28 @@ impl Kernels {
         let recurrent = shader_module(device, checks, "recurrent", shaders::RECURRENT);
         let cells = shader_module(device, checks, "cells", shaders::CELLS);
         let constants = [("CELL", cell_constant(cell))];
-        let kernel = |module: &wgpu::ShaderModule, name: &'static str| {
-            Kernel::new(
-                device,
-                module,
-                name,
-                std::mem::size_of::<CellStep>() as u64,
-                &CELL_BINDINGS,
-                checks,
-                &constants,
-            )
-        };
+        let wide = [("CELL", cell_constant(cell)), ("WIDE_PRODUCTS", 1.0)];
+        let kernel =
+            |module: &wgpu::ShaderModule, name: &'static str, constants: &[(&str, f64)]| {
+                Kernel::new(
+                    device,
+                    module,
+                    name,
+                    std::mem::size_of::<CellStep>() as u64,
+                    &CELL_BINDINGS,
+                    checks,
+                    constants,
+                )
+            };
         let compiled = CellKernels {
-            step_forward: kernel(&recurrent, "step_forward"),
-            step_backward: kernel(&recurrent, "step_backward"),
-            sequence_forward: kernel(&recurrent, "sequence_forward"),
-            sequence_backward: kernel(&recurrent, "sequence_backward"),
-            cell_forward_rows: kernel(&cells, "cell_forward_rows"),
-            cell_backward_rows: kernel(&cells, "cell_backward_rows"),
+            step_forward: kernel(&recurrent, "step_forward", &constants),
+            step_backward: kernel(&recurrent, "step_backward", &constants),
+            sequence_forward: kernel(&recurrent, "sequence_forward", &constants),
+            sequence_forward_wide: (cell.gates() > 1)
+                .then(|| kernel(&recurrent, "sequence_forward", &wide)),
+            sequence_backward: kernel(&recurrent, "sequence_backward", &constants),
+            cell_forward_rows: kernel(&cells, "cell_forward_rows", &constants),
+            cell_backward_rows: kernel(&cells, "cell_backward_rows", &constants),
         };
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!(

@@ -130,7 +130,7 @@ pub(super) struct UnitOffsets {
     pub b_hh: u32,
     /// The initial state `[batch, H]` in the initial-state buffer.
     pub initial: u32,
-    /// `W_hhᵀ` `[H, G·H]` then a copy of `b_hh` in the persistent loop's weight buffer.
+    /// `W_hhᵀ` `[H, G·H]` then `b_hh` in the persistent loop's weight buffer.
     pub w_hh_t: u32,
     /// The tiled steps' product `[batch, G·H]` in the step scratch.
     pub step_product: u32,
@@ -304,37 +304,37 @@ impl<'a> LayerLoop<'a> {
         match self.strategy {
             Strategy::Persistent => {
                 // the persistent kernel reads W_hh along its rows' contiguous dimension:
-                // each direction's W_hhᵀ, and a copy of b_hh beside it
+                // each direction's W_hhᵀ, with b_hh as one more row
                 let (h, gh) = (self.hidden, self.gates() * self.hidden);
                 let mut step = self.cell_step(Default::default());
                 for d in 0..self.dirs as usize {
                     let u = self.units[d];
-                    for (rows, cols, src, dst) in [
-                        (gh, h, u.w_hh, u.w_hh_t),
-                        (1, gh, u.b_hh, u.w_hh_t + h * gh),
-                    ] {
-                        rec.dispatch_1d(
-                            &self.kernels.transpose,
-                            RowsParams {
-                                rows,
-                                cols,
-                                src_offset: src,
-                                dst_offset: dst,
-                                ..Default::default()
-                            },
-                            &[
-                                self.buffers.packing,
-                                self.buffers.params,
-                                self.buffers.w_hh_t,
-                            ],
-                            (rows * cols) as usize,
-                        );
-                    }
+                    rec.dispatch_1d(
+                        &self.kernels.transpose_with_column,
+                        RowsParams {
+                            rows: gh,
+                            cols: h,
+                            src_offset: u.w_hh,
+                            dst_offset: u.w_hh_t,
+                            extra_offset: u.b_hh,
+                            ..Default::default()
+                        },
+                        &[
+                            self.buffers.packing,
+                            self.buffers.params,
+                            self.buffers.w_hh_t,
+                        ],
+                        (gh * (h + 1)) as usize,
+                    );
                     step.dir[d].w_hh = u.w_hh_t;
                     step.dir[d].b_hh = u.w_hh_t + h * gh;
                 }
+                let kernel = match &ck.sequence_forward_wide {
+                    Some(wide) if gh > 256 => wide,
+                    _ => &ck.sequence_forward,
+                };
                 rec.dispatch(
-                    &ck.sequence_forward,
+                    kernel,
                     step,
                     &self.bindings(self.buffers.w_hh_t, false),
                     [self.packing.batch() as u32, self.dirs, 1],
