@@ -66,6 +66,10 @@ impl CpuMoments {
 /// first moment, `v`: Adam's second moment; empty where the rule has none).
 #[derive(Clone, Debug, PartialEq)]
 pub struct OptimizerState {
+    /// The name and shape of every parameter tensor the moments are for, in their flat
+    /// order ([`crate::RnnConfig::param_layout`]); empty when unknown, and then only the
+    /// moments' length is checked against the model.
+    pub layout: Vec<(String, Vec<usize>)>,
     /// Updates applied (Adam's `t`).
     pub steps: u64,
     /// Momentum buffer or Adam's first moment (empty for plain SGD).
@@ -101,6 +105,9 @@ pub struct Optimizer {
     /// Number of updates applied (Adam's `t`).
     pub(crate) steps: u64,
     pub(crate) state: State,
+    /// The parameters the state is for (name and shape of each tensor), fixed by the
+    /// first model the optimizer updates or by an imported state.
+    layout: Option<Vec<(String, Vec<usize>)>>,
 }
 
 impl Optimizer {
@@ -110,6 +117,7 @@ impl Optimizer {
             clip: None,
             steps: 0,
             state: State::Fresh,
+            layout: None,
         }
     }
 
@@ -190,6 +198,7 @@ impl Optimizer {
             State::Gpu(b) => b.read()?,
         };
         Ok(Some(OptimizerState {
+            layout: self.layout.clone().unwrap_or_default(),
             steps: self.steps,
             m,
             v,
@@ -206,11 +215,51 @@ impl Optimizer {
             });
         }
         self.steps = state.steps;
+        self.layout = (!state.layout.is_empty()).then_some(state.layout);
         self.state = State::Cpu(CpuMoments {
             m: state.m,
             v: state.v,
         });
         Ok(())
+    }
+
+    /// Ties the optimizer to the parameters of `layout` on first use, or checks that they
+    /// are the ones it was tied to: a state is never applied to other parameters, even of
+    /// the same count. Returns whether it tied itself just now (to be undone with
+    /// [`Optimizer::untie`] if the step is refused).
+    pub(crate) fn tie(&mut self, layout: &[(String, Vec<usize>)]) -> Result<bool> {
+        match &self.layout {
+            None => {
+                self.layout = Some(layout.to_vec());
+                Ok(true)
+            }
+            Some(own) if own.as_slice() == layout => Ok(false),
+            Some(own) => {
+                let differs = own
+                    .iter()
+                    .zip(layout)
+                    .find(|(a, b)| a != b)
+                    .map(|((n, s), (m, t))| format!("{n} {s:?} where the model has {m} {t:?}"))
+                    .unwrap_or_else(|| {
+                        format!("{} tensors where the model has {}", own.len(), layout.len())
+                    });
+                let count = |l: &[(String, Vec<usize>)]| -> usize {
+                    l.iter()
+                        .map(|(_, shape)| shape.iter().product::<usize>())
+                        .sum()
+                };
+                Err(Error::OptimizerMismatch(format!(
+                    "this optimizer's state is for other parameters ({} of them, the model has {}): {differs}; use a fresh optimizer for this model",
+                    count(own),
+                    count(layout)
+                )))
+            }
+        }
+    }
+
+    /// Forgets a tie made by a step that was then refused.
+    pub(crate) fn untie(&mut self) {
+        self.layout = None;
     }
 
     /// Checks the hyper-parameters: a bad value is an error before anything changes.
@@ -557,6 +606,7 @@ mod tests {
         let n = params.len();
         let mut opt = Optimizer::sgd_momentum(1e-3, 1.0);
         opt.import_state(OptimizerState {
+            layout: Vec::new(),
             steps: 4,
             m: vec![f32::MAX; n],
             v: vec![],

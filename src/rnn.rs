@@ -225,12 +225,16 @@ impl Rnn {
         self.check(batch, initial)?;
         batch.require_targets("train_step")?;
         optimizer.validate()?;
+        let tied = optimizer.tie(&self.config.param_layout())?;
         let step_before = self.dropout_step;
         let dropout = self.draw_dropout();
         let result = self.run_train_step(batch, initial, optimizer, want_final, dropout);
         if result.is_err() {
-            // a refused step changes nothing, the dropout stream included
+            // a refused step changes nothing, the dropout stream and the optimizer included
             self.dropout_step = step_before;
+            if tied {
+                optimizer.untie();
+            }
         }
         result
     }
@@ -339,10 +343,15 @@ impl Rnn {
             e => e,
         })?;
         check_finite_step(0.0, all_finite(&grads))?;
-        match &mut self.backend {
+        let tied = optimizer.tie(&self.config.param_layout())?;
+        let result = match &mut self.backend {
             Backend::Cpu { params, .. } => optimizer.apply_cpu(params, &mut grads),
             Backend::Gpu(g) => g.apply_gradients(&grads, optimizer),
+        };
+        if result.is_err() && tied {
+            optimizer.untie();
         }
+        result
     }
 
     /// `forward` and `train_step` need a readout; an encoder is used through `encode`.

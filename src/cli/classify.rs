@@ -54,6 +54,9 @@ pub struct ClassifyArgs {
     /// Largest global gradient norm; 0 turns clipping off.
     #[arg(long, default_value_t = 1.0)]
     clip: f32,
+    /// Decoupled weight decay (AdamW; --optimizer adam only).
+    #[arg(long = "weight-decay", default_value_t = 0.0)]
+    weight_decay: f32,
     /// Batches per length-sorting pool (1: plain shuffling).
     #[arg(long, default_value_t = 8)]
     pool: usize,
@@ -119,7 +122,8 @@ fn build_model(
         .dropout(args.dropout)
         .head(Head::LastStep);
     config.validate()?;
-    let optimizer = make_optimizer(args.optimizer, args.lr, args.clip);
+    let optimizer = make_optimizer(args.optimizer, args.lr, args.clip, args.weight_decay)
+        .map_err(unfold::Error::Unsupported)?;
     optimizer.validate()?;
     let mut rnn = Rnn::new(config.clone(), RnnParams::init(&config, args.seed), device)?;
     rnn.set_dropout_seed(args.seed);

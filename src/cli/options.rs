@@ -49,18 +49,29 @@ impl OptimizerChoice {
     }
 }
 
-/// An optimizer from the command line; a clip of 0 means no clipping.
-pub fn make_optimizer(choice: OptimizerChoice, lr: f32, clip: f32) -> Optimizer {
+/// An optimizer from the command line; a clip of 0 means no clipping. A weight decay
+/// makes Adam AdamW (decoupled); SGD and momentum do not take one.
+pub fn make_optimizer(
+    choice: OptimizerChoice,
+    lr: f32,
+    clip: f32,
+    weight_decay: f32,
+) -> Result<Optimizer, String> {
     let optimizer = match choice {
+        OptimizerChoice::Adam => Optimizer::adamw(lr, weight_decay),
+        _ if weight_decay != 0.0 => {
+            return Err(format!(
+                "--weight-decay {weight_decay} needs --optimizer adam (AdamW's decoupled decay)"
+            ))
+        }
         OptimizerChoice::Sgd => Optimizer::sgd(lr),
         OptimizerChoice::Momentum => Optimizer::sgd_momentum(lr, 0.9),
-        OptimizerChoice::Adam => Optimizer::adam(lr),
     };
-    if clip == 0.0 {
+    Ok(if clip == 0.0 {
         optimizer
     } else {
         optimizer.clip_grad_norm(clip)
-    }
+    })
 }
 
 /// `--cell`: the recurrent cell (see `unfold::Cell`).

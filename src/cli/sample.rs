@@ -2,7 +2,7 @@
 //! on stdout.
 
 use super::options::{pick, DeviceChoice};
-use super::train::checkpoint::load_checkpoint;
+use super::train::checkpoint::{holds_checkpoint, load_checkpoint, BEST_DIR};
 use super::train::default_prime;
 use super::CliResult;
 use clap::Args;
@@ -13,9 +13,13 @@ use unfold::Rnn;
 
 #[derive(Args)]
 pub struct SampleArgs {
-    /// Checkpoint directory written by `unfold train`.
+    /// Checkpoint directory written by `unfold train`: its `best/` checkpoint (the best
+    /// held-out loss of the run) when it has one, else the latest.
     #[arg(long, value_name = "DIR")]
     checkpoint: PathBuf,
+    /// Use the latest checkpoint in DIR even where `best/` exists.
+    #[arg(long)]
+    last: bool,
     /// Text to start from; the output begins with it [default: "The", or the first
     /// character of the vocabulary if it lacks those].
     #[arg(long)]
@@ -34,7 +38,13 @@ pub struct SampleArgs {
 }
 
 pub fn run(args: SampleArgs) -> CliResult<ExitCode> {
-    let loaded = load_checkpoint(&args.checkpoint, false)?;
+    let best = args.checkpoint.join(BEST_DIR);
+    let dir = if !args.last && holds_checkpoint(&best) {
+        best
+    } else {
+        args.checkpoint.clone()
+    };
+    let loaded = load_checkpoint(&dir, false)?;
     let config = loaded.meta.model_config()?;
     let device = pick(args.device)?;
     let mut rnn = Rnn::new(config, loaded.params, &device)?;

@@ -51,7 +51,8 @@ pub struct VerifyArgs {
 
 impl VerifyArgs {
     fn optimizer(&self) -> Optimizer {
-        make_optimizer(self.optimizer, self.lr, self.clip)
+        // no weight decay, which every rule takes
+        make_optimizer(self.optimizer, self.lr, self.clip, 0.0).expect("no weight decay")
     }
 }
 

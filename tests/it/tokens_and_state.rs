@@ -353,6 +353,7 @@ fn optimizer_state_round_trips() {
     let mut rnn = Rnn::new(config.clone(), params.clone(), &Device::cpu()).unwrap();
     let mut opt = Optimizer::adam(0.1);
     opt.import_state(unfold::OptimizerState {
+        layout: Vec::new(),
         steps: 2,
         m: vec![0.0; 3],
         v: vec![0.0; 3],

@@ -116,8 +116,22 @@ fn resume_continues_exactly_where_the_run_stopped() {
     let dir = scratch("resume");
     let text = small_text(&dir);
     let (once, twice) = (dir.join("once"), dir.join("twice"));
-    train(&["--data", s(&text), "--out", s(&once), "--steps", "8"]);
-    train(&["--data", s(&text), "--out", s(&twice), "--steps", "5"]);
+    // a constant learning rate: a schedule spans each run's own budget
+    let constant = ["--schedule", "constant"];
+    train(
+        &[
+            &constant[..],
+            &["--data", s(&text), "--out", s(&once), "--steps", "8"],
+        ]
+        .concat(),
+    );
+    train(
+        &[
+            &constant[..],
+            &["--data", s(&text), "--out", s(&twice), "--steps", "5"],
+        ]
+        .concat(),
+    );
     let out = train(&["--resume", s(&twice), "--steps", "3"]);
     assert!(
         stdout(&out).contains("resuming at step 5"),
@@ -408,7 +422,7 @@ fn a_save_cut_short_falls_back_to_the_checkpoint_before_it() {
     bytes[at] ^= 0x40;
     std::fs::write(ck.join("model.safetensors"), &bytes).unwrap();
 
-    let out = unfold(&["sample", "--checkpoint", s(&ck), "--len", "5"]);
+    let out = unfold(&["sample", "--checkpoint", s(&ck), "--last", "--len", "5"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("using the checkpoint saved before it"),
@@ -523,7 +537,16 @@ fn an_lstm_trains_resumes_exactly_with_its_cell_state_and_samples() {
     let text = small_text(&dir);
     let (once, twice) = (dir.join("once"), dir.join("twice"));
     // two layers with dropout between them: the masks must also continue exactly
-    let lstm = ["--cell", "lstm", "--layers", "2", "--dropout", "0.25"];
+    let lstm = [
+        "--cell",
+        "lstm",
+        "--layers",
+        "2",
+        "--dropout",
+        "0.25",
+        "--schedule",
+        "constant",
+    ];
     let out = train(
         &[
             &lstm[..],
@@ -637,6 +660,8 @@ fn an_lstm_state_without_its_cell_state_is_refused() {
     std::fs::write(&path, safetensors::serialize(kept, None).unwrap()).unwrap();
     let state = fingerprint_of(&path);
     edit_record(&ck, |meta| meta["files"]["state"] = state.into());
+    // no earlier checkpoint to fall back to (every evaluation saves one: see previous/)
+    std::fs::remove_dir_all(ck.join("previous")).unwrap();
     let out = unfold(&[
         "train",
         "--resume",
@@ -682,4 +707,95 @@ fn a_checkpoint_from_before_cells_continues_as_tanh() {
     );
     assert_eq!(record(&ck)["config"]["cell"], "tanh");
     assert_eq!(record(&ck)["config"]["dropout"], 0.0);
+}
+
+#[test]
+fn the_best_checkpoint_is_kept_and_patience_stops_a_run_that_gets_worse() {
+    let dir = scratch("best");
+    let text = small_text(&dir);
+    let ck = dir.join("ck");
+    // a learning rate far too high: the held-out loss soon gets worse, and stays so
+    let out = train(&[
+        "--data",
+        s(&text),
+        "--out",
+        s(&ck),
+        "--steps",
+        "40",
+        "--eval-every",
+        "1",
+        "--lr",
+        "0.5",
+        "--patience",
+        "3",
+        "--schedule",
+        "constant",
+    ]);
+    let text_out = stdout(&out);
+    assert!(text_out.contains("stopping early"), "{text_out}");
+    let latest = record(&ck);
+    let best = record(&ck.join("best"));
+    let steps = latest["progress"]["step"].as_u64().unwrap();
+    assert!(steps < 40, "patience stopped the run ({steps} steps)");
+    // best/ holds the evaluation with the lowest held-out loss, three before the last
+    let losses: Vec<(u64, f64)> = latest["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["step"].as_u64().unwrap(),
+                p["held_out_loss"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let (best_step, best_loss) = losses
+        .iter()
+        .copied()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    assert_eq!(best["progress"]["step"].as_u64().unwrap(), best_step);
+    assert_eq!(steps, best_step + 3);
+    assert!(text_out
+        .lines()
+        .last()
+        .unwrap()
+        .contains(&format!("best {best_loss:.3}")));
+    // sample takes best/ unless told --last
+    let sampled = |extra: &[&str]| {
+        let args = [
+            &[
+                "sample",
+                "--checkpoint",
+                s(&ck),
+                "--len",
+                "30",
+                "--seed",
+                "3",
+            ][..],
+            extra,
+        ]
+        .concat();
+        let out = unfold(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let from_best = sampled(&[]);
+    assert_eq!(from_best, {
+        let out = unfold(&[
+            "sample",
+            "--checkpoint",
+            s(&ck.join("best")),
+            "--len",
+            "30",
+            "--seed",
+            "3",
+        ]);
+        stdout(&out)
+    });
+    assert_ne!(
+        from_best,
+        sampled(&["--last"]),
+        "the last weights are not the best ones"
+    );
 }

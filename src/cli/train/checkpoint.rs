@@ -315,7 +315,12 @@ fn read_optimizer(file: &StateFile, steps: u64, n: usize) -> CliResult<Option<Op
                     )));
                 }
             }
-            Ok(Some(OptimizerState { steps, m, v }))
+            Ok(Some(OptimizerState {
+                layout: Vec::new(),
+                steps,
+                m,
+                v,
+            }))
         }
         (None, None) if steps == 0 => Ok(None),
         _ => Err(file.error(format!(
@@ -417,6 +422,9 @@ fn le_bytes<'a>(values: impl IntoIterator<Item = &'a f32>) -> Vec<u8> {
 
 /// Keeps the checkpoint being replaced in `previous/`, then writes the state, the weights,
 /// and last the record that vouches for both.
+/// The subdirectory holding the checkpoint with the best held-out loss.
+pub const BEST_DIR: &str = "best";
+
 pub fn save_checkpoint(
     dir: &Path,
     meta: &mut Meta,

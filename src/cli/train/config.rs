@@ -17,6 +17,53 @@ const DEFAULT_BATCH: usize = 32;
 const DEFAULT_LR: f32 = 2e-3;
 const DEFAULT_CLIP: f32 = 5.0;
 const DEFAULT_HELD_OUT: f64 = 0.05;
+const DEFAULT_WEIGHT_DECAY: f32 = 0.0;
+const DEFAULT_SCHEDULE: Schedule = Schedule::Cosine;
+
+/// How the learning rate moves over a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Schedule {
+    /// The learning rate throughout.
+    Constant,
+    /// A linear warm-up over the model's first steps, then a cosine decay to a twentieth
+    /// of the learning rate at the end of the run's budget (its steps or minutes); a
+    /// resumed run decays over its own budget again, from the peak.
+    Cosine,
+}
+
+impl Schedule {
+    /// The name the checkpoint records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::Constant => "constant",
+            Schedule::Cosine => "cosine",
+        }
+    }
+
+    /// The schedule a checkpoint names (unknown names are an error).
+    pub fn from_name(name: &str) -> Result<Schedule, String> {
+        <Schedule as clap::ValueEnum>::from_str(name, true)
+            .map_err(|_| format!("unknown learning-rate schedule {name:?} in the checkpoint"))
+    }
+
+    /// The factor on the learning rate at `step` of a run `done` (0 to 1) of the way
+    /// through its budget.
+    pub fn factor(self, step: u64, done: f64) -> f32 {
+        match self {
+            Schedule::Constant => 1.0,
+            Schedule::Cosine => {
+                let warm = ((step + 1) as f64 / WARMUP_STEPS as f64).min(1.0);
+                let cosine = 0.5 * (1.0 + (std::f64::consts::PI * done.clamp(0.0, 1.0)).cos());
+                (warm * (FINAL_FRACTION + (1.0 - FINAL_FRACTION) * cosine)) as f32
+            }
+        }
+    }
+}
+
+/// Steps of the cosine schedule's linear warm-up.
+const WARMUP_STEPS: u64 = 100;
+/// The cosine schedule's learning rate at the end, as a fraction of the peak.
+const FINAL_FRACTION: f64 = 0.05;
 
 /// The training configuration, as the checkpoint records it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,9 +80,20 @@ pub struct Hyper {
     pub batch: usize,
     pub optimizer: String,
     pub lr: f32,
+    /// AdamW's decoupled weight decay (0: plain Adam).
+    #[serde(default)]
+    pub weight_decay: f32,
+    /// How the learning rate moves over a run (`Schedule::name`); records from before
+    /// schedules kept it constant.
+    #[serde(default = "constant_schedule")]
+    pub schedule: String,
     pub clip: f32,
     pub seed: u64,
     pub held_out: f64,
+}
+
+fn constant_schedule() -> String {
+    Schedule::Constant.name().to_string()
 }
 
 fn default_cell() -> String {
@@ -76,6 +134,8 @@ pub fn merge_config(args: &TrainArgs, resumed: Option<&Hyper>) -> CliResult<Hype
             batch: args.batch.unwrap_or(DEFAULT_BATCH),
             optimizer: args.optimizer.unwrap_or(OptimizerChoice::Adam).name(),
             lr: args.lr.unwrap_or(DEFAULT_LR),
+            weight_decay: args.weight_decay.unwrap_or(DEFAULT_WEIGHT_DECAY),
+            schedule: args.schedule.unwrap_or(DEFAULT_SCHEDULE).name().to_string(),
             clip: args.clip.unwrap_or(DEFAULT_CLIP),
             seed: args.seed.unwrap_or(0),
             held_out: args.held_out.unwrap_or(DEFAULT_HELD_OUT),
@@ -98,6 +158,10 @@ pub fn merge_config(args: &TrainArgs, resumed: Option<&Hyper>) -> CliResult<Hype
         dropout: args.dropout.unwrap_or(c.dropout),
         seq_len: args.seq_len.unwrap_or(c.seq_len),
         lr: args.lr.unwrap_or(c.lr),
+        weight_decay: args.weight_decay.unwrap_or(c.weight_decay),
+        schedule: args
+            .schedule
+            .map_or_else(|| c.schedule.clone(), |s| s.name().to_string()),
         clip: args.clip.unwrap_or(c.clip),
         seed: args.seed.unwrap_or(c.seed),
         held_out: args.held_out.unwrap_or(c.held_out),

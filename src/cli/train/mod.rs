@@ -79,6 +79,18 @@ pub struct TrainArgs {
     /// Learning rate [default: 2e-3, or the checkpoint's].
     #[arg(long)]
     lr: Option<f32>,
+    /// Decoupled weight decay, as AdamW (--optimizer adam only) [default: 0, or the
+    /// checkpoint's].
+    #[arg(long = "weight-decay")]
+    weight_decay: Option<f32>,
+    /// How the learning rate moves over this run: cosine warms up over 100 steps, then
+    /// decays to a twentieth at the end of --minutes / --steps [default: cosine, or the
+    /// checkpoint's].
+    #[arg(long, value_enum)]
+    schedule: Option<config::Schedule>,
+    /// Stop after this many evaluations in a row without a new best held-out loss.
+    #[arg(long)]
+    patience: Option<u32>,
     /// Largest global gradient norm, 0 for none [default: 5, or the checkpoint's].
     #[arg(long)]
     clip: Option<f32>,
@@ -125,8 +137,10 @@ pub fn run(args: TrainArgs) -> CliResult<ExitCode> {
     if !trainer.resuming() {
         let line = trainer.evaluate()?;
         println!("{line}");
+        // a checkpoint with every evaluation, this first one included (it may stay the best)
+        trainer.save()?;
     }
-    if trainer.train_until(&args.goal(), args.eval_every)? {
+    if trainer.train_until(&args.goal(), args.eval_every, args.patience)? {
         return stop_after_interrupt(&mut trainer);
     }
     finish(&mut trainer)

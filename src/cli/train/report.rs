@@ -1,6 +1,7 @@
 //! What `train` prints: the run's description before it starts, and its summary at the
 //! end.
 
+use super::checkpoint::BEST_DIR;
 use super::trainer::Trainer;
 use std::path::Path;
 
@@ -41,12 +42,14 @@ pub fn print_header(t: &Trainer, device: &str, resumed_from: Option<&Path>) {
         None => "from scratch".to_string(),
     };
     println!(
-        "training: {} streams x {} steps per chunk ({} chunks per pass), {}, lr {}, clip {}, seed {}; {start}",
+        "training: {} streams x {} steps per chunk ({} chunks per pass), {}{}, lr {} ({} schedule), clip {}, seed {}; {start}",
         hyper.batch,
         hyper.seq_len,
         t.streams.chunks_per_pass(),
         hyper.optimizer,
+        if hyper.weight_decay > 0.0 { format!(" (weight decay {})", hyper.weight_decay) } else { String::new() },
         hyper.lr,
+        hyper.schedule,
         if hyper.clip == 0.0 { "off".to_string() } else { hyper.clip.to_string() },
         hyper.seed,
     );
@@ -68,12 +71,7 @@ pub fn summary(t: &Trainer, plot: &Path) -> String {
     let elapsed = t.run.started.elapsed().as_secs_f64();
     let last = t.meta.history.last();
     let loss = |l: Option<f32>| l.map_or("-".into(), |l| format!("{l:.3}"));
-    let best = t
-        .meta
-        .history
-        .iter()
-        .filter_map(|p| p.held_out_loss.map(|l| (l, p.step)))
-        .min_by(|a, b| a.0.total_cmp(&b.0));
+    let best = t.best();
     format!(
         "done: {} steps ({} characters) in {} on {}, {} chars/s; step {}: train loss {}, held-out loss {} nats/char{}; checkpoint {}, plot {}",
         t.run.steps,
@@ -84,7 +82,10 @@ pub fn summary(t: &Trainer, plot: &Path) -> String {
         t.meta.progress.step,
         loss(last.and_then(|p| p.train_loss)),
         loss(last.and_then(|p| p.held_out_loss)),
-        best.map_or(String::new(), |(l, s)| format!(" (best {l:.3} at step {s})")),
+        best.map_or(String::new(), |(l, s)| format!(
+            " (best {l:.3} at step {s}, kept in {})",
+            t.out.join(BEST_DIR).display()
+        )),
         t.out.display(),
         plot.display()
     )

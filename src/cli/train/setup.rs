@@ -96,7 +96,7 @@ fn make_corpus(text: &Text, hyper: &Hyper, resumed: Option<&Loaded>) -> CliResul
 
 fn optimizer(hyper: &Hyper) -> CliResult<Optimizer> {
     let choice = OptimizerChoice::from_str(&hyper.optimizer, true)?;
-    let optimizer = make_optimizer(choice, hyper.lr, hyper.clip);
+    let optimizer = make_optimizer(choice, hyper.lr, hyper.clip, hyper.weight_decay)?;
     optimizer.validate()?;
     Ok(optimizer)
 }

@@ -2,7 +2,8 @@
 //! chunk to chunk (truncated back-propagation through time), an evaluation and a
 //! checkpoint every so often, until the step goal, the time budget or a Ctrl-C.
 
-use super::checkpoint::{save_checkpoint, Meta};
+use super::checkpoint::{save_checkpoint, Meta, BEST_DIR};
+use super::config::Schedule;
 use super::interrupt;
 use super::report::format_count;
 use crate::cli::CliResult;
@@ -79,6 +80,16 @@ impl Goal {
         self.steps.is_some_and(|n| steps >= n) || self.budget.is_some_and(|b| elapsed >= b)
     }
 
+    /// How far through the run `steps` steps and `elapsed` time are (0 to 1), by
+    /// whichever of the two limits is nearer.
+    fn done(&self, steps: u64, elapsed: Duration) -> f64 {
+        let by_steps = self.steps.map_or(0.0, |n| steps as f64 / n.max(1) as f64);
+        let by_time = self
+            .budget
+            .map_or(0.0, |b| elapsed.as_secs_f64() / b.as_secs_f64().max(1e-9));
+        by_steps.max(by_time).min(1.0)
+    }
+
     /// A progress bar on stderr, counting steps or seconds.
     fn progress_bar(&self) -> ProgressBar {
         let (len, template) = match self.steps {
@@ -119,17 +130,30 @@ impl Trainer {
         self.run.seconds_before + self.run.started.elapsed().as_secs_f64()
     }
 
-    /// Trains until `goal` or a Ctrl-C, evaluating and writing a checkpoint every
-    /// `eval_every` steps (or every 30 s). Returns whether a Ctrl-C ended it.
-    pub fn train_until(&mut self, goal: &Goal, eval_every: Option<u64>) -> CliResult<bool> {
+    /// Trains until `goal`, a Ctrl-C or — with `patience` — that many evaluations in a
+    /// row without a new best held-out loss, evaluating and writing a checkpoint every
+    /// `eval_every` steps (or every 30 s). The learning rate follows the run's schedule
+    /// over the goal. Returns whether a Ctrl-C ended it.
+    pub fn train_until(
+        &mut self,
+        goal: &Goal,
+        eval_every: Option<u64>,
+        patience: Option<u32>,
+    ) -> CliResult<bool> {
         let pb = goal.progress_bar();
+        let schedule = Schedule::from_name(&self.meta.config.schedule)?;
         let interrupted = loop {
             if interrupt::requested() {
                 break true;
             }
-            if goal.reached(self.run.steps, self.run.started.elapsed()) {
+            let elapsed = self.run.started.elapsed();
+            if goal.reached(self.run.steps, elapsed) {
                 break false;
             }
+            // the warm-up counts every step of the model, the decay this run's budget
+            let done = goal.done(self.run.steps, elapsed);
+            let factor = schedule.factor(self.meta.progress.step, done);
+            self.optimizer.set_lr(self.meta.config.lr * factor);
             let loss = self.step()?;
             self.show_progress(&pb, goal, loss);
             if self.evaluation_due(eval_every) {
@@ -137,10 +161,41 @@ impl Trainer {
                 pb.suspend(|| println!("{line}"));
                 self.save()?;
                 self.run.last_eval = Instant::now();
+                if patience.is_some_and(|p| self.evaluations_since_best() >= p as usize) {
+                    pb.suspend(|| {
+                        println!(
+                            "stopping early: no better held-out loss in the last {} evaluations",
+                            patience.unwrap_or_default()
+                        )
+                    });
+                    break false;
+                }
             }
         };
         pb.finish_and_clear();
         Ok(interrupted)
+    }
+
+    /// The best held-out loss so far and its step.
+    pub fn best(&self) -> Option<(f32, u64)> {
+        self.meta
+            .history
+            .iter()
+            .filter_map(|p| p.held_out_loss.map(|l| (l, p.step)))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+    }
+
+    /// Evaluations since the one with the best held-out loss.
+    fn evaluations_since_best(&self) -> usize {
+        let Some((_, step)) = self.best() else {
+            return 0;
+        };
+        let evaluated = self
+            .meta
+            .history
+            .iter()
+            .filter(|p| p.held_out_loss.is_some());
+        evaluated.filter(|p| p.step > step).count()
     }
 
     /// One training step on the next chunk of every stream.
@@ -200,15 +255,27 @@ impl Trainer {
         (tokens > 0).then(|| (sum / tokens as f64) as f32)
     }
 
-    /// Writes a checkpoint of where the run is now.
+    /// Writes a checkpoint of where the run is now, and when the latest evaluation is
+    /// the best held-out loss so far, the same checkpoint into `best/` too.
     pub fn save(&mut self) -> CliResult<()> {
         self.meta.progress.seconds = self.total_seconds();
-        save_checkpoint(
-            &self.out,
-            &mut self.meta,
-            &self.rnn,
-            &self.optimizer,
-            self.carried.as_ref(),
-        )
+        let dirs = [self.out.clone(), self.out.join(BEST_DIR)];
+        let latest = self
+            .meta
+            .history
+            .last()
+            .and_then(|p| p.held_out_loss.map(|l| (l, p.step)));
+        let new_best = latest.is_some() && latest == self.best();
+        for dir in &dirs[..1 + new_best as usize] {
+            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            save_checkpoint(
+                dir,
+                &mut self.meta,
+                &self.rnn,
+                &self.optimizer,
+                self.carried.as_ref(),
+            )?;
+        }
+        Ok(())
     }
 }
