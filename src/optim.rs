@@ -181,7 +181,8 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Checks the hyper-parameters: a bad value is an error before anything changes.
+    /// Checks the hyper-parameters (and that the step count can count one more update): a
+    /// bad value is an error before anything changes.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &'static str, expected: &'static str, v: f32| {
             Err(Error::InvalidConfig {
@@ -217,6 +218,13 @@ impl Optimizer {
             if !(c.is_finite() && c > 0.0) {
                 return bad("clip_grad_norm max_norm", "finite and > 0", c);
             }
+        }
+        if self.steps == u64::MAX {
+            return Err(Error::InvalidConfig {
+                what: "optimizer step count",
+                expected: "below 2^64 - 1, so that the next update can be counted",
+                got: self.steps.to_string(),
+            });
         }
         Ok(())
     }
@@ -528,6 +536,21 @@ mod tests {
         ] {
             assert_refused(&mut opt, 10.0, "the parameters non-finite");
         }
+    }
+
+    #[test]
+    fn no_update_follows_the_last_countable_one() {
+        // the step count cannot count another update: refused, not an overflow
+        let (mut params, mut grads) = problem(1.0);
+        let mut adam = Optimizer::adam(0.1);
+        adam.import_state(OptimizerState {
+            steps: u64::MAX,
+            m: vec![0.0; params.len()],
+            v: vec![0.0; params.len()],
+        })
+        .unwrap();
+        let e = adam.apply_cpu(&mut params, &mut grads).unwrap_err();
+        assert!(e.to_string().contains("step count"), "{e}");
     }
 
     #[test]
