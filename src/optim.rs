@@ -443,8 +443,11 @@ pub(crate) struct AdamCoefficients {
 
 impl AdamCoefficients {
     pub fn new(lr: f32, beta1: f32, beta2: f32, step: u64) -> Self {
-        let bias_correction1 = 1.0 - (beta1 as f64).powi(step as i32);
-        let bias_correction2 = 1.0 - (beta2 as f64).powi(step as i32);
+        // beta^step is 0 in f64 long before 2^31 steps (beta < 1), so capping the exponent
+        // changes nothing, where `step as i32` wrapped to a negative power
+        let power = step.min(i32::MAX as u64) as i32;
+        let bias_correction1 = 1.0 - (beta1 as f64).powi(power);
+        let bias_correction2 = 1.0 - (beta2 as f64).powi(power);
         AdamCoefficients {
             step_size: (lr as f64 / bias_correction1) as f32,
             bias_correction2_sqrt: bias_correction2.sqrt() as f32,
@@ -535,6 +538,29 @@ mod tests {
             Optimizer::adam(f32::MAX),
         ] {
             assert_refused(&mut opt, 10.0, "the parameters non-finite");
+        }
+    }
+
+    #[test]
+    fn adam_after_two_billion_updates_still_updates() {
+        for steps in [(1u64 << 31) - 1, 1 << 31, 1 << 32, u64::MAX - 1] {
+            let c = AdamCoefficients::new(0.1, 0.9, 0.999, steps + 1);
+            assert_eq!(
+                (c.step_size, c.bias_correction2_sqrt),
+                (0.1, 1.0),
+                "{steps}"
+            );
+            let mut adam = Optimizer::adam(0.1);
+            let n = problem(1.0).0.len();
+            adam.import_state(OptimizerState {
+                steps,
+                m: vec![0.0; n],
+                v: vec![0.0; n],
+            })
+            .unwrap();
+            let (mut params, mut grads) = problem(1.0);
+            adam.apply_cpu(&mut params, &mut grads).unwrap();
+            assert_eq!(adam.steps(), steps + 1);
         }
     }
 
