@@ -281,7 +281,7 @@ impl TokenStreams {
     /// at least one, each at least a chunk long when the text allows. `None` when
     /// `num_tokens < 2`.
     pub fn fitting(num_tokens: usize, max_streams: usize, seq_len: usize) -> Option<Self> {
-        let streams = (num_tokens / (seq_len + 1)).clamp(1, max_streams.max(1));
+        let streams = (num_tokens / seq_len.saturating_add(1)).clamp(1, max_streams.max(1));
         Self::new(num_tokens, streams, seq_len).ok()
     }
 
