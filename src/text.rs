@@ -205,7 +205,7 @@ impl Corpus {
         let n = train.len();
         // a held-out part needs an input and a target
         let held = match (n as f64 * held_out_fraction).round() as usize {
-            0 if held_out_fraction > 0.0 => 2,
+            h if held_out_fraction > 0.0 && h < 2 => 2,
             h => h,
         };
         if n < held + 2 {
