@@ -296,6 +296,27 @@ impl RnnConfig {
             .checked_add(self.output_size)
     }
 
+    /// Every parameter tensor's PyTorch name and shape, in the flat order of
+    /// [`RnnParams::tensors`]: what an optimizer's state is matched against.
+    pub fn param_layout(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, g) = (self.hidden_size, self.gate_width());
+        let mut out = Vec::with_capacity(4 * self.num_units() + 2);
+        for u in 0..self.num_units() {
+            let k = self.unit_name(u);
+            let input = self.layer_input_size(u / self.num_directions());
+            out.push((format!("rnn.weight_ih_{k}"), vec![g, input]));
+            out.push((format!("rnn.weight_hh_{k}"), vec![g, h]));
+            out.push((format!("rnn.bias_ih_{k}"), vec![g]));
+            out.push((format!("rnn.bias_hh_{k}"), vec![g]));
+        }
+        out.push((
+            "out.weight".into(),
+            vec![self.output_size, self.state_width()],
+        ));
+        out.push(("out.bias".into(), vec![self.output_size]));
+        out
+    }
+
     /// The suffix of unit `u`'s PyTorch names: `l{k}` or `l{k}_reverse`.
     pub fn unit_name(&self, u: usize) -> String {
         let d = self.num_directions();

@@ -138,10 +138,12 @@ impl Vocabulary {
         &self.chars
     }
 
+    /// The id of a character, if it is in the vocabulary.
     pub fn id(&self, c: char) -> Option<u32> {
         self.ids.get(&c).copied()
     }
 
+    /// The character of an id, if it is in range.
     pub fn char(&self, id: u32) -> Option<char> {
         self.chars.get(id as usize).copied()
     }
@@ -222,6 +224,7 @@ impl Corpus {
         })
     }
 
+    /// The characters and their ids.
     pub fn vocabulary(&self) -> &Vocabulary {
         &self.vocabulary
     }
@@ -285,10 +288,12 @@ impl TokenStreams {
         Self::new(num_tokens, streams, seq_len).ok()
     }
 
+    /// Number of parallel streams.
     pub fn streams(&self) -> usize {
         self.streams
     }
 
+    /// Tokens per chunk of a stream.
     pub fn seq_len(&self) -> usize {
         self.seq_len
     }

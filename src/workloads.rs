@@ -10,11 +10,17 @@ use ndarray::Array2;
 /// An Elman RNN + per-step linear readout + cross-entropy training problem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Workload {
+    /// The name used by the benches and the CLI.
     pub name: &'static str,
+    /// Sequences per batch.
     pub batch: usize,
+    /// Steps per sequence (the longest, for variable lengths).
     pub steps: usize,
+    /// Input features.
     pub input: usize,
+    /// Hidden units.
     pub hidden: usize,
+    /// Output classes.
     pub classes: usize,
 }
 
@@ -60,6 +66,7 @@ impl Workload {
         ANCHORS.iter().copied().find(|w| w.name == name)
     }
 
+    /// The model of this workload: one tanh layer, per-step head.
     pub fn config(&self) -> RnnConfig {
         RnnConfig::new(self.input, self.hidden, self.classes)
     }
@@ -110,6 +117,10 @@ pub fn random_batch(
         .iter()
         .map(|&len| Array2::from_shape_simple_fn((len, config.input_size), || rng.normal()))
         .collect();
+    if config.head == Head::None {
+        // an encoder has no readout, so nothing to aim at
+        return SequenceBatch::inputs_only(inputs);
+    }
     let rows = |len: usize| if config.head == Head::PerStep { len } else { 1 };
     let targets = if values {
         Targets::Values(

@@ -64,6 +64,7 @@ impl<'a> BatchLoader<'a> {
         self
     }
 
+    /// Sequences per minibatch.
     pub fn batch_size(&self) -> usize {
         self.batch_size
     }

@@ -20,6 +20,7 @@ pub enum Tile {
 }
 
 impl Tile {
+    /// The tile's side in elements.
     pub fn size(self) -> u32 {
         match self {
             Tile::Tile64 => 64,
@@ -31,7 +32,9 @@ impl Tile {
 /// How one product runs: its tiling, and into how many K ranges it is split (1: none).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmPlan {
+    /// The workgroup tile.
     pub tile: Tile,
+    /// K ranges computed apart and summed (1: none).
     pub splits: u32,
 }
 

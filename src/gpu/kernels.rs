@@ -120,7 +120,9 @@ pub(crate) struct OptimParams {
     pub eps: f32,
     pub step_size: f32,
     pub bias_correction2_sqrt: f32,
-    pub _pad: [u32; 3],
+    /// Adam: `1 - lr · weight_decay` (decoupled weight decay; 1 for none)
+    pub decay: f32,
+    pub _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -178,12 +180,16 @@ pub(crate) struct Kernels {
 /// the guards of integer division.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShaderChecks {
+    /// wgpu's defaults: index clamping, loop counters, zeroed workgroup memory.
     All,
+    /// Index clamping only.
     Bounds,
+    /// No run-time checks.
     None,
 }
 
 impl ShaderChecks {
+    /// What the kernels are compiled with unless asked otherwise.
     pub const DEFAULT: ShaderChecks = ShaderChecks::Bounds;
 
     /// The setting `UNFOLD_SHADER_CHECKS` asks for (the default when it is unset).

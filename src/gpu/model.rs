@@ -1253,7 +1253,9 @@ impl GpuRnn {
                 beta1,
                 beta2,
                 eps,
+                weight_decay,
             } => {
+                params.decay = 1.0 - lr * weight_decay;
                 let c = AdamCoefficients::new(lr, beta1, beta2, step);
                 params.lr = lr;
                 params.momentum = beta1;

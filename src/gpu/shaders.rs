@@ -1,11 +1,18 @@
 //! Every WGSL source, compiled into the binary: nothing is read from disk at run time.
 
+/// `shaders/matmul.wgsl`
 pub const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
+/// `shaders/recurrent.wgsl`
 pub const RECURRENT: &str = include_str!("../../shaders/recurrent.wgsl");
+/// `shaders/loss.wgsl`
 pub const LOSS: &str = include_str!("../../shaders/loss.wgsl");
+/// `shaders/reduce.wgsl`
 pub const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
+/// `shaders/rows.wgsl`
 pub const ROWS: &str = include_str!("../../shaders/rows.wgsl");
+/// `shaders/optimizer.wgsl`
 pub const OPTIMIZER: &str = include_str!("../../shaders/optimizer.wgsl");
+/// `shaders/embedding.wgsl`
 pub const EMBEDDING: &str = include_str!("../../shaders/embedding.wgsl");
 
 /// `(file name, source)` of every shader, for validation without an adapter.

@@ -50,6 +50,9 @@ batch, the same batch every step, every parameter trainable (both biases):
   momentum  torch.optim.SGD(lr, momentum=m)  (dampening 0, no nesterov: buf = m*buf + g, first buf = g)
   adam      torch.optim.Adam(lr)             (betas (0.9, 0.999), eps 1e-8, bias-corrected,
                                               weight_decay 0, amsgrad off)
+  adamw     torch.optim.AdamW(lr, weight_decay=wd)  (the same, with decoupled weight decay:
+                                              each step first scales every parameter,
+                                              biases included, by 1 - lr*wd)
   clip      when not null, torch.nn.utils.clip_grad_norm_(params, clip) before each step:
             global L2 norm over all gradients; scale = clip / (norm + 1e-6) when that is < 1.
             Every sgd run has a clip below every step's gradient norm (so clipping is active
@@ -96,8 +99,9 @@ F32_MAX_REL = 1e-6
 SIG_DIGITS = 10
 
 
-def opt(optimizer, lr, clip=None, momentum=0.0, steps=3):
-    return dict(optimizer=optimizer, lr=lr, momentum=momentum, clip=clip, steps=steps)
+def opt(optimizer, lr, clip=None, momentum=0.0, steps=3, weight_decay=0.0):
+    return dict(optimizer=optimizer, lr=lr, momentum=momentum, clip=clip, steps=steps,
+                weight_decay=weight_decay)
 
 
 # clip="active": the largest "round" clip value below every step's gradient norm.
@@ -107,10 +111,12 @@ ADAM = opt("adam", 0.02)
 MOMENTUM_CLIPPED = opt("momentum", 0.05, momentum=0.9, clip="active")
 ADAM_CLIPPED = opt("adam", 0.02, clip="active")
 ADAM_CLIP_INACTIVE = opt("adam", 0.02, clip=100.0)
+# AdamW: decoupled weight decay, large enough to matter over three steps
+ADAMW = opt("adamw", 0.02, clip="active", weight_decay=0.5)
 
 
 def case(name, cell, layers, bidirectional, head, target, lengths, seed, hidden=4,
-         optim=(SGD, MOMENTUM, ADAM)):
+         optim=(SGD, MOMENTUM, ADAM, ADAMW)):
     return dict(name=name, cell=cell, input_size=3, hidden_size=hidden, output_size=3,
                 num_layers=layers, bidirectional=bidirectional, head=head, target=target,
                 lengths=lengths, seed=seed, optim=list(optim))
@@ -404,6 +410,8 @@ def run_optimizer(model, c, seqs, targets, o, clip, checks=True):
         opt_ = torch.optim.SGD(ps, lr=o["lr"])
     elif o["optimizer"] == "momentum":
         opt_ = torch.optim.SGD(ps, lr=o["lr"], momentum=o["momentum"])
+    elif o["optimizer"] == "adamw":
+        opt_ = torch.optim.AdamW(ps, lr=o["lr"], weight_decay=o["weight_decay"])
     else:
         opt_ = torch.optim.Adam(ps, lr=o["lr"])
     losses, norms = [], []
@@ -513,8 +521,8 @@ def make_case_once(c, attempt):
         run = dict(optimizer=o["optimizer"], lr=o["lr"], momentum=o["momentum"], clip=clip,
                    steps=o["steps"], losses=[scalar(v) for v in losses],
                    grad_norms=[scalar(v) for v in norms], params_after=export(m, c, computed))
-        if o["optimizer"] == "adam":
-            run.update(betas=[0.9, 0.999], eps=1e-8)
+        if o["optimizer"] in ("adam", "adamw"):
+            run.update(betas=[0.9, 0.999], eps=1e-8, weight_decay=o["weight_decay"])
         runs.append(run)
     out["optim"] = runs
 

@@ -146,6 +146,7 @@ fn optimizer(o: &Value) -> Optimizer {
         "sgd" => Optimizer::sgd(lr),
         "momentum" => Optimizer::sgd_momentum(lr, o["momentum"].as_f64().expect("momentum") as f32),
         "adam" => Optimizer::adam(lr),
+        "adamw" => Optimizer::adamw(lr, o["weight_decay"].as_f64().expect("weight_decay") as f32),
         other => panic!("unknown optimizer {other}"),
     };
     match o["clip"].as_f64() {

@@ -6,6 +6,7 @@ mod common;
 
 mod bad_input;
 mod bench_cli;
+mod cells;
 mod checkpoint;
 mod classify_cli;
 mod data_loader;

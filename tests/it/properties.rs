@@ -533,20 +533,35 @@ fn make_batch(config: &RnnConfig, spec: &BatchSpec) -> unfold::Result<SequenceBa
     }
 }
 
+/// How an imported optimizer state names the parameters it is for.
+#[derive(Clone, Copy, Debug)]
+enum StateLayout {
+    /// Not at all (only the moments' length is checked).
+    Unnamed,
+    /// The model's own tensors.
+    Own,
+    /// Those of a model one hidden unit wider.
+    Other,
+}
+
 /// An optimizer, possibly with bad hyper-parameters or a state of another model.
 #[derive(Clone, Debug)]
 struct OptimizerSpec {
+    /// SGD, momentum 0.9, momentum 1.5 (out of range), Adam, AdamW.
     rule: u8,
     lr: f32,
+    /// AdamW's weight decay.
+    weight_decay: f32,
     clip: Option<f32>,
-    /// A state to import: (steps, m length offset, v length offset).
-    state: Option<(u64, usize, usize)>,
+    /// A state to import: (steps, m length offset, v length offset, layout).
+    state: Option<(u64, usize, usize, StateLayout)>,
 }
 
 fn optimizer_spec() -> impl Strategy<Value = OptimizerSpec> {
     (
-        prop_oneof![10 => prop::sample::select(vec![0u8, 1, 3]), 1 => Just(2u8)],
+        prop_oneof![10 => prop::sample::select(vec![0u8, 1, 3, 4]), 1 => Just(2u8)],
         prop_oneof![12 => Just(0.05f32), 1 => prop::sample::select(vec![0.0f32, -1.0, f32::NAN, f32::INFINITY, 1e30])],
+        prop_oneof![6 => Just(0.01f32), 1 => prop::sample::select(vec![0.0f32, -1.0, f32::NAN, 1e30])],
         prop_oneof![
             12 => Just(None),
             4 => Just(Some(1.0f32)),
@@ -558,30 +573,44 @@ fn optimizer_spec() -> impl Strategy<Value = OptimizerSpec> {
                 prop::sample::select(vec![0u64, 1, 1 << 31, (1 << 32) - 1, 1 << 32, u64::MAX - 1, u64::MAX]),
                 prop_oneof![3 => Just(0usize), 1 => 1usize..3],
                 prop_oneof![3 => Just(0usize), 1 => 1usize..3],
+                prop::sample::select(vec![StateLayout::Unnamed, StateLayout::Own, StateLayout::Other]),
             ),
         ),
     )
-        .prop_map(|(rule, lr, clip, state)| OptimizerSpec {
+        .prop_map(|(rule, lr, weight_decay, clip, state)| OptimizerSpec {
             rule,
             lr,
+            weight_decay,
             clip,
             state,
         })
 }
 
-fn make_optimizer(spec: &OptimizerSpec, num_params: usize) -> Optimizer {
+fn make_optimizer(spec: &OptimizerSpec, config: &RnnConfig) -> Optimizer {
     let mut opt = match spec.rule {
         0 => Optimizer::sgd(spec.lr),
         1 => Optimizer::sgd_momentum(spec.lr, 0.9),
         2 => Optimizer::sgd_momentum(spec.lr, 1.5),
-        _ => Optimizer::adam(spec.lr),
+        3 => Optimizer::adam(spec.lr),
+        _ => Optimizer::adamw(spec.lr, spec.weight_decay),
     };
     if let Some(c) = spec.clip {
         opt = opt.clip_grad_norm(c);
     }
-    if let Some((steps, dm, dv)) = spec.state {
-        let v_len = if spec.rule == 3 { num_params } else { 0 };
+    if let Some((steps, dm, dv, layout)) = spec.state {
+        let num_params = config.num_params();
+        let v_len = if spec.rule >= 3 { num_params } else { 0 };
+        let layout = match layout {
+            StateLayout::Unnamed => Vec::new(),
+            StateLayout::Own => config.param_layout(),
+            StateLayout::Other => RnnConfig {
+                hidden_size: config.hidden_size + 1,
+                ..config.clone()
+            }
+            .param_layout(),
+        };
         let state = OptimizerState {
+            layout,
             steps,
             m: vec![0.01; num_params + dm],
             v: vec![0.01; v_len + dv],
@@ -935,7 +964,7 @@ fn check_model(
     };
 
     // apply_gradients: the backward's, or parameters of any shape as gradients
-    let mut opt = make_optimizer(ospec, params.len());
+    let mut opt = make_optimizer(ospec, config);
     let before = rnn.params().unwrap();
     let some_grads = grads.unwrap_or_else(|| make_params(config, &xspec.grads));
     match rnn.apply_gradients(&some_grads, &mut opt) {
@@ -957,7 +986,7 @@ fn check_model(
     }
 
     // training steps
-    let mut opt = make_optimizer(ospec, params.len());
+    let mut opt = make_optimizer(ospec, config);
     let before = rnn.params().unwrap();
     match rnn.train_step(&batch, &mut opt) {
         Ok(loss) => {
