@@ -702,10 +702,13 @@ fn finite_params(p: &RnnParams) -> bool {
     }) && p.w_out.iter().chain(&p.b_out).all(|v| v.is_finite())
 }
 
+/// A file of this process and thread: the CPU and GPU properties run side by side.
 fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("properties");
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join(format!("{}-{name}", std::process::id()))
+    let thread = format!("{:?}", std::thread::current().id());
+    let thread: String = thread.chars().filter(char::is_ascii_digit).collect();
+    dir.join(format!("{}-{thread}-{name}", std::process::id()))
 }
 
 /// An error must say something.
