@@ -19,10 +19,11 @@
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use std::sync::OnceLock;
 use std::time::Duration;
-use unfold::gpu::{GemmPlan, ResidentProduct, Tile};
+use unfold::internals::gpu::{GemmPlan, ResidentProduct, Tile};
+use unfold::internals::workloads::{Workload, ANCHORS};
+use unfold::internals::TimeLoop;
 use unfold::ndarray::Array2;
-use unfold::workloads::{Workload, ANCHORS};
-use unfold::{Device, Optimizer, Rnn, RnnConfig, RnnParams, SequenceBatch, Targets, TimeLoop};
+use unfold::{Device, Optimizer, Rnn, RnnConfig, RnnParams, SequenceBatch, Targets};
 
 /// The GPU, once for every group (`None` without an adapter).
 fn gpu() -> Option<Device> {
@@ -143,7 +144,7 @@ fn matmul_shapes(software: bool) -> Vec<(usize, usize, usize)> {
         "1024x1024x1024,2048x2048x2048,4096x4096x4096,64x512x512,6400x512x128,512x512x6400"
     };
     let list = std::env::var("UNFOLD_BENCH_MATMUL").unwrap_or_else(|_| default.into());
-    unfold::workloads::parse_matmul_shapes(&list)
+    unfold::internals::workloads::parse_matmul_shapes(&list)
         .unwrap_or_else(|e| panic!("UNFOLD_BENCH_MATMUL: {e}"))
 }
 
@@ -159,7 +160,7 @@ fn matmul(c: &mut Criterion) {
             .sample_size(10)
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(3));
-        let (a, b) = unfold::workloads::matmul_operands(m, n, k);
+        let (a, b) = unfold::internals::workloads::matmul_operands(m, n, k);
         if flops <= 1 << 34 {
             group.throughput(Throughput::Elements(flops));
             let mut out = Array2::<f32>::zeros((m, n));
@@ -235,7 +236,7 @@ fn time_step(c: &mut Criterion) {
         if let Some(g) = &gpu {
             cases.push(("gpu-per-step", g.clone(), TimeLoop::PerStep));
             cases.push(("gpu-tiled-steps", g.clone(), TimeLoop::TiledSteps));
-            if h <= unfold::gpu::PERSISTENT_MAX_HIDDEN {
+            if h <= unfold::internals::gpu::PERSISTENT_MAX_HIDDEN {
                 cases.push(("gpu-persistent", g.clone(), TimeLoop::Persistent));
             }
         }

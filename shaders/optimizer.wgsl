@@ -21,7 +21,7 @@ struct OptimParams {
     eps: f32,
     step_size: f32,    // Adam: lr / (1 - beta1^t)
     bias_correction2_sqrt: f32,
-    _pad0: u32,
+    decay: f32,        // Adam: 1 - lr * weight_decay (AdamW's decoupled decay)
     _pad1: u32,
     _pad2: u32,
 }
@@ -93,7 +93,7 @@ fn adam_update(i: u32) -> vec3<f32> {
     let g = grads[i] * scalars[2];
     let mi = p.momentum * m[i] + (1.0 - p.momentum) * g;
     let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
-    return vec3<f32>(params[i] - p.step_size * mi / (sqrt(vi) / p.bias_correction2_sqrt + p.eps), mi, vi);
+    return vec3<f32>(params[i] * p.decay - p.step_size * mi / (sqrt(vi) / p.bias_correction2_sqrt + p.eps), mi, vi);
 }
 
 @compute @workgroup_size(256)

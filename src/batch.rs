@@ -22,6 +22,7 @@ pub enum Targets {
 }
 
 impl Targets {
+    /// Number of sequences.
     pub fn len(&self) -> usize {
         match self {
             Targets::Classes(c) => c.len(),
@@ -29,6 +30,7 @@ impl Targets {
         }
     }
 
+    /// Whether there are no sequences.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -268,7 +270,7 @@ impl SequenceBatch {
     }
 
     /// The token ids in packed row order (token batches only).
-    pub fn packed_token_ids(&self) -> Option<Vec<u32>> {
+    pub(crate) fn packed_token_ids(&self) -> Option<Vec<u32>> {
         let ids = self.token_ids()?;
         let p = &self.packing;
         let mut out = Vec::with_capacity(p.tokens());
@@ -291,18 +293,22 @@ impl SequenceBatch {
             .ok_or(Error::MissingTargets { action })
     }
 
+    /// Each sequence's length, in the batch's order.
     pub fn lengths(&self) -> &[usize] {
         &self.lengths
     }
 
+    /// Number of sequences.
     pub fn len(&self) -> usize {
         self.lengths.len()
     }
 
+    /// Whether there are no sequences (never true for a constructed batch).
     pub fn is_empty(&self) -> bool {
         self.lengths.is_empty()
     }
 
+    /// The longest sequence's length.
     pub fn max_len(&self) -> usize {
         self.packing.max_len()
     }
@@ -320,7 +326,7 @@ impl SequenceBatch {
         self.packing.tokens()
     }
 
-    pub fn packing(&self) -> &Packing {
+    pub(crate) fn packing(&self) -> &Packing {
         &self.packing
     }
 

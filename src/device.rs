@@ -35,29 +35,35 @@ impl Device {
         })
     }
 
-    /// [`Device::gpu`] if a hardware adapter exists, else [`Device::cpu`]; says which on
-    /// stderr. A software adapter (type `Cpu`, such as lavapipe) is only used when asked
-    /// for by `WGPU_ADAPTER_NAME`: on the same cores the CPU path is far faster.
+    /// [`Device::gpu`] if a hardware adapter exists, else [`Device::cpu`]. A software
+    /// adapter (type `Cpu`, such as lavapipe) is only used when asked for by
+    /// `WGPU_ADAPTER_NAME`: on the same cores the CPU path is far faster.
+    /// [`Device::auto_with_reason`] also says why the GPU was not taken.
     pub fn auto() -> Device {
+        Device::auto_with_reason().0
+    }
+
+    /// [`Device::auto`], and when it took the CPU path, why: a sentence for the user
+    /// (no usable GPU and the error, or only a software adapter). `None` when it took the
+    /// GPU. The library prints nothing; a program shows this where it wants.
+    pub fn auto_with_reason() -> (Device, Option<String>) {
         match Device::gpu() {
             Ok(d) if d.is_software() && std::env::var_os("WGPU_ADAPTER_NAME").is_none() => {
-                eprintln!(
-                    "unfold: only a software adapter found ({}); using the CPU path (set WGPU_ADAPTER_NAME to use it anyway)",
+                let reason = format!(
+                    "only a software adapter found ({}); using the CPU path (set WGPU_ADAPTER_NAME to use it anyway)",
                     d.describe()
                 );
-                Device::cpu()
+                (Device::cpu(), Some(reason))
             }
-            Ok(d) => {
-                eprintln!("unfold: using {}", d.describe());
-                d
-            }
-            Err(e) => {
-                eprintln!("unfold: no usable GPU ({e}); using the CPU path");
-                Device::cpu()
-            }
+            Ok(d) => (d, None),
+            Err(e) => (
+                Device::cpu(),
+                Some(format!("no usable GPU ({e}); using the CPU path")),
+            ),
         }
     }
 
+    /// Whether this is a GPU device.
     pub fn is_gpu(&self) -> bool {
         matches!(self.kind, DeviceKind::Gpu(_))
     }

@@ -30,36 +30,37 @@
 //! # Ok::<(), unfold::Error>(())
 //! ```
 
-pub mod batch;
+#![warn(missing_docs)]
+
+mod batch;
 mod checkpoint;
-pub mod cpu;
 pub mod data;
 mod device;
 #[cfg(feature = "mpi")]
 pub mod distributed;
 mod error;
 pub mod generate;
-pub mod gpu;
 mod model;
 mod optim;
 mod real;
 pub mod rng;
 mod rnn;
 pub mod text;
-pub mod workloads;
 
 pub use ndarray;
 
 pub use batch::{SequenceBatch, Targets};
-pub use checkpoint::write_atomically;
 pub use cpu::RnnState;
 pub use device::Device;
 pub use error::{Error, Result};
-pub use gpu::TimeLoop;
 pub use model::{Cell, Head, LayerParams, Nonlinearity, RnnConfig, RnnParams};
 pub use optim::{Optimizer, OptimizerKind, OptimizerState};
-pub use real::Real;
 pub use rnn::{Encoded, Forward, Gradients, Rnn};
+
+pub mod internals;
+
+// the crate itself keeps its short paths
+pub(crate) use internals::{cpu, gpu};
 
 /// The README's example runs as a doctest.
 #[cfg(doctest)]

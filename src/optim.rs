@@ -8,16 +8,32 @@ use crate::{Error, Result, RnnParams};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OptimizerKind {
     /// `p -= lr · g`
-    Sgd { lr: f32 },
+    Sgd {
+        /// Learning rate.
+        lr: f32,
+    },
     /// `buf = momentum · buf + g; p -= lr · buf` (`torch.optim.SGD(momentum=..)`,
     /// no dampening, not Nesterov)
-    Momentum { lr: f32, momentum: f32 },
-    /// `torch.optim.Adam` without weight decay.
-    Adam {
+    Momentum {
+        /// Learning rate.
         lr: f32,
+        /// Momentum factor.
+        momentum: f32,
+    },
+    /// `torch.optim.Adam`, or `torch.optim.AdamW` with a decoupled `weight_decay`
+    /// (0: none).
+    Adam {
+        /// Learning rate.
+        lr: f32,
+        /// Decay of the first moment.
         beta1: f32,
+        /// Decay of the second moment.
         beta2: f32,
+        /// Added to the denominator's square root.
         eps: f32,
+        /// Decoupled weight decay: each step first scales the parameters by
+        /// `1 - lr · weight_decay`, as `torch.optim.AdamW`.
+        weight_decay: f32,
     },
 }
 
@@ -50,8 +66,15 @@ impl CpuMoments {
 /// first moment, `v`: Adam's second moment; empty where the rule has none).
 #[derive(Clone, Debug, PartialEq)]
 pub struct OptimizerState {
+    /// The name and shape of every parameter tensor the moments are for, in their flat
+    /// order ([`crate::RnnConfig::param_layout`]); empty when unknown, and then only the
+    /// moments' length is checked against the model.
+    pub layout: Vec<(String, Vec<usize>)>,
+    /// Updates applied (Adam's `t`).
     pub steps: u64,
+    /// Momentum buffer or Adam's first moment (empty for plain SGD).
     pub m: Vec<f32>,
+    /// Adam's second moment (empty for the other rules).
     pub v: Vec<f32>,
 }
 
@@ -82,6 +105,9 @@ pub struct Optimizer {
     /// Number of updates applied (Adam's `t`).
     pub(crate) steps: u64,
     pub(crate) state: State,
+    /// The parameters the state is for (name and shape of each tensor), fixed by the
+    /// first model the optimizer updates or by an imported state.
+    layout: Option<Vec<(String, Vec<usize>)>>,
 }
 
 impl Optimizer {
@@ -91,24 +117,35 @@ impl Optimizer {
             clip: None,
             steps: 0,
             state: State::Fresh,
+            layout: None,
         }
     }
 
+    /// Plain SGD, `torch.optim.SGD(lr=lr)`.
     pub fn sgd(lr: f32) -> Self {
         Self::with(OptimizerKind::Sgd { lr })
     }
 
+    /// SGD with momentum, `torch.optim.SGD(lr=lr, momentum=momentum)`.
     pub fn sgd_momentum(lr: f32, momentum: f32) -> Self {
         Self::with(OptimizerKind::Momentum { lr, momentum })
     }
 
     /// Betas (0.9, 0.999), eps 1e-8, as `torch.optim.Adam`.
     pub fn adam(lr: f32) -> Self {
+        Self::adamw(lr, 0.0)
+    }
+
+    /// Adam with decoupled weight decay, as `torch.optim.AdamW(lr, weight_decay=..)`
+    /// (betas (0.9, 0.999), eps 1e-8). The decay applies to every parameter, biases
+    /// included, as it does there by default.
+    pub fn adamw(lr: f32, weight_decay: f32) -> Self {
         Self::with(OptimizerKind::Adam {
             lr,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            weight_decay,
         })
     }
 
@@ -119,14 +156,17 @@ impl Optimizer {
         self
     }
 
+    /// The update rule and its hyper-parameters.
     pub fn kind(&self) -> OptimizerKind {
         self.kind
     }
 
+    /// The clipping norm, if the gradients are clipped.
     pub fn clip(&self) -> Option<f32> {
         self.clip
     }
 
+    /// The learning rate.
     pub fn lr(&self) -> f32 {
         match self.kind {
             OptimizerKind::Sgd { lr }
@@ -158,6 +198,7 @@ impl Optimizer {
             State::Gpu(b) => b.read()?,
         };
         Ok(Some(OptimizerState {
+            layout: self.layout.clone().unwrap_or_default(),
             steps: self.steps,
             m,
             v,
@@ -174,6 +215,7 @@ impl Optimizer {
             });
         }
         self.steps = state.steps;
+        self.layout = (!state.layout.is_empty()).then_some(state.layout);
         self.state = State::Cpu(CpuMoments {
             m: state.m,
             v: state.v,
@@ -181,7 +223,47 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Checks the hyper-parameters: a bad value is an error before anything changes.
+    /// Ties the optimizer to the parameters of `layout` on first use, or checks that they
+    /// are the ones it was tied to: a state is never applied to other parameters, even of
+    /// the same count. Returns whether it tied itself just now (to be undone with
+    /// [`Optimizer::untie`] if the step is refused).
+    pub(crate) fn tie(&mut self, layout: &[(String, Vec<usize>)]) -> Result<bool> {
+        match &self.layout {
+            None => {
+                self.layout = Some(layout.to_vec());
+                Ok(true)
+            }
+            Some(own) if own.as_slice() == layout => Ok(false),
+            Some(own) => {
+                let differs = own
+                    .iter()
+                    .zip(layout)
+                    .find(|(a, b)| a != b)
+                    .map(|((n, s), (m, t))| format!("{n} {s:?} where the model has {m} {t:?}"))
+                    .unwrap_or_else(|| {
+                        format!("{} tensors where the model has {}", own.len(), layout.len())
+                    });
+                let count = |l: &[(String, Vec<usize>)]| -> usize {
+                    l.iter()
+                        .map(|(_, shape)| shape.iter().product::<usize>())
+                        .sum()
+                };
+                Err(Error::OptimizerMismatch(format!(
+                    "this optimizer's state is for other parameters ({} of them, the model has {}): {differs}; use a fresh optimizer for this model",
+                    count(own),
+                    count(layout)
+                )))
+            }
+        }
+    }
+
+    /// Forgets a tie made by a step that was then refused.
+    pub(crate) fn untie(&mut self) {
+        self.layout = None;
+    }
+
+    /// Checks the hyper-parameters (and that the step count can count one more update): a
+    /// bad value is an error before anything changes.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &'static str, expected: &'static str, v: f32| {
             Err(Error::InvalidConfig {
@@ -199,8 +281,15 @@ impl Optimizer {
                 return bad("momentum", "in [0, 1]", momentum)
             }
             OptimizerKind::Adam {
-                beta1, beta2, eps, ..
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
             } => {
+                if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+                    return bad("AdamW weight_decay", "finite and >= 0", weight_decay);
+                }
                 if !(0.0..1.0).contains(&beta1) {
                     return bad("Adam beta1", "in [0, 1)", beta1);
                 }
@@ -217,6 +306,13 @@ impl Optimizer {
             if !(c.is_finite() && c > 0.0) {
                 return bad("clip_grad_norm max_norm", "finite and > 0", c);
             }
+        }
+        if self.steps == u64::MAX {
+            return Err(Error::InvalidConfig {
+                what: "optimizer step count",
+                expected: "below 2^64 - 1, so that the next update can be counted",
+                got: self.steps.to_string(),
+            });
         }
         Ok(())
     }
@@ -303,8 +399,16 @@ pub(crate) fn update_overflow(params: bool, moments: bool) -> Error {
 /// exactly what is committed.
 #[derive(Clone, Copy)]
 enum Rule {
-    Sgd { lr: f32 },
-    Momentum { lr: f32, momentum: f32 },
+    Sgd {
+        /// Learning rate.
+        lr: f32,
+    },
+    Momentum {
+        /// Learning rate.
+        lr: f32,
+        /// Momentum factor.
+        momentum: f32,
+    },
     Adam(AdamRule),
 }
 
@@ -314,6 +418,8 @@ struct AdamRule {
     beta1: f32,
     beta2: f32,
     eps: f32,
+    /// `1 - lr · weight_decay`
+    decay: f32,
     c: AdamCoefficients,
 }
 
@@ -324,7 +430,7 @@ impl AdamRule {
         let m = self.beta1 * m + (1.0 - self.beta1) * g;
         let v = self.beta2 * v + (1.0 - self.beta2) * g * g;
         let denom = v.sqrt() / self.c.bias_correction2_sqrt + self.eps;
-        (p - self.c.step_size * m / denom, m, v)
+        (p * self.decay - self.c.step_size * m / denom, m, v)
     }
 }
 
@@ -338,10 +444,12 @@ impl Rule {
                 beta1,
                 beta2,
                 eps,
+                weight_decay,
             } => Rule::Adam(AdamRule {
                 beta1,
                 beta2,
                 eps,
+                decay: 1.0 - lr * weight_decay,
                 c: AdamCoefficients::new(lr, beta1, beta2, step),
             }),
         }
@@ -435,8 +543,11 @@ pub(crate) struct AdamCoefficients {
 
 impl AdamCoefficients {
     pub fn new(lr: f32, beta1: f32, beta2: f32, step: u64) -> Self {
-        let bias_correction1 = 1.0 - (beta1 as f64).powi(step as i32);
-        let bias_correction2 = 1.0 - (beta2 as f64).powi(step as i32);
+        // beta^step is 0 in f64 long before 2^31 steps (beta < 1), so capping the exponent
+        // changes nothing, where `step as i32` wrapped to a negative power
+        let power = step.min(i32::MAX as u64) as i32;
+        let bias_correction1 = 1.0 - (beta1 as f64).powi(power);
+        let bias_correction2 = 1.0 - (beta2 as f64).powi(power);
         AdamCoefficients {
             step_size: (lr as f64 / bias_correction1) as f32,
             bias_correction2_sqrt: bias_correction2.sqrt() as f32,
@@ -506,6 +617,7 @@ mod tests {
         let n = params.len();
         let mut opt = Optimizer::sgd_momentum(1e-3, 1.0);
         opt.import_state(OptimizerState {
+            layout: Vec::new(),
             steps: 4,
             m: vec![f32::MAX; n],
             v: vec![],
@@ -528,6 +640,46 @@ mod tests {
         ] {
             assert_refused(&mut opt, 10.0, "the parameters non-finite");
         }
+    }
+
+    #[test]
+    fn adam_after_two_billion_updates_still_updates() {
+        for steps in [(1u64 << 31) - 1, 1 << 31, 1 << 32, u64::MAX - 1] {
+            let c = AdamCoefficients::new(0.1, 0.9, 0.999, steps + 1);
+            assert_eq!(
+                (c.step_size, c.bias_correction2_sqrt),
+                (0.1, 1.0),
+                "{steps}"
+            );
+            let mut adam = Optimizer::adam(0.1);
+            let n = problem(1.0).0.len();
+            adam.import_state(OptimizerState {
+                layout: Vec::new(),
+                steps,
+                m: vec![0.0; n],
+                v: vec![0.0; n],
+            })
+            .unwrap();
+            let (mut params, mut grads) = problem(1.0);
+            adam.apply_cpu(&mut params, &mut grads).unwrap();
+            assert_eq!(adam.steps(), steps + 1);
+        }
+    }
+
+    #[test]
+    fn no_update_follows_the_last_countable_one() {
+        // the step count cannot count another update: refused, not an overflow
+        let (mut params, mut grads) = problem(1.0);
+        let mut adam = Optimizer::adam(0.1);
+        adam.import_state(OptimizerState {
+            layout: Vec::new(),
+            steps: u64::MAX,
+            m: vec![0.0; params.len()],
+            v: vec![0.0; params.len()],
+        })
+        .unwrap();
+        let e = adam.apply_cpu(&mut params, &mut grads).unwrap_err();
+        assert!(e.to_string().contains("step count"), "{e}");
     }
 
     #[test]

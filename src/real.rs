@@ -7,8 +7,11 @@ use std::fmt::{Debug, Display};
 
 /// A float type the CPU path computes in (`f32` or `f64`).
 pub trait Real: LinalgScalar + Float + Debug + Display + Send + Sync + Default + 'static {
+    /// The nearest value to an `f32`.
     fn from_f32(x: f32) -> Self;
+    /// The nearest value to an `f64`.
     fn from_f64(x: f64) -> Self;
+    /// The value as an `f64`.
     fn to_f64(self) -> f64;
     /// tanh as the CPU path computes it: exact for `f64`, a vectorisable rational
     /// approximation for `f32` (error within a few f32 ulps; see `src/real.rs`).

@@ -2,13 +2,16 @@
 //! same numbers on every platform and every version of every dependency.
 
 #[derive(Clone, Debug)]
+/// SplitMix64: 64 bits of state, a fixed sequence per seed on every platform.
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// A generator starting from `seed`.
     pub fn new(seed: u64) -> Self {
         SplitMix64(seed)
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

@@ -6,7 +6,6 @@ use crate::device::DeviceKind;
 use crate::gpu::{GpuRnn, TimeLoop};
 use crate::model::{RnnConfig, RnnParams};
 use crate::optim::Optimizer;
-use crate::rng::SplitMix64;
 use crate::{Device, Error, Head, Result};
 use ndarray::{Array2, Array3};
 
@@ -51,8 +50,9 @@ pub struct Gradients {
 pub struct Rnn {
     config: RnnConfig,
     backend: Backend,
-    /// Draws each training step's dropout seed.
-    dropout_rng: SplitMix64,
+    /// Dropout masks are keyed by this seed and the number of training passes so far.
+    dropout_seed: u64,
+    dropout_step: u64,
     /// Whether [`Rnn::encode`] applies dropout (see [`Rnn::set_training`]).
     training: bool,
     /// The dropout seed of the last [`Rnn::encode`], for the [`Rnn::backward`] after it.
@@ -84,7 +84,8 @@ impl Rnn {
         Ok(Rnn {
             config,
             backend,
-            dropout_rng: SplitMix64::new(0x5eed),
+            dropout_seed: 0x5eed,
+            dropout_step: 0,
             training: false,
             encode_seed: None,
         })
@@ -95,10 +96,24 @@ impl Rnn {
         &self.config
     }
 
-    /// Seeds the dropout masks of the training steps that follow (two models with the
-    /// same seed and the same steps draw the same masks, on either device).
+    /// Seeds the dropout masks of the training steps that follow and restarts their
+    /// count: two models with the same seed and the same steps draw the same masks, on
+    /// either device. Each mask entry is a function of (seed, step, layer, position).
     pub fn set_dropout_seed(&mut self, seed: u64) {
-        self.dropout_rng = SplitMix64::new(seed);
+        self.dropout_seed = seed;
+        self.dropout_step = 0;
+    }
+
+    /// The dropout seed and the number of training passes that drew masks from it, to
+    /// save with a checkpoint; [`Rnn::restore_dropout_state`] continues the same masks.
+    pub fn dropout_state(&self) -> (u64, u64) {
+        (self.dropout_seed, self.dropout_step)
+    }
+
+    /// Continues the dropout masks of a saved [`Rnn::dropout_state`].
+    pub fn restore_dropout_state(&mut self, (seed, step): (u64, u64)) {
+        self.dropout_seed = seed;
+        self.dropout_step = step;
     }
 
     /// Whether [`Rnn::encode`] runs as a training pass, with dropout between layers (off
@@ -107,10 +122,13 @@ impl Rnn {
         self.training = training;
     }
 
-    /// This step's dropout seed, if the model drops anything.
+    /// This training pass's dropout key, if the model drops anything.
     fn draw_dropout(&mut self) -> Option<u64> {
-        (self.config.dropout > 0.0 && self.config.num_layers > 1)
-            .then(|| self.dropout_rng.next_u64())
+        if self.config.dropout == 0.0 || self.config.num_layers < 2 {
+            return None;
+        }
+        self.dropout_step += 1;
+        Some(cpu::dropout_key(self.dropout_seed, self.dropout_step))
     }
 
     /// Outputs, final states and loss of `batch`, from a zero initial state.
@@ -234,7 +252,28 @@ impl Rnn {
         self.check(batch, initial)?;
         batch.require_targets("train_step")?;
         optimizer.validate()?;
+        let tied = optimizer.tie(&self.config.param_layout())?;
+        let step_before = self.dropout_step;
         let dropout = self.draw_dropout();
+        let result = self.run_train_step(batch, initial, optimizer, want_final, dropout);
+        if result.is_err() {
+            // a refused step changes nothing, the dropout stream and the optimizer included
+            self.dropout_step = step_before;
+            if tied {
+                optimizer.untie();
+            }
+        }
+        result
+    }
+
+    fn run_train_step(
+        &mut self,
+        batch: &SequenceBatch,
+        initial: Option<&RnnState>,
+        optimizer: &mut Optimizer,
+        want_final: bool,
+        dropout: Option<u64>,
+    ) -> Result<(f32, Option<RnnState>)> {
         match &mut self.backend {
             Backend::Cpu { params, ws } => {
                 let loss = cpu::forward(&self.config, params, batch, initial, dropout, ws);
@@ -331,10 +370,15 @@ impl Rnn {
             e => e,
         })?;
         check_finite_step(0.0, all_finite(&grads))?;
-        match &mut self.backend {
+        let tied = optimizer.tie(&self.config.param_layout())?;
+        let result = match &mut self.backend {
             Backend::Cpu { params, .. } => optimizer.apply_cpu(params, &mut grads),
             Backend::Gpu(g) => g.apply_gradients(&grads, optimizer),
+        };
+        if result.is_err() && tied {
+            optimizer.untie();
         }
+        result
     }
 
     /// `forward` and `train_step` need a readout; an encoder is used through `encode`.

@@ -10,11 +10,17 @@ use ndarray::Array2;
 /// An Elman RNN + per-step linear readout + cross-entropy training problem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Workload {
+    /// The name used by the benches and the CLI.
     pub name: &'static str,
+    /// Sequences per batch.
     pub batch: usize,
+    /// Steps per sequence (the longest, for variable lengths).
     pub steps: usize,
+    /// Input features.
     pub input: usize,
+    /// Hidden units.
     pub hidden: usize,
+    /// Output classes.
     pub classes: usize,
 }
 
@@ -60,6 +66,7 @@ impl Workload {
         ANCHORS.iter().copied().find(|w| w.name == name)
     }
 
+    /// The model of this workload: one tanh layer, per-step head.
     pub fn config(&self) -> RnnConfig {
         RnnConfig::new(self.input, self.hidden, self.classes)
     }

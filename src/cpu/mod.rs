@@ -3,7 +3,7 @@
 //!
 //! It is built the fast way: per layer and direction, the input projection of every step
 //! (all gates) is one matrix product before the time loop; the loop does one small
-//! product per step on the packed rows still running (see [`crate::batch`]) and the
+//! product per step on the packed rows still running (see `src/batch.rs`) and the
 //! cell's element-wise work (`cell.rs`, the only place cells differ); the weight
 //! gradients are one product over all steps after it. The reverse direction walks the
 //! same packed rows from the last step to the first: a sequence joins when its own last
@@ -16,7 +16,6 @@ mod loss;
 use crate::batch::{Packing, SequenceBatch};
 use crate::model::{Cell, LayerParams, RnnConfig, RnnParams};
 use crate::real::Real;
-use crate::rng::SplitMix64;
 use crate::Head;
 use cell::{backward_row, forward_row, RowBackward, RowForward};
 use ndarray::linalg::general_mat_mul;
@@ -128,22 +127,55 @@ fn row_mut<F: Real>(a: &mut Array2<F>, r: usize) -> &mut [F] {
 
 /// The dropout masks of one training step: for every layer from 1, `[tokens,
 /// directions·hidden]` of 0 (dropped, probability `p`) or `1/(1-p)`, in packed row order.
-/// Both paths draw them here, so a seed gives the same masks on the CPU and the GPU.
-pub(crate) fn dropout_masks(config: &RnnConfig, tokens: usize, seed: u64) -> Vec<Array2<f32>> {
+/// Each entry is drawn by [`dropout_keeps`] from its own key (the step's `key`, the layer,
+/// the packed row and the unit), not from a stream, so any path — the CPU, the GPU, a
+/// kernel computing it in place — draws the same masks.
+pub(crate) fn dropout_masks(config: &RnnConfig, tokens: usize, key: u64) -> Vec<Array2<f32>> {
     let p = config.dropout;
     let keep = 1.0 / (1.0 - p);
-    let mut rng = SplitMix64::new(seed);
     (1..config.num_layers)
-        .map(|_| {
-            Array2::from_shape_simple_fn((tokens, config.state_width()), || {
-                if rng.next_f32() < p {
-                    0.0
-                } else {
+        .map(|layer| {
+            Array2::from_shape_fn((tokens, config.state_width()), |(row, unit)| {
+                if dropout_keeps(key, layer as u32, row as u32, unit as u32, p) {
                     keep
+                } else {
+                    0.0
                 }
             })
         })
         .collect()
+}
+
+/// Whether dropout with probability `p` keeps input `unit` of packed row `row` of layer
+/// `layer` on the training step keyed `key`: a counter-based draw (a 32-bit integer hash
+/// of the five numbers, so that a WGSL kernel can compute it too) compared against `p`
+/// with 24 bits.
+pub(crate) fn dropout_keeps(key: u64, layer: u32, row: u32, unit: u32, p: f32) -> bool {
+    // the finaliser of MurmurHash3, chained over the key's halves and the counters
+    fn mix(mut h: u32, v: u32) -> u32 {
+        h ^= v
+            .wrapping_mul(0xcc9e_2d51)
+            .rotate_left(15)
+            .wrapping_mul(0x1b87_3593);
+        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
+    }
+    let h = [key as u32, (key >> 32) as u32, layer, row, unit]
+        .into_iter()
+        .fold(0x9747_b28c, mix);
+    (h >> 8) as f32 * (1.0 / (1u32 << 24) as f32) >= p
+}
+
+/// The key of training step `step` of a model whose dropout seed is `seed`.
+pub(crate) fn dropout_key(seed: u64, step: u64) -> u64 {
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Where a step's previous state comes from in the packed rows: `(first row, count)` of
@@ -155,6 +187,16 @@ fn previous_rows(p: &Packing, t: usize, reverse: bool) -> Option<(usize, usize)>
         (t > 0).then(|| (p.offsets[t - 1], p.batch_sizes[t]))
     } else {
         (t + 1 < p.max_len()).then(|| (p.offsets[t + 1], p.batch_sizes[t + 1]))
+    }
+}
+
+/// The packed row of the final state of the sequence at packed position `j` in direction
+/// `d`: its last step going forward, its first going backward.
+fn final_row(p: &Packing, j: usize, d: usize) -> usize {
+    if d == 0 {
+        p.last_row(j)
+    } else {
+        p.row(0, j)
     }
 }
 
@@ -279,7 +321,7 @@ fn gather_last<F: Real>(config: &RnnConfig, p: &Packing, top: &Array2<F>, last: 
     resize(last, p.batch(), config.state_width());
     for j in 0..p.batch() {
         for d in 0..config.num_directions() {
-            let r = if d == 0 { p.last_row(j) } else { p.row(0, j) };
+            let r = final_row(p, j, d);
             last.slice_mut(s![j, d * h..(d + 1) * h])
                 .assign(&top.slice(s![r, d * h..(d + 1) * h]));
         }
@@ -427,7 +469,7 @@ pub fn backward<F: Real>(
             let d_last = ws.d_out.dot(&params.w_out);
             for j in 0..p.batch() {
                 for d in 0..config.num_directions() {
-                    let r = if d == 0 { p.last_row(j) } else { p.row(0, j) };
+                    let r = final_row(p, j, d);
                     ws.dh
                         .slice_mut(s![r, d * h..(d + 1) * h])
                         .assign(&d_last.slice(s![j, d * h..(d + 1) * h]));
@@ -681,11 +723,7 @@ pub fn final_state<F: Real>(
     let finals = |states: &dyn Fn(usize) -> Array2<f32>| {
         let mut out = Array3::zeros((config.num_units(), p.batch(), h));
         for u in 0..config.num_units() {
-            let rows: Vec<usize> = if u % dirs == 0 {
-                p.last_rows()
-            } else {
-                (0..p.batch()).map(|j| p.row(0, j)).collect()
-            };
+            let rows: Vec<usize> = (0..p.batch()).map(|j| final_row(p, j, u % dirs)).collect();
             let picked = states(u).select(Axis(0), &rows);
             out.index_axis_mut(Axis(0), u)
                 .assign(&p.unpack_sequences(picked.view()));
@@ -761,4 +799,40 @@ pub fn loss_and_gradients<F: Real>(
 /// The loss alone in precision `F` (for finite differences).
 pub fn loss<F: Real>(config: &RnnConfig, params: &RnnParams<F>, batch: &SequenceBatch) -> F {
     forward(config, params, batch, None, None, &mut Workspace::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_drops_at_its_rate_and_scales_what_it_keeps() {
+        for p in [0.1f32, 0.5, 0.8] {
+            let config = RnnConfig::new(3, 50, 2)
+                .num_layers(3)
+                .bidirectional(true)
+                .dropout(p);
+            let masks = dropout_masks(&config, 400, dropout_key(7, 1));
+            assert_eq!(masks.len(), 2);
+            for m in &masks {
+                let n = m.len() as f64;
+                let dropped = m.iter().filter(|&&v| v == 0.0).count() as f64;
+                // binomial: within 5 standard deviations of n·p
+                let sd = (n * p as f64 * (1.0 - p as f64)).sqrt();
+                assert!(
+                    (dropped - n * p as f64).abs() < 5.0 * sd,
+                    "p {p}: {dropped} of {n}"
+                );
+                let keep = 1.0 / (1.0 - p);
+                assert!(m.iter().all(|&v| v == 0.0 || v == keep));
+            }
+            assert_ne!(masks[0], masks[1], "layers draw independently");
+        }
+        // other steps and seeds draw other masks; the same key the same ones
+        let c = RnnConfig::new(3, 8, 2).num_layers(2).dropout(0.5);
+        let at = |seed, step| dropout_masks(&c, 20, dropout_key(seed, step));
+        assert_eq!(at(1, 1), at(1, 1));
+        assert_ne!(at(1, 1), at(1, 2));
+        assert_ne!(at(1, 1), at(2, 1));
+    }
 }

@@ -112,6 +112,7 @@ impl Dataset {
         self.inputs.is_empty()
     }
 
+    /// The sequences, one `[len, features]` array each.
     pub fn inputs(&self) -> &[Array2<f32>] {
         &self.inputs
     }
@@ -121,10 +122,12 @@ impl Dataset {
         &self.labels
     }
 
+    /// The class names, in label order.
     pub fn class_names(&self) -> &[String] {
         &self.class_names
     }
 
+    /// Number of classes.
     pub fn num_classes(&self) -> usize {
         self.class_names.len()
     }
@@ -167,6 +170,7 @@ impl Dataset {
 /// of a (training) dataset; applying it maps each feature to `(x - mean) / std`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Standardizer {
+    /// Per-feature mean of the training data.
     pub mean: Array1<f32>,
     /// Population standard deviation; a feature that is constant gets 1 so that it maps
     /// to 0 instead of dividing by zero.

@@ -4,6 +4,8 @@
 use super::kernels::{Kernels, ShaderChecks};
 use crate::{Error, Result};
 
+/// One adapter's device and queue with every pipeline compiled: built once per
+/// [`crate::Device`] and shared by its models.
 pub struct GpuContext {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
@@ -90,6 +92,7 @@ fn list_or_none(seen: &[String]) -> String {
 }
 
 impl GpuContext {
+    /// The best adapter by wgpu's environment conventions, its device and the pipelines.
     pub fn new() -> Result<Self> {
         let instance = new_instance();
         let adapter = choose_adapter(&instance)?;
@@ -118,10 +121,17 @@ impl GpuContext {
         })
     }
 
+    /// The kernels of `cell`, compiled on first use.
+    pub(crate) fn cell_kernels(&self, cell: crate::Cell) -> Result<&super::kernels::CellKernels> {
+        self.kernels.cell(&self.device, cell)
+    }
+
+    /// The adapter in one line: name, kind and backend.
     pub fn describe(&self) -> String {
         format!("GPU {}", describe_adapter(&self.info))
     }
 
+    /// What wgpu says about the adapter.
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.info
     }

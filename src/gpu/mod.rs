@@ -4,17 +4,24 @@
 //! update — is recorded into one command buffer and submitted once. Parameters and
 //! optimizer state stay on the device; only the loss comes back each step.
 //!
-//! `context` picks the adapter and compiles the pipelines (`kernels`); `recorder` turns a
-//! list of dispatches into one submission; `gemm` plans each matrix product (tiling, K
-//! splits) from its shape; `model` records a model's forward pass and training step
-//! under the chosen [`TimeLoop`].
+//! `context` picks the adapter and compiles the pipelines (`kernels`; each cell's time-loop
+//! kernels on first use); `recorder` turns a list of dispatches into one submission;
+//! `gemm` plans each matrix product (tiling, K splits) from its shape and describes one
+//! (`Product`: its operands as blocks of buffers, bias and epilogue); `buffers` holds
+//! the parameter layout, the work buffers and what is uploaded per batch; `time_loop` is
+//! how one layer walks its steps, forward and backward, for every cell, direction and
+//! [`TimeLoop`] (the cells' element-wise math is `shaders/cell_common.wgsl`); `model`
+//! records a model's passes around it: input projections, readout and loss, weight
+//! gradients, the update.
 
+mod buffers;
 mod context;
 mod gemm;
 mod kernels;
 mod model;
 mod recorder;
 pub mod shaders;
+mod time_loop;
 
 pub use context::{describe_adapter, list_adapters, GpuContext};
 pub use gemm::{GemmPlan, ResidentProduct, Tile};

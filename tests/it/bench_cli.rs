@@ -1,5 +1,6 @@
-//! The `bench` subcommand of the built binary: JSON lines for training steps and for
-//! matrix products, and a clean failure on a bad shape.
+//! The `bench` and `devices` subcommands of the built binary: JSON lines for training
+//! steps and for matrix products, a clean failure on a bad shape, and a quiet adapter
+//! probe.
 
 use crate::common;
 
@@ -28,12 +29,58 @@ fn training_steps_on_the_cpu() {
         for field in [
             "\"config\": \"latency\"",
             "\"time_loop\": \"Auto\"",
+            "\"cell\": \"tanh\"",
             "\"train_step_ms\": ",
             "\"gflops\": ",
         ] {
             assert!(line.contains(field), "{line} lacks {field}");
         }
     }
+}
+
+#[test]
+fn each_line_records_the_cell() {
+    let out = unfold(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--configs",
+        "latency",
+        "--reps",
+        "1",
+        "--cell",
+        "lstm",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines = json_lines(&text);
+    assert_eq!(lines.len(), 2, "fixed and variable length: {text}");
+    for line in lines {
+        assert!(line.contains("\"cell\": \"lstm\""), "{line}");
+        let row: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        assert_eq!(row["cell"], "lstm");
+    }
+    let out = unfold(&["bench", "--device", "cpu", "--cell", "elman"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("elman"), "{}", stderr(&out));
+}
+
+#[test]
+fn devices_lists_adapters_without_window_system_noise() {
+    // where XDG_RUNTIME_DIR is unset, Mesa's Vulkan device-select layer probing for a
+    // Wayland display used to print an error per Vulkan instance
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_unfold"))
+        .arg("devices")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .expect("the unfold binary runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("auto picks: "), "{}", stdout(&out));
+    assert!(
+        !stderr(&out).contains("XDG_RUNTIME_DIR"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

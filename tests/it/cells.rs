@@ -6,53 +6,15 @@
 use crate::common;
 
 use common::{assert_close, random_batch};
+use unfold::internals::cpu;
 use unfold::ndarray::{s, Array2, Array3};
 use unfold::rng::SplitMix64;
 use unfold::{
-    cpu, Cell, Device, Error, Head, Optimizer, Rnn, RnnConfig, RnnParams, RnnState, SequenceBatch,
+    Cell, Device, Error, Head, Optimizer, Rnn, RnnConfig, RnnParams, RnnState, SequenceBatch,
     Targets,
 };
 
-const EPS: f64 = 1e-5;
-const TOL: f64 = 1e-6;
-const FLOOR: f64 = 1e-3;
-
-/// Checks every scalar of `grads` against central differences of `loss`; returns the
-/// largest relative error.
-fn check_every_scalar(
-    what: &str,
-    p: &RnnParams<f64>,
-    grads: &RnnParams<f64>,
-    loss: impl Fn(&RnnParams<f64>) -> f64,
-) -> f64 {
-    let names: Vec<String> = p
-        .tensors()
-        .into_iter()
-        .flat_map(|(name, t)| (0..t.len()).map(move |i| format!("{name}[{i}]")))
-        .collect();
-    let (theta, analytic) = (p.to_flat(), grads.to_flat());
-    let (mut probe, mut shifted) = (p.clone(), theta.clone());
-    let mut worst: f64 = 0.0;
-    for i in 0..theta.len() {
-        shifted[i] = theta[i] + EPS;
-        probe.assign_flat(&shifted);
-        let up = loss(&probe);
-        shifted[i] = theta[i] - EPS;
-        probe.assign_flat(&shifted);
-        let down = loss(&probe);
-        shifted[i] = theta[i];
-        let numeric = (up - down) / (2.0 * EPS);
-        let a = analytic[i];
-        let rel = (a - numeric).abs() / a.abs().max(numeric.abs()).max(FLOOR);
-        assert!(
-            rel <= TOL,
-            "{what}: d loss / d {} analytic {a:.12e} numeric {numeric:.12e} ({rel:.2e})",
-            names[i]
-        );
-        worst = worst.max(rel);
-    }
-    worst
-}
+use common::check_every_scalar;
 
 /// Every recurrent tensor's gradient carries signal, so a check is not vacuous.
 fn assert_recurrent_grads_nonzero(what: &str, g: &RnnParams<f64>) {
@@ -89,7 +51,7 @@ fn every_cell_and_direction_matches_finite_differences() {
             let (loss, grads) = cpu::loss_and_gradients::<f64>(&c, &p, &batch);
             assert!(loss.is_finite());
             let what = format!("{cell} L{layers} bidirectional {bidirectional} {head:?}");
-            let worst = check_every_scalar(&what, &p, &grads, |q| cpu::loss(&c, q, &batch));
+            let (worst, _) = check_every_scalar(&what, &p, &grads, |q| cpu::loss(&c, q, &batch));
             assert_recurrent_grads_nonzero(&what, &grads);
             eprintln!("{what}: max relative error {worst:.2e}");
         }
@@ -523,4 +485,40 @@ fn checkpoints_of_every_cell_and_direction_round_trip_and_refuse_another_cell() 
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert!(file.names().iter().all(|n| !n.starts_with("out.")));
     assert_eq!(RnnParams::load_for(&enc, &path).unwrap(), p);
+}
+
+/// An optimizer's state belongs to the parameters it first updated: another model with
+/// as many parameters but other shapes is refused, changing nothing, on every device.
+#[test]
+fn optimizer_state_is_matched_by_name_and_shape() {
+    for device in common::devices() {
+        let (a, b) = (RnnConfig::new(3, 4, 2), RnnConfig::new(5, 3, 4));
+        assert_eq!(a.num_params(), b.num_params(), "same count, other shapes");
+        let batch_a = random_batch(&a, &[3, 2], false, 1);
+        let batch_b = random_batch(&b, &[3, 2], false, 1);
+        let mut rnn_a = Rnn::new(a.clone(), RnnParams::init(&a, 1), &device).unwrap();
+        let mut rnn_b = Rnn::new(b.clone(), RnnParams::init(&b, 1), &device).unwrap();
+        let mut adam = Optimizer::adam(0.01);
+        rnn_a.train_step(&batch_a, &mut adam).unwrap();
+        let before = (rnn_b.params().unwrap(), adam.export_state().unwrap());
+        let err = rnn_b.train_step(&batch_b, &mut adam).unwrap_err();
+        assert!(matches!(err, Error::OptimizerMismatch(_)), "{err}");
+        assert!(err.to_string().contains("rnn.weight_ih_l0"), "{err}");
+        let (grads, _) = (rnn_b.loss_and_gradients(&batch_b).unwrap().1, ());
+        assert!(matches!(
+            rnn_b.apply_gradients(&grads, &mut adam),
+            Err(Error::OptimizerMismatch(_))
+        ));
+        assert_eq!(
+            (rnn_b.params().unwrap(), adam.export_state().unwrap()),
+            before
+        );
+        // the exported state carries the layout, so an import refuses the other model too
+        let mut imported = Optimizer::adam(0.01);
+        imported
+            .import_state(adam.export_state().unwrap().unwrap())
+            .unwrap();
+        assert!(rnn_b.train_step(&batch_b, &mut imported).is_err());
+        rnn_a.train_step(&batch_a, &mut imported).unwrap();
+    }
 }

@@ -55,6 +55,35 @@ fn classify_smoke_run_on_the_bundled_data() {
 }
 
 #[test]
+fn classify_with_a_bidirectional_gru_on_the_cpu() {
+    let out = unfold(&[
+        "classify",
+        "--cell",
+        "gru",
+        "--bidirectional",
+        "--layers",
+        "2",
+        "--dropout",
+        "0.1",
+        "--hidden",
+        "8",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "model: 2 bidirectional layer(s) of 8 gru units, dropout 0.1 between layers, last-step head"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("test accuracy: "), "{text}");
+}
+
+#[test]
 fn classify_reads_given_files_and_reports_their_errors() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/JapaneseVowels");
     let train = dir.join("JapaneseVowels_TRAIN.ts");
@@ -140,6 +169,8 @@ fn classify_refuses_bad_settings_without_panicking() {
         (&["--lr=-1"][..], "learning rate"),
         (&["--clip=-1"][..], "clip"),
         (&["--lr", "nan"][..], "learning rate"),
+        (&["--dropout", "1"][..], "dropout"),
+        (&["--cell", "elman"][..], "elman"),
     ] {
         let mut all = vec!["classify", "--epochs", "1", "--device", "cpu"];
         all.extend_from_slice(args);
@@ -153,7 +184,9 @@ fn classify_refuses_bad_settings_without_panicking() {
 
 #[test]
 fn verify_refuses_unknown_configs_and_tolerances() {
-    assert_clean_failure(&unfold(&["verify", "--config", "huge"]), "--config");
+    let out = unfold(&["verify", "--config", "huge"]);
+    assert_clean_failure(&out, "--config");
+    assert!(stderr(&out).contains("lstm, gru"), "{}", stderr(&out));
     assert_clean_failure(&unfold(&["verify", "--tolerance=-1"]), "--tolerance");
 }
 

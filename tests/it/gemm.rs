@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use unfold::gpu::{GemmPlan, ResidentProduct, Tile};
+use unfold::internals::gpu::{GemmPlan, ResidentProduct, Tile};
 use unfold::ndarray::Array2;
 use unfold::rng::SplitMix64;
 use unfold::{Device, Error};

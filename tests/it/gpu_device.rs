@@ -17,7 +17,7 @@ fn adapter_limits_give_a_clear_error() {
     let inputs = vec![Array2::zeros((1000, 1)); 40];
     let batch =
         SequenceBatch::new(inputs, Targets::Classes(vec![vec![0; 1000]; 40])).expect("batch");
-    let limit = unfold::gpu::max_storage_binding(&gpu).expect("gpu device");
+    let limit = unfold::internals::gpu::max_storage_binding(&gpu).expect("gpu device");
     match rnn.forward(&batch) {
         Err(Error::ExceedsDeviceLimit {
             needed, limit: l, ..

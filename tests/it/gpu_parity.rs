@@ -6,8 +6,9 @@
 
 use crate::common;
 
+use unfold::internals::TimeLoop;
 use unfold::rng::SplitMix64;
-use unfold::{Device, Optimizer, Rnn, RnnConfig, SequenceBatch, TimeLoop};
+use unfold::{Device, Optimizer, Rnn, RnnConfig, SequenceBatch};
 
 const TOL: f64 = 1e-4;
 

@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 
 #[test]
 fn every_shader_validates() {
-    for (name, source) in unfold::gpu::shaders::ALL {
-        if let Err(e) = unfold::gpu::shaders::validate(name, source) {
+    for (name, source) in unfold::internals::gpu::shaders::ALL {
+        if let Err(e) = unfold::internals::gpu::shaders::validate(name, source) {
             panic!("{e}");
         }
     }
@@ -19,7 +19,7 @@ fn every_file_in_shaders_is_registered() {
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .filter(|n| n.ends_with(".wgsl"))
             .collect();
-    let registered: BTreeSet<String> = unfold::gpu::shaders::ALL
+    let registered: BTreeSet<String> = unfold::internals::gpu::shaders::ALL
         .iter()
         .map(|(n, _)| n.to_string())
         .collect();
@@ -29,6 +29,7 @@ fn every_file_in_shaders_is_registered() {
 #[test]
 fn a_broken_shader_is_reported() {
     let err =
-        unfold::gpu::shaders::validate("broken.wgsl", "fn f() -> f32 { return 1u; }").unwrap_err();
+        unfold::internals::gpu::shaders::validate("broken.wgsl", "fn f() -> f32 { return 1u; }")
+            .unwrap_err();
     assert!(err.contains("broken.wgsl"), "{err}");
 }

@@ -4,11 +4,10 @@
 
 use crate::common;
 
+use unfold::internals::{cpu, TimeLoop};
 use unfold::ndarray::{s, Array2, Array3};
 use unfold::rng::SplitMix64;
-use unfold::{
-    cpu, Device, Error, Optimizer, Rnn, RnnConfig, RnnState, SequenceBatch, Targets, TimeLoop,
-};
+use unfold::{Device, Error, Optimizer, Rnn, RnnConfig, RnnState, SequenceBatch, Targets};
 
 const VOCAB: usize = 7;
 
@@ -354,6 +353,7 @@ fn optimizer_state_round_trips() {
     let mut rnn = Rnn::new(config.clone(), params.clone(), &Device::cpu()).unwrap();
     let mut opt = Optimizer::adam(0.1);
     opt.import_state(unfold::OptimizerState {
+        layout: Vec::new(),
         steps: 2,
         m: vec![0.0; 3],
         v: vec![0.0; 3],

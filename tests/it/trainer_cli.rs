@@ -1,5 +1,5 @@
 //! The `train` and `sample` subcommands of the built binary, with tiny models on a small
-//! text: checkpoints, resuming, sampling, and every way a run can be refused.
+//! text: checkpoints, resuming, sampling, every cell, and every way a run can be refused.
 
 use crate::common;
 
@@ -116,8 +116,22 @@ fn resume_continues_exactly_where_the_run_stopped() {
     let dir = scratch("resume");
     let text = small_text(&dir);
     let (once, twice) = (dir.join("once"), dir.join("twice"));
-    train(&["--data", s(&text), "--out", s(&once), "--steps", "8"]);
-    train(&["--data", s(&text), "--out", s(&twice), "--steps", "5"]);
+    // a constant learning rate: a schedule spans each run's own budget
+    let constant = ["--schedule", "constant"];
+    train(
+        &[
+            &constant[..],
+            &["--data", s(&text), "--out", s(&once), "--steps", "8"],
+        ]
+        .concat(),
+    );
+    train(
+        &[
+            &constant[..],
+            &["--data", s(&text), "--out", s(&twice), "--steps", "5"],
+        ]
+        .concat(),
+    );
     let out = train(&["--resume", s(&twice), "--steps", "3"]);
     assert!(
         stdout(&out).contains("resuming at step 5"),
@@ -382,6 +396,11 @@ fn corrupt_or_mismatched_checkpoints_are_clear_errors() {
     assert_clean_failure(&out, "--hidden 32 does not fit the checkpoint");
     let out = resume(&good, &["--optimizer", "sgd"]);
     assert_clean_failure(&out, "--optimizer sgd does not fit the checkpoint");
+    let out = resume(&good, &["--cell", "lstm"]);
+    assert_clean_failure(
+        &out,
+        "--cell lstm does not fit the checkpoint, which was trained with --cell tanh",
+    );
 }
 
 #[test]
@@ -403,7 +422,7 @@ fn a_save_cut_short_falls_back_to_the_checkpoint_before_it() {
     bytes[at] ^= 0x40;
     std::fs::write(ck.join("model.safetensors"), &bytes).unwrap();
 
-    let out = unfold(&["sample", "--checkpoint", s(&ck), "--len", "5"]);
+    let out = unfold(&["sample", "--checkpoint", s(&ck), "--last", "--len", "5"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("using the checkpoint saved before it"),
@@ -482,4 +501,301 @@ fn ctrl_c_writes_a_last_checkpoint() {
     // and it resumes
     let out = train(&["--resume", s(&ck), "--steps", "1"]);
     assert!(stdout(&out).contains(&format!("resuming at step {step}")));
+}
+
+/// The tensor names in a safetensors file.
+fn tensor_names(path: &Path) -> Vec<String> {
+    let bytes = std::fs::read(path).expect("read a safetensors file");
+    let file = safetensors::SafeTensors::deserialize(&bytes).expect("a safetensors file");
+    let mut names: Vec<String> = file.names().into_iter().map(String::from).collect();
+    names.sort();
+    names
+}
+
+/// Rewrites `checkpoint.json` with `edit` applied (the record is not fingerprinted).
+fn edit_record(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut meta = record(dir);
+    edit(&mut meta);
+    std::fs::write(
+        dir.join("checkpoint.json"),
+        serde_json::to_vec_pretty(&meta).unwrap(),
+    )
+    .unwrap();
+}
+
+/// The fingerprint `checkpoint.json` records for a file.
+fn fingerprint_of(path: &Path) -> String {
+    format!(
+        "{:016x}",
+        unfold::text::fingerprint(&std::fs::read(path).unwrap())
+    )
+}
+
+#[test]
+fn an_lstm_trains_resumes_exactly_with_its_cell_state_and_samples() {
+    let dir = scratch("lstm");
+    let text = small_text(&dir);
+    let (once, twice) = (dir.join("once"), dir.join("twice"));
+    // two layers with dropout between them: the masks must also continue exactly
+    let lstm = [
+        "--cell",
+        "lstm",
+        "--layers",
+        "2",
+        "--dropout",
+        "0.25",
+        "--schedule",
+        "constant",
+    ];
+    let out = train(
+        &[
+            &lstm[..],
+            &["--data", s(&text), "--out", s(&once), "--steps", "6"],
+        ]
+        .concat(),
+    );
+    assert!(
+        stdout(&out).contains("model: 2 lstm layer(s) of 16 units, dropout 0.25 between layers"),
+        "{}",
+        stdout(&out)
+    );
+    train(
+        &[
+            &lstm[..],
+            &["--data", s(&text), "--out", s(&twice), "--steps", "4"],
+        ]
+        .concat(),
+    );
+    // the cell and dropout come from the checkpoint
+    let out = train(&["--resume", s(&twice), "--steps", "2"]);
+    assert!(
+        stdout(&out).contains("resuming at step 4"),
+        "{}",
+        stdout(&out)
+    );
+    let meta = record(&twice);
+    assert_eq!(meta["config"]["cell"], "lstm");
+    assert_eq!(meta["config"]["dropout"], 0.25);
+    assert_eq!(meta["progress"]["step"], 6);
+    // the streams carry (h, c), and the weights are an LSTM's
+    assert_eq!(
+        tensor_names(&twice.join("state.safetensors")),
+        [
+            "optimizer.m",
+            "optimizer.v",
+            "streams.cell",
+            "streams.hidden"
+        ]
+    );
+    let vocab = meta["vocabulary"].as_str().unwrap().chars().count();
+    let config = unfold::RnnConfig::new(vocab, 16, vocab)
+        .num_layers(2)
+        .cell(unfold::Cell::Lstm);
+    let params = unfold::RnnParams::load_for(&config, twice.join("model.safetensors")).unwrap();
+    assert_eq!(params.layers[0].w_hh.shape(), &[4 * 16, 16]);
+    for f in ["model.safetensors", "state.safetensors"] {
+        assert!(
+            std::fs::read(once.join(f)).unwrap() == std::fs::read(twice.join(f)).unwrap(),
+            "{f} differs between 6 steps and 4 + 2 resumed steps"
+        );
+    }
+
+    let out = unfold(&[
+        "sample",
+        "--checkpoint",
+        s(&twice),
+        "--prime",
+        "Anne",
+        "--len",
+        "30",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim_end_matches('\n').chars().count(), 4 + 30);
+
+    // another cell is refused, and the checkpoint stays as it was
+    let before = snapshot(&twice);
+    let out = unfold(&[
+        "train",
+        "--resume",
+        s(&twice),
+        "--steps",
+        "1",
+        "--cell",
+        "gru",
+    ]);
+    assert_clean_failure(
+        &out,
+        "--cell gru does not fit the checkpoint, which was trained with --cell lstm",
+    );
+    assert!(
+        snapshot(&twice) == before,
+        "a refused resume changed the checkpoint"
+    );
+}
+
+#[test]
+fn an_lstm_state_without_its_cell_state_is_refused() {
+    let dir = scratch("lstm_no_c");
+    let text = small_text(&dir);
+    let ck = dir.join("ck");
+    train(&[
+        "--data",
+        s(&text),
+        "--out",
+        s(&ck),
+        "--steps",
+        "2",
+        "--cell",
+        "lstm",
+    ]);
+    // the state file rewritten without streams.cell, its fingerprint updated to match
+    let path = ck.join("state.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = file
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| name != "streams.cell")
+        .collect();
+    std::fs::write(&path, safetensors::serialize(kept, None).unwrap()).unwrap();
+    let state = fingerprint_of(&path);
+    edit_record(&ck, |meta| meta["files"]["state"] = state.into());
+    // no earlier checkpoint to fall back to (every evaluation saves one: see previous/)
+    std::fs::remove_dir_all(ck.join("previous")).unwrap();
+    let out = unfold(&[
+        "train",
+        "--resume",
+        s(&ck),
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+    ]);
+    assert_clean_failure(
+        &out,
+        "holds streams.hidden but a lstm model carries streams.hidden and streams.cell",
+    );
+}
+
+#[test]
+fn a_checkpoint_from_before_cells_continues_as_tanh() {
+    let dir = scratch("before_cells");
+    let text = small_text(&dir);
+    let ck = dir.join("ck");
+    train(&["--data", s(&text), "--out", s(&ck), "--steps", "2"]);
+    // as the trainer wrote it before: no cell or dropout in the record, and the weights
+    // saved by `RnnParams::save`, which records no cell for an Elman model
+    let model = ck.join("model.safetensors");
+    unfold::RnnParams::load(&model)
+        .unwrap()
+        .save(&model)
+        .unwrap();
+    let fingerprint = fingerprint_of(&model);
+    edit_record(&ck, |meta| {
+        let config = meta["config"].as_object_mut().unwrap();
+        config.remove("cell");
+        config.remove("dropout");
+        meta["files"]["model"] = fingerprint.into();
+    });
+    let out = unfold(&["sample", "--checkpoint", s(&ck), "--len", "5"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = train(&["--resume", s(&ck), "--steps", "1"]);
+    assert!(
+        stdout(&out).contains("model: 1 tanh layer(s)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(record(&ck)["config"]["cell"], "tanh");
+    assert_eq!(record(&ck)["config"]["dropout"], 0.0);
+}
+
+#[test]
+fn the_best_checkpoint_is_kept_and_patience_stops_a_run_that_gets_worse() {
+    let dir = scratch("best");
+    let text = small_text(&dir);
+    let ck = dir.join("ck");
+    // a learning rate far too high: the held-out loss soon gets worse, and stays so
+    let out = train(&[
+        "--data",
+        s(&text),
+        "--out",
+        s(&ck),
+        "--steps",
+        "40",
+        "--eval-every",
+        "1",
+        "--lr",
+        "0.5",
+        "--patience",
+        "3",
+        "--schedule",
+        "constant",
+    ]);
+    let text_out = stdout(&out);
+    assert!(text_out.contains("stopping early"), "{text_out}");
+    let latest = record(&ck);
+    let best = record(&ck.join("best"));
+    let steps = latest["progress"]["step"].as_u64().unwrap();
+    assert!(steps < 40, "patience stopped the run ({steps} steps)");
+    // best/ holds the evaluation with the lowest held-out loss, three before the last
+    let losses: Vec<(u64, f64)> = latest["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["step"].as_u64().unwrap(),
+                p["held_out_loss"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let (best_step, best_loss) = losses
+        .iter()
+        .copied()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    assert_eq!(best["progress"]["step"].as_u64().unwrap(), best_step);
+    assert_eq!(steps, best_step + 3);
+    assert!(text_out
+        .lines()
+        .last()
+        .unwrap()
+        .contains(&format!("best {best_loss:.3}")));
+    // sample takes best/ unless told --last
+    let sampled = |extra: &[&str]| {
+        let args = [
+            &[
+                "sample",
+                "--checkpoint",
+                s(&ck),
+                "--len",
+                "30",
+                "--seed",
+                "3",
+            ][..],
+            extra,
+        ]
+        .concat();
+        let out = unfold(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let from_best = sampled(&[]);
+    assert_eq!(from_best, {
+        let out = unfold(&[
+            "sample",
+            "--checkpoint",
+            s(&ck.join("best")),
+            "--len",
+            "30",
+            "--seed",
+            "3",
+        ]);
+        stdout(&out)
+    });
+    assert_ne!(
+        from_best,
+        sampled(&["--last"]),
+        "the last weights are not the best ones"
+    );
 }

@@ -10,9 +10,10 @@
 use crate::common;
 
 use common::{assert_close, config, flat, params, random_batch};
+use unfold::internals::cpu;
 use unfold::ndarray::{s, Array2, Axis};
 use unfold::rng::SplitMix64;
-use unfold::{cpu, Cell, Device, Head, Rnn, RnnConfig, RnnParams, SequenceBatch, Targets};
+use unfold::{Cell, Device, Head, Rnn, RnnConfig, RnnParams, SequenceBatch, Targets};
 
 const LENGTHS: [usize; 4] = [3, 1, 4, 2];
 

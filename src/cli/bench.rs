@@ -1,0 +1,189 @@
+//! `unfold bench`: median training-step times on the anchor workloads, or matrix products
+//! alone, as JSON lines shaped like `scripts/torch_rnn_bench.py`'s.
+
+use super::options::{pick, CellChoice, DeviceChoice, TimeLoopChoice};
+use super::CliResult;
+use clap::Args;
+use std::process::ExitCode;
+use std::time::Instant;
+use unfold::internals::workloads::Workload;
+use unfold::internals::TimeLoop;
+use unfold::{Cell, Device, Optimizer, Rnn, RnnParams, SequenceBatch};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
+    /// Comma-separated: latency, small, ref, large.
+    #[arg(long, default_value = "latency,small,ref")]
+    configs: String,
+    /// The recurrent cell of the workloads.
+    #[arg(long, value_enum, default_value = "tanh")]
+    cell: CellChoice,
+    /// Timed steps per case (after 3 warm-up steps); the median is reported.
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+    /// Instead of training steps: matrix products alone, `MxNxK,…` (e.g.
+    /// 4096x4096x4096), with each GPU tiling, or ndarray's product on the CPU.
+    #[arg(long)]
+    matmul: Option<String>,
+    /// How the GPU path walks the steps (auto picks by hidden size and batch).
+    #[arg(long, value_enum, default_value = "auto")]
+    time_loop: TimeLoopChoice,
+}
+
+pub fn run(args: BenchArgs) -> CliResult<ExitCode> {
+    let device = pick(args.device)?;
+    let reps = args.reps.max(1);
+    match &args.matmul {
+        Some(shapes) => bench_matmul(&device, shapes, reps)?,
+        None => {
+            let cell = args.cell.into();
+            for name in args.configs.split(',') {
+                let w = workload(name)?;
+                for variable in [false, true] {
+                    bench_steps(&device, &w, cell, variable, reps, args.time_loop.into())?;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn workload(name: &str) -> unfold::Result<Workload> {
+    Workload::named(name.trim()).ok_or_else(|| unfold::Error::InvalidConfig {
+        what: "--configs",
+        expected: "a list of latency, small, ref, large",
+        got: name.to_string(),
+    })
+}
+
+/// One JSON line: the median time of `reps` training steps (after 3 warm-up steps) of
+/// workload `w` with `cell`, fixed or variable length.
+fn bench_steps(
+    device: &Device,
+    w: &Workload,
+    cell: Cell,
+    variable: bool,
+    reps: usize,
+    time_loop: TimeLoop,
+) -> unfold::Result<()> {
+    let batch = w.batch(variable, 0);
+    let config = w.config().cell(cell);
+    let mut rnn = Rnn::new(config.clone(), RnnParams::init(&config, 0), device)?;
+    rnn.set_time_loop(time_loop)?;
+    let mut sgd = Optimizer::sgd(0.01);
+    for _ in 0..3 {
+        rnn.train_step(&batch, &mut sgd)?;
+    }
+    let (mut times, mut host) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        rnn.train_step(&batch, &mut sgd)?;
+        times.push(t0.elapsed().as_secs_f64());
+        host.push(
+            rnn.last_step_profile()
+                .map_or(0.0, |(h, _)| h.as_secs_f64()),
+        );
+    }
+    let med = median(times);
+    let dispatches = rnn.last_step_profile().map_or(0, |(_, d)| d);
+    println!(
+        "{{\"impl\": \"unfold\", \"device\": {:?}, \"time_loop\": \"{time_loop:?}\", \"cell\": \"{cell}\", \"config\": {:?}, \"B\": {}, \"T\": {}, \"I\": {}, \"H\": {}, \"C\": {}, \"variable\": {variable}, \"train_step_ms\": {:.3}, \"tokens_per_s\": {:.0}, \"gflops\": {:.1}, \"host_record_ms\": {:.3}, \"dispatches\": {dispatches}}}",
+        device.describe(),
+        w.name,
+        w.batch,
+        w.steps,
+        w.input,
+        w.hidden,
+        w.classes,
+        med * 1e3,
+        batch.tokens() as f64 / med,
+        train_flops(w, cell, &batch) / med / 1e9,
+        median(host) * 1e3,
+    );
+    Ok(())
+}
+
+/// Floating-point operations of one training step: [`Workload::train_flops`], with each
+/// recurrent product `gates` times as wide for a gated cell (element-wise work not
+/// counted).
+fn train_flops(w: &Workload, cell: Cell, batch: &SequenceBatch) -> f64 {
+    let recurrent = w.input * w.hidden + w.hidden * w.hidden;
+    let per_token = cell.gates() * recurrent + w.hidden * w.classes;
+    // forward 2 flops per multiply-add; backward twice the forward
+    6.0 * (batch.tokens() * per_token) as f64
+}
+
+/// `unfold bench --matmul`: one JSON line per shape and tiling (median of `reps` runs after
+/// one warm-up run), the library's own choice first.
+fn bench_matmul(device: &Device, shapes: &str, reps: usize) -> unfold::Result<()> {
+    use unfold::internals::gpu::{GemmPlan, ResidentProduct, Tile};
+    use unfold::ndarray::{linalg::general_mat_mul, Array2};
+    for (m, n, k) in unfold::internals::workloads::parse_matmul_shapes(shapes)? {
+        let (a, b) = unfold::internals::workloads::matmul_operands(m, n, k);
+        let flops = 2.0 * (m * n * k) as f64;
+        let report = |plan: &str, seconds: f64| {
+            println!(
+                "{{\"impl\": \"unfold\", \"device\": {:?}, \"matmul\": \"{m}x{n}x{k}\", \"plan\": {plan:?}, \"ms\": {:.4}, \"tflops\": {:.3}}}",
+                device.describe(),
+                seconds * 1e3,
+                flops / seconds / 1e12
+            )
+        };
+        if !device.is_gpu() {
+            let mut c = Array2::<f32>::zeros((m, n));
+            let seconds = median_time(reps, || {
+                general_mat_mul(1.0, &a, &b, 0.0, &mut c);
+                Ok(())
+            })?;
+            report("ndarray", seconds);
+            continue;
+        }
+        // each tiling unsplit, and split 2, 4 and 8 ways where K is long enough for that
+        let split_counts: &[u32] = if k >= 512 { &[1, 2, 4, 8] } else { &[1] };
+        let forced = [Tile::Tile64, Tile::Tile128].into_iter().flat_map(|tile| {
+            split_counts
+                .iter()
+                .map(move |&splits| Some(GemmPlan { tile, splits }))
+        });
+        for plan in std::iter::once(None).chain(forced) {
+            let mut product =
+                ResidentProduct::new(device, a.view(), b.view(), (false, false), plan)?;
+            let chosen = product.plan();
+            let seconds = median_time(reps, || product.run(1))?;
+            let label = format!(
+                "{}{:?} splits {}",
+                if plan.is_none() { "auto: " } else { "" },
+                chosen.tile,
+                chosen.splits
+            );
+            report(&label, seconds);
+        }
+    }
+    Ok(())
+}
+
+/// The median of `values` (at least one).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The median time of `reps` runs of `run`, after warming up.
+fn median_time(reps: usize, mut run: impl FnMut() -> unfold::Result<()>) -> unfold::Result<f64> {
+    // warm up for a tenth of a second (at least one run): a GPU that sat idle while the
+    // host prepared the operands runs its first milliseconds at lower clocks
+    let warm = Instant::now();
+    run()?;
+    while warm.elapsed().as_secs_f64() < 0.1 {
+        run()?;
+    }
+    let times = (0..reps)
+        .map(|_| {
+            let t0 = Instant::now();
+            run().map(|_| t0.elapsed().as_secs_f64())
+        })
+        .collect::<unfold::Result<Vec<f64>>>()?;
+    Ok(median(times))
+}

@@ -1,0 +1,88 @@
+//! The `unfold` command line: one module per command, each with its clap-derived
+//! arguments and a `run` that returns the process's exit code.
+//!
+//! - `train` trains a character-level language model on a text file (by default the
+//!   bundled *Persuasion*), with checkpoints, samples and a loss plot (`train/`);
+//! - `sample` generates text from those checkpoints;
+//! - `classify` trains a sequence classifier on a UEA/UCR `.ts` dataset (by default the
+//!   bundled JapaneseVowels);
+//! - `bench` times training steps or matrix products, one JSON line each;
+//! - `devices` lists the adapters wgpu sees;
+//! - `verify` runs the same training steps on the CPU path and on the GPU and compares.
+//!
+//! The library never prints: what it has to say (such as why `Device::auto` fell back to
+//! the CPU path) comes back to these modules, which print it.
+
+mod bench;
+mod classify;
+mod devices;
+mod options;
+mod runtime_dir;
+mod sample;
+mod train;
+mod verify;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Errors of the command line: the library's, and the commands' own messages.
+pub type CliResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+#[derive(Parser)]
+#[command(
+    name = "unfold",
+    version,
+    about = "Recurrent neural networks trained by back-propagation through time, on the GPU (wgpu) or the CPU"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a character-level language model on a text file (by default the bundled
+    /// Persuasion by Jane Austen), with checkpoints, a loss plot and samples.
+    Train(train::TrainArgs),
+    /// Generate text from a checkpoint written by `train`.
+    Sample(sample::SampleArgs),
+    /// Time training steps on the anchor workloads (ARCHITECTURE.md); one JSON line per case.
+    Bench(bench::BenchArgs),
+    /// List the adapters wgpu sees and the one `--device auto` picks.
+    Devices,
+    /// Train a sequence classifier (last-step head) on a UEA/UCR `.ts` dataset and report
+    /// its test accuracy and confusion matrix. Without --train/--test: the bundled
+    /// JapaneseVowels dataset (speaker recognition, 12 features, 9 classes).
+    Classify(classify::ClassifyArgs),
+    /// Run the same training steps from the same weights on the CPU path and on the GPU
+    /// (`Device::gpu()`, honouring WGPU_ADAPTER_NAME) and compare losses, parameters, and
+    /// (from the CPU copy's parameters at each step) outputs and gradients; fails past
+    /// --tolerance.
+    Verify(verify::VerifyArgs),
+}
+
+/// Parses the command line, runs the command, and reports an error as `error: …` on
+/// stderr with a failing exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    // before any thread starts and before Vulkan is loaded
+    let _runtime_dir = runtime_dir::quiet_window_system_probe();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> CliResult<ExitCode> {
+    match command {
+        Command::Train(args) => train::run(args),
+        Command::Sample(args) => sample::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Devices => devices::run(),
+        Command::Classify(args) => classify::run(args),
+        Command::Verify(args) => verify::run(args),
+    }
+}

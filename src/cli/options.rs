@@ -1,0 +1,119 @@
+//! Choices shared by several commands: device, optimizer, cell, time loop.
+
+use clap::ValueEnum;
+use unfold::internals::TimeLoop;
+use unfold::{Cell, Device, Optimizer};
+
+/// `--device`.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+/// The device `choice` names. For `auto`, says on stderr which one it took and why.
+pub fn pick(choice: DeviceChoice) -> unfold::Result<Device> {
+    Ok(match choice {
+        DeviceChoice::Auto => pick_auto(),
+        DeviceChoice::Cpu => Device::cpu(),
+        DeviceChoice::Gpu => Device::gpu()?,
+    })
+}
+
+/// [`Device::auto`], saying on stderr which device it took (and why not the GPU).
+pub fn pick_auto() -> Device {
+    let (device, fallback) = Device::auto_with_reason();
+    match fallback {
+        Some(reason) => eprintln!("unfold: {reason}"),
+        None => eprintln!("unfold: using {}", device.describe()),
+    }
+    device
+}
+
+/// `--optimizer`.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OptimizerChoice {
+    Sgd,
+    /// SGD with momentum 0.9.
+    Momentum,
+    Adam,
+}
+
+impl OptimizerChoice {
+    /// The name on the command line (and in checkpoints).
+    pub fn name(self) -> String {
+        self.to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// An optimizer from the command line; a clip of 0 means no clipping. A weight decay
+/// makes Adam AdamW (decoupled); SGD and momentum do not take one.
+pub fn make_optimizer(
+    choice: OptimizerChoice,
+    lr: f32,
+    clip: f32,
+    weight_decay: f32,
+) -> Result<Optimizer, String> {
+    let optimizer = match choice {
+        OptimizerChoice::Adam => Optimizer::adamw(lr, weight_decay),
+        _ if weight_decay != 0.0 => {
+            return Err(format!(
+                "--weight-decay {weight_decay} needs --optimizer adam (AdamW's decoupled decay)"
+            ))
+        }
+        OptimizerChoice::Sgd => Optimizer::sgd(lr),
+        OptimizerChoice::Momentum => Optimizer::sgd_momentum(lr, 0.9),
+    };
+    Ok(if clip == 0.0 {
+        optimizer
+    } else {
+        optimizer.clip_grad_norm(clip)
+    })
+}
+
+/// `--cell`: the recurrent cell (see `unfold::Cell`).
+#[derive(Clone, Copy, ValueEnum)]
+pub enum CellChoice {
+    /// Elman, tanh (PyTorch's nn.RNN).
+    Tanh,
+    /// Elman, relu.
+    Relu,
+    /// Long short-term memory (nn.LSTM).
+    Lstm,
+    /// Gated recurrent unit (nn.GRU).
+    Gru,
+}
+
+impl From<CellChoice> for Cell {
+    fn from(choice: CellChoice) -> Cell {
+        match choice {
+            CellChoice::Tanh => Cell::Tanh,
+            CellChoice::Relu => Cell::Relu,
+            CellChoice::Lstm => Cell::Lstm,
+            CellChoice::Gru => Cell::Gru,
+        }
+    }
+}
+
+/// `--time-loop`: how the GPU path walks the steps (see `unfold::internals::TimeLoop`).
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TimeLoopChoice {
+    Auto,
+    PerStep,
+    Persistent,
+    TiledSteps,
+}
+
+impl From<TimeLoopChoice> for TimeLoop {
+    fn from(choice: TimeLoopChoice) -> Self {
+        match choice {
+            TimeLoopChoice::Auto => TimeLoop::Auto,
+            TimeLoopChoice::PerStep => TimeLoop::PerStep,
+            TimeLoopChoice::Persistent => TimeLoop::Persistent,
+            TimeLoopChoice::TiledSteps => TimeLoop::TiledSteps,
+        }
+    }
+}
