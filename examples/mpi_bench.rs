@@ -18,7 +18,7 @@ use std::time::Instant;
 use unfold::distributed::mpi::collective::SystemOperation;
 use unfold::distributed::mpi::traits::*;
 use unfold::distributed::{mpi, split_batch, DataParallel, Split};
-use unfold::workloads::Workload;
+use unfold::internals::workloads::Workload;
 use unfold::{Device, Optimizer, RnnParams};
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -20,7 +20,9 @@ if ! command -v mpirun >/dev/null; then
 fi
 
 echo "--- cargo build --features mpi --test mpi"
+# the test target's artifact (the `unfold` binary is built too, for the CLI tests)
 bin=$(cargo test --features mpi --test mpi --no-run --message-format=json \
+    | grep '"kind":\["test"\]' | grep '"name":"mpi"' \
     | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
 if [ -z "$bin" ]; then
     echo "could not find the mpi test binary" >&2

@@ -387,16 +387,31 @@ impl<C: Communicator> DataParallel<C> {
                 if differ.len() == 1 { "s" } else { "" }
             )));
         }
+        let layout = self.rnn.config().param_layout();
         let exported = if self.rank == 0 {
-            optimizer.export_state()
+            // a state tied to other parameters would be refused on rank 0 alone later
+            optimizer.export_state().and_then(|s| match s {
+                Some(s) if !s.layout.is_empty() && s.layout != layout => {
+                    Err(Error::OptimizerMismatch(
+                        "rank 0's optimizer state is for other parameters than this model's".into(),
+                    ))
+                }
+                s => Ok(s),
+            })
         } else {
             Ok(None)
         };
         let state = agree(&self.comm, exported, "could not read the optimizer's state")?;
-        // header: has state, steps, |m|, |v|
+        // header: has state, steps, |m|, |v|, whether it names its parameters
         let mut header = match &state {
-            Some(s) => [1u64, s.steps, s.m.len() as u64, s.v.len() as u64],
-            None => [0u64; 4],
+            Some(s) => [
+                1u64,
+                s.steps,
+                s.m.len() as u64,
+                s.v.len() as u64,
+                u64::from(!s.layout.is_empty()),
+            ],
+            None => [0u64; 5],
         };
         let root = self.comm.process_at_rank(0);
         root.broadcast_into(&mut header[..]);
@@ -404,6 +419,7 @@ impl<C: Communicator> DataParallel<C> {
             if self.rank != 0 {
                 optimizer.state = State::Fresh;
                 optimizer.steps = 0;
+                optimizer.untie();
             }
             return Ok(());
         }
@@ -421,6 +437,8 @@ impl<C: Communicator> DataParallel<C> {
             Ok(())
         } else {
             optimizer.import_state(OptimizerState {
+                // the same model on every rank (checked at the start)
+                layout: if header[4] != 0 { layout } else { Vec::new() },
                 steps: header[1],
                 m,
                 v,

@@ -180,7 +180,7 @@ impl Rnn {
                 let grads = cpu::backward(&self.config, params, batch, ws);
                 Ok((loss, grads))
             }
-            Backend::Gpu(g) => g.loss_and_gradients(&self.config, batch, initial),
+            Backend::Gpu(g) => g.loss_and_gradients(&self.config, batch, initial, None),
         }
     }
 
@@ -204,10 +204,7 @@ impl Rnn {
                 let grads = cpu::backward(&self.config, params, batch, ws);
                 Ok((loss, grads))
             }
-            Backend::Gpu(_) if dropout.is_some() => Err(Error::Unsupported(
-                "data-parallel training with dropout on the GPU: the GPU's gradient pass does not take a dropout seed yet; use Device::cpu()".into(),
-            )),
-            Backend::Gpu(g) => g.loss_and_gradients(&self.config, batch, None),
+            Backend::Gpu(g) => g.loss_and_gradients(&self.config, batch, None, dropout),
         }
     }
 

@@ -96,10 +96,10 @@ fn main() {
         ),
         (
             "dropout_ranks_stay_in_sync",
-            Box::new(|| dropout_in_sync(size)),
+            Box::new(|| dropout_in_sync(size, &Device::cpu())),
         ),
         (
-            "gpu_even_and_uneven_split_elman",
+            "gpu_even_and_uneven_split_elman_and_dropout",
             Box::new(|| match &gpu {
                 Err(why) if gpu_required() => Err(format!("UNFOLD_REQUIRE_GPU=1: {why}")),
                 Err(why) => Ok(format!("SKIPPED: {why}")),
@@ -108,7 +108,10 @@ fn main() {
                         matches_one_process(&Case::new(tanh(), Split::Contiguous, 8), device)?;
                     let uneven =
                         matches_one_process(&Case::new(tanh(), Split::Contiguous, 7), device)?;
-                    Ok(format!("even: {even}; uneven: {uneven}"))
+                    let dropout = dropout_in_sync(size, device)?;
+                    Ok(format!(
+                        "even: {even}; uneven: {uneven}; two layers with dropout: in sync {dropout}"
+                    ))
                 }
             }),
         ),
@@ -249,8 +252,13 @@ impl Case {
         let mut rng = SplitMix64::new(1000 + step as u64);
         let lengths: Vec<usize> = (0..self.sequences).map(|_| 1 + rng.below(12)).collect();
         if !self.tokens {
-            return unfold::workloads::random_batch(&self.config, &lengths, self.values, &mut rng)
-                .expect("valid batch");
+            return unfold::internals::workloads::random_batch(
+                &self.config,
+                &lengths,
+                self.values,
+                &mut rng,
+            )
+            .expect("valid batch");
         }
         let vocab = self.config.input_size;
         let ids: Vec<Vec<u32>> = lengths
@@ -364,11 +372,11 @@ fn relative(a: f32, b: f32) -> f32 {
 
 /// With dropout every rank draws its own masks: a single rank is exactly one process
 /// (rank 0 keeps the model's seed); with more, the copies must stay identical.
-fn dropout_in_sync(size: usize) -> Outcome {
+fn dropout_in_sync(size: usize, device: &Device) -> Outcome {
     let config = RnnConfig::new(4, 8, 5).num_layers(2).dropout(0.3);
     let case = Case::new(config, Split::Contiguous, 6);
     if size == 1 {
-        return matches_one_process(&case, &Device::cpu());
+        return matches_one_process(&case, device);
     }
     let world = SimpleCommunicator::world();
     let rank = world.rank() as usize;
@@ -376,7 +384,7 @@ fn dropout_in_sync(size: usize) -> Outcome {
         world,
         case.config.clone(),
         RnnParams::init(&case.config, 1),
-        &Device::cpu(),
+        device,
     )
     .map_err(|e| e.to_string())?;
     dp.set_dropout_seed(9);
@@ -453,7 +461,8 @@ fn non_finite_refused(rank: usize, size: usize) -> Outcome {
     let mut opt = Optimizer::adam(0.01);
     let mut rng = SplitMix64::new(5 + rank as u64);
     let mut shard = |huge: bool| {
-        let b = unfold::workloads::random_batch(&config, &[4, 3], true, &mut rng).unwrap();
+        let b =
+            unfold::internals::workloads::random_batch(&config, &[4, 3], true, &mut rng).unwrap();
         if !huge {
             return b;
         }
@@ -506,9 +515,13 @@ fn failed_rank(rank: usize, size: usize) -> Outcome {
     let mut opt = Optimizer::sgd(0.1);
     let mut rng = SplitMix64::new(11);
     let width = if rank == size - 1 { 4 } else { 3 };
-    let bad =
-        unfold::workloads::random_batch(&RnnConfig::new(width, 6, 2), &[2, 5], false, &mut rng)
-            .unwrap();
+    let bad = unfold::internals::workloads::random_batch(
+        &RnnConfig::new(width, 6, 2),
+        &[2, 5],
+        false,
+        &mut rng,
+    )
+    .unwrap();
     let before = dp.rnn().params().unwrap();
     match dp.train_step(Some(&bad), &mut opt) {
         Err(Error::Distributed(m)) => {
@@ -541,6 +554,7 @@ fn sync_optimizer(rank: usize) -> Outcome {
     .map_err(|e| e.to_string())?;
     let n = config.num_params();
     let state = OptimizerState {
+        layout: config.param_layout(),
         steps: 17,
         m: (0..n).map(|i| i as f32 * 1e-3).collect(),
         v: (0..n).map(|i| i as f32 * 1e-6).collect(),
@@ -568,7 +582,7 @@ fn sync_optimizer(rank: usize) -> Outcome {
     let mut odd = Optimizer::adam(if rank == 0 { 0.01 } else { 0.02 });
     match (dp.sync_optimizer(&mut odd), dp.size()) {
         (Ok(()), 1) => Ok(String::new()),
-        (Err(Error::Distributed(m)), _) if m.contains("disagrees with rank 0 on the optimizer") => {
+        (Err(Error::Distributed(m)), _) if m.contains("with rank 0 on the optimizer") => {
             Ok(format!("[{m}]"))
         }
         (r, _) => Err(format!("different learning rates: {r:?}")),
@@ -627,7 +641,8 @@ fn shards_partition() -> Outcome {
 fn select_keeps_everything() -> Outcome {
     let mut rng = SplitMix64::new(3);
     let config = RnnConfig::new(3, 4, 2);
-    let batch = unfold::workloads::random_batch(&config, &[3, 1, 2], true, &mut rng).unwrap();
+    let batch =
+        unfold::internals::workloads::random_batch(&config, &[3, 1, 2], true, &mut rng).unwrap();
     let sub = select(&batch, &[2, 0]).map_err(|e| e.to_string())?;
     let (Some(Targets::Values(a)), Some(Targets::Values(b))) = (sub.targets(), batch.targets())
     else {

@@ -986,17 +986,21 @@ impl GpuRnn {
         })
     }
 
+    /// The loss and every parameter's gradient, without an update; `dropout`: the seed
+    /// of a training pass's masks (the data-parallel step), `None` for no dropout.
     pub fn loss_and_gradients(
         &mut self,
         _config: &RnnConfig,
         batch: &SequenceBatch,
         initial: Option<&RnnState>,
+        dropout: Option<u64>,
     ) -> Result<(f32, RnnParams)> {
         self.ensure_work(batch)?;
         self.work()
-            .upload(&self.ctx, &self.config, batch, initial, None);
+            .upload(&self.ctx, &self.config, batch, initial, dropout);
         let pass = Pass {
             initial: initial.is_some(),
+            dropout: dropout.is_some(),
             ..Default::default()
         };
         let mut rec = Recorder::new(&self.ctx);
