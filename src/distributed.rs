@@ -56,7 +56,7 @@ use crate::optim::State;
 use crate::rng::SplitMix64;
 use crate::rnn::check_finite_step;
 use crate::{
-    Device, Error, Head, Optimizer, OptimizerState, Result, Rnn, RnnConfig, RnnParams,
+    Device, Error, Head, Optimizer, OptimizerState, Result, Rnn, RnnConfig, RnnParams, RnnState,
     SequenceBatch, Targets,
 };
 pub use mpi;
@@ -97,6 +97,8 @@ pub struct DataParallel<C: Communicator = SimpleCommunicator> {
     rnn: Rnn,
     rank: usize,
     size: usize,
+    /// The dropout seed as the caller gave it (each rank draws from its own mix of it).
+    dropout_seed: u64,
     /// Gradient scalars.
     n: usize,
     send: Vec<f32>,
@@ -193,6 +195,7 @@ impl<C: Communicator> DataParallel<C> {
             rnn,
             rank,
             size,
+            dropout_seed: 0x5eed,
             n,
             send: vec![0.0; n + TAIL],
             recv: vec![0.0; n + TAIL],
@@ -241,7 +244,23 @@ impl<C: Communicator> DataParallel<C> {
     /// single process would ([`Rnn::set_dropout_seed`]), every other rank from its own
     /// stream derived from `seed` and its rank, so that shards do not share masks.
     pub fn set_dropout_seed(&mut self, seed: u64) {
+        self.dropout_seed = seed;
         self.rnn.set_dropout_seed(rank_seed(seed, self.rank));
+    }
+
+    /// The dropout seed (as given to [`DataParallel::set_dropout_seed`]) and the number of
+    /// training passes that drew masks from it, the same on every rank: to save with a
+    /// checkpoint, as [`Rnn::dropout_state`].
+    pub fn dropout_state(&self) -> (u64, u64) {
+        (self.dropout_seed, self.rnn.dropout_state().1)
+    }
+
+    /// Continues the dropout masks of a saved [`DataParallel::dropout_state`] (each rank
+    /// its own stream, as [`DataParallel::set_dropout_seed`]).
+    pub fn restore_dropout_state(&mut self, (seed, step): (u64, u64)) {
+        self.dropout_seed = seed;
+        self.rnn
+            .restore_dropout_state((rank_seed(seed, self.rank), step));
     }
 
     /// Where the time of the last step went on this rank.
@@ -253,23 +272,78 @@ impl<C: Communicator> DataParallel<C> {
     /// batch (`None` when it has none this step), gradients summed over the ranks with
     /// one allreduce, then [`Rnn::apply_gradients`] on every rank. Returns the mean loss
     /// over the whole global batch before the update, the same on every rank. The
-    /// refusals are [`Rnn::train_step`]'s, on every rank at once; a rank whose own part
-    /// fails makes every rank return the same [`Error::Distributed`], and a step in which
-    /// no rank has a shard is refused the same way.
+    /// refusals are [`Rnn::train_step`]'s, on every rank at once (a refused step changes
+    /// nothing: parameters, optimizer, dropout stream); a rank whose own part fails makes
+    /// every rank return the same [`Error::Distributed`], and a step in which no rank has
+    /// a shard is refused the same way.
     pub fn train_step(
         &mut self,
         shard: Option<&SequenceBatch>,
         optimizer: &mut Optimizer,
     ) -> Result<f32> {
+        Ok(self.step(shard, None, false, optimizer)?.0)
+    }
+
+    /// [`DataParallel::train_step`] from an initial state of this rank's sequences
+    /// (`None`: zeros), returning the global mean loss and the final state of this rank's
+    /// sequences (computed with the parameters before the update; `None` without a
+    /// shard), to start its next chunk from: truncated back-propagation through time over
+    /// streams split across ranks, as [`Rnn::train_step_from`]. Not for bidirectional
+    /// models.
+    pub fn train_step_from(
+        &mut self,
+        shard: Option<&SequenceBatch>,
+        initial: Option<&RnnState>,
+        optimizer: &mut Optimizer,
+    ) -> Result<(f32, Option<RnnState>)> {
+        if self.rnn.config().bidirectional {
+            // the same on every rank (same model), so no rank waits for another
+            return Err(Error::Unsupported(
+                "truncated back-propagation through time (train_step_from) needs a unidirectional model: the reverse direction of a bidirectional one reads each whole sequence".into(),
+            ));
+        }
+        self.step(shard, initial, true, optimizer)
+    }
+
+    fn step(
+        &mut self,
+        shard: Option<&SequenceBatch>,
+        initial: Option<&RnnState>,
+        want_final: bool,
+        optimizer: &mut Optimizer,
+    ) -> Result<(f32, Option<RnnState>)> {
+        let dropout_before = self.rnn.dropout_state();
+        let result = self.run_step(shard, initial, want_final, optimizer);
+        if result.is_err() {
+            self.rnn.restore_dropout_state(dropout_before);
+        }
+        result
+    }
+
+    fn run_step(
+        &mut self,
+        shard: Option<&SequenceBatch>,
+        initial: Option<&RnnState>,
+        want_final: bool,
+        optimizer: &mut Optimizer,
+    ) -> Result<(f32, Option<RnnState>)> {
         let start = Instant::now();
         let n = self.n;
         let local = match shard {
             None => optimizer.validate().map(|()| None),
             Some(batch) => optimizer.validate().and_then(|()| {
-                let (loss, grads) = self.rnn.training_loss_and_gradients(batch)?;
-                Ok(Some((loss, grads, loss_terms(self.rnn.config(), batch))))
+                let (loss, grads, last) = self
+                    .rnn
+                    .training_loss_and_gradients(batch, initial, want_final)?;
+                Ok(Some((
+                    loss,
+                    grads,
+                    last,
+                    loss_terms(self.rnn.config(), batch),
+                )))
             }),
         };
+        let mut last = None;
         let computed = Instant::now();
 
         // n_r · g_r, n_r · L_r, n_r and the flags in one buffer
@@ -279,8 +353,9 @@ impl<C: Communicator> DataParallel<C> {
         let mut local_error = None;
         match local {
             Ok(None) => {}
-            Ok(Some((loss, grads, terms))) => {
+            Ok(Some((loss, grads, final_state, terms))) => {
                 local_terms = terms;
+                last = final_state;
                 let w = terms as f32;
                 let mut finite = loss.is_finite();
                 let mut at = 0;
@@ -368,7 +443,7 @@ impl<C: Communicator> DataParallel<C> {
         check_finite_step(loss, true)?;
         let applied = self.rnn.apply_gradients(&self.grads, optimizer);
         self.profile.update = update.elapsed();
-        applied.map(|()| loss)
+        applied.map(|()| (loss, last))
     }
 
     /// Gives every rank rank 0's optimizer state (collective): its step count and

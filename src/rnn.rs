@@ -180,31 +180,40 @@ impl Rnn {
                 let grads = cpu::backward(&self.config, params, batch, ws);
                 Ok((loss, grads))
             }
-            Backend::Gpu(g) => g.loss_and_gradients(&self.config, batch, initial, None),
+            Backend::Gpu(g) => g
+                .loss_and_gradients(&self.config, batch, initial, None, false)
+                .map(|(loss, grads, _)| (loss, grads)),
         }
     }
 
-    /// The loss and gradients of a training pass, as [`Rnn::train_step`] computes them
-    /// before its update: with dropout between layers (if configured), its seed drawn
-    /// from the model's stream as a training step draws it. For the data-parallel wrapper
-    /// (`distributed`), which applies the averaged gradients with
-    /// [`Rnn::apply_gradients`].
+    /// The loss and gradients of a training pass, as [`Rnn::train_step`] and
+    /// [`Rnn::train_step_from`] compute them before their update: from `initial` (`None`:
+    /// zeros), with dropout between layers (if configured) drawn from the model's stream
+    /// as a training step draws it, and with `want_final` each sequence's final state. For
+    /// the data-parallel wrapper (`distributed`), which applies the averaged gradients
+    /// with [`Rnn::apply_gradients`] (and puts the dropout stream back, with
+    /// [`Rnn::restore_dropout_state`], when the step is refused).
     #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn training_loss_and_gradients(
         &mut self,
         batch: &SequenceBatch,
-    ) -> Result<(f32, RnnParams)> {
+        initial: Option<&RnnState>,
+        want_final: bool,
+    ) -> Result<(f32, RnnParams, Option<RnnState>)> {
         self.check_head("train_step")?;
-        self.check(batch, None)?;
+        self.check(batch, initial)?;
         batch.require_targets("train_step")?;
         let dropout = self.draw_dropout();
         match &mut self.backend {
             Backend::Cpu { params, ws } => {
-                let loss = cpu::forward(&self.config, params, batch, None, dropout, ws);
+                let loss = cpu::forward(&self.config, params, batch, initial, dropout, ws);
                 let grads = cpu::backward(&self.config, params, batch, ws);
-                Ok((loss, grads))
+                let last = want_final.then(|| cpu::final_state(&self.config, batch, ws));
+                Ok((loss, grads, last))
             }
-            Backend::Gpu(g) => g.loss_and_gradients(&self.config, batch, None, dropout),
+            Backend::Gpu(g) => {
+                g.loss_and_gradients(&self.config, batch, initial, dropout, want_final)
+            }
         }
     }
 

@@ -14,6 +14,7 @@ use unfold::distributed::mpi::traits::*;
 use unfold::distributed::{
     local_rank, mpi, select, shard_indices, shard_range, split_batch, DataParallel, Split,
 };
+use unfold::ndarray::{s, Array3};
 use unfold::rng::SplitMix64;
 use unfold::{
     Cell, Device, Error, Head, Optimizer, OptimizerState, Rnn, RnnConfig, RnnParams, SequenceBatch,
@@ -95,6 +96,10 @@ fn main() {
             }),
         ),
         (
+            "carried_state_streams_lstm_two_layers",
+            Box::new(|| carried_state_matches(Cell::Lstm, &Device::cpu())),
+        ),
+        (
             "dropout_ranks_stay_in_sync",
             Box::new(|| dropout_in_sync(size, &Device::cpu())),
         ),
@@ -109,8 +114,9 @@ fn main() {
                     let uneven =
                         matches_one_process(&Case::new(tanh(), Split::Contiguous, 7), device)?;
                     let dropout = dropout_in_sync(size, device)?;
+                    let carried = carried_state_matches(Cell::Tanh, device)?;
                     Ok(format!(
-                        "even: {even}; uneven: {uneven}; two layers with dropout: in sync {dropout}"
+                        "even: {even}; uneven: {uneven}; two layers with dropout: in sync {dropout}; carried state: {carried}"
                     ))
                 }
             }),
@@ -447,9 +453,10 @@ fn fingerprint_mismatch(rank: usize, size: usize) -> Outcome {
 }
 
 /// A shard with an overflowing loss on the last rank: every rank refuses the step with
-/// `NonFinite`, and nothing changes anywhere (parameters, optimizer); the next step runs.
+/// `NonFinite`, and nothing changes anywhere (parameters, optimizer, dropout stream); the next step runs.
 fn non_finite_refused(rank: usize, size: usize) -> Outcome {
-    let config = RnnConfig::new(3, 6, 2);
+    // two layers with dropout: a refused step also leaves the dropout stream as it was
+    let config = RnnConfig::new(3, 6, 2).num_layers(2).dropout(0.2);
     let world = SimpleCommunicator::world();
     let mut dp = DataParallel::new(
         world,
@@ -476,6 +483,7 @@ fn non_finite_refused(rank: usize, size: usize) -> Outcome {
         .map_err(|e| e.to_string())?;
     let before = dp.rnn().params().unwrap();
     let state = opt.export_state().unwrap();
+    let dropout = dp.dropout_state();
     let bad = shard(rank == size - 1);
     match dp.train_step(Some(&bad), &mut opt) {
         Err(Error::NonFinite { detail, .. }) => {
@@ -485,8 +493,14 @@ fn non_finite_refused(rank: usize, size: usize) -> Outcome {
                     size - 1
                 ));
             }
-            if dp.rnn().params().unwrap() != before || opt.export_state().unwrap() != state {
-                return Err("a refused step changed the parameters or the optimizer".into());
+            if dp.rnn().params().unwrap() != before
+                || opt.export_state().unwrap() != state
+                || dp.dropout_state() != dropout
+            {
+                return Err(
+                    "a refused step changed the parameters, the optimizer or the dropout stream"
+                        .into(),
+                );
             }
             dp.train_step(Some(&shard(false)), &mut opt)
                 .map_err(|e| e.to_string())?;
@@ -657,4 +671,91 @@ fn select_keeps_everything() -> Outcome {
         return Err("tokens not kept".into());
     }
     Ok(String::new())
+}
+
+/// Truncated back-propagation through time over token streams split across ranks, as the
+/// `train` command runs it: each rank carries its own streams' state from chunk to chunk
+/// (`train_step_from`), and losses, carried states and final parameters match one
+/// process carrying every stream.
+fn carried_state_matches(cell: Cell, device: &Device) -> Outcome {
+    let world = SimpleCommunicator::world();
+    let (rank, size) = (world.rank() as usize, world.size() as usize);
+    let (vocab, streams, chunk) = (9, 5, 6);
+    let config = RnnConfig::new(vocab, 7, vocab).cell(cell).num_layers(2);
+    let params = RnnParams::init(&config, 5);
+    let err = |what: &str, e: Error| format!("{what}: {e}");
+    let mut one =
+        Rnn::new(config.clone(), params.clone(), device).map_err(|e| err("Rnn::new", e))?;
+    let mut dp = DataParallel::new(world, config.clone(), params, device)
+        .map_err(|e| err("DataParallel::new", e))?;
+    let optimizer = || Optimizer::adam(0.02).clip_grad_norm(0.3);
+    let (mut opt_one, mut opt_dp) = (optimizer(), optimizer());
+    let mine = shard_range(streams, rank, size);
+    let indices: Vec<usize> = mine.clone().collect();
+    let (mut carried_one, mut carried_dp): (Option<unfold::RnnState>, Option<unfold::RnnState>) =
+        (None, None);
+    let (mut worst_loss, mut worst_state) = (0f32, 0f32);
+    for step in 0..STEPS {
+        let mut rng = SplitMix64::new(77 + step as u64);
+        let ids: Vec<Vec<u32>> = (0..streams)
+            .map(|_| (0..chunk).map(|_| rng.below(vocab) as u32).collect())
+            .collect();
+        let targets = ids
+            .iter()
+            .map(|s| s.iter().map(|&t| (t * 2 + 1) % vocab as u32).collect())
+            .collect();
+        let batch = SequenceBatch::from_tokens(ids, vocab, Targets::Classes(targets))
+            .map_err(|e| err("batch", e))?;
+        let (expected, state_one) = one
+            .train_step_from(&batch, carried_one.as_ref(), &mut opt_one)
+            .map_err(|e| err("one process", e))?;
+        let shard = if indices.is_empty() {
+            None
+        } else {
+            Some(select(&batch, &indices).map_err(|e| err("select", e))?)
+        };
+        let (got, state_dp) = dp
+            .train_step_from(shard.as_ref(), carried_dp.as_ref(), &mut opt_dp)
+            .map_err(|e| err(&format!("data-parallel step {step}"), e))?;
+        let rel = relative(got, expected);
+        worst_loss = worst_loss.max(rel);
+        if rel > TOLERANCE {
+            return Err(format!(
+                "step {step}: loss {got} against {expected} ({rel:.1e})"
+            ));
+        }
+        if let Some(state) = &state_dp {
+            let pairs = [
+                (Some(&state.h), Some(&state_one.h)),
+                (state.c.as_ref(), state_one.c.as_ref()),
+            ];
+            for (a, b) in pairs {
+                let (Some(a), Some(b)) = (a, b) else { continue };
+                let b: Array3<f32> = b.slice(s![.., mine.clone(), ..]).to_owned();
+                let diff = (a - &b).fold(0f32, |m, x| m.max(x.abs()));
+                worst_state = worst_state.max(diff);
+                if diff > 1e-4 {
+                    return Err(format!("step {step}: carried state differs by {diff:.2e}"));
+                }
+            }
+        }
+        carried_one = Some(state_one);
+        carried_dp = state_dp;
+    }
+    let a = dp.rnn().params().map_err(|e| err("params", e))?.to_flat();
+    let b = one.params().map_err(|e| err("params", e))?.to_flat();
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    if diff > TOLERANCE * scale {
+        return Err(format!(
+            "final parameters differ by {diff:.2e} (largest {scale:.3})"
+        ));
+    }
+    Ok(format!(
+        "[streams {mine:?} of {streams}; worst loss rel. {worst_loss:.1e}, carried state abs. {worst_state:.1e}, params rel. {:.1e}]",
+        diff / scale
+    ))
 }

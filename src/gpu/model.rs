@@ -987,14 +987,17 @@ impl GpuRnn {
     }
 
     /// The loss and every parameter's gradient, without an update; `dropout`: the seed
-    /// of a training pass's masks (the data-parallel step), `None` for no dropout.
+    /// of a training pass's masks (the data-parallel step), `None` for no dropout; with
+    /// `want_final`, also each sequence's final state, in the same read-back.
     pub fn loss_and_gradients(
         &mut self,
         _config: &RnnConfig,
         batch: &SequenceBatch,
         initial: Option<&RnnState>,
         dropout: Option<u64>,
-    ) -> Result<(f32, RnnParams)> {
+        want_final: bool,
+    ) -> Result<(f32, RnnParams, Option<RnnState>)> {
+        let p = batch.packing();
         self.ensure_work(batch)?;
         self.work()
             .upload(&self.ctx, &self.config, batch, initial, dropout);
@@ -1006,16 +1009,25 @@ impl GpuRnn {
         let mut rec = Recorder::new(&self.ctx);
         self.record_layers(&mut rec, batch, pass);
         self.record_head(&mut rec, batch);
-        self.record_head_backward(&mut rec, batch.packing());
+        if want_final {
+            self.record_final_states(&mut rec, p);
+        }
+        self.record_head_backward(&mut rec, p);
         self.record_layers_backward(&mut rec, batch, pass);
         self.submit(rec)?;
+        let finals = if want_final { self.finals_len(p) } else { 0 };
         let data = read_back(
             &self.ctx,
-            &[(&self.scalars, 0, 1), (&self.grads, 0, self.layout.len)],
+            &[
+                (&self.scalars, 0, 1),
+                (&self.grads, 0, self.layout.len),
+                (&self.work().finals, 0, finals),
+            ],
         )?;
         let mut grads = RnnParams::zeros(&self.config);
         grads.assign_flat(&data[1]);
-        Ok((data[0][0], grads))
+        let last = want_final.then(|| self.unpack_final_states(p, &data[2]));
+        Ok((data[0][0], grads, last))
     }
 
     /// One training step in one submission; with `want_final`, also each sequence's
