@@ -21,6 +21,10 @@
 //!   the global one. A non-finite loss or gradient on any rank makes the summed buffer
 //!   non-finite on every rank, so every rank refuses the step ([`Error::NonFinite`]) and
 //!   nothing changes anywhere.
+//! - **Streams and dropout.** [`DataParallel::train_step_from`] carries each rank's own
+//!   sequences' state from chunk to chunk (truncated back-propagation through time over
+//!   streams split across ranks). Each rank draws its dropout masks from its own stream,
+//!   rank 0 from the one a single process would use.
 //! - **Faults.** A rank whose own part fails (a shard that does not fit the model, a GPU
 //!   error) still takes part in the allreduce, with a flag; every rank then returns the
 //!   same [`Error::Distributed`] carrying each failed rank's message, instead of the
