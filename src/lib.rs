@@ -43,6 +43,7 @@ mod optim;
 mod real;
 pub mod rng;
 mod rnn;
+mod split;
 pub mod text;
 
 pub use ndarray;
