@@ -45,6 +45,7 @@ mod optim;
 mod real;
 pub mod rng;
 mod rnn;
+mod split;
 pub mod text;
 
 pub use ndarray;

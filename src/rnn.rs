@@ -3,9 +3,10 @@
 use crate::batch::SequenceBatch;
 use crate::cpu::{self, RnnState, Workspace};
 use crate::device::DeviceKind;
-use crate::gpu::{GpuRnn, TimeLoop};
+use crate::gpu::{Dropout, GpuRnn, TimeLoop};
 use crate::model::{RnnConfig, RnnParams};
 use crate::optim::Optimizer;
+use crate::split;
 use crate::{Device, Error, Head, Result};
 use ndarray::{Array2, Array3};
 
@@ -47,6 +48,15 @@ pub struct Gradients {
 }
 
 /// An RNN with its parameters on a device.
+///
+/// On a GPU, a batch larger than the adapter allows (its largest storage binding, or its
+/// dispatch limits) is not refused: every operation runs it in chunks of its sequences
+/// and combines their results — outputs and states in the batch's order, losses and
+/// gradients weighted by each chunk's share of the loss, with the whole batch's dropout
+/// masks — which gives the whole batch's results to f32 rounding, one read-back per
+/// chunk. Only a sequence that alone exceeds a limit is refused, with
+/// [`Error::ExceedsDeviceLimit`]; carry a long sequence over in chunks with
+/// [`Rnn::train_step_from`].
 pub struct Rnn {
     config: RnnConfig,
     backend: Backend,
@@ -156,7 +166,11 @@ impl Rnn {
                     loss,
                 })
             }
-            Backend::Gpu(g) => g.forward(&self.config, batch, initial),
+            Backend::Gpu(g) => {
+                // a batch past the device's limits runs in chunks of sequences
+                let config = &self.config;
+                split::forward(config, batch, initial, |b, init| g.forward(config, b, init))
+            }
         }
     }
 
@@ -180,9 +194,14 @@ impl Rnn {
                 let grads = cpu::backward(&self.config, params, batch, ws);
                 Ok((loss, grads))
             }
-            Backend::Gpu(g) => g
-                .loss_and_gradients(&self.config, batch, initial, None, false)
-                .map(|(loss, grads, _)| (loss, grads)),
+            Backend::Gpu(g) => {
+                let config = &self.config;
+                let (loss, grads, _) =
+                    split::gradients(config, batch, initial, None, false, |b, init, d, want| {
+                        g.loss_and_gradients(config, b, init, d, want)
+                    })?;
+                Ok((loss, grads))
+            }
         }
     }
 
@@ -212,7 +231,16 @@ impl Rnn {
                 Ok((loss, grads, last))
             }
             Backend::Gpu(g) => {
-                g.loss_and_gradients(&self.config, batch, initial, dropout, want_final)
+                // a batch past the device's limits runs in chunks of sequences
+                let config = &self.config;
+                split::gradients(
+                    config,
+                    batch,
+                    initial,
+                    dropout,
+                    want_final,
+                    |b, init, d, want| g.loss_and_gradients(config, b, init, d, want),
+                )
             }
         }
     }
@@ -290,7 +318,26 @@ impl Rnn {
                 Ok((loss, last))
             }
             Backend::Gpu(g) => {
-                g.train_step(&self.config, batch, initial, dropout, optimizer, want_final)
+                let config = &self.config;
+                let whole = dropout.map(Dropout::whole);
+                match g.train_step(config, batch, initial, whole, optimizer, want_final) {
+                    Err(Error::ExceedsDeviceLimit { .. }) => {
+                        // too large for the device in one piece: the gradient of the
+                        // whole batch from chunks of it, then the same update
+                        let (loss, grads, last) = split::gradients(
+                            config,
+                            batch,
+                            initial,
+                            dropout,
+                            want_final,
+                            |b, init, d, want| g.loss_and_gradients(config, b, init, d, want),
+                        )?;
+                        check_finite_step(loss, all_finite(&grads))?;
+                        g.apply_gradients(&grads, optimizer)?;
+                        Ok((loss, last))
+                    }
+                    result => result,
+                }
             }
         }
     }
@@ -317,7 +364,10 @@ impl Rnn {
                     final_cell: last.c,
                 })
             }
-            Backend::Gpu(g) => g.encode(&self.config, batch, dropout),
+            Backend::Gpu(g) => {
+                let config = &self.config;
+                split::encode(batch, dropout, |b, d| g.encode(config, b, d))
+            }
         }
     }
 
@@ -353,7 +403,12 @@ impl Rnn {
                     cpu::encoder_backward(&self.config, params, batch, grad_states, dropout, ws);
                 Ok(Gradients { params, inputs })
             }
-            Backend::Gpu(g) => g.backward(&self.config, batch, grad_states, dropout),
+            Backend::Gpu(g) => {
+                let config = &self.config;
+                split::backward(config, batch, grad_states, dropout, |b, grad, d| {
+                    g.backward(config, b, grad, d)
+                })
+            }
         }
     }
 

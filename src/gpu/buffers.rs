@@ -150,31 +150,59 @@ pub(super) fn check_fits(ctx: &GpuContext, what: &str, floats: usize) -> Result<
     Ok(())
 }
 
+/// Sizes of the work buffers of a batch capacity that depend on the cell and head.
+struct Sizes {
+    /// Rows of the readout: every position (per-step head) or every sequence.
+    rows: usize,
+    /// Floats of a layer's saved gates and `c` or `W_hn h + b_hn` (gated cells).
+    saved: usize,
+    /// Floats of the gate gradients (and the GRU's `dgh`).
+    dgates: usize,
+}
+
+impl Sizes {
+    fn new(config: &RnnConfig, tokens: usize, batch: usize) -> Sizes {
+        let (dh, g) = (config.state_width(), config.cell.gates());
+        let dgh = config.num_directions() * g * config.hidden_size;
+        let gated = (g > 1) as usize;
+        let gru = (config.cell == crate::Cell::Gru) as usize;
+        Sizes {
+            rows: if config.head == Head::PerStep {
+                tokens
+            } else {
+                batch
+            },
+            saved: gated * tokens * (dgh + dh),
+            dgates: gated * (1 + gru) * tokens * dgh,
+        }
+    }
+}
+
 impl BatchBuffers {
-    /// Buffers for batches of up to `tokens` rows and `batch` sequences (`x_tokens` rows
-    /// of dense inputs), or an error saying which would exceed the adapter's limits.
-    pub fn new(
+    /// Whether buffers for batches of up to `tokens` rows and `batch` sequences
+    /// (`x_tokens` rows of dense inputs) fit the adapter's limits: an error saying which
+    /// would not.
+    pub fn check(
         ctx: &GpuContext,
         config: &RnnConfig,
         (tokens, batch, x_tokens): (usize, usize, usize),
-    ) -> Result<Self> {
+    ) -> Result<()> {
         let (i, h, o, l) = (
             config.input_size,
             config.hidden_size,
             config.output_size,
             config.num_layers,
         );
-        let (dh, g) = (config.state_width(), config.cell.gates());
-        let dgh = config.num_directions() * g * h;
-        let gated = g > 1;
-        let gru = config.cell == crate::Cell::Gru;
-        let rows = if config.head == Head::PerStep {
-            tokens
-        } else {
-            batch
-        };
-        let saved = gated as usize * tokens * (dgh + dh);
-        let dgates = gated as usize * (1 + gru as usize) * tokens * dgh;
+        let (dh, g, gated) = (
+            config.state_width(),
+            config.cell.gates(),
+            config.cell.gates() > 1,
+        );
+        let Sizes {
+            rows,
+            saved,
+            dgates,
+        } = Sizes::new(config, tokens, batch);
         let units = config.num_units();
         for (what, n) in [
             ("the packed inputs (tokens x input_size)", x_tokens * i),
@@ -191,8 +219,18 @@ impl BatchBuffers {
                 dgates,
             ),
             ("the outputs (rows x output_size)", rows * o),
+            ("the per-row losses and class targets", rows),
             ("the dropout masks", (l - 1) * tokens * dh),
             ("the final states", 2 * units * batch * h),
+            (
+                "the step products of tiled steps (2 x batch x gates x hidden_size)",
+                gated as usize * 2 * batch * g * h,
+            ),
+            (
+                "the packing tables",
+                (tokens + 1 + batch).max(2 * tokens).max(2 * batch),
+            ),
+            ("the token tables", 2 * tokens + i + 1),
         ] {
             check_fits(ctx, what, n)?;
         }
@@ -206,6 +244,34 @@ impl BatchBuffers {
                 hint: "use a smaller batch or shorter sequences",
             });
         }
+        Ok(())
+    }
+
+    /// Buffers for batches of up to `tokens` rows and `batch` sequences (`x_tokens` rows
+    /// of dense inputs), or an error saying which would exceed the adapter's limits.
+    pub fn new(
+        ctx: &GpuContext,
+        config: &RnnConfig,
+        (tokens, batch, x_tokens): (usize, usize, usize),
+    ) -> Result<Self> {
+        Self::check(ctx, config, (tokens, batch, x_tokens))?;
+        let (i, h, o, l) = (
+            config.input_size,
+            config.hidden_size,
+            config.output_size,
+            config.num_layers,
+        );
+        let (dh, g, gated) = (
+            config.state_width(),
+            config.cell.gates(),
+            config.cell.gates() > 1,
+        );
+        let Sizes {
+            rows,
+            saved,
+            dgates,
+        } = Sizes::new(config, tokens, batch);
+        let units = config.num_units();
         // every product a step records, for the scratch its K splits need (a split that
         // does not fit runs unsplit)
         let (t32, b32, r32) = (tokens as u32, batch as u32, rows as u32);
@@ -268,10 +334,11 @@ impl BatchBuffers {
         })
     }
 
-    /// Makes the buffer of the inputs' gradient, refused if a kernel could not bind it.
+    /// Makes the buffer of the inputs' gradient (dense batches, so `x_tokens` rows, like
+    /// the inputs), refused if a kernel could not bind it.
     pub fn ensure_input_grads(&mut self, ctx: &GpuContext, config: &RnnConfig) -> Result<()> {
         if self.d_inputs.is_none() {
-            let floats = self.tokens * config.input_size;
+            let floats = self.x_tokens * config.input_size;
             let what = "the gradient of the inputs (tokens x input_size)";
             self.d_inputs = Some(storage_checked(ctx, what, floats)?);
         }
@@ -288,14 +355,14 @@ impl BatchBuffers {
     }
 
     /// Uploads `batch` (packed inputs or token tables, targets, packing tables), the
-    /// initial states, and the dropout masks of `dropout` (a seed, on training passes).
+    /// initial states, and the masks of `dropout` (on training passes).
     pub fn upload(
         &self,
         ctx: &GpuContext,
         config: &RnnConfig,
         batch: &SequenceBatch,
         initial: Option<&RnnState>,
-        dropout: Option<u64>,
+        dropout: Option<Dropout<'_>>,
     ) {
         let p = batch.packing();
         let q = &ctx.queue;
@@ -335,9 +402,8 @@ impl BatchBuffers {
             }
             q.write_buffer(&self.initial, 0, bytemuck::cast_slice(&packed));
         }
-        if let Some(seed) = dropout {
-            let masks = crate::cpu::dropout_masks(config, p.tokens(), seed);
-            let flat: Vec<f32> = masks.iter().flat_map(|m| m.iter().copied()).collect();
+        if let Some(dropout) = dropout {
+            let flat = dropout.masks(config, p.tokens());
             q.write_buffer(&self.masks, 0, bytemuck::cast_slice(&flat));
         }
         let per_step = config.head == Head::PerStep;
@@ -374,6 +440,49 @@ impl BatchBuffers {
         q.write_buffer(&self.packing, 0, bytemuck::cast_slice(&packing));
         let prev = previous_rows(p, config.num_directions(), initial.is_some());
         q.write_buffer(&self.prev_index, 0, bytemuck::cast_slice(&prev));
+    }
+}
+
+/// The dropout masks of a training pass: those of the step's key at each packed row of
+/// the batch, or, for a chunk of a batch split to fit the device (`crate::split`), at
+/// the rows its positions have in the whole batch, so that a split batch draws the
+/// masks the whole one would.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dropout<'a> {
+    /// The training step's key (`crate::cpu::dropout_key`).
+    pub key: u64,
+    /// For a chunk: each of its packed rows' row in the whole batch.
+    pub rows: Option<&'a [u32]>,
+}
+
+impl Dropout<'_> {
+    /// The masks of the whole batch's own rows.
+    pub fn whole(key: u64) -> Dropout<'static> {
+        Dropout { key, rows: None }
+    }
+
+    /// Every layer's mask from 1 `[tokens, D·H]`, one after the other.
+    fn masks(&self, config: &RnnConfig, tokens: usize) -> Vec<f32> {
+        let Some(rows) = self.rows else {
+            let masks = crate::cpu::dropout_masks(config, tokens, self.key);
+            return masks.iter().flat_map(|m| m.iter().copied()).collect();
+        };
+        debug_assert_eq!(rows.len(), tokens);
+        let (p, width) = (config.dropout, config.state_width() as u32);
+        let keep = 1.0 / (1.0 - p);
+        let mut out = Vec::with_capacity((config.num_layers - 1) * tokens * width as usize);
+        for layer in 1..config.num_layers as u32 {
+            for &row in rows {
+                out.extend((0..width).map(|unit| {
+                    if crate::cpu::dropout_keeps(self.key, layer, row, unit, p) {
+                        keep
+                    } else {
+                        0.0
+                    }
+                }));
+            }
+        }
+        out
     }
 }
 

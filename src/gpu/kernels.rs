@@ -238,22 +238,26 @@ fn cell_index(cell: Cell) -> usize {
     cell_constant(cell) as usize
 }
 
-/// Which of wgpu's run-time safety checks the kernels are compiled with, from the
-/// environment variable `UNFOLD_SHADER_CHECKS` (`all`, `bounds` or `none`).
+/// Which of wgpu's run-time safety checks the kernels are compiled with.
 ///
-/// wgpu's defaults (`all`) clamp every computed index into an array, put a counter into
+/// wgpu's defaults (`All`) clamp every computed index into an array, put a counter into
 /// every loop in case it never ends, and zero each workgroup's memory before a kernel
 /// starts. The loop counters keep drivers from unrolling the kernels' inner loops: on an
-/// H200 they halved the matrix product's speed (BENCHMARKS.md). `bounds` (the default)
-/// keeps the index checks and drops the rest; `none` also drops the index checks and
-/// the guards of integer division.
+/// H200 they halved the matrix product's speed (BENCHMARKS.md). `Bounds` (the default)
+/// keeps the index checks and drops the rest. The environment variable
+/// `UNFOLD_SHADER_CHECKS` chooses between these two ([`ShaderChecks::from_env`]).
+///
+/// `None` also drops the index checks and the guards of integer division: a kernel bug
+/// then reads or writes out of bounds, which is undefined behaviour, so it is only
+/// reachable through an `unsafe` constructor
+/// ([`crate::Device::gpu_without_bounds_checks`]), never from the environment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShaderChecks {
     /// wgpu's defaults: index clamping, loop counters, zeroed workgroup memory.
     All,
     /// Index clamping only.
     Bounds,
-    /// No run-time checks.
+    /// No run-time checks (only through an `unsafe` constructor).
     None,
 }
 
@@ -261,7 +265,9 @@ impl ShaderChecks {
     /// What the kernels are compiled with unless asked otherwise.
     pub const DEFAULT: ShaderChecks = ShaderChecks::Bounds;
 
-    /// The setting `UNFOLD_SHADER_CHECKS` asks for (the default when it is unset).
+    /// The setting `UNFOLD_SHADER_CHECKS` asks for (the default when it is unset): `all`
+    /// or `bounds`. `none` is refused with an error that says how to opt in to kernels
+    /// without bounds checks, which the environment cannot do.
     pub fn from_env() -> Result<ShaderChecks> {
         let Some(raw) = std::env::var_os("UNFOLD_SHADER_CHECKS") else {
             return Ok(Self::DEFAULT);
@@ -271,10 +277,14 @@ impl ShaderChecks {
             Some("") => Ok(Self::DEFAULT),
             Some("all") => Ok(ShaderChecks::All),
             Some("bounds") => Ok(ShaderChecks::Bounds),
-            Some("none") => Ok(ShaderChecks::None),
+            Some("none") => Err(Error::InvalidConfig {
+                what: "UNFOLD_SHADER_CHECKS",
+                expected: "all or bounds (kernels without bounds checks, where a kernel bug is undefined behaviour, are an unsafe opt-in that no environment setting makes: `unsafe { Device::gpu_without_bounds_checks() }` in code, or `--unchecked-shaders` on `unfold verify` and `unfold bench`)",
+                got: raw.to_string_lossy().into_owned(),
+            }),
             _ => Err(Error::InvalidConfig {
                 what: "UNFOLD_SHADER_CHECKS",
-                expected: "all, bounds or none",
+                expected: "all or bounds",
                 got: raw.to_string_lossy().into_owned(),
             }),
         }
@@ -543,8 +553,9 @@ fn shader_module(
             checks.force_loop_bounding = false;
             device.create_shader_module_trusted(desc, checks)
         },
-        // SAFETY: as above for loops; every index into a buffer or a workgroup
-        // array is in range by construction (the kernels test each global index
+        // SAFETY: only reached from `GpuContext::new_without_bounds_checks`, an `unsafe
+        // fn` whose caller accepts the following: as above for loops; every index into a
+        // buffer or a workgroup array is in range by construction (the kernels test each global index
         // against the shape in their uniform block; workgroup indices are
         // thread ids and constant-bounded loop counters); and no integer divisor
         // is zero (hidden sizes, and column counts of dispatches that have

@@ -7,10 +7,10 @@
 //! readout's gradients, then per layer from the top the reverse time loop, the weight
 //! gradients as one product over all steps each, and the gradient for the layer below.
 
-use super::buffers::{check_fits, storage, BatchBuffers, ParamLayout};
+use super::buffers::{check_fits, storage, BatchBuffers, Dropout, ParamLayout};
 use super::gemm::{Epilogue, Matrix, Product};
 use super::kernels::{CellKernels, EmbedParams, LossParams, OptimParams, ReduceParams, RowsParams};
-use super::recorder::{read_back, Recorder};
+use super::recorder::{self, read_back, Recorder, SharedCache};
 use super::time_loop::{LayerLoop, LoopBuffers, LoopLayout, Strategy, UnitOffsets};
 use super::{GpuContext, OptimizerBuffers, TimeLoop, PERSISTENT_MAX_HIDDEN};
 use crate::batch::{Packing, SequenceBatch, Targets};
@@ -42,7 +42,9 @@ pub(crate) struct GpuRnn {
     /// (`[1]`, read-write bindings; a buffer may not be bound both ways in one dispatch).
     dummies: [wgpu::Buffer; 2],
     work: Option<BatchBuffers>,
-    cache: std::sync::Mutex<super::recorder::BindGroupCache>,
+    /// Bind groups across calls; shared (weakly) with the optimizers bound through it,
+    /// which evict their groups when they go.
+    cache: SharedCache,
     /// Host time spent recording, encoding and submitting the last step, and the
     /// number of dispatches it recorded.
     pub last_host: std::time::Duration,
@@ -128,21 +130,30 @@ impl GpuRnn {
         }
         let p = batch.packing();
         let dense = batch.token_ids().is_none() as usize;
-        let (tokens, sequences, x_tokens) = match &self.work {
+        let own = (p.tokens(), p.batch(), dense * p.tokens());
+        let grown = match &self.work {
             Some(w) => (
-                w.tokens.max(p.tokens()),
-                w.batch.max(p.batch()),
-                w.x_tokens.max(dense * p.tokens()),
+                w.tokens.max(own.0),
+                w.batch.max(own.1),
+                w.x_tokens.max(own.2),
             ),
-            None => (p.tokens(), p.batch(), dense * p.tokens()),
+            None => own,
         };
-        self.cache.get_mut().expect("bind group cache").clear();
+        // room for this batch and the ones before; where that exceeds a limit (some
+        // buffers add up sizes), room for this batch alone: whether a batch fits never
+        // depends on the batches before it (the chunks of a split batch rely on that).
+        // Nothing changes when it does not fit.
+        let dims = match BatchBuffers::check(&self.ctx, &self.config, grown) {
+            Ok(()) => grown,
+            Err(_) => {
+                BatchBuffers::check(&self.ctx, &self.config, own)?;
+                own
+            }
+        };
+        // the old buffers go: so do the groups that bind them
+        recorder::lock(&self.cache).clear();
         self.work = None;
-        self.work = Some(BatchBuffers::new(
-            &self.ctx,
-            &self.config,
-            (tokens, sequences, x_tokens),
-        )?);
+        self.work = Some(BatchBuffers::new(&self.ctx, &self.config, dims)?);
         Ok(())
     }
 
@@ -832,6 +843,9 @@ impl GpuRnn {
                 (&k.check_adam, &k.adam)
             }
         };
+        // the moments' groups are cached with the model's: the optimizer evicts them when
+        // it drops its buffers
+        state.bind_through(&self.cache);
         let m = state.m.as_ref().unwrap_or(&self.dummies[0]);
         let v = state.v.as_ref().unwrap_or(&self.dummies[1]);
         let buffers = [&self.scalars, &self.grads, &self.params, m, v];
@@ -927,7 +941,7 @@ impl GpuRnn {
     }
 
     fn submit(&self, rec: Recorder<'_>) -> Result<()> {
-        rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
+        rec.submit(&mut recorder::lock(&self.cache))?;
         Ok(())
     }
 
@@ -986,15 +1000,15 @@ impl GpuRnn {
         })
     }
 
-    /// The loss and every parameter's gradient, without an update; `dropout`: the seed
-    /// of a training pass's masks (the data-parallel step), `None` for no dropout; with
-    /// `want_final`, also each sequence's final state, in the same read-back.
+    /// The loss of `batch` and every parameter's gradient, with the masks of `dropout`
+    /// between layers (a training pass) or none; with `want_final`, also each sequence's
+    /// final state.
     pub fn loss_and_gradients(
         &mut self,
         _config: &RnnConfig,
         batch: &SequenceBatch,
         initial: Option<&RnnState>,
-        dropout: Option<u64>,
+        dropout: Option<Dropout<'_>>,
         want_final: bool,
     ) -> Result<(f32, RnnParams, Option<RnnState>)> {
         let p = batch.packing();
@@ -1004,7 +1018,7 @@ impl GpuRnn {
         let pass = Pass {
             initial: initial.is_some(),
             dropout: dropout.is_some(),
-            ..Default::default()
+            input_grads: false,
         };
         let mut rec = Recorder::new(&self.ctx);
         self.record_layers(&mut rec, batch, pass);
@@ -1037,7 +1051,7 @@ impl GpuRnn {
         _config: &RnnConfig,
         batch: &SequenceBatch,
         initial: Option<&RnnState>,
-        dropout: Option<u64>,
+        dropout: Option<Dropout<'_>>,
         optimizer: &mut Optimizer,
         want_final: bool,
     ) -> Result<(f32, Option<RnnState>)> {
@@ -1060,7 +1074,7 @@ impl GpuRnn {
         &mut self,
         batch: &SequenceBatch,
         initial: Option<&RnnState>,
-        dropout: Option<u64>,
+        dropout: Option<Dropout<'_>>,
         optimizer: &mut Optimizer,
         want_final: bool,
         start: std::time::Instant,
@@ -1084,7 +1098,7 @@ impl GpuRnn {
         // that the two overlap (a second submission costs tens of µs, so not for the
         // few dispatches of the persistent loops)
         if rec.dispatches() >= SPLIT_SUBMISSION_DISPATCHES {
-            rec.submit_so_far(&mut self.cache.lock().expect("bind group cache"))?;
+            rec.submit_so_far(&mut recorder::lock(&self.cache))?;
         }
         self.record_head_backward(&mut rec, p);
         self.record_layers_backward(&mut rec, batch, pass);
@@ -1149,12 +1163,12 @@ impl GpuRnn {
                 .write_buffer(&b, 0, bytemuck::cast_slice(data));
             b
         };
-        let buffers = OptimizerBuffers {
-            m: needs_m.then(|| buffer("optimizer m", start.map(|c| &c.m))),
-            v: needs_v.then(|| buffer("optimizer v", start.map(|c| &c.v))),
-            len: n,
-            ctx: self.ctx.clone(),
-        };
+        let buffers = OptimizerBuffers::new(
+            needs_m.then(|| buffer("optimizer m", start.map(|c| &c.m))),
+            needs_v.then(|| buffer("optimizer v", start.map(|c| &c.v))),
+            n,
+            self.ctx.clone(),
+        );
         Ok(Some(std::mem::replace(
             &mut optimizer.state,
             State::Gpu(buffers),
@@ -1167,7 +1181,7 @@ impl GpuRnn {
         &mut self,
         _config: &RnnConfig,
         batch: &SequenceBatch,
-        dropout: Option<u64>,
+        dropout: Option<Dropout<'_>>,
     ) -> Result<Encoded> {
         let p = batch.packing();
         self.ensure_work(batch)?;
@@ -1208,7 +1222,7 @@ impl GpuRnn {
         _config: &RnnConfig,
         batch: &SequenceBatch,
         grad_states: &Array3<f32>,
-        dropout: Option<u64>,
+        dropout: Option<Dropout<'_>>,
     ) -> Result<Gradients> {
         let p = batch.packing();
         let dense = batch.token_ids().is_none();
