@@ -530,6 +530,84 @@ impl<C: Communicator> DataParallel<C> {
         )
     }
 
+    /// The carried state of all `streams` sequences (collective), on every rank, from each
+    /// rank's state of its [`shard_range`] of them (`None` for a rank without streams):
+    /// `[layers·directions, streams, hidden]`, as one process carrying every stream would
+    /// hold it. For a checkpoint written by rank 0 that any number of ranks can resume
+    /// from ([`split_state`]).
+    pub fn gather_state(&self, mine: Option<&RnnState>, streams: usize) -> Result<RnnState> {
+        let config = self.rnn.config();
+        let (units, hidden) = (config.num_units(), config.hidden_size);
+        let rows = |r: usize| shard_range(streams, r, self.size).len();
+        let want = (units, rows(self.rank), hidden);
+        let has_c = config.cell.has_c();
+        let local = match mine {
+            _ if want.1 == 0 => Ok(None),
+            None => Err(Error::InvalidConfig {
+                what: "this rank's carried state",
+                expected: "present: the rank carries streams",
+                got: "None".into(),
+            }),
+            Some(s) if s.h.dim() != want || s.c.as_ref().is_some_and(|c| c.dim() != want) => {
+                Err(Error::shape(
+                    "this rank's carried state [layers·directions, its streams, hidden]",
+                    format!("{want:?}"),
+                    format!("{:?}", s.h.dim()),
+                ))
+            }
+            Some(s) if s.c.is_some() != has_c => Err(Error::InvalidConfig {
+                what: "carried cell state c",
+                expected: "present exactly for an LSTM",
+                got: format!(
+                    "{} for a {} cell",
+                    if has_c { "absent" } else { "present" },
+                    config.cell
+                ),
+            }),
+            Some(s) => Ok(Some(s)),
+        };
+        let local = agree(&self.comm, local, "cannot share its carried state")?;
+        let counts: Vec<i32> = (0..self.size)
+            .map(|r| (units * rows(r) * hidden) as i32)
+            .collect();
+        let displs: Vec<i32> = counts
+            .iter()
+            .scan(0, |at, &c| {
+                let d = *at;
+                *at += c;
+                Some(d)
+            })
+            .collect();
+        let gather = |pick: &dyn Fn(&RnnState) -> ndarray::Array3<f32>| {
+            let send: Vec<f32> = local
+                .map(|s| pick(s).iter().copied().collect())
+                .unwrap_or_default();
+            let mut all = vec![0f32; units * streams * hidden];
+            {
+                let mut partition =
+                    mpi::datatype::PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
+                self.comm
+                    .all_gather_varcount_into(&send[..], &mut partition);
+            }
+            // rank r's block is [units, rows(r), hidden]: put it at its streams
+            let mut out = ndarray::Array3::zeros((units, streams, hidden));
+            for r in 0..self.size {
+                let range = shard_range(streams, r, self.size);
+                let at = displs[r] as usize;
+                let block = ndarray::ArrayView3::from_shape(
+                    (units, range.len(), hidden),
+                    &all[at..at + counts[r] as usize],
+                )
+                .expect("sized by the counts");
+                out.slice_mut(ndarray::s![.., range, ..]).assign(&block);
+            }
+            out
+        };
+        let h = gather(&|s| s.h.clone());
+        let c = has_c.then(|| gather(&|s| s.c.clone().expect("checked: an LSTM's c")));
+        Ok(RnnState { h, c })
+    }
+
     /// Checks (collective) that every rank holds bit-for-bit the same parameters, as the
     /// wrapper guarantees; costs a read-back on the GPU and one small exchange.
     pub fn check_in_sync(&self) -> Result<()> {
@@ -593,6 +671,21 @@ pub fn shard_range(len: usize, rank: usize, size: usize) -> Range<usize> {
     let (base, extra) = (len / size, len % size);
     let start = rank * base + rank.min(extra);
     start..start + base + usize::from(rank < extra)
+}
+
+/// Rank `rank`'s part of the carried state of all streams (`[.., streams, ..]`): the
+/// streams of its [`shard_range`], `None` when it has none. The inverse of
+/// [`DataParallel::gather_state`], for resuming with any number of ranks.
+pub fn split_state(all: &RnnState, rank: usize, size: usize) -> Option<RnnState> {
+    let range = shard_range(all.h.dim().1, rank, size);
+    if range.is_empty() {
+        return None;
+    }
+    let part = |a: &ndarray::Array3<f32>| a.slice(ndarray::s![.., range.clone(), ..]).to_owned();
+    Some(RnnState {
+        h: part(&all.h),
+        c: all.c.as_ref().map(part),
+    })
 }
 
 /// The indices (in the batch's order) of the sequences of lengths `lengths` that rank

@@ -12,7 +12,8 @@ use std::time::Instant;
 use unfold::distributed::mpi::topology::SimpleCommunicator;
 use unfold::distributed::mpi::traits::*;
 use unfold::distributed::{
-    local_rank, mpi, select, shard_indices, shard_range, split_batch, DataParallel, Split,
+    local_rank, mpi, select, shard_indices, shard_range, split_batch, split_state, DataParallel,
+    Split,
 };
 use unfold::ndarray::{s, Array3};
 use unfold::rng::SplitMix64;
@@ -741,6 +742,32 @@ fn carried_state_matches(cell: Cell, device: &Device) -> Outcome {
         }
         carried_one = Some(state_one);
         carried_dp = state_dp;
+    }
+    // every stream's state, gathered for a checkpoint, and split again for a resume
+    let all = dp
+        .gather_state(carried_dp.as_ref(), streams)
+        .map_err(|e| err("gather_state", e))?;
+    let full = carried_one.expect("20 steps ran");
+    let gathered = [
+        (Some(&all.h), Some(&full.h)),
+        (all.c.as_ref(), full.c.as_ref()),
+    ];
+    for (a, b) in gathered {
+        let (a, b) = match (a, b) {
+            (Some(a), Some(b)) => (a, b),
+            (None, None) => continue,
+            _ => return Err("gather_state lost or made up the cell state".into()),
+        };
+        let diff = (a - b).fold(0f32, |m, x| m.max(x.abs()));
+        if a.dim() != b.dim() || diff > 1e-4 {
+            return Err(format!(
+                "gathered state {:?} differs by {diff:.2e}",
+                a.dim()
+            ));
+        }
+    }
+    if split_state(&all, rank, size) != carried_dp {
+        return Err("split_state does not give back this rank's state".into());
     }
     let a = dp.rnn().params().map_err(|e| err("params", e))?.to_flat();
     let b = one.params().map_err(|e| err("params", e))?.to_flat();
