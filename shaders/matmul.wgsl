@@ -17,7 +17,8 @@
 // element-wise work as C is stored (tanh or relu; or times phi'(h) with h read from the
 // bias binding at C's position), flag bit 3 reads A from C's own buffer (the previous or
 // next step's rows of the state being updated), and rows of op(A) from `a_rows` on read
-// as zero (the sequences that ended).
+// as zero (the sequences that ended). The gradient reaching a layer below through
+// dropout is multiplied by its mask the same way (epilogue 5).
 //
 // Split K: with k_chunk > 0, workgroup layer z multiplies only K range
 // [z * k_chunk, (z + 1) * k_chunk) and writes its partial product (alpha = 1, beta = 0,
@@ -45,7 +46,8 @@ struct MatmulParams {
     splits: u32,       // matmul_sum_splits: number of partial products
     split_stride: u32, // elements between consecutive partial products
     a_rows: u32,       // rows of op(A) that exist (0: all m)
-    epilogue: u32,     // 0 none, 1 tanh, 2 relu, 3 times tanh'(h), 4 times relu'(h)
+    epilogue: u32,     // 0 none, 1 tanh, 2 relu, 3 times tanh'(h), 4 times relu'(h),
+                       // 5 times a mask (3-5 read from the bias binding at C's position)
     _pad0: u32,
     _pad1: u32,
 }
@@ -113,6 +115,10 @@ fn finish(at: u32, row: u32, col: u32, v: f32) -> f32 {
         case 4u: {
             let h = bias[p.bias_offset + row * p.ldc + col];
             r *= select(0.0, 1.0, h > 0.0);
+        }
+        case 5u: {
+            // a dropout mask, laid out as C
+            r *= bias[p.bias_offset + row * p.ldc + col];
         }
         default: {}
     }

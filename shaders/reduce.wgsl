@@ -4,7 +4,7 @@
 struct ReduceParams {
     len: u32,         // partial_*: elements; column_sums: rows; finish_*: partials
     offset: u32,      // element offset of the input
-    _pad0: u32,
+    stride: u32,      // column_partials: row stride of the input
     cols: u32,        // column_sums: columns
     out_offset: u32,  // column_sums / finish_*: where the result goes
     scale: f32,       // finish_sum: multiplies the total
@@ -119,7 +119,8 @@ fn finish_norm(@builtin(local_invocation_index) local: u32) {
 
 // Column sums in two passes, so that long columns are summed by many workgroups at once.
 // Pass 1: workgroup (x, y) sums 64 columns over chunk y of the rows, four row lanes per
-// column, into output[y * cols + c].
+// column, into output[y * cols + c]; the input is `cols` columns of rows `stride` apart
+// from `offset` (one direction's block of a wider matrix).
 var<workgroup> lane_sum: array<array<f32, 64>, 4>;
 
 @compute @workgroup_size(256)
@@ -131,7 +132,7 @@ fn column_partials(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     var acc = 0.0;
     if (c < p.cols) {
         for (var r = first + lane; r < end; r += 4u) {
-            acc += input[p.offset + r * p.cols + c];
+            acc += input[p.offset + r * p.stride + c];
         }
     }
     lane_sum[lane][local % 64u] = acc;

@@ -18,10 +18,11 @@ impl RnnParams<f32> {
     /// Writes a safetensors checkpoint atomically (see [`RnnParams::save_for`]), with the
     /// model's shape inferred from the tensors: the gate count tells an LSTM (4) and a
     /// GRU (3) from an Elman cell (1), and a second tensor per layer with the first
-    /// layer's input width marks a bidirectional model. One case is ambiguous — a
-    /// one-layer bidirectional model whose input size equals its hidden size looks like
-    /// a two-layer unidirectional one — and is saved as the latter; use
-    /// [`RnnParams::save_for`] to name such a model exactly.
+    /// layer's input width marks a bidirectional model. A one-layer bidirectional model
+    /// whose input size equals its hidden size has the layer shapes of a two-layer
+    /// unidirectional one; the readout's width (directions × hidden, declared even by an
+    /// encoder's empty `w_out`) tells them apart. [`RnnParams::save_for`] names the model
+    /// exactly.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let config = self.guess_config()?;
         self.write(&config, path.as_ref(), false)
@@ -62,7 +63,9 @@ impl RnnParams<f32> {
             && self.layers.get(1).is_some_and(|l| l.w_ih.ncols() == input)
             && (self.layers.len() == 2
                 || self.layers.get(2).is_some_and(|l| l.w_ih.ncols() == 2 * h))
-            && !(self.layers.len() == 2 && input == h);
+            // one bidirectional layer or two unidirectional ones whose input width is
+            // the hidden size: the readout's width tells (directions x hidden)
+            && !(self.layers.len() == 2 && input == h && self.w_out.ncols() != 2 * h);
         let head = if self.w_out.nrows() == 0 {
             Head::None
         } else {

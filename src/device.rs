@@ -35,6 +35,31 @@ impl Device {
         })
     }
 
+    /// [`Device::gpu`] with the kernels compiled without wgpu's run-time index checks
+    /// and the guards of integer division (`ShaderChecks::None` in
+    /// `unfold::internals::gpu`): a few percent faster on some matrix products
+    /// (BENCHMARKS.md). The environment variable `UNFOLD_SHADER_CHECKS` chooses only
+    /// between the checked settings; this is the one way to drop the index checks.
+    ///
+    /// # Safety
+    ///
+    /// Without the checks, a kernel that indexes a buffer out of range reads or writes
+    /// memory it does not own, which is undefined behaviour (on a GPU that shares memory
+    /// with the host, possibly the process's own memory). Every kernel of this crate is
+    /// written to keep its indices in range (each global index is tested against the
+    /// shape in its parameter block; no divisor is zero), and `unfold verify` checks
+    /// these kernels against the CPU path; by calling this the caller trusts that there
+    /// is no bug that would break it, on its adapter and for the shapes it runs. Use
+    /// [`Device::gpu`] unless measurements show the checks matter.
+    pub unsafe fn gpu_without_bounds_checks() -> Result<Device> {
+        // SAFETY: the caller accepts the contract above, which is that of
+        // `GpuContext::new_without_bounds_checks`.
+        let ctx = unsafe { GpuContext::new_without_bounds_checks()? };
+        Ok(Device {
+            kind: DeviceKind::Gpu(Arc::new(ctx)),
+        })
+    }
+
     /// [`Device::gpu`] if a hardware adapter exists, else [`Device::cpu`]. A software
     /// adapter (type `Cpu`, such as lavapipe) is only used when asked for by
     /// `WGPU_ADAPTER_NAME`: on the same cores the CPU path is far faster.

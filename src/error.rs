@@ -138,6 +138,10 @@ pub enum Error {
     /// A dataset whose parts do not fit together (labels, class names, feature widths).
     #[error("invalid dataset: {0}")]
     InvalidData(String),
+    /// Data-parallel training across processes (`distributed`, feature `mpi`): ranks that
+    /// disagree, or a rank that failed, as every rank reports it.
+    #[error("distributed training: {0}")]
+    Distributed(String),
     /// Two computations that should agree (the CPU and GPU paths) differ by more than
     /// the tolerance.
     #[error("verification failed: {0}")]

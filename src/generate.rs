@@ -95,7 +95,9 @@ pub fn sample_tokens(
         });
     }
     let batch = SequenceBatch::tokens_only(vec![prime.to_vec()], vocab_size)?;
-    let mut out = Vec::with_capacity(count);
+    // grown as tokens come: `count` is a bound, not a size to reserve up front (a count
+    // near usize::MAX overflowed the capacity, 2^40 asked for 4 TB at once)
+    let mut out = Vec::with_capacity(count.min(1 << 16));
     if count == 0 {
         return Ok(out);
     }

@@ -36,6 +36,8 @@ mod batch;
 mod checkpoint;
 pub mod data;
 mod device;
+#[cfg(feature = "mpi")]
+pub mod distributed;
 mod error;
 pub mod generate;
 mod model;
@@ -43,6 +45,7 @@ mod optim;
 mod real;
 pub mod rng;
 mod rnn;
+mod split;
 pub mod text;
 
 pub use ndarray;

@@ -180,14 +180,15 @@ impl RnnConfig {
     }
 
     /// Width of the top layer's output (and of the input of layers 1..): directions ×
-    /// hidden.
+    /// hidden (saturating at `usize::MAX`, for sizes [`RnnConfig::validate`] refuses).
     pub fn state_width(&self) -> usize {
-        self.num_directions() * self.hidden_size
+        self.num_directions().saturating_mul(self.hidden_size)
     }
 
-    /// Rows of each weight matrix: gates × hidden.
+    /// Rows of each weight matrix: gates × hidden (saturating, as
+    /// [`RnnConfig::state_width`]).
     pub fn gate_width(&self) -> usize {
-        self.cell.gates() * self.hidden_size
+        self.cell.gates().saturating_mul(self.hidden_size)
     }
 
     /// Width of the input of layer `l`.
@@ -199,12 +200,14 @@ impl RnnConfig {
         }
     }
 
-    /// Parameter sets of the recurrent layers: layers × directions.
+    /// Parameter sets of the recurrent layers: layers × directions (saturating, as
+    /// [`RnnConfig::state_width`]).
     pub fn num_units(&self) -> usize {
-        self.num_layers * self.num_directions()
+        self.num_layers.saturating_mul(self.num_directions())
     }
 
-    /// Every size in range, the head consistent with the output size, dropout in [0, 1).
+    /// Every size in range (at least 1, and a parameter count that does not overflow), the
+    /// head consistent with the output size, dropout in [0, 1).
     pub fn validate(&self) -> Result<()> {
         for (what, v) in [
             ("input_size", self.input_size),
@@ -237,6 +240,20 @@ impl RnnConfig {
             }
             _ => {}
         }
+        if self
+            .checked_num_params()
+            .is_none_or(|n| n > isize::MAX as usize)
+        {
+            return Err(Error::InvalidConfig {
+                what: "sizes",
+                expected:
+                    "small enough for the parameter count to be addressable (at most isize::MAX)",
+                got: format!(
+                    "input {}, hidden {}, output {}, {} layers",
+                    self.input_size, self.hidden_size, self.output_size, self.num_layers
+                ),
+            });
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::InvalidConfig {
                 what: "dropout",
@@ -247,13 +264,36 @@ impl RnnConfig {
         Ok(())
     }
 
-    /// Number of scalar parameters.
+    /// Number of scalar parameters (`usize::MAX` for sizes whose count overflows, which
+    /// [`RnnConfig::validate`] refuses).
     pub fn num_params(&self) -> usize {
-        let (h, g) = (self.hidden_size, self.gate_width());
-        let layers: usize = (0..self.num_layers)
-            .map(|l| self.num_directions() * (g * self.layer_input_size(l) + g * h + 2 * g))
-            .sum();
-        layers + self.output_size * self.state_width() + self.output_size
+        self.checked_num_params().unwrap_or(usize::MAX)
+    }
+
+    /// The parameter count, `None` if it overflows `usize`; in closed form, so that any
+    /// number of layers costs the same.
+    fn checked_num_params(&self) -> Option<usize> {
+        let (h, d) = (self.hidden_size, self.num_directions());
+        let g = self.cell.gates().checked_mul(h)?;
+        let width = d.checked_mul(h)?;
+        // one layer in all directions: W_ih, W_hh, b_ih, b_hh
+        let layer = |input: usize| -> Option<usize> {
+            let unit = g
+                .checked_mul(input)?
+                .checked_add(g.checked_mul(h)?)?
+                .checked_add(g.checked_mul(2)?)?;
+            d.checked_mul(unit)
+        };
+        let layers = match self.num_layers {
+            0 => 0,
+            n => layer(self.input_size)?.checked_add(match n - 1 {
+                0 => 0,
+                rest => rest.checked_mul(layer(width)?)?,
+            })?,
+        };
+        layers
+            .checked_add(self.output_size.checked_mul(width)?)?
+            .checked_add(self.output_size)
     }
 
     /// Every parameter tensor's PyTorch name and shape, in the flat order of

@@ -262,7 +262,8 @@ impl Optimizer {
         self.layout = None;
     }
 
-    /// Checks the hyper-parameters: a bad value is an error before anything changes.
+    /// Checks the hyper-parameters (and that the step count can count one more update): a
+    /// bad value is an error before anything changes.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &'static str, expected: &'static str, v: f32| {
             Err(Error::InvalidConfig {
@@ -305,6 +306,13 @@ impl Optimizer {
             if !(c.is_finite() && c > 0.0) {
                 return bad("clip_grad_norm max_norm", "finite and > 0", c);
             }
+        }
+        if self.steps == u64::MAX {
+            return Err(Error::InvalidConfig {
+                what: "optimizer step count",
+                expected: "below 2^64 - 1, so that the next update can be counted",
+                got: self.steps.to_string(),
+            });
         }
         Ok(())
     }
@@ -535,8 +543,11 @@ pub(crate) struct AdamCoefficients {
 
 impl AdamCoefficients {
     pub fn new(lr: f32, beta1: f32, beta2: f32, step: u64) -> Self {
-        let bias_correction1 = 1.0 - (beta1 as f64).powi(step as i32);
-        let bias_correction2 = 1.0 - (beta2 as f64).powi(step as i32);
+        // beta^step is 0 in f64 long before 2^31 steps (beta < 1), so capping the exponent
+        // changes nothing, where `step as i32` wrapped to a negative power
+        let power = step.min(i32::MAX as u64) as i32;
+        let bias_correction1 = 1.0 - (beta1 as f64).powi(power);
+        let bias_correction2 = 1.0 - (beta2 as f64).powi(power);
         AdamCoefficients {
             step_size: (lr as f64 / bias_correction1) as f32,
             bias_correction2_sqrt: bias_correction2.sqrt() as f32,
@@ -629,6 +640,46 @@ mod tests {
         ] {
             assert_refused(&mut opt, 10.0, "the parameters non-finite");
         }
+    }
+
+    #[test]
+    fn adam_after_two_billion_updates_still_updates() {
+        for steps in [(1u64 << 31) - 1, 1 << 31, 1 << 32, u64::MAX - 1] {
+            let c = AdamCoefficients::new(0.1, 0.9, 0.999, steps + 1);
+            assert_eq!(
+                (c.step_size, c.bias_correction2_sqrt),
+                (0.1, 1.0),
+                "{steps}"
+            );
+            let mut adam = Optimizer::adam(0.1);
+            let n = problem(1.0).0.len();
+            adam.import_state(OptimizerState {
+                layout: Vec::new(),
+                steps,
+                m: vec![0.0; n],
+                v: vec![0.0; n],
+            })
+            .unwrap();
+            let (mut params, mut grads) = problem(1.0);
+            adam.apply_cpu(&mut params, &mut grads).unwrap();
+            assert_eq!(adam.steps(), steps + 1);
+        }
+    }
+
+    #[test]
+    fn no_update_follows_the_last_countable_one() {
+        // the step count cannot count another update: refused, not an overflow
+        let (mut params, mut grads) = problem(1.0);
+        let mut adam = Optimizer::adam(0.1);
+        adam.import_state(OptimizerState {
+            layout: Vec::new(),
+            steps: u64::MAX,
+            m: vec![0.0; params.len()],
+            v: vec![0.0; params.len()],
+        })
+        .unwrap();
+        let e = adam.apply_cpu(&mut params, &mut grads).unwrap_err();
+        assert!(e.to_string().contains("step count"), "{e}");
     }
 
     #[test]

@@ -3,9 +3,10 @@
 use crate::batch::SequenceBatch;
 use crate::cpu::{self, RnnState, Workspace};
 use crate::device::DeviceKind;
-use crate::gpu::{GpuRnn, TimeLoop};
+use crate::gpu::{Dropout, GpuRnn, TimeLoop};
 use crate::model::{RnnConfig, RnnParams};
 use crate::optim::Optimizer;
+use crate::split;
 use crate::{Device, Error, Head, Result};
 use ndarray::{Array2, Array3};
 
@@ -47,6 +48,15 @@ pub struct Gradients {
 }
 
 /// An RNN with its parameters on a device.
+///
+/// On a GPU, a batch larger than the adapter allows (its largest storage binding, or its
+/// dispatch limits) is not refused: every operation runs it in chunks of its sequences
+/// and combines their results — outputs and states in the batch's order, losses and
+/// gradients weighted by each chunk's share of the loss, with the whole batch's dropout
+/// masks — which gives the whole batch's results to f32 rounding, one read-back per
+/// chunk. Only a sequence that alone exceeds a limit is refused, with
+/// [`Error::ExceedsDeviceLimit`]; carry a long sequence over in chunks with
+/// [`Rnn::train_step_from`].
 pub struct Rnn {
     config: RnnConfig,
     backend: Backend,
@@ -156,7 +166,11 @@ impl Rnn {
                     loss,
                 })
             }
-            Backend::Gpu(g) => g.forward(&self.config, batch, initial),
+            Backend::Gpu(g) => {
+                // a batch past the device's limits runs in chunks of sequences
+                let config = &self.config;
+                split::forward(config, batch, initial, |b, init| g.forward(config, b, init))
+            }
         }
     }
 
@@ -180,7 +194,54 @@ impl Rnn {
                 let grads = cpu::backward(&self.config, params, batch, ws);
                 Ok((loss, grads))
             }
-            Backend::Gpu(g) => g.loss_and_gradients(&self.config, batch, initial),
+            Backend::Gpu(g) => {
+                let config = &self.config;
+                let (loss, grads, _) =
+                    split::gradients(config, batch, initial, None, false, |b, init, d, want| {
+                        g.loss_and_gradients(config, b, init, d, want)
+                    })?;
+                Ok((loss, grads))
+            }
+        }
+    }
+
+    /// The loss and gradients of a training pass, as [`Rnn::train_step`] and
+    /// [`Rnn::train_step_from`] compute them before their update: from `initial` (`None`:
+    /// zeros), with dropout between layers (if configured) drawn from the model's stream
+    /// as a training step draws it, and with `want_final` each sequence's final state. For
+    /// the data-parallel wrapper (`distributed`), which applies the averaged gradients
+    /// with [`Rnn::apply_gradients`] (and puts the dropout stream back, with
+    /// [`Rnn::restore_dropout_state`], when the step is refused).
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn training_loss_and_gradients(
+        &mut self,
+        batch: &SequenceBatch,
+        initial: Option<&RnnState>,
+        want_final: bool,
+    ) -> Result<(f32, RnnParams, Option<RnnState>)> {
+        self.check_head("train_step")?;
+        self.check(batch, initial)?;
+        batch.require_targets("train_step")?;
+        let dropout = self.draw_dropout();
+        match &mut self.backend {
+            Backend::Cpu { params, ws } => {
+                let loss = cpu::forward(&self.config, params, batch, initial, dropout, ws);
+                let grads = cpu::backward(&self.config, params, batch, ws);
+                let last = want_final.then(|| cpu::final_state(&self.config, batch, ws));
+                Ok((loss, grads, last))
+            }
+            Backend::Gpu(g) => {
+                // a batch past the device's limits runs in chunks of sequences
+                let config = &self.config;
+                split::gradients(
+                    config,
+                    batch,
+                    initial,
+                    dropout,
+                    want_final,
+                    |b, init, d, want| g.loss_and_gradients(config, b, init, d, want),
+                )
+            }
         }
     }
 
@@ -257,7 +318,26 @@ impl Rnn {
                 Ok((loss, last))
             }
             Backend::Gpu(g) => {
-                g.train_step(&self.config, batch, initial, dropout, optimizer, want_final)
+                let config = &self.config;
+                let whole = dropout.map(Dropout::whole);
+                match g.train_step(config, batch, initial, whole, optimizer, want_final) {
+                    Err(Error::ExceedsDeviceLimit { .. }) => {
+                        // too large for the device in one piece: the gradient of the
+                        // whole batch from chunks of it, then the same update
+                        let (loss, grads, last) = split::gradients(
+                            config,
+                            batch,
+                            initial,
+                            dropout,
+                            want_final,
+                            |b, init, d, want| g.loss_and_gradients(config, b, init, d, want),
+                        )?;
+                        check_finite_step(loss, all_finite(&grads))?;
+                        g.apply_gradients(&grads, optimizer)?;
+                        Ok((loss, last))
+                    }
+                    result => result,
+                }
             }
         }
     }
@@ -284,7 +364,10 @@ impl Rnn {
                     final_cell: last.c,
                 })
             }
-            Backend::Gpu(g) => g.encode(&self.config, batch, dropout),
+            Backend::Gpu(g) => {
+                let config = &self.config;
+                split::encode(batch, dropout, |b, d| g.encode(config, b, d))
+            }
         }
     }
 
@@ -320,7 +403,12 @@ impl Rnn {
                     cpu::encoder_backward(&self.config, params, batch, grad_states, dropout, ws);
                 Ok(Gradients { params, inputs })
             }
-            Backend::Gpu(g) => g.backward(&self.config, batch, grad_states, dropout),
+            Backend::Gpu(g) => {
+                let config = &self.config;
+                split::backward(config, batch, grad_states, dropout, |b, grad, d| {
+                    g.backward(config, b, grad, d)
+                })
+            }
         }
     }
 

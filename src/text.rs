@@ -207,7 +207,7 @@ impl Corpus {
         let n = train.len();
         // a held-out part needs an input and a target
         let held = match (n as f64 * held_out_fraction).round() as usize {
-            0 if held_out_fraction > 0.0 => 2,
+            h if held_out_fraction > 0.0 && h < 2 => 2,
             h => h,
         };
         if n < held + 2 {
@@ -284,7 +284,7 @@ impl TokenStreams {
     /// at least one, each at least a chunk long when the text allows. `None` when
     /// `num_tokens < 2`.
     pub fn fitting(num_tokens: usize, max_streams: usize, seq_len: usize) -> Option<Self> {
-        let streams = (num_tokens / (seq_len + 1)).clamp(1, max_streams.max(1));
+        let streams = (num_tokens / seq_len.saturating_add(1)).clamp(1, max_streams.max(1));
         Self::new(num_tokens, streams, seq_len).ok()
     }
 

@@ -1,7 +1,7 @@
 //! `unfold bench`: median training-step times on the anchor workloads, or matrix products
 //! alone, as JSON lines shaped like `scripts/torch_rnn_bench.py`'s.
 
-use super::options::{pick, CellChoice, DeviceChoice, TimeLoopChoice};
+use super::options::{pick_checked, CellChoice, DeviceChoice, TimeLoopChoice};
 use super::CliResult;
 use clap::Args;
 use std::process::ExitCode;
@@ -30,10 +30,15 @@ pub struct BenchArgs {
     /// How the GPU path walks the steps (auto picks by hidden size and batch).
     #[arg(long, value_enum, default_value = "auto")]
     time_loop: TimeLoopChoice,
+    /// With --device gpu: compile the kernels without wgpu's index checks. Unsafe: a
+    /// kernel bug is then undefined behaviour (run `unfold verify --unchecked-shaders`
+    /// on the adapter first).
+    #[arg(long)]
+    unchecked_shaders: bool,
 }
 
 pub fn run(args: BenchArgs) -> CliResult<ExitCode> {
-    let device = pick(args.device)?;
+    let device = pick_checked(args.device, args.unchecked_shaders)?;
     let reps = args.reps.max(1);
     match &args.matmul {
         Some(shapes) => bench_matmul(&device, shapes, reps)?,

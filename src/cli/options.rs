@@ -21,6 +21,36 @@ pub fn pick(choice: DeviceChoice) -> unfold::Result<Device> {
     })
 }
 
+/// The GPU, its kernels compiled without bounds checks when `unchecked` (the
+/// `--unchecked-shaders` of `verify` and `bench`; `UNFOLD_SHADER_CHECKS` cannot ask for
+/// that). Says so on stderr.
+pub fn pick_gpu(unchecked: bool) -> unfold::Result<Device> {
+    if !unchecked {
+        return Device::gpu();
+    }
+    eprintln!(
+        "unfold: kernels compiled without bounds checks (--unchecked-shaders): a kernel bug is undefined behaviour"
+    );
+    // SAFETY: the user opted in on the command line, as documented at the flag; the
+    // contract of `gpu_without_bounds_checks` (no kernel indexes out of range) is what
+    // `unfold verify --unchecked-shaders` checks against the CPU path.
+    unsafe { Device::gpu_without_bounds_checks() }
+}
+
+/// `--device` for a command that also takes `--unchecked-shaders`: the GPU without bounds
+/// checks needs `--device gpu`.
+pub fn pick_checked(choice: DeviceChoice, unchecked: bool) -> unfold::Result<Device> {
+    match (choice, unchecked) {
+        (_, false) => pick(choice),
+        (DeviceChoice::Gpu, true) => pick_gpu(true),
+        _ => Err(unfold::Error::InvalidConfig {
+            what: "--unchecked-shaders",
+            expected: "with --device gpu",
+            got: "another device".into(),
+        }),
+    }
+}
+
 /// [`Device::auto`], saying on stderr which device it took (and why not the GPU).
 pub fn pick_auto() -> Device {
     let (device, fallback) = Device::auto_with_reason();

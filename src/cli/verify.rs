@@ -1,7 +1,7 @@
 //! `unfold verify`: the same training steps from the same weights on the CPU path and on
 //! the GPU, compared tensor by tensor at every step; fails past `--tolerance`.
 
-use super::options::{make_optimizer, OptimizerChoice, TimeLoopChoice};
+use super::options::{make_optimizer, pick_gpu, OptimizerChoice, TimeLoopChoice};
 use super::CliResult;
 use clap::Args;
 use std::process::ExitCode;
@@ -47,6 +47,10 @@ pub struct VerifyArgs {
     /// How the GPU path walks the steps (auto picks by hidden size and batch).
     #[arg(long, value_enum, default_value = "auto")]
     time_loop: TimeLoopChoice,
+    /// Compile the GPU's kernels without wgpu's index checks, to check that setting
+    /// against the CPU path. Unsafe: a kernel bug is then undefined behaviour.
+    #[arg(long)]
+    unchecked_shaders: bool,
 }
 
 impl VerifyArgs {
@@ -93,7 +97,7 @@ pub fn run(args: VerifyArgs) -> CliResult<ExitCode> {
         .iter()
         .map(|n| verify_case(n))
         .collect::<unfold::Result<Vec<_>>>()?;
-    let gpu = Device::gpu()?;
+    let gpu = pick_gpu(args.unchecked_shaders)?;
     println!("verifying {} against the CPU path", gpu.describe());
     let mut worst = Worst(0.0, None);
     for (name, (config, values)) in names.iter().zip(cases) {

@@ -185,6 +185,16 @@ fn previous_rows(p: &Packing, t: usize, reverse: bool) -> Option<(usize, usize)>
     }
 }
 
+/// The packed row of the final state of the sequence at packed position `j` in direction
+/// `d`: its last step going forward, its first going backward.
+fn final_row(p: &Packing, j: usize, d: usize) -> usize {
+    if d == 0 {
+        p.last_row(j)
+    } else {
+        p.row(0, j)
+    }
+}
+
 /// The steps in the order a direction visits them.
 fn steps(p: &Packing, reverse: bool) -> Box<dyn Iterator<Item = usize>> {
     if reverse {
@@ -306,7 +316,7 @@ fn gather_last<F: Real>(config: &RnnConfig, p: &Packing, top: &Array2<F>, last: 
     resize(last, p.batch(), config.state_width());
     for j in 0..p.batch() {
         for d in 0..config.num_directions() {
-            let r = if d == 0 { p.last_row(j) } else { p.row(0, j) };
+            let r = final_row(p, j, d);
             last.slice_mut(s![j, d * h..(d + 1) * h])
                 .assign(&top.slice(s![r, d * h..(d + 1) * h]));
         }
@@ -543,7 +553,7 @@ pub fn backward<F: Real>(
             let d_last = ws.d_out.dot(&params.w_out);
             for j in 0..p.batch() {
                 for d in 0..config.num_directions() {
-                    let r = if d == 0 { p.last_row(j) } else { p.row(0, j) };
+                    let r = final_row(p, j, d);
                     ws.dh
                         .slice_mut(s![r, d * h..(d + 1) * h])
                         .assign(&d_last.slice(s![j, d * h..(d + 1) * h]));
@@ -845,11 +855,7 @@ pub fn final_state<F: Real>(
     let finals = |states: &dyn Fn(usize) -> Array2<f32>| {
         let mut out = Array3::zeros((config.num_units(), p.batch(), h));
         for u in 0..config.num_units() {
-            let rows: Vec<usize> = if u % dirs == 0 {
-                p.last_rows()
-            } else {
-                (0..p.batch()).map(|j| p.row(0, j)).collect()
-            };
+            let rows: Vec<usize> = (0..p.batch()).map(|j| final_row(p, j, u % dirs)).collect();
             let picked = states(u).select(Axis(0), &rows);
             out.index_axis_mut(Axis(0), u)
                 .assign(&p.unpack_sequences(picked.view()));

@@ -90,7 +90,8 @@ impl<'a> BatchLoader<'a> {
         shuffle(&mut order, &mut rng);
         let mut batches: Vec<Vec<usize>> = Vec::with_capacity(self.num_batches());
         let lengths = self.dataset.lengths();
-        for pool in order.chunks_mut(self.batch_size * self.pool_batches) {
+        // saturating: a pool larger than the dataset is the whole dataset
+        for pool in order.chunks_mut(self.batch_size.saturating_mul(self.pool_batches)) {
             if self.pool_batches > 1 {
                 pool.sort_by_key(|&i| lengths[i]);
             }

@@ -24,6 +24,7 @@
 use super::Dataset;
 use crate::{Error, Result};
 use ndarray::Array2;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Reads a `.ts` file with class labels.
@@ -45,6 +46,7 @@ pub fn parse_ts(text: &str, path: impl AsRef<Path>) -> Result<Dataset> {
         series_length: None,
         equal_length: None,
         class_labels: None,
+        class_index: HashMap::new(),
         univariate: None,
     }
     .parse(text)
@@ -56,6 +58,8 @@ struct Parser {
     series_length: Option<usize>,
     equal_length: Option<bool>,
     class_labels: Option<Vec<String>>,
+    /// The position of each label in `class_labels`: one lookup per case, not a search.
+    class_index: HashMap<String, usize>,
     univariate: Option<bool>,
 }
 
@@ -221,8 +225,9 @@ impl Parser {
                     return Err(self.error(line_no, "@classLabel true lists no class labels"));
                 }
                 let mut names: Vec<String> = Vec::with_capacity(labels.len());
+                let mut index = HashMap::with_capacity(labels.len());
                 for l in labels {
-                    if names.iter().any(|n| n == l) {
+                    if index.insert(l.to_string(), names.len()).is_some() {
                         return Err(self.error(
                             line_no,
                             format!("class label {l:?} is listed twice in @classLabel"),
@@ -231,6 +236,7 @@ impl Parser {
                     names.push(l.to_string());
                 }
                 self.class_labels = Some(names);
+                self.class_index = index;
             }
             "@targetlabel" => {
                 return Err(self.error(
@@ -263,7 +269,7 @@ impl Parser {
                 ),
             ));
         }
-        let Some(class) = class_labels.iter().position(|c| c == label) else {
+        let Some(&class) = self.class_index.get(label) else {
             return Err(self.error(
                 line_no,
                 format!(

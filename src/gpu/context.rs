@@ -7,11 +7,23 @@ use crate::{Error, Result};
 /// One adapter's device and queue with every pipeline compiled: built once per
 /// [`crate::Device`] and shared by its models.
 pub struct GpuContext {
+    /// Kept for [`GpuContext::live_resources`]: wgpu's resource registry is the
+    /// instance's.
+    instance: wgpu::Instance,
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     pub(crate) info: wgpu::AdapterInfo,
     pub(crate) limits: wgpu::Limits,
     pub(crate) kernels: Kernels,
+}
+
+/// Live wgpu handles of one device (see [`GpuContext::live_resources`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveResources {
+    /// Buffers.
+    pub buffers: usize,
+    /// Bind groups.
+    pub bind_groups: usize,
 }
 
 /// Rank of an adapter type: lower is preferred.
@@ -92,13 +104,54 @@ fn list_or_none(seen: &[String]) -> String {
 }
 
 impl GpuContext {
-    /// The best adapter by wgpu's environment conventions, its device and the pipelines.
+    /// The best adapter by wgpu's environment conventions, its device and the pipelines,
+    /// compiled with the run-time checks `UNFOLD_SHADER_CHECKS` asks for (`all` or
+    /// `bounds`; see [`ShaderChecks::from_env`]).
     pub fn new() -> Result<Self> {
+        Self::create(ShaderChecks::from_env()?, None)
+    }
+
+    /// [`GpuContext::new`] with kernels compiled without wgpu's index clamping and the
+    /// guards of integer division ([`ShaderChecks::None`]).
+    ///
+    /// # Safety
+    ///
+    /// A kernel that indexes out of range (or divides by zero) is then undefined
+    /// behaviour on the GPU: it may read or write other buffers of this process. The
+    /// kernels are written so that every index is in range by construction; the caller
+    /// asserts that it trusts them to be (see [`crate::Device::gpu_without_bounds_checks`]).
+    pub unsafe fn new_without_bounds_checks() -> Result<Self> {
+        Self::create(ShaderChecks::None, None)
+    }
+
+    /// [`GpuContext::new`] on a device that allows storage bindings of at most `bytes`
+    /// (at most the adapter's own limit): the device is requested with that limit, so
+    /// wgpu itself refuses a binding past it, and batches that would need larger buffers
+    /// are split as on an adapter with that limit. For testing the splitting on any
+    /// adapter.
+    pub fn with_storage_limit(bytes: u64) -> Result<Self> {
+        Self::create(ShaderChecks::from_env()?, Some(bytes))
+    }
+
+    /// Creates the device (with the adapter's limits, or a smaller storage-binding limit)
+    /// and compiles the pipelines with `checks`; [`ShaderChecks::None`] only from
+    /// [`GpuContext::new_without_bounds_checks`].
+    fn create(checks: ShaderChecks, storage_limit: Option<u64>) -> Result<Self> {
         let instance = new_instance();
         let adapter = choose_adapter(&instance)?;
-        let checks = ShaderChecks::from_env()?;
         let info = adapter.get_info();
-        let limits = adapter.limits();
+        let mut limits = adapter.limits();
+        if let Some(bytes) = storage_limit {
+            let allowed = limits.max_storage_buffer_binding_size;
+            if bytes == 0 || bytes > allowed {
+                return Err(Error::InvalidConfig {
+                    what: "storage-binding limit",
+                    expected: "between 1 byte and the adapter's own limit",
+                    got: format!("{bytes} (the adapter allows {allowed})"),
+                });
+            }
+            limits.max_storage_buffer_binding_size = bytes;
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("unfold"),
             required_features: wgpu::Features::empty(),
@@ -113,12 +166,18 @@ impl GpuContext {
         })?;
         let kernels = Kernels::new(&device, checks)?;
         Ok(GpuContext {
+            instance,
             device,
             queue,
             info,
             limits,
             kernels,
         })
+    }
+
+    /// The kernels of `cell`, compiled on first use.
+    pub(crate) fn cell_kernels(&self, cell: crate::Cell) -> Result<&super::kernels::CellKernels> {
+        self.kernels.cell(&self.device, cell)
     }
 
     /// The adapter in one line: name, kind and backend.
@@ -136,6 +195,17 @@ impl GpuContext {
         self.limits
             .max_storage_buffer_binding_size
             .min(self.limits.max_buffer_size)
+    }
+
+    /// How many buffers and bind groups of this device the program holds (wgpu's count
+    /// of live handles), to check that nothing leaks; `None` where wgpu cannot say.
+    pub fn live_resources(&self) -> Option<LiveResources> {
+        let report = self.instance.generate_report()?;
+        let hub = report.hub_report();
+        Some(LiveResources {
+            buffers: hub.buffers.num_kept_from_user,
+            bind_groups: hub.bind_groups.num_kept_from_user,
+        })
     }
 
     /// Waits for all submitted work, turning a lost device into an error.

@@ -2,11 +2,11 @@
 //! given shape, split K for long products with few output tiles, and [`ResidentProduct`],
 //! a product whose operands stay on the device (for benchmarks and kernel checks).
 
-use super::kernels::{Kernels, MatmulParams, A_IN_C, TRANS_A, TRANS_B};
+use super::kernels::{self, Kernels, MatmulParams, A_IN_C, TRANS_A, TRANS_B};
 use super::recorder::{read_back, BindGroupCache, Recorder};
 use super::GpuContext;
 use crate::device::DeviceKind;
-use crate::{Device, Error, Result};
+use crate::{Cell, Device, Error, Result};
 use ndarray::{Array2, ArrayView2};
 use std::sync::Arc;
 
@@ -113,6 +113,178 @@ pub(crate) fn scratch_for(shapes: &[(u32, u32, u32)]) -> usize {
         .map(|&(m, n, k)| GemmPlan::choose(m, n, k).scratch_floats(m, n, k))
         .max()
         .unwrap_or(0)
+}
+
+/// A matrix inside a buffer: where its first element is, and how far apart its rows are
+/// (in floats), so that a block of a wider matrix (one direction's columns, one step's
+/// rows, a tensor of the flat parameter buffer) is read or written in place.
+#[derive(Clone, Copy)]
+pub(crate) struct Matrix<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u32,
+    pub stride: u32,
+}
+
+impl<'a> Matrix<'a> {
+    pub fn new(buffer: &'a wgpu::Buffer, offset: u32, stride: u32) -> Self {
+        Matrix {
+            buffer,
+            offset,
+            stride,
+        }
+    }
+
+    /// The block from row `row`, column `col` on.
+    pub fn at(self, row: u32, col: u32) -> Self {
+        Matrix {
+            offset: self.offset + row * self.stride + col,
+            ..self
+        }
+    }
+}
+
+/// What is done to each element of C as it is stored.
+#[derive(Clone, Copy)]
+pub(crate) enum Epilogue<'a> {
+    None,
+    /// An Elman cell's nonlinearity.
+    Activate(Cell),
+    /// Times the Elman cell's derivative at its output h, a matrix laid out as C.
+    TimesSlope(Cell, Matrix<'a>),
+    /// Times a mask laid out as C.
+    TimesMask(Matrix<'a>),
+}
+
+/// One matrix product, `C = op(A)·op(B) (+ C) (+ bias)`, then its epilogue.
+#[derive(Clone, Copy)]
+pub(crate) struct Product<'a> {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub a: Matrix<'a>,
+    pub a_transposed: bool,
+    pub b: Matrix<'a>,
+    pub b_transposed: bool,
+    pub c: Matrix<'a>,
+    /// Adds to C instead of overwriting it.
+    pub accumulate: bool,
+    /// A vector of `n` added to every row of C: its buffer and offset.
+    pub bias: Option<(&'a wgpu::Buffer, u32)>,
+    pub epilogue: Epilogue<'a>,
+    /// Rows of op(A) that exist, the rest reading as zero (`None`: all `m`).
+    pub a_rows: Option<u32>,
+}
+
+impl<'a> Product<'a> {
+    /// `C = op(A)·op(B)` for `op(A)` of `m × k` and `op(B)` of `k × n`, both as stored.
+    pub fn new((m, n, k): (u32, u32, u32), a: Matrix<'a>, b: Matrix<'a>, c: Matrix<'a>) -> Self {
+        Product {
+            m,
+            n,
+            k,
+            a,
+            a_transposed: false,
+            b,
+            b_transposed: false,
+            c,
+            accumulate: false,
+            bias: None,
+            epilogue: Epilogue::None,
+            a_rows: None,
+        }
+    }
+
+    /// Records the product under the plan its shape chooses, splitting K into `scratch`
+    /// (room for `scratch.1` floats) where that pays. A that lives in C's buffer is read
+    /// from there (the kernel binds that buffer once).
+    pub fn record(
+        self,
+        rec: &mut Recorder<'a>,
+        kernels: &'a Kernels,
+        scratch: (&'a wgpu::Buffer, usize),
+    ) {
+        let mut flags = 0;
+        if self.a_transposed {
+            flags |= TRANS_A;
+        }
+        if self.b_transposed {
+            flags |= TRANS_B;
+        }
+        // bindings a product does not read get B's buffer, which it reads anyway: never
+        // C's, which is bound for writing
+        debug_assert!(
+            self.b.buffer != self.c.buffer,
+            "B may not live in C's buffer"
+        );
+        let a = if self.a.buffer == self.c.buffer {
+            flags |= A_IN_C;
+            self.b.buffer
+        } else {
+            self.a.buffer
+        };
+        let (epilogue, bias) = match self.epilogue {
+            Epilogue::None => (0, None),
+            Epilogue::Activate(cell) => (
+                match cell {
+                    Cell::Relu => kernels::EPILOGUE_RELU,
+                    _ => kernels::EPILOGUE_TANH,
+                },
+                None,
+            ),
+            Epilogue::TimesSlope(cell, h) => (
+                match cell {
+                    Cell::Relu => kernels::EPILOGUE_RELU_SLOPE,
+                    _ => kernels::EPILOGUE_TANH_SLOPE,
+                },
+                Some(h),
+            ),
+            Epilogue::TimesMask(mask) => (kernels::EPILOGUE_MASK, Some(mask)),
+        };
+        // an epilogue reading a matrix reads it through the bias binding, laid out as C
+        let (bias_buffer, bias_offset) = match (self.bias, bias) {
+            (Some(_), Some(_)) => unreachable!("a bias and an epilogue matrix share a binding"),
+            (Some((buffer, offset)), None) => {
+                flags |= kernels::ADD_BIAS;
+                (buffer, offset)
+            }
+            (None, Some(matrix)) => {
+                debug_assert_eq!(matrix.stride, self.c.stride, "laid out as C");
+                (matrix.buffer, matrix.offset)
+            }
+            (None, None) => (self.b.buffer, 0),
+        };
+        debug_assert!(
+            bias_buffer != self.c.buffer,
+            "the bias binding is read-only"
+        );
+        // no rows of A: no product (the kernel reads a_rows 0 as all of them)
+        let k = if self.a_rows == Some(0) { 0 } else { self.k };
+        let params = MatmulParams {
+            m: self.m,
+            n: self.n,
+            k,
+            flags,
+            a_offset: self.a.offset,
+            b_offset: self.b.offset,
+            c_offset: self.c.offset,
+            bias_offset,
+            lda: self.a.stride,
+            ldb: self.b.stride,
+            ldc: self.c.stride,
+            alpha: 1.0,
+            beta: if self.accumulate { 1.0 } else { 0.0 },
+            a_rows: self.a_rows.unwrap_or(0),
+            epilogue,
+            ..Default::default()
+        };
+        record_product(
+            rec,
+            kernels,
+            params,
+            [a, self.b.buffer, bias_buffer, self.c.buffer],
+            scratch,
+        );
+    }
 }
 
 /// Records `C = alpha·op(A)·op(B) + beta·C (+ bias)` (and its epilogue) under the plan
@@ -268,7 +440,7 @@ impl ResidentProduct {
         }
         let upload = |label: &str, x: ArrayView2<f32>| -> Result<wgpu::Buffer> {
             let data: Vec<f32> = x.as_standard_layout().iter().copied().collect();
-            let buffer = super::model::storage_checked(ctx, label, data.len())?;
+            let buffer = super::buffers::storage_checked(ctx, label, data.len())?;
             ctx.queue
                 .write_buffer(&buffer, 0, bytemuck::cast_slice(&data));
             Ok(buffer)
@@ -276,8 +448,8 @@ impl ResidentProduct {
         // stored layouts: A is [m, k] or, transposed, [k, m]; likewise B
         let a_buf = upload("matmul a", a)?;
         let b_buf = upload("matmul b", b)?;
-        let c = super::model::storage_checked(ctx, "matmul c", m * n)?;
-        let scratch = super::model::storage_checked(ctx, "matmul scratch", scratch_floats)?;
+        let c = super::buffers::storage_checked(ctx, "matmul c", m * n)?;
+        let scratch = super::buffers::storage_checked(ctx, "matmul scratch", scratch_floats)?;
         let flags = if transpose_a { TRANS_A } else { 0 } | if transpose_b { TRANS_B } else { 0 };
         let params = MatmulParams {
             m: m32,

@@ -2,7 +2,7 @@
 //! kernel family, declared field for field as in its WGSL file.
 
 use super::shaders;
-use crate::{Error, Result};
+use crate::{Cell, Error, Result};
 use bytemuck::{Pod, Zeroable};
 
 /// How a kernel binds each of its buffers (binding 0 is always its uniform block).
@@ -63,18 +63,42 @@ pub(crate) const EPILOGUE_RELU: u32 = 2;
 /// Times tanh'(h), h read from the bias binding at C's position.
 pub(crate) const EPILOGUE_TANH_SLOPE: u32 = 3;
 pub(crate) const EPILOGUE_RELU_SLOPE: u32 = 4;
+/// Times a mask read from the bias binding at C's position.
+pub(crate) const EPILOGUE_MASK: u32 = 5;
 
+/// One direction's step in a cell kernel (`shaders/cell_common.wgsl`): the packed rows it
+/// runs, where its previous (forward) and next (backward) states are, and where its
+/// parameters and columns are.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub(crate) struct StepParams {
+pub(crate) struct DirStep {
     pub rows: u32,
-    pub rows_next: u32,
+    pub cur: u32,
+    pub prev: u32,
+    pub prev_rows: u32,
+    pub next: u32,
+    pub next_rows: u32,
+    pub w_hh: u32,
+    pub b_hh: u32,
+    pub gate_col: u32,
+    pub state_col: u32,
+    pub initial: u32,
+    pub aux: u32,
+}
+
+/// The parameter block of every cell kernel (`recurrent.wgsl`, `cells.wgsl`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct CellStep {
     pub hidden: u32,
-    pub cur_offset: u32,
-    pub other_offset: u32,
-    pub w_offset: u32,
-    pub relu: u32,
-    pub has_other: u32,
+    pub gate_stride: u32,
+    pub state_stride: u32,
+    pub has_initial: u32,
+    pub lengths: u32,
+    pub saved_aux: u32,
+    pub dgh: u32,
+    pub initial_c: u32,
+    pub dir: [DirStep; 2],
 }
 
 #[repr(C)]
@@ -91,7 +115,7 @@ pub(crate) struct LossParams {
 pub(crate) struct ReduceParams {
     pub len: u32,
     pub offset: u32,
-    pub _pad0: u32,
+    pub stride: u32,
     pub cols: u32,
     pub out_offset: u32,
     pub scale: f32,
@@ -106,7 +130,16 @@ pub(crate) struct RowsParams {
     pub cols: u32,
     pub src_offset: u32,
     pub dst_offset: u32,
+    pub src_stride: u32,
+    pub dst_stride: u32,
+    pub index_offset: u32,
+    pub extra_offset: u32,
 }
+
+/// `gather_previous`'s index values (`shaders/rows.wgsl`): a row of the initial state
+/// (ORed with its number), or none (a zero state).
+pub(crate) const INITIAL_ROW: u32 = 0x8000_0000;
+pub(crate) const NO_ROW: u32 = u32::MAX;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
@@ -129,13 +162,15 @@ pub(crate) struct OptimParams {
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub(crate) struct EmbedParams {
     pub rows: u32,
-    pub hidden: u32,
+    pub width: u32,
     pub vocab: u32,
     pub w_offset: u32,
     pub b_offset: u32,
     pub ranges_offset: u32,
     pub order_offset: u32,
-    pub _pad: u32,
+    pub stride: u32,
+    pub col_offset: u32,
+    pub _pad: [u32; 3],
 }
 
 /// Every pipeline unfold uses.
@@ -143,10 +178,6 @@ pub(crate) struct Kernels {
     pub matmul_tile64: Kernel,
     pub matmul_tile128: Kernel,
     pub matmul_sum_splits: Kernel,
-    pub forward_step: Kernel,
-    pub backward_step: Kernel,
-    pub forward_sequence: Kernel,
-    pub backward_sequence: Kernel,
     pub cross_entropy: Kernel,
     pub squared_error: Kernel,
     pub partial_sums: Kernel,
@@ -157,7 +188,9 @@ pub(crate) struct Kernels {
     pub column_finish: Kernel,
     pub gather_rows: Kernel,
     pub scatter_rows: Kernel,
-    pub transpose: Kernel,
+    pub gather_previous: Kernel,
+    pub apply_mask: Kernel,
+    pub transpose_with_column: Kernel,
     pub prepare_update: Kernel,
     pub check_sgd: Kernel,
     pub check_momentum: Kernel,
@@ -167,24 +200,64 @@ pub(crate) struct Kernels {
     pub adam: Kernel,
     pub embed: Kernel,
     pub embed_grad: Kernel,
+    /// Each cell's kernels, compiled on first use ([`Kernels::cell`]).
+    cells: [std::sync::OnceLock<CellKernels>; 4],
+    checks: ShaderChecks,
 }
 
-/// Which of wgpu's run-time safety checks the kernels are compiled with, from the
-/// environment variable `UNFOLD_SHADER_CHECKS` (`all`, `bounds` or `none`).
+/// The kernels of one cell (the WGSL constant `CELL` fixed at pipeline creation): the
+/// time loops' kernels (`recurrent.wgsl`) and the element-wise step on its own
+/// (`cells.wgsl`). All bind the same buffers (`shaders/cell_common.wgsl`).
+pub(crate) struct CellKernels {
+    pub step_forward: Kernel,
+    pub step_backward: Kernel,
+    pub sequence_forward: Kernel,
+    /// `sequence_forward` for steps of more than 256 gate columns (gated cells past
+    /// hidden 64 or 85; `None` for Elman cells, which never have them).
+    pub sequence_forward_wide: Option<Kernel>,
+    pub sequence_backward: Kernel,
+    pub cell_forward_rows: Kernel,
+    pub cell_backward_rows: Kernel,
+}
+
+/// How the cell kernels bind their buffers: params, states, saved, initial, grad,
+/// dgates, packing, aux (see `shaders/cell_common.wgsl`).
+pub(crate) const CELL_BINDINGS: [Access; 8] = [Read, Write, Write, Read, Write, Write, Read, Write];
+
+/// The WGSL value of the constant `CELL`.
+fn cell_constant(cell: Cell) -> f64 {
+    match cell {
+        Cell::Tanh => 0.0,
+        Cell::Relu => 1.0,
+        Cell::Lstm => 2.0,
+        Cell::Gru => 3.0,
+    }
+}
+
+fn cell_index(cell: Cell) -> usize {
+    cell_constant(cell) as usize
+}
+
+/// Which of wgpu's run-time safety checks the kernels are compiled with.
 ///
-/// wgpu's defaults (`all`) clamp every computed index into an array, put a counter into
+/// wgpu's defaults (`All`) clamp every computed index into an array, put a counter into
 /// every loop in case it never ends, and zero each workgroup's memory before a kernel
 /// starts. The loop counters keep drivers from unrolling the kernels' inner loops: on an
-/// H200 they halved the matrix product's speed (BENCHMARKS.md). `bounds` (the default)
-/// keeps the index checks and drops the rest; `none` also drops the index checks and
-/// the guards of integer division.
+/// H200 they halved the matrix product's speed (BENCHMARKS.md). `Bounds` (the default)
+/// keeps the index checks and drops the rest. The environment variable
+/// `UNFOLD_SHADER_CHECKS` chooses between these two ([`ShaderChecks::from_env`]).
+///
+/// `None` also drops the index checks and the guards of integer division: a kernel bug
+/// then reads or writes out of bounds, which is undefined behaviour, so it is only
+/// reachable through an `unsafe` constructor
+/// ([`crate::Device::gpu_without_bounds_checks`]), never from the environment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShaderChecks {
     /// wgpu's defaults: index clamping, loop counters, zeroed workgroup memory.
     All,
     /// Index clamping only.
     Bounds,
-    /// No run-time checks.
+    /// No run-time checks (only through an `unsafe` constructor).
     None,
 }
 
@@ -192,7 +265,9 @@ impl ShaderChecks {
     /// What the kernels are compiled with unless asked otherwise.
     pub const DEFAULT: ShaderChecks = ShaderChecks::Bounds;
 
-    /// The setting `UNFOLD_SHADER_CHECKS` asks for (the default when it is unset).
+    /// The setting `UNFOLD_SHADER_CHECKS` asks for (the default when it is unset): `all`
+    /// or `bounds`. `none` is refused with an error that says how to opt in to kernels
+    /// without bounds checks, which the environment cannot do.
     pub fn from_env() -> Result<ShaderChecks> {
         let Some(raw) = std::env::var_os("UNFOLD_SHADER_CHECKS") else {
             return Ok(Self::DEFAULT);
@@ -202,10 +277,14 @@ impl ShaderChecks {
             Some("") => Ok(Self::DEFAULT),
             Some("all") => Ok(ShaderChecks::All),
             Some("bounds") => Ok(ShaderChecks::Bounds),
-            Some("none") => Ok(ShaderChecks::None),
+            Some("none") => Err(Error::InvalidConfig {
+                what: "UNFOLD_SHADER_CHECKS",
+                expected: "all or bounds (kernels without bounds checks, where a kernel bug is undefined behaviour, are an unsafe opt-in that no environment setting makes: `unsafe { Device::gpu_without_bounds_checks() }` in code, or `--unchecked-shaders` on `unfold verify` and `unfold bench`)",
+                got: raw.to_string_lossy().into_owned(),
+            }),
             _ => Err(Error::InvalidConfig {
                 what: "UNFOLD_SHADER_CHECKS",
-                expected: "all, bounds or none",
+                expected: "all or bounds",
                 got: raw.to_string_lossy().into_owned(),
             }),
         }
@@ -217,7 +296,7 @@ impl Kernels {
     pub fn largest_uniform(&self) -> u64 {
         [
             std::mem::size_of::<MatmulParams>(),
-            std::mem::size_of::<StepParams>(),
+            std::mem::size_of::<CellStep>(),
             std::mem::size_of::<LossParams>(),
             std::mem::size_of::<ReduceParams>(),
             std::mem::size_of::<RowsParams>(),
@@ -233,56 +312,16 @@ impl Kernels {
     /// mismatch is an `Err`, not a panic.
     pub fn new(device: &wgpu::Device, checks: ShaderChecks) -> Result<Self> {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = |name: &str, source: &str| {
-            let desc = wgpu::ShaderModuleDescriptor {
-                label: Some(name),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            };
-            match checks {
-                ShaderChecks::All => device.create_shader_module(desc),
-                // SAFETY: wgpu's loop bounding only guards against loops that never end;
-                // every loop in shaders/ runs a counter up to (or a stride down from) a
-                // bound taken from its uniform block or a constant, with a step of at
-                // least 1, and no bound is near u32::MAX (they count elements of
-                // buffers no larger than the device's binding limit).
-                ShaderChecks::Bounds => unsafe {
-                    let mut checks = wgpu::ShaderRuntimeChecks::checked();
-                    checks.force_loop_bounding = false;
-                    device.create_shader_module_trusted(desc, checks)
-                },
-                // SAFETY: as above for loops; every index into a buffer or a workgroup
-                // array is in range by construction (the kernels test each global index
-                // against the shape in their uniform block; workgroup indices are
-                // thread ids and constant-bounded loop counters); and no integer divisor
-                // is zero (hidden sizes, and column counts of dispatches that have
-                // threads). `unfold verify` checks this setting against the CPU path
-                // (tests/it/classify_cli.rs).
-                ShaderChecks::None => unsafe {
-                    device
-                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
-                },
-            }
-        };
+        let module = |name: &str, source: &str| shader_module(device, checks, name, source);
         let matmul = module("matmul", shaders::MATMUL);
-        let recurrent = module("recurrent", shaders::RECURRENT);
         let loss = module("loss", shaders::LOSS);
         let reduce = module("reduce", shaders::REDUCE);
         let rows = module("rows", shaders::ROWS);
         let optimizer = module("optimizer", shaders::OPTIMIZER);
         let embedding = module("embedding", shaders::EMBEDDING);
-        let mut next_id = 0;
-        let mut kernel =
+        let kernel =
             |module: &wgpu::ShaderModule, name: &'static str, uniform: usize, access: &[Access]| {
-                next_id += 1;
-                Kernel::new(
-                    device,
-                    next_id,
-                    module,
-                    name,
-                    uniform as u64,
-                    access,
-                    checks,
-                )
+                Kernel::new(device, module, name, uniform as u64, access, checks, &[])
             };
         use std::mem::size_of;
         let kernels = Kernels {
@@ -303,30 +342,6 @@ impl Kernels {
                 "matmul_sum_splits",
                 size_of::<MatmulParams>(),
                 &[Read, Read, Read, Write],
-            ),
-            forward_step: kernel(
-                &recurrent,
-                "forward_step",
-                size_of::<StepParams>(),
-                &[Read, Write, Read, Read],
-            ),
-            backward_step: kernel(
-                &recurrent,
-                "backward_step",
-                size_of::<StepParams>(),
-                &[Read, Write, Read, Read],
-            ),
-            forward_sequence: kernel(
-                &recurrent,
-                "forward_sequence",
-                size_of::<StepParams>(),
-                &[Read, Write, Read, Read],
-            ),
-            backward_sequence: kernel(
-                &recurrent,
-                "backward_sequence",
-                size_of::<StepParams>(),
-                &[Read, Write, Read, Read],
             ),
             cross_entropy: kernel(
                 &loss,
@@ -388,9 +403,21 @@ impl Kernels {
                 size_of::<RowsParams>(),
                 &[Read, Read, Write],
             ),
-            transpose: kernel(
+            gather_previous: kernel(
                 &rows,
-                "transpose",
+                "gather_previous",
+                size_of::<RowsParams>(),
+                &[Read, Read, Write, Read],
+            ),
+            apply_mask: kernel(
+                &rows,
+                "apply_mask",
+                size_of::<RowsParams>(),
+                &[Read, Read, Write, Read],
+            ),
+            transpose_with_column: kernel(
+                &rows,
+                "transpose_with_column",
                 size_of::<RowsParams>(),
                 &[Read, Read, Write],
             ),
@@ -448,24 +475,113 @@ impl Kernels {
                 size_of::<EmbedParams>(),
                 &[Read, Read, Write],
             ),
+            cells: Default::default(),
+            checks,
         };
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("compiling the kernels: {e}")));
         }
         Ok(kernels)
     }
+
+    /// The kernels of `cell`, compiled on first use (a compilation error is returned, and
+    /// tried again on the next call).
+    pub fn cell(&self, device: &wgpu::Device, cell: Cell) -> Result<&CellKernels> {
+        let slot = &self.cells[cell_index(cell)];
+        if let Some(k) = slot.get() {
+            return Ok(k);
+        }
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let checks = self.checks;
+        let recurrent = shader_module(device, checks, "recurrent", shaders::RECURRENT);
+        let cells = shader_module(device, checks, "cells", shaders::CELLS);
+        let constants = [("CELL", cell_constant(cell))];
+        let wide = [("CELL", cell_constant(cell)), ("WIDE_PRODUCTS", 1.0)];
+        let kernel =
+            |module: &wgpu::ShaderModule, name: &'static str, constants: &[(&str, f64)]| {
+                Kernel::new(
+                    device,
+                    module,
+                    name,
+                    std::mem::size_of::<CellStep>() as u64,
+                    &CELL_BINDINGS,
+                    checks,
+                    constants,
+                )
+            };
+        let compiled = CellKernels {
+            step_forward: kernel(&recurrent, "step_forward", &constants),
+            step_backward: kernel(&recurrent, "step_backward", &constants),
+            sequence_forward: kernel(&recurrent, "sequence_forward", &constants),
+            sequence_forward_wide: (cell.gates() > 1)
+                .then(|| kernel(&recurrent, "sequence_forward", &wide)),
+            sequence_backward: kernel(&recurrent, "sequence_backward", &constants),
+            cell_forward_rows: kernel(&cells, "cell_forward_rows", &constants),
+            cell_backward_rows: kernel(&cells, "cell_backward_rows", &constants),
+        };
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "compiling the {cell} cell's kernels: {e}"
+            )));
+        }
+        // a concurrent first use may have won: either copy works
+        let _ = slot.set(compiled);
+        Ok(slot.get().expect("just set"))
+    }
+}
+
+/// A shader module under the run-time checks `checks` asks for.
+fn shader_module(
+    device: &wgpu::Device,
+    checks: ShaderChecks,
+    name: &str,
+    source: &str,
+) -> wgpu::ShaderModule {
+    let desc = wgpu::ShaderModuleDescriptor {
+        label: Some(name),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    };
+    match checks {
+        ShaderChecks::All => device.create_shader_module(desc),
+        // SAFETY: wgpu's loop bounding only guards against loops that never end;
+        // every loop in shaders/ runs a counter up to (or a stride down from) a
+        // bound taken from its uniform block or a constant, with a step of at
+        // least 1, and no bound is near u32::MAX (they count elements of
+        // buffers no larger than the device's binding limit).
+        ShaderChecks::Bounds => unsafe {
+            let mut checks = wgpu::ShaderRuntimeChecks::checked();
+            checks.force_loop_bounding = false;
+            device.create_shader_module_trusted(desc, checks)
+        },
+        // SAFETY: only reached from `GpuContext::new_without_bounds_checks`, an `unsafe
+        // fn` whose caller accepts the following: as above for loops; every index into a
+        // buffer or a workgroup array is in range by construction (the kernels test each global index
+        // against the shape in their uniform block; workgroup indices are
+        // thread ids and constant-bounded loop counters); and no integer divisor
+        // is zero (hidden sizes, and column counts of dispatches that have
+        // threads). `unfold verify` checks this setting against the CPU path
+        // (tests/it/classify_cli.rs).
+        ShaderChecks::None => unsafe {
+            device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+        },
+    }
 }
 
 impl Kernel {
+    /// A pipeline for entry point `name` of `module`, with `constants` for its
+    /// pipeline-overridable constants.
     fn new(
         device: &wgpu::Device,
-        id: usize,
         module: &wgpu::ShaderModule,
         name: &'static str,
         uniform_size: u64,
         access: &[Access],
         checks: ShaderChecks,
+        constants: &[(&str, f64)],
     ) -> Kernel {
+        // bind groups are cached by kernel id: unique across every context and cell
+        static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut entries = vec![wgpu::BindGroupLayoutEntry {
             binding: 0,
             visibility: wgpu::ShaderStages::COMPUTE,
@@ -508,7 +624,7 @@ impl Kernel {
             // first (wgpu's default, kept with ShaderChecks::All) is wasted work
             compilation_options: wgpu::PipelineCompilationOptions {
                 zero_initialize_workgroup_memory: checks == ShaderChecks::All,
-                ..Default::default()
+                constants,
             },
             cache: None,
         });

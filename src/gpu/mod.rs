@@ -4,19 +4,27 @@
 //! update — is recorded into one command buffer and submitted once. Parameters and
 //! optimizer state stay on the device; only the loss comes back each step.
 //!
-//! `context` picks the adapter and compiles the pipelines (`kernels`); `recorder` turns a
-//! list of dispatches into one submission; `gemm` plans each matrix product (tiling, K
-//! splits) from its shape; `model` records a model's forward pass and training step
-//! under the chosen [`TimeLoop`].
+//! `context` picks the adapter and compiles the pipelines (`kernels`; each cell's time-loop
+//! kernels on first use); `recorder` turns a list of dispatches into one submission;
+//! `gemm` plans each matrix product (tiling, K splits) from its shape and describes one
+//! (`Product`: its operands as blocks of buffers, bias and epilogue); `buffers` holds
+//! the parameter layout, the work buffers and what is uploaded per batch; `time_loop` is
+//! how one layer walks its steps, forward and backward, for every cell, direction and
+//! [`TimeLoop`] (the cells' element-wise math is `shaders/cell_common.wgsl`); `model`
+//! records a model's passes around it: input projections, readout and loss, weight
+//! gradients, the update.
 
+mod buffers;
 mod context;
 mod gemm;
 mod kernels;
 mod model;
 mod recorder;
 pub mod shaders;
+mod time_loop;
 
-pub use context::{describe_adapter, list_adapters, GpuContext};
+pub(crate) use buffers::Dropout;
+pub use context::{describe_adapter, list_adapters, GpuContext, LiveResources};
 pub use gemm::{GemmPlan, ResidentProduct, Tile};
 pub use kernels::ShaderChecks;
 pub(crate) use model::GpuRnn;
@@ -60,9 +68,60 @@ pub(crate) struct OptimizerBuffers {
     pub len: usize,
     /// The context the buffers belong to.
     pub ctx: std::sync::Arc<GpuContext>,
+    /// The bind-group caches of the models these buffers were bound through, held
+    /// weakly: dropping the buffers evicts their groups from each cache still alive, so
+    /// that no cached group keeps them (see [`recorder::BindGroupCache`]).
+    bound_in: std::sync::Mutex<Vec<std::sync::Weak<std::sync::Mutex<recorder::BindGroupCache>>>>,
+}
+
+impl Drop for OptimizerBuffers {
+    fn drop(&mut self) {
+        let buffers: Vec<&wgpu::Buffer> = [&self.m, &self.v].into_iter().flatten().collect();
+        let caches = std::mem::take(
+            self.bound_in
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for cache in caches.iter().filter_map(std::sync::Weak::upgrade) {
+            recorder::lock(&cache).evict(&buffers);
+        }
+    }
 }
 
 impl OptimizerBuffers {
+    /// Moment buffers `m` and `v` (where present) for `len` parameters on `ctx`.
+    pub fn new(
+        m: Option<wgpu::Buffer>,
+        v: Option<wgpu::Buffer>,
+        len: usize,
+        ctx: std::sync::Arc<GpuContext>,
+    ) -> Self {
+        OptimizerBuffers {
+            m,
+            v,
+            len,
+            ctx,
+            bound_in: Default::default(),
+        }
+    }
+
+    /// Notes that these buffers are bound through `cache` (a model's), so that dropping
+    /// them evicts their groups there.
+    pub fn bind_through(&self, cache: &recorder::SharedCache) {
+        let mut caches = self
+            .bound_in
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // forget caches whose models are gone; note this one once
+        caches.retain(|c| c.strong_count() > 0);
+        if !caches
+            .iter()
+            .any(|c| std::ptr::eq(c.as_ptr(), std::sync::Arc::as_ptr(cache)))
+        {
+            caches.push(std::sync::Arc::downgrade(cache));
+        }
+    }
+
     /// The moments read back (empty where absent).
     pub fn read(&self) -> crate::Result<(Vec<f32>, Vec<f32>)> {
         let regions: Vec<(&wgpu::Buffer, u64, usize)> = [&self.m, &self.v]
@@ -93,6 +152,26 @@ impl std::fmt::Debug for OptimizerBuffers {
             self.len,
             self.ctx.describe()
         )
+    }
+}
+
+/// A GPU device (chosen as [`crate::Device::gpu`] chooses) whose storage bindings are
+/// limited to `bytes`, as on a smaller adapter: batches that need larger buffers are
+/// split into chunks. For testing that on any adapter.
+pub fn device_with_storage_limit(bytes: u64) -> crate::Result<crate::Device> {
+    Ok(crate::Device {
+        kind: crate::device::DeviceKind::Gpu(std::sync::Arc::new(GpuContext::with_storage_limit(
+            bytes,
+        )?)),
+    })
+}
+
+/// Live buffers and bind groups of `device` (see [`GpuContext::live_resources`]; `None`
+/// for the CPU).
+pub fn live_resources(device: &crate::Device) -> Option<LiveResources> {
+    match &device.kind {
+        crate::device::DeviceKind::Gpu(ctx) => ctx.live_resources(),
+        crate::device::DeviceKind::Cpu => None,
     }
 }
 

@@ -1,113 +1,50 @@
 //! `GpuRnn`: the model's parameters and work buffers on one device, and the recording of
-//! forward passes and training steps.
+//! forward passes, backward passes and training steps.
+//!
+//! A forward pass is, per layer: the hoisted input projection of every step and gate
+//! (one product per direction, or a lookup for tokens), then the layer's time loop
+//! (`time_loop.rs`); then the readout and the loss. The backward pass mirrors it: the
+//! readout's gradients, then per layer from the top the reverse time loop, the weight
+//! gradients as one product over all steps each, and the gradient for the layer below.
 
-use super::gemm;
-use super::kernels::{
-    self, EmbedParams, LossParams, MatmulParams, OptimParams, ReduceParams, RowsParams, StepParams,
-};
-use super::recorder::{read_back, BindGroupCache, Recorder};
+use super::buffers::{check_fits, storage, BatchBuffers, Dropout, ParamLayout};
+use super::gemm::{Epilogue, Matrix, Product};
+use super::kernels::{CellKernels, EmbedParams, LossParams, OptimParams, ReduceParams, RowsParams};
+use super::recorder::{self, read_back, Recorder, SharedCache};
+use super::time_loop::{LayerLoop, LoopBuffers, LoopLayout, Strategy, UnitOffsets};
 use super::{GpuContext, OptimizerBuffers, TimeLoop, PERSISTENT_MAX_HIDDEN};
 use crate::batch::{Packing, SequenceBatch, Targets};
 use crate::cpu::RnnState;
 use crate::model::{RnnConfig, RnnParams};
 use crate::optim::{update_overflow, AdamCoefficients, Optimizer, OptimizerKind, State};
-use crate::rnn::{check_finite_step, Forward};
+use crate::rnn::{check_finite_step, Encoded, Forward, Gradients};
 use crate::{Cell, Error, Head, Result};
-use ndarray::{Array3, ArrayView2, Axis};
+use ndarray::{Array2, Array3, ArrayView2, Axis};
 use std::sync::Arc;
-
-/// Element offsets of every tensor in the flat parameter (and gradient) buffer, in the
-/// order of [`RnnParams::tensors`].
-#[derive(Clone, Debug)]
-struct ParamLayout {
-    w_ih: Vec<u32>,
-    w_hh: Vec<u32>,
-    b_ih: Vec<u32>,
-    b_hh: Vec<u32>,
-    w_out: u32,
-    b_out: u32,
-    len: usize,
-}
-
-impl ParamLayout {
-    fn new(config: &RnnConfig) -> Self {
-        let h = config.hidden_size;
-        let mut at = 0usize;
-        let mut take = |n: usize| {
-            let o = at as u32;
-            at += n;
-            o
-        };
-        let g = config.gate_width();
-        let (mut w_ih, mut w_hh, mut b_ih, mut b_hh) = (vec![], vec![], vec![], vec![]);
-        for u in 0..config.num_units() {
-            w_ih.push(take(
-                g * config.layer_input_size(u / config.num_directions()),
-            ));
-            w_hh.push(take(g * h));
-            b_ih.push(take(g));
-            b_hh.push(take(g));
-        }
-        let w_out = take(config.output_size * config.state_width());
-        let b_out = take(config.output_size);
-        ParamLayout {
-            w_ih,
-            w_hh,
-            b_ih,
-            b_hh,
-            w_out,
-            b_out,
-            len: at,
-        }
-    }
-}
-
-/// Work buffers sized for batches up to a capacity.
-struct BatchBuffers {
-    tokens: usize,
-    batch: usize,
-    /// Rows of dense inputs `x` holds (0 while only token batches have been seen).
-    x_tokens: usize,
-    x: wgpu::Buffer,
-    hs: Vec<wgpu::Buffer>,
-    g: wgpu::Buffer,
-    g_below: wgpu::Buffer,
-    hprev: wgpu::Buffer,
-    last: wgpu::Buffer,
-    out: wgpu::Buffer,
-    d_out: wgpu::Buffer,
-    row_loss: wgpu::Buffer,
-    classes: wgpu::Buffer,
-    values: wgpu::Buffer,
-    last_index: wgpu::Buffer,
-    /// Step offsets, then sequence lengths in packed order (persistent time loop).
-    packing: wgpu::Buffer,
-    /// Initial states in packed order, `[num_layers, batch, hidden]`.
-    initial: wgpu::Buffer,
-    /// Token batches: packed ids, per-token row ranges, rows sorted by token.
-    token_data: wgpu::Buffer,
-    prev_index: wgpu::Buffer,
-    final_h: wgpu::Buffer,
-    /// Partial products of matrix products split along K, and its size in floats.
-    split_scratch: (wgpu::Buffer, usize),
-}
 
 pub(crate) struct GpuRnn {
     ctx: Arc<GpuContext>,
+    /// The model's shape (the one it was created for).
+    config: RnnConfig,
     layout: ParamLayout,
     params: wgpu::Buffer,
     grads: wgpu::Buffer,
     /// `[loss, sum of squared gradients, clip scale, step ok]`
     scalars: wgpu::Buffer,
     partials: wgpu::Buffer,
-    /// Per-chunk column sums, `[COLUMN_CHUNKS, max(hidden, output)]`.
+    /// Per-chunk column sums, `[COLUMN_CHUNKS, max(gates·hidden, output)]`.
     column_scratch: wgpu::Buffer,
-    /// Every layer's W_hh transposed, `[num_layers, hidden, hidden]`: the persistent
-    /// forward kernel's reads along it are contiguous across threads.
+    /// Every layer's and direction's `W_hhᵀ` `[hidden, gates·hidden]` and a copy of
+    /// `b_hh`: the persistent forward kernel's reads along it are contiguous across
+    /// threads.
     w_hh_t: wgpu::Buffer,
-    dummies: [wgpu::Buffer; 3],
+    /// Bound where a kernel reads nothing (`[0]`, read-only bindings) or writes nothing
+    /// (`[1]`, read-write bindings; a buffer may not be bound both ways in one dispatch).
+    dummies: [wgpu::Buffer; 2],
     work: Option<BatchBuffers>,
-    cache: std::sync::Mutex<BindGroupCache>,
+    /// Bind groups across calls; shared (weakly) with the optimizers bound through it,
+    /// which evict their groups when they go.
+    cache: SharedCache,
     /// Host time spent recording, encoding and submitting the last step, and the
     /// number of dispatches it recorded.
     pub last_host: std::time::Duration,
@@ -128,138 +65,20 @@ const COLUMN_CHUNKS: usize = 64;
 /// on its own before recording the backward pass.
 const SPLIT_SUBMISSION_DISPATCHES: usize = 64;
 
-/// Inputs of at least this many bytes are packed on several threads: `large`'s 32 MB
-/// took one thread of an H200 machine 5–6 ms, a third of the whole training step.
-const PARALLEL_PACK_BYTES: usize = 4 << 20;
-const MAX_PACK_THREADS: usize = 8;
-
-/// Writes the batch's dense input rows into `out` in packed order (time-major, sequences
-/// by length), splitting large batches by steps over several threads.
-fn pack_inputs(batch: &SequenceBatch, out: wgpu::WriteOnly<'_, [u8]>) {
-    let p = batch.packing();
-    let row_bytes = batch.input_size() * 4;
-    let threads = if out.len() >= PARALLEL_PACK_BYTES {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MAX_PACK_THREADS)
-    } else {
-        1
-    };
-    if threads <= 1 {
-        pack_steps(batch, 0..p.batch_sizes.len(), row_bytes, out);
-        return;
-    }
-    // contiguous runs of steps with about the same number of rows each
-    let (rows, steps) = (p.tokens(), p.batch_sizes.len());
-    let first_row = |t: usize| p.offsets.get(t).copied().unwrap_or(rows);
-    let mut rest = out;
-    let mut first = 0;
-    std::thread::scope(|scope| {
-        for k in 1..=threads {
-            let mut end = first;
-            while end < steps && (k == threads || first_row(end) < rows * k / threads) {
-                end += 1;
-            }
-            let bytes = (first_row(end) - first_row(first)) * row_bytes;
-            let (piece, tail) = rest.split_at(bytes);
-            rest = tail;
-            let (range, piece) = (first..end, Piece(piece));
-            scope.spawn(move || pack_steps(batch, range, row_bytes, piece.into_inner()));
-            first = end;
-        }
-    });
-}
-
-/// A piece of the mapped upload memory, handed to one packing thread.
-struct Piece<'a>(wgpu::WriteOnly<'a, [u8]>);
-
-// SAFETY: a `WriteOnly<[u8]>` is a unique borrow of mapped memory disjoint from every
-// other piece, like `&mut [u8]`, which is `Send`; wgpu implements `Send` for
-// `WriteOnly<T>` only where `T` is sized, which leaves slices out.
-unsafe impl Send for Piece<'_> {}
-
-impl<'a> Piece<'a> {
-    /// The view (a method, so that a closure moves the whole `Piece` to its thread).
-    fn into_inner(self) -> wgpu::WriteOnly<'a, [u8]> {
-        self.0
-    }
-}
-
-/// Writes the input rows of `steps` (in packed order) into `out`, which holds exactly them.
-fn pack_steps(
-    batch: &SequenceBatch,
-    steps: std::ops::Range<usize>,
-    row_bytes: usize,
-    mut out: wgpu::WriteOnly<'_, [u8]>,
-) {
-    let p = batch.packing();
-    let mut at = 0;
-    let mut gathered = Vec::new();
-    for t in steps {
-        for &i in &p.order[..p.batch_sizes[t]] {
-            let row = batch.inputs()[i].row(t);
-            let floats = match row.as_slice() {
-                Some(s) => s,
-                None => {
-                    gathered.clear();
-                    gathered.extend(row.iter());
-                    &gathered[..]
-                }
-            };
-            out.slice(at..at + row_bytes)
-                .copy_from_slice(bytemuck::cast_slice(floats));
-            at += row_bytes;
-        }
-    }
-}
-
-fn storage(ctx: &GpuContext, label: &str, floats: usize) -> wgpu::Buffer {
-    ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: (floats.max(1) * 4) as u64,
-        usage: wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_DST
-            | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    })
-}
-
-/// A storage buffer of `floats` floats, refused if a kernel could not bind it.
-pub(crate) fn storage_checked(
-    ctx: &GpuContext,
-    label: &str,
-    floats: usize,
-) -> Result<wgpu::Buffer> {
-    check_fits(ctx, label, floats)?;
-    Ok(storage(ctx, label, floats))
-}
-
-fn check_fits(ctx: &GpuContext, what: &str, floats: usize) -> Result<()> {
-    let bytes = floats as u64 * 4;
-    let limit = ctx.max_storage_binding();
-    if bytes > limit || floats > u32::MAX as usize {
-        return Err(Error::ExceedsDeviceLimit {
-            what: what.to_string(),
-            needed: bytes,
-            limit,
-            hint: "use a smaller batch or shorter sequences",
-        });
-    }
-    Ok(())
+/// What one recording runs on top of the batch: whether there are initial states,
+/// whether dropout masks apply (a training pass with dropout), and whether the backward
+/// pass forms the gradient with respect to the inputs.
+#[derive(Clone, Copy, Debug, Default)]
+struct Pass {
+    initial: bool,
+    dropout: bool,
+    input_grads: bool,
 }
 
 impl GpuRnn {
     pub fn new(ctx: Arc<GpuContext>, config: &RnnConfig, params: &RnnParams) -> Result<Self> {
-        let elman = matches!(config.cell, Cell::Tanh | Cell::Relu);
-        if !elman || config.bidirectional || config.dropout > 0.0 || config.head == Head::None {
-            return Err(Error::Unsupported(format!(
-                "the GPU path does not run this configuration yet ({} cell{}{}{}): use Device::cpu()",
-                config.cell,
-                if config.bidirectional { ", bidirectional" } else { "" },
-                if config.dropout > 0.0 { ", dropout" } else { "" },
-                if config.head == Head::None { ", no readout" } else { "" },
-            )));
-        }
+        // compile the cell's kernels now, so that recording cannot fail on them
+        ctx.cell_kernels(config.cell)?;
         let layout = ParamLayout::new(config);
         check_fits(&ctx, "the parameter buffer", layout.len)?;
         let buf = storage(&ctx, "params", layout.len);
@@ -272,21 +91,22 @@ impl GpuRnn {
         let column_scratch = storage(
             &ctx,
             "column sums",
-            COLUMN_CHUNKS * config.hidden_size.max(config.output_size),
+            COLUMN_CHUNKS * config.gate_width().max(config.output_size),
         );
         let persistent_fits = config.hidden_size <= PERSISTENT_MAX_HIDDEN;
+        let (h, gh) = (config.hidden_size, config.gate_width());
         let w_hh_t = storage(
             &ctx,
             "W_hh transposed",
-            persistent_fits as usize * config.num_layers * config.hidden_size.pow(2),
+            persistent_fits as usize * config.num_units() * (h * gh + gh),
         );
         let dummies = [
-            storage(&ctx, "dummy0", 4),
-            storage(&ctx, "dummy1", 4),
-            storage(&ctx, "dummy2", 4),
+            storage(&ctx, "dummy (read)", 4),
+            storage(&ctx, "dummy (write)", 4),
         ];
         Ok(GpuRnn {
             ctx,
+            config: config.clone(),
             layout,
             params: buf,
             grads,
@@ -304,363 +124,329 @@ impl GpuRnn {
     }
 
     /// Makes sure the work buffers fit `batch`, reallocating (to the new size) when not.
-    fn ensure_work(&mut self, config: &RnnConfig, sequences: &SequenceBatch) -> Result<()> {
-        let p = sequences.packing();
-        let (tokens, batch) = (p.tokens(), p.batch());
-        // token batches look their inputs up in W_ih and need no dense input buffer
-        let dense = sequences.token_ids().is_none();
-        if let Some(w) = &self.work {
-            if w.tokens >= tokens && w.batch >= batch && (!dense || w.x_tokens >= tokens) {
-                return Ok(());
-            }
+    fn ensure_work(&mut self, batch: &SequenceBatch) -> Result<()> {
+        if self.work.as_ref().is_some_and(|w| w.fit(batch)) {
+            return Ok(());
         }
-        let (tokens, batch, x_tokens) = match &self.work {
+        let p = batch.packing();
+        let dense = batch.token_ids().is_none() as usize;
+        let own = (p.tokens(), p.batch(), dense * p.tokens());
+        let grown = match &self.work {
             Some(w) => (
-                w.tokens.max(tokens),
-                w.batch.max(batch),
-                w.x_tokens.max(dense as usize * tokens),
+                w.tokens.max(own.0),
+                w.batch.max(own.1),
+                w.x_tokens.max(own.2),
             ),
-            None => (tokens, batch, dense as usize * tokens),
+            None => own,
         };
-        let (i, h, o, l) = (
-            config.input_size,
-            config.hidden_size,
-            config.output_size,
-            config.num_layers,
-        );
-        let rows = if config.head == Head::PerStep {
-            tokens
-        } else {
-            batch
+        // room for this batch and the ones before; where that exceeds a limit (some
+        // buffers add up sizes), room for this batch alone: whether a batch fits never
+        // depends on the batches before it (the chunks of a split batch rely on that).
+        // Nothing changes when it does not fit.
+        let dims = match BatchBuffers::check(&self.ctx, &self.config, grown) {
+            Ok(()) => grown,
+            Err(_) => {
+                BatchBuffers::check(&self.ctx, &self.config, own)?;
+                own
+            }
         };
-        for (what, n) in [
-            ("the packed inputs (tokens x input_size)", x_tokens * i),
-            ("one layer's states (tokens x hidden_size)", tokens * h),
-            ("the outputs (rows x output_size)", rows * o),
-            ("the final states", l * batch * h),
-        ] {
-            check_fits(&self.ctx, what, n)?;
-        }
-        let max_groups = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
-        let needed_groups = (tokens.max(rows) as u64).div_ceil(64);
-        if needed_groups > max_groups {
-            return Err(Error::ExceedsDeviceLimit {
-                what: "workgroups per dimension of the batch-wide matrix products".into(),
-                needed: needed_groups,
-                limit: max_groups,
-                hint: "use a smaller batch or shorter sequences",
-            });
-        }
-        // every product a step records, for the scratch its K splits need (a split that
-        // does not fit runs unsplit)
-        let (t32, b32, r32) = (tokens as u32, batch as u32, rows as u32);
-        let (h32, o32) = (h as u32, o as u32);
-        let mut shapes = vec![
-            (r32, o32, h32),
-            (o32, h32, r32),
-            (t32.max(b32), h32, o32),
-            (h32, h32, t32 - b32.min(t32)),
-            (h32, h32, b32),
-            (t32, h32, h32),
-            (b32, h32, h32),
-        ];
-        for layer in 0..l {
-            let in_size = config.layer_input_size(layer) as u32;
-            shapes.extend([(t32, h32, in_size), (h32, in_size, t32)]);
-        }
-        let scratch_floats =
-            gemm::scratch_for(&shapes).min((self.ctx.max_storage_binding() / 4) as usize);
-        let ctx = &self.ctx;
-        self.cache.get_mut().expect("bind group cache").clear();
-        self.work = Some(BatchBuffers {
-            tokens,
-            batch,
-            x_tokens,
-            x: storage(ctx, "x", x_tokens * i),
-            hs: (0..l).map(|_| storage(ctx, "hs", tokens * h)).collect(),
-            g: storage(ctx, "g", tokens * h),
-            g_below: storage(ctx, "g_below", tokens * h),
-            hprev: storage(ctx, "hprev", tokens * h),
-            last: storage(ctx, "last", batch * h),
-            out: storage(ctx, "out", rows * o),
-            d_out: storage(ctx, "d_out", rows * o),
-            row_loss: storage(ctx, "row_loss", rows),
-            classes: storage(ctx, "classes", rows),
-            values: storage(ctx, "values", rows * o),
-            last_index: storage(ctx, "last_index", batch),
-            packing: storage(ctx, "packing", tokens + 1 + batch),
-            initial: storage(ctx, "initial", l * batch * h),
-            token_data: storage(ctx, "token data", 2 * tokens + i + 1),
-            prev_index: storage(ctx, "prev_index", tokens),
-            final_h: storage(ctx, "final_h", l * batch * h),
-            split_scratch: (
-                storage(ctx, "split scratch", scratch_floats),
-                scratch_floats,
-            ),
-        });
+        // the old buffers go: so do the groups that bind them
+        recorder::lock(&self.cache).clear();
+        self.work = None;
+        self.work = Some(BatchBuffers::new(&self.ctx, &self.config, dims)?);
         Ok(())
     }
 
-    /// Uploads the batch: packed inputs, packed targets and the row indices.
-    fn upload(&self, config: &RnnConfig, batch: &SequenceBatch, initial: Option<&RnnState>) {
-        let w = self.work.as_ref().expect("ensure_work ran");
-        let p = batch.packing();
-        let q = &self.ctx.queue;
-        if let Some(ids) = batch.packed_token_ids() {
-            // ids, then for each token the range of its rows in the rows sorted by token
-            let vocab = config.input_size;
-            let mut counts = vec![0u32; vocab + 1];
-            for &id in &ids {
-                counts[id as usize + 1] += 1;
-            }
-            for v in 0..vocab {
-                counts[v + 1] += counts[v];
-            }
-            let mut order: Vec<u32> = (0..ids.len() as u32).collect();
-            order.sort_by_key(|&r| ids[r as usize]);
-            let data: Vec<u32> = ids.iter().chain(&counts).chain(&order).copied().collect();
-            q.write_buffer(&w.token_data, 0, bytemuck::cast_slice(&data));
+    fn work(&self) -> &BatchBuffers {
+        self.work.as_ref().expect("ensure_work ran")
+    }
+
+    fn cell_kernels(&self) -> &CellKernels {
+        self.ctx
+            .cell_kernels(self.config.cell)
+            .expect("compiled in GpuRnn::new")
+    }
+
+    /// The split-K scratch of the matrix products.
+    fn split_scratch(&self) -> (&wgpu::Buffer, usize) {
+        let (buffer, floats) = &self.work().split_scratch;
+        (buffer, *floats)
+    }
+
+    /// Records `product` under the tiling its shape chooses.
+    fn product<'a>(&'a self, rec: &mut Recorder<'a>, product: Product<'a>) {
+        product.record(rec, &self.ctx.kernels, self.split_scratch());
+    }
+
+    // ---- sizes and places ----
+
+    fn hidden(&self) -> u32 {
+        self.config.hidden_size as u32
+    }
+
+    fn dirs(&self) -> u32 {
+        self.config.num_directions() as u32
+    }
+
+    /// `G·H`: the width of one direction's gates.
+    fn gate_width(&self) -> u32 {
+        self.config.gate_width() as u32
+    }
+
+    fn gated(&self) -> bool {
+        self.config.cell.gates() > 1
+    }
+
+    /// Layer `l`'s output `[tokens, D·H]`.
+    fn states(&self, l: usize) -> Matrix<'_> {
+        Matrix::new(&self.work().hs[l], 0, self.dirs() * self.hidden())
+    }
+
+    /// Direction `d` of layer `l`'s gates `[tokens, G·H]` (an Elman cell's are its states).
+    fn gates(&self, l: usize, d: usize) -> Matrix<'_> {
+        if self.gated() {
+            let width = self.gate_width();
+            Matrix::new(&self.work().saved[l], 0, self.dirs() * width).at(0, d as u32 * width)
         } else {
-            // packed straight into the upload's staging memory: inputs are the largest
-            // transfer of a step, and one host copy of them is all it takes
-            let bytes = (p.tokens() * config.input_size * 4) as u64;
-            if let Some(mut view) =
-                wgpu::BufferSize::new(bytes).and_then(|b| q.write_buffer_with(&w.x, 0, b))
-            {
-                pack_inputs(batch, view.slice(..));
-            }
-        }
-        if let Some(state) = initial {
-            let mut packed: Vec<f32> = Vec::with_capacity(state.h.len());
-            for layer in state.h.outer_iter() {
-                for &i in &p.order {
-                    packed.extend(layer.row(i).iter());
-                }
-            }
-            q.write_buffer(&w.initial, 0, bytemuck::cast_slice(&packed));
-        }
-        let per_step = config.head == Head::PerStep;
-        match batch.targets() {
-            None => {}
-            Some(Targets::Classes(c)) => {
-                let mut packed = Vec::new();
-                crate::cpu::pack_classes(c, p, per_step, &mut packed);
-                q.write_buffer(&w.classes, 0, bytemuck::cast_slice(&packed));
-            }
-            Some(Targets::Values(v)) => {
-                let mut packed = ndarray::Array2::<f32>::zeros((0, 0));
-                crate::cpu::pack_values(v, p, per_step, &mut packed);
-                q.write_buffer(
-                    &w.values,
-                    0,
-                    bytemuck::cast_slice(packed.as_slice().expect("fresh array")),
-                );
-            }
-        }
-        let to_u32 = |v: Vec<usize>| v.into_iter().map(|r| r as u32).collect::<Vec<u32>>();
-        q.write_buffer(
-            &w.last_index,
-            0,
-            bytemuck::cast_slice(&to_u32(p.last_rows())),
-        );
-        let packing = to_u32(p.offsets.iter().chain(&p.sorted_lengths).copied().collect());
-        q.write_buffer(&w.packing, 0, bytemuck::cast_slice(&packing));
-        let prev = to_u32(p.previous_rows());
-        if !prev.is_empty() {
-            q.write_buffer(&w.prev_index, 0, bytemuck::cast_slice(&prev));
+            self.states(l).at(0, d as u32 * self.hidden())
         }
     }
 
-    /// Records a matrix product (`buffers`: A, B, bias, C) under the tiling its shape
-    /// chooses, splitting K into the work scratch where that pays.
-    fn product<'a>(
-        &'a self,
-        rec: &mut Recorder<'a>,
-        params: MatmulParams,
-        buffers: [&'a wgpu::Buffer; 4],
-    ) {
-        let w = self.work.as_ref().expect("ensure_work ran");
-        let (scratch, floats) = &w.split_scratch;
-        gemm::record_product(rec, &self.ctx.kernels, params, buffers, (scratch, *floats));
+    /// Direction `d`'s gradient with respect to its input projection, `dgx`, in the
+    /// backward pass of a layer whose output gradient was in `g` (where an Elman cell
+    /// leaves it).
+    fn dgx<'a>(&'a self, g: &'a wgpu::Buffer, d: usize) -> Matrix<'a> {
+        if self.gated() {
+            let width = self.gate_width();
+            Matrix::new(&self.work().dgates, 0, self.dirs() * width).at(0, d as u32 * width)
+        } else {
+            Matrix::new(g, 0, self.dirs() * self.hidden()).at(0, d as u32 * self.hidden())
+        }
     }
 
-    /// Records the forward pass and the loss (into `scalars[0]`, with `d_out`).
-    fn record_forward<'a>(
+    /// ... and with respect to its recurrent product, `dgh` (the same but for the GRU).
+    fn dgh<'a>(&'a self, g: &'a wgpu::Buffer, d: usize, p: &Packing) -> Matrix<'a> {
+        let dgx = self.dgx(g, d);
+        match self.config.cell {
+            Cell::Gru => Matrix {
+                offset: dgx.offset + self.dgh_offset(p),
+                ..dgx
+            },
+            _ => dgx,
+        }
+    }
+
+    /// Where the GRU's `dgh` starts in `dgates` (0 for the other cells).
+    fn dgh_offset(&self, p: &Packing) -> u32 {
+        match self.config.cell {
+            Cell::Gru => p.tokens() as u32 * self.dirs() * self.gate_width(),
+            _ => 0,
+        }
+    }
+
+    /// Layer `l`'s input: the packed inputs, or the layer below's output (after its
+    /// dropout mask on a pass with dropout).
+    fn layer_input(&self, l: usize, pass: Pass) -> Matrix<'_> {
+        let w = self.work();
+        match l {
+            0 => Matrix::new(&w.x, 0, self.config.input_size as u32),
+            _ if pass.dropout => Matrix::new(&w.dropped[l - 1], 0, self.dirs() * self.hidden()),
+            _ => self.states(l - 1),
+        }
+    }
+
+    /// Layer `l - 1`'s dropout mask `[tokens, D·H]` (l ≥ 1).
+    fn mask(&self, l: usize, p: &Packing) -> Matrix<'_> {
+        let width = self.dirs() * self.hidden();
+        Matrix::new(
+            &self.work().masks,
+            (l as u32 - 1) * p.tokens() as u32 * width,
+            width,
+        )
+    }
+
+    /// Layer `l`'s time loop over `p`, reading its output gradient from `g` backward.
+    fn layer_loop<'a>(
         &'a self,
-        rec: &mut Recorder<'a>,
-        config: &RnnConfig,
-        batch: &SequenceBatch,
-        has_initial: bool,
-    ) {
-        let k = &self.ctx.kernels;
-        let w = self.work.as_ref().expect("ensure_work ran");
-        let p = batch.packing();
-        let (h, o) = (config.hidden_size as u32, config.output_size as u32);
-        let tokens = p.tokens() as u32;
-        let relu = (config.cell == Cell::Relu) as u32;
+        l: usize,
+        p: &'a Packing,
+        pass: Pass,
+        g: &'a wgpu::Buffer,
+    ) -> LayerLoop<'a> {
+        let w = self.work();
+        let (h, gh, dirs) = (self.hidden(), self.gate_width(), self.dirs());
         let b = p.batch() as u32;
-        for l in 0..config.num_layers {
-            let input = if l == 0 { &w.x } else { &w.hs[l - 1] };
-            let in_size = config.layer_input_size(l) as u32;
-            if l == 0 && batch.token_ids().is_some() {
-                // tokens: the input term is a column of W_ih
-                rec.dispatch_1d(
-                    &k.embed,
-                    self.embed_params(config, p),
-                    &[&w.token_data, &self.params, &w.hs[0]],
-                    (tokens * h) as usize,
-                );
-            } else {
-                // hoisted: W_ih x(t) + b for every step at once
-                self.product(
-                    rec,
-                    matmul(
-                        tokens,
-                        h,
-                        in_size,
-                        kernels::TRANS_B | kernels::ADD_BIAS,
-                        (0, in_size),
-                        (self.layout.w_ih[l], in_size),
-                        (0, h),
-                        self.layout.b_ih[l],
-                    ),
-                    [input, &self.params, &self.params, &w.hs[l]],
-                );
-            }
-            // + b_hh on every row (a product with K = 0 adds only its bias)
-            self.product(
-                rec,
-                MatmulParams {
-                    beta: 1.0,
-                    ..matmul(
-                        tokens,
-                        h,
-                        0,
-                        kernels::ADD_BIAS,
-                        (0, h),
-                        (0, h),
-                        (0, h),
-                        self.layout.b_hh[l],
-                    )
-                },
-                [&self.dummies[0], &self.params, &self.params, &w.hs[l]],
-            );
-            let initial = if has_initial {
-                &w.initial
-            } else {
-                &self.dummies[0]
+        let units_total = self.config.num_units() as u32;
+        let mut units = [UnitOffsets::default(); 2];
+        for (d, unit) in units.iter_mut().enumerate().take(dirs as usize) {
+            let u = l * dirs as usize + d;
+            *unit = UnitOffsets {
+                w_hh: self.layout.w_hh[u],
+                b_hh: self.layout.b_hh[u],
+                initial: u as u32 * b * h,
+                w_hh_t: u as u32 * (h * gh + gh),
+                step_product: d as u32 * b * gh,
             };
-            if self.persistent(config, p) {
-                let w_t = l as u32 * h * h;
-                rec.dispatch_1d(
-                    &k.transpose,
-                    RowsParams {
-                        rows: h,
-                        cols: h,
-                        src_offset: self.layout.w_hh[l],
-                        dst_offset: w_t,
-                    },
-                    &[&self.dummies[2], &self.params, &self.w_hh_t],
-                    (h * h) as usize,
-                );
-                let mut params = self.sequence_params(config, p, l);
-                params.w_offset = w_t;
-                if has_initial {
-                    params.has_other = 2;
-                    params.cur_offset = l as u32 * b * h;
-                }
-                rec.dispatch(
-                    &k.forward_sequence,
-                    params,
-                    &[&self.w_hh_t, &w.hs[l], initial, &w.packing],
-                    [p.batch() as u32, 1, 1],
-                );
-                continue;
-            }
-            if self.tiled_steps(config, p) {
-                // h(t) = phi(pre(t) + h(t-1) W_hhᵀ): C = the rows of step t, A = those of
-                // step t-1 in the same buffer (or the initial state), phi as C is stored
-                for (t, &n) in p.batch_sizes.iter().enumerate() {
-                    let epilogue = [kernels::EPILOGUE_TANH, kernels::EPILOGUE_RELU][relu as usize];
-                    let mut step =
-                        self.step_product(l, h, n as u32, p.offsets[t] as u32 * h, epilogue);
-                    step.flags = kernels::TRANS_B;
-                    let a = if t > 0 {
-                        step.flags |= kernels::A_IN_C;
-                        step.a_offset = p.offsets[t - 1] as u32 * h;
-                        &self.params
-                    } else if has_initial {
-                        step.a_offset = l as u32 * b * h;
-                        &w.initial
-                    } else {
-                        step.k = 0; // a zero initial state: only phi
-                        &self.params
-                    };
-                    self.product(rec, step, [a, &self.params, &self.dummies[1], &w.hs[l]]);
-                }
-                continue;
-            }
-            for (t, &n) in p.batch_sizes.iter().enumerate() {
-                let step = StepParams {
-                    rows: n as u32,
-                    rows_next: 0,
-                    hidden: h,
-                    cur_offset: p.offsets[t] as u32 * h,
-                    other_offset: if t > 0 {
-                        p.offsets[t - 1] as u32 * h
-                    } else {
-                        l as u32 * b * h
-                    },
-                    w_offset: self.layout.w_hh[l],
-                    relu,
-                    has_other: if t > 0 {
-                        1
-                    } else if has_initial {
-                        2
-                    } else {
-                        0
-                    },
-                };
-                rec.dispatch(
-                    &k.forward_step,
-                    step,
-                    &[&self.params, &w.hs[l], initial, &self.dummies[1]],
-                    [h.div_ceil(16), (n as u32).div_ceil(16), 1],
-                );
-            }
         }
-        let top = &w.hs[config.num_layers - 1];
-        let (head_in, rows) = match config.head {
-            Head::PerStep | Head::None => (top, tokens),
-            Head::LastStep => {
-                let b = p.batch() as u32;
+        let gated = self.gated();
+        let dummy = &self.dummies[1];
+        LayerLoop {
+            cell: self.config.cell,
+            strategy: Strategy::choose(
+                self.time_loop,
+                self.config.hidden_size,
+                p.batch(),
+                &self.ctx.limits,
+            ),
+            hidden: h,
+            dirs,
+            packing: p,
+            has_initial: pass.initial,
+            units,
+            layout: LoopLayout {
+                saved_aux: p.tokens() as u32 * dirs * gh,
+                dgh: self.dgh_offset(p),
+                initial_c: units_total * b * h,
+                lengths: p.offsets.len() as u32,
+            },
+            buffers: LoopBuffers {
+                params: &self.params,
+                states: &w.hs[l],
+                saved: if gated { &w.saved[l] } else { dummy },
+                initial: if pass.initial {
+                    &w.initial
+                } else {
+                    &self.dummies[0]
+                },
+                packing: &w.packing,
+                w_hh_t: &self.w_hh_t,
+                step_scratch: if gated { &w.step_scratch } else { dummy },
+                split_scratch: self.split_scratch(),
+                grad: g,
+                dgates: if gated { &w.dgates } else { dummy },
+                dummy,
+            },
+            kernels: &self.ctx.kernels,
+            cell_kernels: self.cell_kernels(),
+        }
+    }
+
+    // ---- forward ----
+
+    /// Records the recurrent layers forward, leaving every layer's states in `hs` (and a
+    /// gated cell's gates in `saved`).
+    fn record_layers<'a>(&'a self, rec: &mut Recorder<'a>, batch: &'a SequenceBatch, pass: Pass) {
+        let k = &self.ctx.kernels;
+        let w = self.work();
+        let p = batch.packing();
+        let (h, gh, dirs) = (self.hidden(), self.gate_width(), self.dirs());
+        let tokens = p.tokens() as u32;
+        for l in 0..self.config.num_layers {
+            if l > 0 && pass.dropout {
+                // the layer's input: the layer below's output times its mask
+                let mask = self.mask(l, p);
                 rec.dispatch_1d(
-                    &k.gather_rows,
+                    &k.apply_mask,
+                    RowsParams {
+                        rows: tokens,
+                        cols: dirs * h,
+                        extra_offset: mask.offset,
+                        ..Default::default()
+                    },
+                    &[&w.packing, &w.hs[l - 1], &w.dropped[l - 1], mask.buffer],
+                    (tokens * dirs * h) as usize,
+                );
+            }
+            for d in 0..dirs as usize {
+                let u = l * dirs as usize + d;
+                let gates = self.gates(l, d);
+                if l == 0 && batch.token_ids().is_some() {
+                    // tokens: the input projection is a column of W_ih
+                    rec.dispatch_1d(
+                        &k.embed,
+                        EmbedParams {
+                            stride: gates.stride,
+                            col_offset: gates.offset,
+                            ..self.embed_params(p, u)
+                        },
+                        &[&w.token_data, &self.params, gates.buffer],
+                        (tokens * gh) as usize,
+                    );
+                } else {
+                    // hoisted: W_ih in(t) + b_ih for every step and gate at once
+                    let input = self.layer_input(l, pass);
+                    let in_size = self.config.layer_input_size(l) as u32;
+                    self.product(
+                        rec,
+                        Product {
+                            b_transposed: true,
+                            bias: Some((&self.params, self.layout.b_ih[u])),
+                            ..Product::new(
+                                (tokens, gh, in_size),
+                                input,
+                                Matrix::new(&self.params, self.layout.w_ih[u], in_size),
+                                gates,
+                            )
+                        },
+                    );
+                }
+            }
+            self.layer_loop(l, p, pass, &self.dummies[1])
+                .record_forward(rec);
+        }
+    }
+
+    /// The readout's input: the top layer's states (per-step head) or each sequence's
+    /// final states gathered into `last` (last-step head); and its rows.
+    fn head_input<'a>(&'a self, rec: Option<&mut Recorder<'a>>, p: &Packing) -> (Matrix<'a>, u32) {
+        let top = self.states(self.config.num_layers - 1);
+        if self.config.head != Head::LastStep {
+            return (top, p.tokens() as u32);
+        }
+        let w = self.work();
+        let (h, dh, b) = (self.hidden(), self.dirs() * self.hidden(), p.batch() as u32);
+        if let Some(rec) = rec {
+            for d in 0..self.dirs() {
+                rec.dispatch_1d(
+                    &self.ctx.kernels.gather_rows,
                     RowsParams {
                         rows: b,
                         cols: h,
-                        src_offset: 0,
-                        dst_offset: 0,
+                        src_offset: d * h,
+                        dst_offset: d * h,
+                        src_stride: dh,
+                        dst_stride: dh,
+                        index_offset: d * b,
+                        extra_offset: 0,
                     },
-                    &[&w.last_index, top, &w.last],
+                    &[&w.last_index, top.buffer, &w.last],
                     (b * h) as usize,
                 );
-                (&w.last, b)
             }
-        };
+        }
+        (Matrix::new(&w.last, 0, dh), b)
+    }
+
+    /// Records the readout and the loss (into `scalars[0]`, with `d_out`).
+    fn record_head<'a>(&'a self, rec: &mut Recorder<'a>, batch: &'a SequenceBatch) {
+        let k = &self.ctx.kernels;
+        let w = self.work();
+        let p = batch.packing();
+        let o = self.config.output_size as u32;
+        let dh = self.dirs() * self.hidden();
+        let (head_in, rows) = self.head_input(Some(rec), p);
         self.product(
             rec,
-            matmul(
-                rows,
-                o,
-                h,
-                kernels::TRANS_B | kernels::ADD_BIAS,
-                (0, h),
-                (self.layout.w_out, h),
-                (0, o),
-                self.layout.b_out,
-            ),
-            [head_in, &self.params, &self.params, &w.out],
+            Product {
+                b_transposed: true,
+                bias: Some((&self.params, self.layout.b_out)),
+                ..Product::new(
+                    (rows, o, dh),
+                    head_in,
+                    Matrix::new(&self.params, self.layout.w_out, dh),
+                    Matrix::new(&w.out, 0, o),
+                )
+            },
         );
         let (kernel, scale, finish_scale) = match batch.targets() {
             // inference without targets: no loss (the host reports NaN)
@@ -686,82 +472,277 @@ impl GpuRnn {
         self.record_sum(rec, &w.row_loss, rows as usize, 0, finish_scale as f32);
     }
 
-    /// Parameters of the token kernels (layer 0).
-    fn embed_params(&self, config: &RnnConfig, p: &Packing) -> EmbedParams {
+    /// Parameters of the token kernels for unit `u` (of layer 0).
+    fn embed_params(&self, p: &Packing, u: usize) -> EmbedParams {
         let tokens = p.tokens() as u32;
         EmbedParams {
             rows: tokens,
-            hidden: config.hidden_size as u32,
-            vocab: config.input_size as u32,
-            w_offset: self.layout.w_ih[0],
-            b_offset: self.layout.b_ih[0],
+            width: self.gate_width(),
+            vocab: self.config.input_size as u32,
+            w_offset: self.layout.w_ih[u],
+            b_offset: self.layout.b_ih[u],
             ranges_offset: tokens,
-            order_offset: tokens + config.input_size as u32 + 1,
-            _pad: 0,
-        }
-    }
-
-    /// Whether this batch's layers run the persistent time loop.
-    fn persistent(&self, config: &RnnConfig, p: &Packing) -> bool {
-        let fits = config.hidden_size <= PERSISTENT_MAX_HIDDEN
-            && self.ctx.limits.max_compute_invocations_per_workgroup >= 256
-            && p.batch() as u32 <= self.ctx.limits.max_compute_workgroups_per_dimension;
-        match self.time_loop {
-            TimeLoop::PerStep | TimeLoop::TiledSteps => false,
-            TimeLoop::Auto | TimeLoop::Persistent => fits,
-        }
-    }
-
-    /// The product of one step of layer `l` in the tiled time loop: `rows` rows of C at
-    /// `c_offset` (hidden wide) plus the previous or next step's rows times W_hh, then
-    /// `epilogue`; the caller sets where A is and whether W_hh is read transposed.
-    fn step_product(
-        &self,
-        l: usize,
-        h: u32,
-        rows: u32,
-        c_offset: u32,
-        epilogue: u32,
-    ) -> MatmulParams {
-        MatmulParams {
-            m: rows,
-            n: h,
-            k: h,
-            lda: h,
-            b_offset: self.layout.w_hh[l],
-            ldb: h,
-            c_offset,
-            ldc: h,
-            alpha: 1.0,
-            beta: 1.0,
-            epilogue,
+            order_offset: tokens + self.config.input_size as u32 + 1,
             ..Default::default()
         }
     }
 
-    /// Whether each step runs through the tiled matrix-product kernels.
-    fn tiled_steps(&self, config: &RnnConfig, p: &Packing) -> bool {
-        match self.time_loop {
-            TimeLoop::TiledSteps => true,
-            TimeLoop::Auto => {
-                !self.persistent(config, p)
-                    && p.batch() * config.hidden_size >= super::TILED_STEP_MIN_WORK
+    // ---- backward ----
+
+    /// Records the readout's gradients and the gradient reaching the top layer's states,
+    /// into `g`.
+    fn record_head_backward<'a>(&'a self, rec: &mut Recorder<'a>, p: &Packing) {
+        let w = self.work();
+        let lay = &self.layout;
+        let o = self.config.output_size as u32;
+        let (h, dh) = (self.hidden(), self.dirs() * self.hidden());
+        let (head_in, rows) = self.head_input(None, p);
+        let d_out = Matrix::new(&w.d_out, 0, o);
+        let w_out = Matrix::new(&self.params, lay.w_out, dh);
+        // dW_out = d_outᵀ · head_in, db_out = Σ rows d_out
+        self.product(
+            rec,
+            Product {
+                a_transposed: true,
+                ..Product::new(
+                    (o, dh, rows),
+                    d_out,
+                    head_in,
+                    Matrix::new(&self.grads, lay.w_out, dh),
+                )
+            },
+        );
+        self.record_column_sums(rec, d_out, rows, o, lay.b_out);
+        let g = Matrix::new(&w.g, 0, dh);
+        match self.config.head {
+            Head::PerStep => self.product(rec, Product::new((rows, dh, o), d_out, w_out, g)),
+            Head::LastStep => {
+                // each direction's gradient at the row its final state came from
+                rec.clear(&w.g);
+                let d_last = Matrix::new(&w.d_last, 0, dh);
+                self.product(rec, Product::new((rows, dh, o), d_out, w_out, d_last));
+                for d in 0..self.dirs() {
+                    rec.dispatch_1d(
+                        &self.ctx.kernels.scatter_rows,
+                        RowsParams {
+                            rows,
+                            cols: h,
+                            src_offset: d * h,
+                            dst_offset: d * h,
+                            src_stride: dh,
+                            dst_stride: dh,
+                            index_offset: d * rows,
+                            extra_offset: 0,
+                        },
+                        &[&w.last_index, &w.d_last, &w.g],
+                        (rows * h) as usize,
+                    );
+                }
             }
-            TimeLoop::PerStep | TimeLoop::Persistent => false,
+            Head::None => unreachable!("an encoder's gradient comes from the caller"),
         }
     }
 
-    /// Parameters of the persistent kernels for layer `l`.
-    fn sequence_params(&self, config: &RnnConfig, p: &Packing, l: usize) -> StepParams {
-        StepParams {
-            rows: p.batch() as u32,
-            rows_next: p.offsets.len() as u32,
-            hidden: config.hidden_size as u32,
-            w_offset: self.layout.w_hh[l],
-            relu: (config.cell == Cell::Relu) as u32,
-            ..Default::default()
+    /// Records back-propagation through the recurrent layers after
+    /// [`GpuRnn::record_layers`], from the gradient with respect to the top layer's
+    /// output in `g`, writing every recurrent parameter's gradient into the gradient
+    /// buffer. With `pass.input_grads` (dense batches), also the gradient with respect
+    /// to the inputs, into `d_inputs`, which it returns.
+    fn record_layers_backward<'a>(
+        &'a self,
+        rec: &mut Recorder<'a>,
+        batch: &'a SequenceBatch,
+        pass: Pass,
+    ) -> &'a wgpu::Buffer {
+        let w = self.work();
+        let lay = &self.layout;
+        let p = batch.packing();
+        let (gh, dirs) = (self.gate_width(), self.dirs() as usize);
+        let tokens = p.tokens() as u32;
+        let dense = batch.token_ids().is_none();
+        let (mut g, mut g_below) = (&w.g, &w.g_below);
+        for l in (0..self.config.num_layers).rev() {
+            self.layer_loop(l, p, pass, g).record_backward(rec);
+            let input = self.layer_input(l, pass);
+            let in_size = self.config.layer_input_size(l) as u32;
+            let below = l > 0 || (pass.input_grads && dense);
+            for d in 0..dirs {
+                let u = l * dirs + d;
+                let (dgx, dgh) = (self.dgx(g, d), self.dgh(g, d, p));
+                if l == 0 && !dense {
+                    // tokens: each column of dW_ih sums the rows that looked it up
+                    let e = EmbedParams {
+                        stride: dgx.stride,
+                        col_offset: dgx.offset,
+                        ..self.embed_params(p, u)
+                    };
+                    rec.dispatch_1d(
+                        &self.ctx.kernels.embed_grad,
+                        e,
+                        &[&w.token_data, dgx.buffer, &self.grads],
+                        (e.vocab * gh) as usize,
+                    );
+                } else {
+                    // dW_ih = Σ_t dgx(t)ᵀ in(t): one product over all steps
+                    self.product(
+                        rec,
+                        Product {
+                            a_transposed: true,
+                            ..Product::new(
+                                (gh, in_size, tokens),
+                                dgx,
+                                input,
+                                Matrix::new(&self.grads, lay.w_ih[u], in_size),
+                            )
+                        },
+                    );
+                }
+                self.record_column_sums(rec, dgx, tokens, gh, lay.b_ih[u]);
+                self.record_column_sums(rec, dgh, tokens, gh, lay.b_hh[u]);
+                self.record_recurrent_weight_gradient(rec, l, d, dgh, p, pass);
+                if below {
+                    // the gradient reaching the layer's input: Σ_d dgx_d · W_ih_d, times
+                    // the dropout mask the input went through
+                    let last = d + 1 == dirs;
+                    let target = match l {
+                        0 => w.d_inputs.as_ref().expect("ensure_input_grads ran"),
+                        _ => g_below,
+                    };
+                    self.product(
+                        rec,
+                        Product {
+                            accumulate: d > 0,
+                            epilogue: if l > 0 && pass.dropout && last {
+                                Epilogue::TimesMask(self.mask(l, p))
+                            } else {
+                                Epilogue::None
+                            },
+                            ..Product::new(
+                                (tokens, in_size, gh),
+                                dgx,
+                                Matrix::new(&self.params, lay.w_ih[u], in_size),
+                                Matrix::new(target, 0, in_size),
+                            )
+                        },
+                    );
+                }
+            }
+            if l > 0 {
+                std::mem::swap(&mut g, &mut g_below);
+            }
         }
+        w.d_inputs.as_ref().unwrap_or(g)
     }
+
+    /// `dW_hh = Σ_t dgh(t)ᵀ · h(t-1)` of layer `l`'s direction `d`, one product over all
+    /// rows. With every sequence of the same length the previous states of the rows that
+    /// have one are a contiguous block of the layer's output, read in place (plus the
+    /// initial state's rows, if any); otherwise every row's previous state is gathered
+    /// first.
+    fn record_recurrent_weight_gradient<'a>(
+        &'a self,
+        rec: &mut Recorder<'a>,
+        l: usize,
+        d: usize,
+        dgh: Matrix<'a>,
+        p: &Packing,
+        pass: Pass,
+    ) {
+        let w = self.work();
+        let (h, gh) = (self.hidden(), self.gate_width());
+        let u = l * self.dirs() as usize + d;
+        let (tokens, b) = (p.tokens() as u32, p.batch() as u32);
+        let dw_hh = Matrix::new(&self.grads, self.layout.w_hh[u], h);
+        let states = self.states(l).at(0, d as u32 * h);
+        let initial = Matrix::new(&w.initial, u as u32 * b * h, h);
+        let product = |k, a: Matrix<'a>, b: Matrix<'a>, accumulate| Product {
+            a_transposed: true,
+            accumulate,
+            ..Product::new((gh, h, k), a, b, dw_hh)
+        };
+        if p.batch_sizes.iter().all(|&n| n as u32 == b) {
+            // forward: rows from b on continue rows from 0; reverse: the other way round
+            let later = tokens - b;
+            let (continuing, previous, starting) = if d == 0 { (b, 0, 0) } else { (0, b, later) };
+            self.product(
+                rec,
+                product(later, dgh.at(continuing, 0), states.at(previous, 0), false),
+            );
+            if pass.initial {
+                self.product(rec, product(b, dgh.at(starting, 0), initial, true));
+            }
+            return;
+        }
+        rec.dispatch_1d(
+            &self.ctx.kernels.gather_previous,
+            RowsParams {
+                rows: tokens,
+                cols: h,
+                src_offset: states.offset,
+                dst_offset: 0,
+                src_stride: states.stride,
+                dst_stride: h,
+                index_offset: d as u32 * tokens,
+                extra_offset: initial.offset,
+            },
+            &[
+                &w.prev_index,
+                states.buffer,
+                &w.hprev,
+                if pass.initial {
+                    &w.initial
+                } else {
+                    &self.dummies[0]
+                },
+            ],
+            (tokens * h) as usize,
+        );
+        self.product(
+            rec,
+            product(tokens, dgh, Matrix::new(&w.hprev, 0, h), false),
+        );
+    }
+
+    /// `grads[out_offset + c] = Σ_r input[r, c]` (bias gradients), in two passes.
+    fn record_column_sums<'a>(
+        &'a self,
+        rec: &mut Recorder<'a>,
+        input: Matrix<'a>,
+        rows: u32,
+        cols: u32,
+        out_offset: u32,
+    ) {
+        let k = &self.ctx.kernels;
+        let chunks = rows.div_ceil(64).clamp(1, COLUMN_CHUNKS as u32);
+        let chunk_rows = rows.div_ceil(chunks);
+        let params = ReduceParams {
+            len: rows,
+            offset: input.offset,
+            stride: input.stride,
+            cols,
+            out_offset,
+            scale: 1.0,
+            chunk_rows,
+            ..Default::default()
+        };
+        rec.dispatch(
+            &k.column_partials,
+            params,
+            &[input.buffer, &self.column_scratch],
+            [cols.div_ceil(64), chunks, 1],
+        );
+        rec.dispatch_1d(
+            &k.column_finish,
+            ReduceParams {
+                chunk_rows: chunks,
+                ..params
+            },
+            &[&self.column_scratch, &self.grads],
+            cols as usize,
+        );
+    }
+
+    // ---- reductions and the update ----
 
     /// `scalars[slot] = scale * Σ input[..len]`.
     fn record_sum<'a>(
@@ -781,26 +762,13 @@ impl GpuRnn {
         self.record_reduction(rec, [&k.partial_sums, &k.finish_sum], input, len, params);
     }
 
-    /// The gradients' norm into `scalars[NORM]` and whether all are finite into
-    /// `scalars[GRADS_FINITE]`, scaled so that finite gradients never overflow it.
-    fn record_grad_norm<'a>(&'a self, rec: &mut Recorder<'a>) {
-        let k = &self.ctx.kernels;
-        let params = ReduceParams {
-            out_offset: NORM,
-            flag_offset: GRADS_FINITE,
-            ..Default::default()
-        };
-        let kernels = [&k.partial_norms, &k.finish_norm];
-        self.record_reduction(rec, kernels, &self.grads, self.layout.len, params);
-    }
-
     /// A two-pass reduction of `input[..len]` into the scalars: `passes[0]` leaves one
     /// partial result per workgroup in `partials`, `passes[1]` (one workgroup) combines
     /// them as `params` says.
     fn record_reduction<'a>(
         &'a self,
         rec: &mut Recorder<'a>,
-        passes: [&'a kernels::Kernel; 2],
+        passes: [&'a super::kernels::Kernel; 2],
         input: &'a wgpu::Buffer,
         len: usize,
         params: ReduceParams,
@@ -823,414 +791,23 @@ impl GpuRnn {
         );
     }
 
-    /// Records back-propagation through time after [`GpuRnn::record_forward`], writing
-    /// every gradient into the flat gradient buffer.
-    fn record_backward<'a>(
-        &'a self,
-        rec: &mut Recorder<'a>,
-        config: &RnnConfig,
-        batch: &SequenceBatch,
-        has_initial: bool,
-    ) {
-        let k = &self.ctx.kernels;
-        let w = self.work.as_ref().expect("ensure_work ran");
-        let lay = &self.layout;
-        let p = batch.packing();
-        let (h, o) = (config.hidden_size as u32, config.output_size as u32);
-        let tokens = p.tokens() as u32;
-        let b = p.batch() as u32;
-        let top = config.num_layers - 1;
-        let relu = (config.cell == Cell::Relu) as u32;
-        let (head_in, rows) = match config.head {
-            Head::PerStep | Head::None => (&w.hs[top], tokens),
-            Head::LastStep => (&w.last, b),
-        };
-        // readout: dW_out = d_outᵀ · head_in, db_out = Σ rows d_out
-        self.product(
-            rec,
-            matmul(
-                o,
-                h,
-                rows,
-                kernels::TRANS_A,
-                (0, o),
-                (0, h),
-                (lay.w_out, h),
-                0,
-            ),
-            [&w.d_out, head_in, &self.params, &self.grads],
-        );
-        self.record_column_sums(rec, &w.d_out, rows, o, lay.b_out);
-        // gradient arriving at the top layer's states
-        match config.head {
-            Head::PerStep | Head::None => self.product(
-                rec,
-                matmul(tokens, h, o, 0, (0, o), (lay.w_out, h), (0, h), 0),
-                [&w.d_out, &self.params, &self.params, &w.g],
-            ),
-            Head::LastStep => {
-                rec.clear(&w.g);
-                self.product(
-                    rec,
-                    matmul(b, h, o, 0, (0, o), (lay.w_out, h), (0, h), 0),
-                    [&w.d_out, &self.params, &self.params, &w.hprev],
-                );
-                rec.dispatch_1d(
-                    &k.scatter_rows,
-                    RowsParams {
-                        rows: b,
-                        cols: h,
-                        src_offset: 0,
-                        dst_offset: 0,
-                    },
-                    &[&w.last_index, &w.hprev, &w.g],
-                    (b * h) as usize,
-                );
-            }
-        }
-        let (mut g, mut g_below) = (&w.g, &w.g_below);
-        for l in (0..config.num_layers).rev() {
-            let hs = &w.hs[l];
-            if self.persistent(config, p) {
-                let params = self.sequence_params(config, p, l);
-                rec.dispatch(
-                    &k.backward_sequence,
-                    params,
-                    &[&self.params, g, hs, &w.packing],
-                    [b, 1, 1],
-                );
-            } else if self.tiled_steps(config, p) {
-                // dA(t) = (g(t) + dA(t+1) W_hh) * phi'(h(t)): A = the rows of step t+1 in
-                // g itself (rows past n_next read as zero), h(t) through the bias binding
-                for t in (0..p.max_len()).rev() {
-                    let n = p.batch_sizes[t] as u32;
-                    let n_next = p.batch_sizes.get(t + 1).copied().unwrap_or(0) as u32;
-                    let cur = p.offsets[t] as u32 * h;
-                    let epilogue =
-                        [kernels::EPILOGUE_TANH_SLOPE, kernels::EPILOGUE_RELU_SLOPE][relu as usize];
-                    let step = MatmulParams {
-                        k: if n_next > 0 { h } else { 0 },
-                        flags: kernels::A_IN_C,
-                        a_offset: p.offsets.get(t + 1).map_or(0, |&o| o as u32 * h),
-                        a_rows: n_next,
-                        bias_offset: cur,
-                        ..self.step_product(l, h, n, cur, epilogue)
-                    };
-                    self.product(rec, step, [&self.params, &self.params, hs, g]);
-                }
-            } else {
-                for t in (0..p.max_len()).rev() {
-                    let n = p.batch_sizes[t] as u32;
-                    let n_next = p.batch_sizes.get(t + 1).copied().unwrap_or(0) as u32;
-                    let step = StepParams {
-                        rows: n,
-                        rows_next: n_next,
-                        hidden: h,
-                        cur_offset: p.offsets[t] as u32 * h,
-                        other_offset: if n_next > 0 {
-                            p.offsets[t + 1] as u32 * h
-                        } else {
-                            0
-                        },
-                        w_offset: lay.w_hh[l],
-                        relu,
-                        has_other: 0,
-                    };
-                    rec.dispatch(
-                        &k.backward_step,
-                        step,
-                        &[&self.params, g, hs, &self.dummies[0]],
-                        [h.div_ceil(16), n.div_ceil(16), 1],
-                    );
-                }
-            }
-            let input = if l == 0 { &w.x } else { &w.hs[l - 1] };
-            let in_size = config.layer_input_size(l) as u32;
-            if l == 0 && batch.token_ids().is_some() {
-                // tokens: each column of dW_ih sums the rows that looked it up
-                let e = self.embed_params(config, p);
-                rec.dispatch_1d(
-                    &k.embed_grad,
-                    e,
-                    &[&w.token_data, g, &self.grads],
-                    (e.vocab * h) as usize,
-                );
-            } else {
-                // dW_ih = Σ_t dA(t)ᵀ in(t): one product over all steps
-                self.product(
-                    rec,
-                    matmul(
-                        h,
-                        in_size,
-                        tokens,
-                        kernels::TRANS_A,
-                        (0, h),
-                        (0, in_size),
-                        (lay.w_ih[l], in_size),
-                        0,
-                    ),
-                    [g, input, &self.params, &self.grads],
-                );
-            }
-            // both biases receive the same gradient (an Elman cell adds them)
-            self.record_column_sums(rec, g, tokens, h, lay.b_ih[l]);
-            self.record_column_sums(rec, g, tokens, h, lay.b_hh[l]);
-            // dW_hh = Σ_{t≥1} dA(t)ᵀ h(t-1); fixed-length batches read h(t-1) in place
-            let later = tokens - b;
-            let fixed_length = p.batch_sizes.iter().all(|&n| n as u32 == b);
-            let prev = if fixed_length || later == 0 {
-                hs
-            } else {
-                rec.dispatch_1d(
-                    &k.gather_rows,
-                    RowsParams {
-                        rows: later,
-                        cols: h,
-                        src_offset: 0,
-                        dst_offset: 0,
-                    },
-                    &[&w.prev_index, hs, &w.hprev],
-                    (later * h) as usize,
-                );
-                &w.hprev
-            };
-            self.product(
-                rec,
-                matmul(
-                    h,
-                    h,
-                    later,
-                    kernels::TRANS_A,
-                    (b * h, h),
-                    (0, h),
-                    (lay.w_hh[l], h),
-                    0,
-                ),
-                [g, prev, &self.params, &self.grads],
-            );
-            if has_initial {
-                // the first step's term: dA(0)ᵀ h(-1), added to the rest
-                let mut first = matmul(
-                    h,
-                    h,
-                    b,
-                    kernels::TRANS_A,
-                    (0, h),
-                    (l as u32 * b * h, h),
-                    (lay.w_hh[l], h),
-                    0,
-                );
-                first.beta = 1.0;
-                self.product(rec, first, [g, &w.initial, &self.params, &self.grads]);
-            }
-            if l > 0 {
-                // the gradient reaching the layer below's states: one product over all steps
-                self.product(
-                    rec,
-                    matmul(tokens, h, h, 0, (0, h), (lay.w_ih[l], h), (0, h), 0),
-                    [g, &self.params, &self.params, g_below],
-                );
-                std::mem::swap(&mut g, &mut g_below);
-            }
-        }
-    }
-
-    /// `grads[out_offset + c] = Σ_r input[r, c]` (bias gradients), in two passes.
-    fn record_column_sums<'a>(
-        &'a self,
-        rec: &mut Recorder<'a>,
-        input: &'a wgpu::Buffer,
-        rows: u32,
-        cols: u32,
-        out_offset: u32,
-    ) {
-        let k = &self.ctx.kernels;
-        let chunks = rows.div_ceil(64).clamp(1, COLUMN_CHUNKS as u32);
-        let chunk_rows = rows.div_ceil(chunks);
-        let params = ReduceParams {
-            len: rows,
-            cols,
-            out_offset,
-            scale: 1.0,
-            chunk_rows,
-            ..Default::default()
-        };
-        rec.dispatch(
-            &k.column_partials,
-            params,
-            &[input, &self.column_scratch],
-            [cols.div_ceil(64), chunks, 1],
-        );
-        rec.dispatch_1d(
-            &k.column_finish,
-            ReduceParams {
-                chunk_rows: chunks,
-                ..params
-            },
-            &[&self.column_scratch, &self.grads],
-            cols as usize,
-        );
-    }
-
-    /// Records the gather of each sequence's last state of every layer into `final_h`.
-    fn record_final_states<'a>(&'a self, rec: &mut Recorder<'a>, config: &RnnConfig, p: &Packing) {
-        let w = self.work.as_ref().expect("ensure_work ran");
-        let (h, b) = (config.hidden_size as u32, p.batch() as u32);
-        for l in 0..config.num_layers {
-            let params = RowsParams {
-                rows: b,
-                cols: h,
-                src_offset: 0,
-                dst_offset: l as u32 * b * h,
-            };
-            rec.dispatch_1d(
-                &self.ctx.kernels.gather_rows,
-                params,
-                &[&w.last_index, &w.hs[l], &w.final_h],
-                (b * h) as usize,
-            );
-        }
-    }
-
-    /// `final_h` as read back (packed order) to `[num_layers, batch, hidden]` in the
-    /// batch's order.
-    fn unpack_final_states(config: &RnnConfig, p: &Packing, data: &[f32]) -> Array3<f32> {
-        let (hu, bu) = (config.hidden_size, p.batch());
-        let mut final_hidden = Array3::zeros((config.num_layers, bu, hu));
-        for l in 0..config.num_layers {
-            let rows = ArrayView2::from_shape((bu, hu), &data[l * bu * hu..(l + 1) * bu * hu])
-                .expect("sized by the model");
-            final_hidden
-                .index_axis_mut(Axis(0), l)
-                .assign(&p.unpack_sequences(rows));
-        }
-        final_hidden
-    }
-
-    pub fn forward(
-        &mut self,
-        config: &RnnConfig,
-        batch: &SequenceBatch,
-        initial: Option<&RnnState>,
-    ) -> Result<Forward> {
-        let p = batch.packing();
-        self.ensure_work(config, batch)?;
-        self.upload(config, batch, initial);
-        let mut rec = Recorder::new(&self.ctx);
-        self.record_forward(&mut rec, config, batch, initial.is_some());
-        self.record_final_states(&mut rec, config, p);
-        let w = self.work.as_ref().expect("ensure_work ran");
-        rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
-        let rows = if config.head == Head::PerStep {
-            p.tokens()
-        } else {
-            p.batch()
-        };
-        let (o, hu, bu) = (config.output_size, config.hidden_size, p.batch());
-        let data = read_back(
-            &self.ctx,
-            &[
-                (&w.out, 0, rows * o),
-                (&w.final_h, 0, config.num_layers * bu * hu),
-                (&self.scalars, 0, 1),
-            ],
-        )?;
-        let out = ArrayView2::from_shape((rows, o), &data[0]).expect("sized above");
-        let outputs = match config.head {
-            Head::PerStep | Head::None => p.unpack_steps(out),
-            Head::LastStep => p.unpack_sequences(out).insert_axis(Axis(1)),
-        };
-        let final_hidden = Self::unpack_final_states(config, p, &data[1]);
-        let loss = if batch.targets().is_some() {
-            data[2][0]
-        } else {
-            f32::NAN
-        };
-        Ok(Forward {
-            outputs,
-            final_hidden,
-            final_cell: None,
-            loss,
-        })
-    }
-
-    pub fn loss_and_gradients(
-        &mut self,
-        config: &RnnConfig,
-        batch: &SequenceBatch,
-        initial: Option<&RnnState>,
-    ) -> Result<(f32, RnnParams)> {
-        self.ensure_work(config, batch)?;
-        self.upload(config, batch, initial);
-        let mut rec = Recorder::new(&self.ctx);
-        self.record_forward(&mut rec, config, batch, initial.is_some());
-        self.record_backward(&mut rec, config, batch, initial.is_some());
-        rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
-        let data = read_back(
-            &self.ctx,
-            &[(&self.scalars, 0, 1), (&self.grads, 0, self.layout.len)],
-        )?;
-        let mut grads = RnnParams::zeros(config);
-        grads.assign_flat(&data[1]);
-        Ok((data[0][0], grads))
-    }
-
-    /// One training step in one submission; with `want_final`, also each sequence's
-    /// final state (from the parameters before the update).
-    pub fn train_step(
-        &mut self,
-        config: &RnnConfig,
-        batch: &SequenceBatch,
-        initial: Option<&RnnState>,
-        _dropout: Option<u64>,
-        optimizer: &mut Optimizer,
-        want_final: bool,
-    ) -> Result<(f32, Option<RnnState>)> {
-        let start = std::time::Instant::now();
-        self.ensure_work(config, batch)?;
-        let replaced = self.ensure_optimizer(optimizer)?;
-        let result = self.run_train_step(config, batch, initial, optimizer, want_final, start);
-        if result.is_err() {
-            // a refused step leaves the optimizer as it was: fresh, or with its state on
-            // the CPU, and not counted
-            if let Some(previous) = replaced {
-                optimizer.state = previous;
-            }
-        }
-        result
-    }
-
-    /// [`GpuRnn::train_step`] once the optimizer's state is on this device.
-    fn run_train_step(
-        &mut self,
-        config: &RnnConfig,
-        batch: &SequenceBatch,
-        initial: Option<&RnnState>,
-        optimizer: &mut Optimizer,
-        want_final: bool,
-        start: std::time::Instant,
-    ) -> Result<(f32, Option<RnnState>)> {
-        let p = batch.packing();
-        self.upload(config, batch, initial);
+    /// Records the update of the parameters from the gradient buffer: the gradients'
+    /// norm (and whether all are finite), the clipping scale, and the optimizer's step,
+    /// committed only if every new value is finite (see `shaders/optimizer.wgsl`).
+    /// Returns the optimizer's step number this update is.
+    fn record_update<'a>(&'a self, rec: &mut Recorder<'a>, optimizer: &'a Optimizer) -> u64 {
         let State::Gpu(state) = &optimizer.state else {
             unreachable!("ensure_optimizer set the state")
         };
-        let mut rec = Recorder::new(&self.ctx);
-        self.record_forward(&mut rec, config, batch, initial.is_some());
-        if want_final {
-            self.record_final_states(&mut rec, config, p);
-        }
-        // with a dispatch per step, recording the backward pass takes the host about as
-        // long as the GPU takes for the forward pass: submit the forward pass first so
-        // that the two overlap (a second submission costs tens of µs, so not for the
-        // few dispatches of the persistent loops)
-        if rec.dispatches() >= SPLIT_SUBMISSION_DISPATCHES {
-            rec.submit_so_far(&mut self.cache.lock().expect("bind group cache"))?;
-        }
-        self.record_backward(&mut rec, config, batch, initial.is_some());
         let k = &self.ctx.kernels;
         let n = self.layout.len;
-        self.record_grad_norm(&mut rec);
+        let norm = ReduceParams {
+            out_offset: NORM,
+            flag_offset: GRADS_FINITE,
+            ..Default::default()
+        };
+        let passes = [&k.partial_norms, &k.finish_norm];
+        self.record_reduction(rec, passes, &self.grads, n, norm);
         let step = optimizer.steps + 1;
         let mut params = OptimParams {
             len: n as u32,
@@ -1266,40 +843,281 @@ impl GpuRnn {
                 (&k.check_adam, &k.adam)
             }
         };
-        let m = state.m.as_ref().unwrap_or(&self.dummies[1]);
-        let v = state.v.as_ref().unwrap_or(&self.dummies[2]);
+        // the moments' groups are cached with the model's: the optimizer evicts them when
+        // it drops its buffers
+        state.bind_through(&self.cache);
+        let m = state.m.as_ref().unwrap_or(&self.dummies[0]);
+        let v = state.v.as_ref().unwrap_or(&self.dummies[1]);
         let buffers = [&self.scalars, &self.grads, &self.params, m, v];
         // prepare, check every new value, then commit only if all were finite: a refused
-        // step writes nothing (see shaders/optimizer.wgsl)
+        // step writes nothing
         rec.dispatch(&k.prepare_update, params, &buffers, [1, 1, 1]);
         rec.dispatch_1d(check, params, &buffers, n);
         rec.dispatch_1d(kernel, params, &buffers, n);
-        let dispatches = rec.dispatches();
-        rec.submit(&mut self.cache.lock().expect("bind group cache"))?;
-        self.last_host = start.elapsed();
-        self.last_dispatches = dispatches;
-        let w = self.work.as_ref().expect("ensure_work ran");
-        let finals = if want_final {
-            config.num_layers * p.batch() * config.hidden_size
-        } else {
-            0
-        };
-        let data = read_back(
-            &self.ctx,
-            &[(&self.scalars, 0, SCALARS), (&w.final_h, 0, finals)],
-        )?;
-        let s = &data[0];
-        let (loss, grads_finite, ok) = (s[0], s[GRADS_FINITE as usize] != 0.0, s[3]);
+        step
+    }
+
+    /// The outcome of a recorded update from the scalars read back: an error if the loss
+    /// or gradients were not finite or the update would have overflowed (nothing was
+    /// written then), else the optimizer counts the step.
+    fn finish_update(
+        scalars: &[f32],
+        loss: f32,
+        optimizer: &mut Optimizer,
+        step: u64,
+    ) -> Result<()> {
+        let (grads_finite, ok) = (scalars[GRADS_FINITE as usize] != 0.0, scalars[3]);
         check_finite_step(loss, grads_finite)?;
         debug_assert_eq!(ok, 1.0);
-        let (params_overflow, moments_overflow) = (s[4] != 0.0, s[5] != 0.0);
+        let (params_overflow, moments_overflow) = (scalars[4] != 0.0, scalars[5] != 0.0);
         if params_overflow || moments_overflow {
             return Err(update_overflow(params_overflow, moments_overflow));
         }
         optimizer.steps = step;
+        Ok(())
+    }
+
+    // ---- final states ----
+
+    /// Records the gather of each sequence's final state in every layer and direction
+    /// into `finals`: `h` `[layers·D, batch, H]`, then (LSTM) `c`.
+    fn record_final_states<'a>(&'a self, rec: &mut Recorder<'a>, p: &Packing) {
+        let w = self.work();
+        let (h, dirs, b) = (self.hidden(), self.dirs(), p.batch() as u32);
+        let units = self.config.num_units() as u32;
+        for l in 0..self.config.num_layers {
+            for d in 0..dirs {
+                let u = l as u32 * dirs + d;
+                let mut sources = vec![(&w.hs[l], d * h, 0)];
+                if self.config.cell.has_c() {
+                    let c = p.tokens() as u32 * dirs * self.gate_width() + d * h;
+                    sources.push((&w.saved[l], c, units * b * h));
+                }
+                for (src, src_offset, block) in sources {
+                    rec.dispatch_1d(
+                        &self.ctx.kernels.gather_rows,
+                        RowsParams {
+                            rows: b,
+                            cols: h,
+                            src_offset,
+                            dst_offset: block + u * b * h,
+                            src_stride: dirs * h,
+                            dst_stride: h,
+                            index_offset: d * b,
+                            extra_offset: 0,
+                        },
+                        &[&w.last_index, src, &w.finals],
+                        (b * h) as usize,
+                    );
+                }
+            }
+        }
+    }
+
+    /// How many floats of `finals` to read back: `h`, and `c` for the LSTM.
+    fn finals_len(&self, p: &Packing) -> usize {
+        let n = self.config.num_units() * p.batch() * self.config.hidden_size;
+        n * (1 + self.config.cell.has_c() as usize)
+    }
+
+    /// `finals` as read back (packed order) to `[layers·D, batch, H]` in the batch's order.
+    fn unpack_final_states(&self, p: &Packing, data: &[f32]) -> RnnState {
+        let (units, h, b) = (self.config.num_units(), self.config.hidden_size, p.batch());
+        let block = |at: usize| {
+            let mut out = Array3::zeros((units, b, h));
+            for u in 0..units {
+                let start = at + u * b * h;
+                let rows = ArrayView2::from_shape((b, h), &data[start..start + b * h])
+                    .expect("sized by the model");
+                out.index_axis_mut(Axis(0), u)
+                    .assign(&p.unpack_sequences(rows));
+            }
+            out
+        };
+        RnnState {
+            h: block(0),
+            c: self.config.cell.has_c().then(|| block(units * b * h)),
+        }
+    }
+
+    fn submit(&self, rec: Recorder<'_>) -> Result<()> {
+        rec.submit(&mut recorder::lock(&self.cache))?;
+        Ok(())
+    }
+
+    // ---- the operations ----
+
+    pub fn forward(
+        &mut self,
+        _config: &RnnConfig,
+        batch: &SequenceBatch,
+        initial: Option<&RnnState>,
+    ) -> Result<Forward> {
+        let p = batch.packing();
+        self.ensure_work(batch)?;
+        self.work()
+            .upload(&self.ctx, &self.config, batch, initial, None);
+        let pass = Pass {
+            initial: initial.is_some(),
+            ..Default::default()
+        };
+        let mut rec = Recorder::new(&self.ctx);
+        self.record_layers(&mut rec, batch, pass);
+        self.record_head(&mut rec, batch);
+        self.record_final_states(&mut rec, p);
+        self.submit(rec)?;
+        let w = self.work();
+        let rows = if self.config.head == Head::PerStep {
+            p.tokens()
+        } else {
+            p.batch()
+        };
+        let o = self.config.output_size;
+        let data = read_back(
+            &self.ctx,
+            &[
+                (&w.out, 0, rows * o),
+                (&w.finals, 0, self.finals_len(p)),
+                (&self.scalars, 0, 1),
+            ],
+        )?;
+        let out = ArrayView2::from_shape((rows, o), &data[0]).expect("sized above");
+        let outputs = match self.config.head {
+            Head::PerStep | Head::None => p.unpack_steps(out),
+            Head::LastStep => p.unpack_sequences(out).insert_axis(Axis(1)),
+        };
+        let finals = self.unpack_final_states(p, &data[1]);
+        let loss = if batch.targets().is_some() {
+            data[2][0]
+        } else {
+            f32::NAN
+        };
+        Ok(Forward {
+            outputs,
+            final_hidden: finals.h,
+            final_cell: finals.c,
+            loss,
+        })
+    }
+
+    /// The loss of `batch` and every parameter's gradient, with the masks of `dropout`
+    /// between layers (a training pass) or none; with `want_final`, also each sequence's
+    /// final state.
+    pub fn loss_and_gradients(
+        &mut self,
+        _config: &RnnConfig,
+        batch: &SequenceBatch,
+        initial: Option<&RnnState>,
+        dropout: Option<Dropout<'_>>,
+        want_final: bool,
+    ) -> Result<(f32, RnnParams, Option<RnnState>)> {
+        let p = batch.packing();
+        self.ensure_work(batch)?;
+        self.work()
+            .upload(&self.ctx, &self.config, batch, initial, dropout);
+        let pass = Pass {
+            initial: initial.is_some(),
+            dropout: dropout.is_some(),
+            input_grads: false,
+        };
+        let mut rec = Recorder::new(&self.ctx);
+        self.record_layers(&mut rec, batch, pass);
+        self.record_head(&mut rec, batch);
+        if want_final {
+            self.record_final_states(&mut rec, p);
+        }
+        self.record_head_backward(&mut rec, p);
+        self.record_layers_backward(&mut rec, batch, pass);
+        self.submit(rec)?;
+        let finals = if want_final { self.finals_len(p) } else { 0 };
+        let data = read_back(
+            &self.ctx,
+            &[
+                (&self.scalars, 0, 1),
+                (&self.grads, 0, self.layout.len),
+                (&self.work().finals, 0, finals),
+            ],
+        )?;
+        let mut grads = RnnParams::zeros(&self.config);
+        grads.assign_flat(&data[1]);
+        let last = want_final.then(|| self.unpack_final_states(p, &data[2]));
+        Ok((data[0][0], grads, last))
+    }
+
+    /// One training step in one submission; with `want_final`, also each sequence's
+    /// final state (from the parameters before the update).
+    pub fn train_step(
+        &mut self,
+        _config: &RnnConfig,
+        batch: &SequenceBatch,
+        initial: Option<&RnnState>,
+        dropout: Option<Dropout<'_>>,
+        optimizer: &mut Optimizer,
+        want_final: bool,
+    ) -> Result<(f32, Option<RnnState>)> {
+        let start = std::time::Instant::now();
+        self.ensure_work(batch)?;
+        let replaced = self.ensure_optimizer(optimizer)?;
+        let result = self.run_train_step(batch, initial, dropout, optimizer, want_final, start);
+        if result.is_err() {
+            // a refused step leaves the optimizer as it was: fresh, or with its state on
+            // the CPU, and not counted
+            if let Some(previous) = replaced {
+                optimizer.state = previous;
+            }
+        }
+        result
+    }
+
+    /// [`GpuRnn::train_step`] once the optimizer's state is on this device.
+    fn run_train_step(
+        &mut self,
+        batch: &SequenceBatch,
+        initial: Option<&RnnState>,
+        dropout: Option<Dropout<'_>>,
+        optimizer: &mut Optimizer,
+        want_final: bool,
+        start: std::time::Instant,
+    ) -> Result<(f32, Option<RnnState>)> {
+        let p = batch.packing();
+        self.work()
+            .upload(&self.ctx, &self.config, batch, initial, dropout);
+        let pass = Pass {
+            initial: initial.is_some(),
+            dropout: dropout.is_some(),
+            input_grads: false,
+        };
+        let mut rec = Recorder::new(&self.ctx);
+        self.record_layers(&mut rec, batch, pass);
+        self.record_head(&mut rec, batch);
+        if want_final {
+            self.record_final_states(&mut rec, p);
+        }
+        // with a dispatch per step, recording the backward pass takes the host about as
+        // long as the GPU takes for the forward pass: submit the forward pass first so
+        // that the two overlap (a second submission costs tens of µs, so not for the
+        // few dispatches of the persistent loops)
+        if rec.dispatches() >= SPLIT_SUBMISSION_DISPATCHES {
+            rec.submit_so_far(&mut recorder::lock(&self.cache))?;
+        }
+        self.record_head_backward(&mut rec, p);
+        self.record_layers_backward(&mut rec, batch, pass);
+        let step = self.record_update(&mut rec, optimizer);
+        let dispatches = rec.dispatches();
+        self.submit(rec)?;
+        self.last_host = start.elapsed();
+        self.last_dispatches = dispatches;
+        let w = self.work();
+        let finals = if want_final { self.finals_len(p) } else { 0 };
+        let data = read_back(
+            &self.ctx,
+            &[(&self.scalars, 0, SCALARS), (&w.finals, 0, finals)],
+        )?;
+        let loss = data[0][0];
+        Self::finish_update(&data[0], loss, optimizer, step)?;
         Ok((
             loss,
-            want_final.then(|| RnnState::hidden(Self::unpack_final_states(config, p, &data[1]))),
+            want_final.then(|| self.unpack_final_states(p, &data[1])),
         ))
     }
 
@@ -1345,53 +1163,142 @@ impl GpuRnn {
                 .write_buffer(&b, 0, bytemuck::cast_slice(data));
             b
         };
-        let buffers = OptimizerBuffers {
-            m: needs_m.then(|| buffer("optimizer m", start.map(|c| &c.m))),
-            v: needs_v.then(|| buffer("optimizer v", start.map(|c| &c.v))),
-            len: n,
-            ctx: self.ctx.clone(),
-        };
+        let buffers = OptimizerBuffers::new(
+            needs_m.then(|| buffer("optimizer m", start.map(|c| &c.m))),
+            needs_v.then(|| buffer("optimizer v", start.map(|c| &c.v))),
+            n,
+            self.ctx.clone(),
+        );
         Ok(Some(std::mem::replace(
             &mut optimizer.state,
             State::Gpu(buffers),
         )))
     }
 
-    /// The encoder API on the GPU (not yet offered: `new` refuses `Head::None`, and
-    /// other heads are served by the CPU path's encoder until the GPU records it).
+    /// The top layer's states and the final states (the encoder's forward pass), with
+    /// the dropout masks of `dropout` between layers. The states stay on the device too.
     pub fn encode(
         &mut self,
         _config: &RnnConfig,
-        _batch: &SequenceBatch,
-        _dropout: Option<u64>,
-    ) -> Result<crate::Encoded> {
-        Err(Error::Unsupported(
-            "Rnn::encode does not run on the GPU yet: use Device::cpu()".into(),
-        ))
+        batch: &SequenceBatch,
+        dropout: Option<Dropout<'_>>,
+    ) -> Result<Encoded> {
+        let p = batch.packing();
+        self.ensure_work(batch)?;
+        self.work()
+            .upload(&self.ctx, &self.config, batch, None, dropout);
+        let pass = Pass {
+            dropout: dropout.is_some(),
+            ..Default::default()
+        };
+        let mut rec = Recorder::new(&self.ctx);
+        self.record_layers(&mut rec, batch, pass);
+        self.record_final_states(&mut rec, p);
+        self.submit(rec)?;
+        let width = self.config.state_width();
+        let top = &self.work().hs[self.config.num_layers - 1];
+        let data = read_back(
+            &self.ctx,
+            &[
+                (top, 0, p.tokens() * width),
+                (&self.work().finals, 0, self.finals_len(p)),
+            ],
+        )?;
+        let states = ArrayView2::from_shape((p.tokens(), width), &data[0]).expect("sized above");
+        let finals = self.unpack_final_states(p, &data[1]);
+        Ok(Encoded {
+            states: p.unpack_steps(states),
+            final_hidden: finals.h,
+            final_cell: finals.c,
+        })
     }
 
-    /// See [`GpuRnn::encode`].
+    /// The encoder's backward pass: the layers forward again (with the masks of
+    /// `dropout`), then back-propagation from `grad_states` (`[batch, max_len, D·H]`,
+    /// values past each length ignored). Returns every parameter's gradient (the
+    /// readout's zero) and, for dense batches, each sequence's input gradient.
     pub fn backward(
         &mut self,
         _config: &RnnConfig,
-        _batch: &SequenceBatch,
-        _grad_states: &Array3<f32>,
-        _dropout: Option<u64>,
-    ) -> Result<crate::Gradients> {
-        Err(Error::Unsupported(
-            "Rnn::backward does not run on the GPU yet: use Device::cpu()".into(),
-        ))
+        batch: &SequenceBatch,
+        grad_states: &Array3<f32>,
+        dropout: Option<Dropout<'_>>,
+    ) -> Result<Gradients> {
+        let p = batch.packing();
+        let dense = batch.token_ids().is_none();
+        self.ensure_work(batch)?;
+        if dense {
+            let work = self.work.as_mut().expect("ensure_work ran");
+            work.ensure_input_grads(&self.ctx, &self.config)?;
+        }
+        self.work()
+            .upload(&self.ctx, &self.config, batch, None, dropout);
+        let width = self.config.state_width();
+        let mut packed: Vec<f32> = Vec::with_capacity(p.tokens() * width);
+        for (t, &n) in p.batch_sizes.iter().enumerate() {
+            for &i in &p.order[..n] {
+                packed.extend(grad_states.index_axis(Axis(0), i).row(t).iter());
+            }
+        }
+        self.ctx
+            .queue
+            .write_buffer(&self.work().g, 0, bytemuck::cast_slice(&packed));
+        let pass = Pass {
+            initial: false,
+            dropout: dropout.is_some(),
+            input_grads: dense,
+        };
+        let mut rec = Recorder::new(&self.ctx);
+        // the readout's gradients are zero: the loss is the caller's
+        rec.clear(&self.grads);
+        self.record_layers(&mut rec, batch, pass);
+        let inputs = self.record_layers_backward(&mut rec, batch, pass);
+        self.submit(rec)?;
+        let input_size = self.config.input_size;
+        let input_floats = if dense { p.tokens() * input_size } else { 0 };
+        let data = read_back(
+            &self.ctx,
+            &[(&self.grads, 0, self.layout.len), (inputs, 0, input_floats)],
+        )?;
+        let mut params = RnnParams::zeros(&self.config);
+        params.assign_flat(&data[0]);
+        let inputs = if dense {
+            let rows =
+                ArrayView2::from_shape((p.tokens(), input_size), &data[1]).expect("sized above");
+            let padded = p.unpack_steps(rows);
+            batch
+                .lengths()
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| padded.slice(ndarray::s![i, ..len, ..]).to_owned())
+                .collect::<Vec<Array2<f32>>>()
+        } else {
+            Vec::new()
+        };
+        Ok(Gradients { params, inputs })
     }
 
-    /// See [`GpuRnn::encode`].
-    pub fn apply_gradients(
-        &mut self,
-        _grads: &RnnParams,
-        _optimizer: &mut Optimizer,
-    ) -> Result<()> {
-        Err(Error::Unsupported(
-            "Rnn::apply_gradients does not run on the GPU yet: use Device::cpu()".into(),
-        ))
+    /// Applies `grads` with the optimizer exactly as a training step applies its own:
+    /// uploaded into the gradient buffer, then the same clipping, update and refusal of
+    /// non-finite steps.
+    pub fn apply_gradients(&mut self, grads: &RnnParams, optimizer: &mut Optimizer) -> Result<()> {
+        let replaced = self.ensure_optimizer(optimizer)?;
+        self.ctx
+            .queue
+            .write_buffer(&self.grads, 0, bytemuck::cast_slice(&grads.to_flat()));
+        let result = (|| {
+            let mut rec = Recorder::new(&self.ctx);
+            let step = self.record_update(&mut rec, optimizer);
+            self.submit(rec)?;
+            let data = read_back(&self.ctx, &[(&self.scalars, 0, SCALARS)])?;
+            Self::finish_update(&data[0], 0.0, optimizer, step)
+        })();
+        if result.is_err() {
+            if let Some(previous) = replaced {
+                optimizer.state = previous;
+            }
+        }
+        result
     }
 
     pub fn params(&self, config: &RnnConfig) -> Result<RnnParams> {
@@ -1399,34 +1306,5 @@ impl GpuRnn {
         let mut params = RnnParams::zeros(config);
         params.assign_flat(&data[0]);
         Ok(params)
-    }
-}
-
-/// A matrix product's parameters: `(offset, stride)` of A, B and C.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    m: u32,
-    n: u32,
-    k: u32,
-    flags: u32,
-    a: (u32, u32),
-    b: (u32, u32),
-    c: (u32, u32),
-    bias_offset: u32,
-) -> MatmulParams {
-    MatmulParams {
-        m,
-        n,
-        k,
-        flags,
-        a_offset: a.0,
-        b_offset: b.0,
-        c_offset: c.0,
-        bias_offset,
-        lda: a.1,
-        ldb: b.1,
-        ldc: c.1,
-        alpha: 1.0,
-        ..Default::default()
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! Every dispatch's parameters go into one uniform buffer, one aligned slot each, bound
 //! with a dynamic offset; so all steps of a layer share one bind group, and bind groups
-//! are cached across calls for as long as their buffers live.
+//! are cached across calls for as long as their buffers live (a cached group keeps its
+//! buffers alive, so the cache forgets a buffer's groups when that buffer goes away:
+//! see [`BindGroupCache`]).
 
 use super::kernels::Kernel;
 use super::GpuContext;
@@ -24,17 +26,45 @@ enum Command<'a> {
 }
 
 /// Bind groups that outlive one recording, keyed by kernel and buffers.
+///
+/// A bind group holds its buffers, so an entry would keep a buffer (and its memory)
+/// alive after its owner dropped it. Entries therefore leave with their buffers: a
+/// model's cache lives exactly as long as the model's own buffers, and is cleared when
+/// its work buffers are replaced ([`BindGroupCache::clear`]); buffers bound from
+/// outside the model — an optimizer's moments — evict their entries from every cache
+/// they were bound through when they are dropped ([`BindGroupCache::evict`], called
+/// from `OptimizerBuffers`'s `Drop`).
 #[derive(Default)]
 pub(crate) struct BindGroupCache {
     groups: HashMap<(usize, Vec<wgpu::Buffer>), wgpu::BindGroup>,
     uniforms: Option<wgpu::Buffer>,
 }
 
+/// A model's bind-group cache, shared with the optimizers bound through it (which hold
+/// it weakly, to evict their buffers' entries when they go; see [`BindGroupCache`]).
+pub(crate) type SharedCache = std::sync::Arc<std::sync::Mutex<BindGroupCache>>;
+
 impl BindGroupCache {
     /// Drops every cached group (call when buffers are reallocated).
     pub fn clear(&mut self) {
         self.groups.clear();
     }
+
+    /// Drops every cached group that binds one of `buffers` (call when they go away).
+    pub fn evict(&mut self, buffers: &[&wgpu::Buffer]) {
+        self.groups
+            .retain(|(_, bound), _| !bound.iter().any(|b| buffers.contains(&b)));
+    }
+}
+
+/// Locks a shared cache; a panic while it was held leaves nothing half-done in it (an
+/// entry is inserted whole or not at all), so a poisoned lock is used as it is.
+pub(crate) fn lock(
+    cache: &std::sync::Mutex<BindGroupCache>,
+) -> std::sync::MutexGuard<'_, BindGroupCache> {
+    cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub(crate) struct Recorder<'a> {

@@ -60,6 +60,13 @@ batch, the same batch every step, every parameter trainable (both biases):
   "losses" holds the loss computed before each step's update; "params_after" the
   parameters after the last step.
 
+Encoders ("encoders"): the recurrent module alone (unfold's Head::None), a random
+gradient G on its padded top-layer states [B, T, D*H] (zero past each length); the loss
+is sum(G * states), so autograd gives what unfold's backward(batch, G) returns: "grads"
+(every recurrent parameter) and "input_grads" (each sequence's [len, input]). "optim":
+SGD with an active clip and Adam, 3 steps each on that loss, as backward +
+apply_gradients; "layers_after" holds the parameters after them.
+
 Checkpoints ("checkpoints"): a module with submodules `rnn` (nn.RNN / nn.LSTM / nn.GRU,
 batch_first) and `out` (nn.Linear), float32, default init, state_dict saved with
 safetensors.torch.save_file (metadata {"format": "pt"}). Each entry holds the config the
@@ -165,6 +172,19 @@ CHECKPOINTS = [
          hidden_size=4, output_size=3, num_layers=2, bidirectional=True, head="per_step",
          target="classes", lengths=[1, 4, 5], seed=104),
 ]
+# Encoders (Head::None): the recurrent layers alone, a given gradient on their top-layer
+# states, and optimizer runs through that gradient (unfold's encode / backward /
+# apply_gradients against autograd and torch.optim).
+ENCODERS = [
+    dict(name="encoder_lstm_2l_bi", cell="lstm", input_size=3, hidden_size=4, num_layers=2,
+         bidirectional=True, lengths=[5, 1, 3], seed=201),
+    dict(name="encoder_gru_1l", cell="gru", input_size=3, hidden_size=5, num_layers=1,
+         bidirectional=False, lengths=[2, 4, 1], seed=202),
+    dict(name="encoder_tanh_1l_bi", cell="tanh", input_size=3, hidden_size=4, num_layers=1,
+         bidirectional=True, lengths=[1, 3, 5], seed=203),
+]
+ENCODER_RUNS = (opt("sgd", 0.1, clip="active"), opt("adam", 0.02))
+
 PROJ_CHECKPOINT = dict(name="lstm_proj_refused", file="ckpt_lstm_proj.safetensors",
                        input_size=3, hidden_size=4, proj_size=2, output_size=3, seed=105)
 
@@ -588,12 +608,90 @@ def make_proj_checkpoint(c):
                 tensors=names)
 
 
+def encoder_states(model, c, seqs):
+    """The top layer's states [B, T, D*H], zero past each length, and (h_n, c_n)."""
+    lengths = torch.tensor([s.shape[0] for s in seqs])
+    packed = pack_padded_sequence(pad(seqs), lengths, batch_first=True, enforce_sorted=False)
+    out_p, state = model.rnn(packed)
+    h_n, c_n = state if isinstance(state, tuple) else (state, None)
+    states, _ = pad_packed_sequence(out_p, batch_first=True, total_length=int(lengths.max()))
+    return states, h_n, c_n
+
+
+def encoder_run(model, c, seqs, grad_states, o, clip):
+    """Optimizer steps on the loss sum(grad_states * states), as unfold's backward with
+    that gradient followed by apply_gradients; returns the model and the pre-clip norms."""
+    m = copy.deepcopy(model)
+    ps = trainable(m, c)[:-2]  # the recurrent layers: an encoder has no readout
+    opt_ = (torch.optim.SGD(ps, lr=o["lr"]) if o["optimizer"] == "sgd"
+            else torch.optim.Adam(ps, lr=o["lr"]))
+    norms = []
+    for _ in range(o["steps"]):
+        opt_.zero_grad(set_to_none=True)
+        states, _, _ = encoder_states(m, c, seqs)
+        (grad_states * states).sum().backward()
+        norms.append(grad_norm(ps))
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(ps, clip)
+        opt_.step()
+    return m, norms
+
+
+def make_encoder(c):
+    c = dict(c, output_size=1, head="none")
+    torch.manual_seed(c["seed"])
+    model = Net(c)
+    with torch.no_grad():
+        for n in layer_names(c):
+            t = layer_tensors(model, n)
+            t["b_ih"].uniform_(-0.5, 0.5)
+            t["b_hh"].uniform_(-0.5, 0.5)
+    model = model.double()
+    torch.manual_seed(c["seed"] + 500)
+    seqs = [torch.randn(n, c["input_size"]).float().double().requires_grad_() for n in c["lengths"]]
+    D = 2 if c["bidirectional"] else 1
+    T = max(c["lengths"])
+    grad_states = torch.randn(len(seqs), T, D * c["hidden_size"]).float().double()
+    for i, n in enumerate(c["lengths"]):
+        grad_states[i, n:] = 0.0
+    m = copy.deepcopy(model)
+    states, h_n, c_n = encoder_states(m, c, seqs)
+    (grad_states * states).sum().backward()
+    params = export(model, c, f32_exact)
+    grads = [dict(name=n, **{k: computed(v.grad) for k, v in layer_tensors(m, n).items()})
+             for n in layer_names(c)]
+    # read now: the optimizer runs below accumulate into the inputs' gradients too
+    input_grads = [computed(s.grad) for s in seqs]
+    runs = []
+    for o in ENCODER_RUNS:
+        clip = o["clip"]
+        if clip == "active":
+            _, norms = encoder_run(model, c, seqs, grad_states, o, None)
+            clip = round_down(0.5 * norms[0])
+            while min(encoder_run(model, c, seqs, grad_states, o, clip)[1]) <= 1.2 * clip:
+                clip = round_down(0.9 * clip)
+        after, norms = encoder_run(model, c, seqs, grad_states, o, clip)
+        runs.append(dict(optimizer=o["optimizer"], lr=o["lr"], clip=clip, steps=o["steps"],
+                         grad_norms=[scalar(v) for v in norms],
+                         layers_after=export(after, c, computed)["layers"]))
+    print(f"  {c['name']}: " + "; ".join(f"{r['optimizer']} clip {r['clip']}" for r in runs))
+    return dict(name=c["name"], config=dict(config_json(c), output_size=0),
+                lengths=c["lengths"], inputs=[f32_exact(s) for s in seqs],
+                grad_states=f32_exact(grad_states), layers=params["layers"],
+                expected=dict(states=computed(states), h_n=computed(h_n),
+                              c_n=None if c_n is None else computed(c_n),
+                              grads=grads,
+                              input_grads=input_grads),
+                optim=runs)
+
+
 def main():
     cases = [make_case(c) for c in CASES]
+    encoders = [make_encoder(c) for c in ENCODERS]
     ckpts = [make_checkpoint(c) for c in CHECKPOINTS] + [make_proj_checkpoint(PROJ_CHECKPOINT)]
     doc = {"generated_by": "tests/golden/make_golden.py", "torch": torch.__version__,
            "dtype": "float64", "significant_digits": SIG_DIGITS, "cases": cases,
-           "checkpoints": ckpts}
+           "encoders": encoders, "checkpoints": ckpts}
     text = json.dumps(doc, indent=1)
     # keep innermost lists of numbers on one line so the file stays readable
     text = re.sub(r"\[[^\[\]{}\"]*\]",

@@ -14,46 +14,7 @@ use unfold::{
     Targets,
 };
 
-const EPS: f64 = 1e-5;
-const TOL: f64 = 1e-6;
-const FLOOR: f64 = 1e-3;
-
-/// Checks every scalar of `grads` against central differences of `loss`; returns the
-/// largest relative error.
-fn check_every_scalar(
-    what: &str,
-    p: &RnnParams<f64>,
-    grads: &RnnParams<f64>,
-    loss: impl Fn(&RnnParams<f64>) -> f64,
-) -> f64 {
-    let names: Vec<String> = p
-        .tensors()
-        .into_iter()
-        .flat_map(|(name, t)| (0..t.len()).map(move |i| format!("{name}[{i}]")))
-        .collect();
-    let (theta, analytic) = (p.to_flat(), grads.to_flat());
-    let (mut probe, mut shifted) = (p.clone(), theta.clone());
-    let mut worst: f64 = 0.0;
-    for i in 0..theta.len() {
-        shifted[i] = theta[i] + EPS;
-        probe.assign_flat(&shifted);
-        let up = loss(&probe);
-        shifted[i] = theta[i] - EPS;
-        probe.assign_flat(&shifted);
-        let down = loss(&probe);
-        shifted[i] = theta[i];
-        let numeric = (up - down) / (2.0 * EPS);
-        let a = analytic[i];
-        let rel = (a - numeric).abs() / a.abs().max(numeric.abs()).max(FLOOR);
-        assert!(
-            rel <= TOL,
-            "{what}: d loss / d {} analytic {a:.12e} numeric {numeric:.12e} ({rel:.2e})",
-            names[i]
-        );
-        worst = worst.max(rel);
-    }
-    worst
-}
+use common::check_every_scalar;
 
 /// Every recurrent tensor's gradient carries signal, so a check is not vacuous.
 fn assert_recurrent_grads_nonzero(what: &str, g: &RnnParams<f64>) {
@@ -90,7 +51,7 @@ fn every_cell_and_direction_matches_finite_differences() {
             let (loss, grads) = cpu::loss_and_gradients::<f64>(&c, &p, &batch);
             assert!(loss.is_finite());
             let what = format!("{cell} L{layers} bidirectional {bidirectional} {head:?}");
-            let worst = check_every_scalar(&what, &p, &grads, |q| cpu::loss(&c, q, &batch));
+            let (worst, _) = check_every_scalar(&what, &p, &grads, |q| cpu::loss(&c, q, &batch));
             assert_recurrent_grads_nonzero(&what, &grads);
             eprintln!("{what}: max relative error {worst:.2e}");
         }

@@ -208,33 +208,53 @@ fn verify_passes_under_every_shader_check_setting() {
     if common::gpu().is_none() {
         return;
     }
-    // the kernels compiled with wgpu's checks (all) and with none of them agree with the
-    // CPU path as the default (bounds) does; an unknown setting is an error, not a guess
-    let run = |checks: &str, args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_unfold"))
-            .args(args)
-            .env("UNFOLD_SHADER_CHECKS", checks)
-            .output()
-            .expect("the unfold binary runs")
+    // the kernels compiled with wgpu's checks (all) and with none of them (the unsafe
+    // opt-in of --unchecked-shaders) agree with the CPU path as the default (bounds)
+    // does; an unknown setting is an error, not a guess, and so is `none` from the
+    // environment, which cannot opt in to undefined behaviour
+    let run = |checks: Option<&str>, args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_unfold"));
+        command.args(args).env_remove("UNFOLD_SHADER_CHECKS");
+        if let Some(checks) = checks {
+            command.env("UNFOLD_SHADER_CHECKS", checks);
+        }
+        command.output().expect("the unfold binary runs")
     };
-    for checks in ["all", "none"] {
-        let out = run(
-            checks,
-            &["verify", "--steps", "2", "--config", "small,relu"],
+    let verify = ["verify", "--steps", "2", "--config", "small,relu"];
+    let unchecked = [&verify[..], &["--unchecked-shaders"]].concat();
+    for (checks, args) in [(Some("all"), &verify[..]), (None, &unchecked[..])] {
+        let out = run(checks, args);
+        assert!(
+            out.status.success(),
+            "{checks:?} {args:?}: {}",
+            stderr(&out)
         );
-        assert!(out.status.success(), "{checks}: {}", stderr(&out));
         assert!(
             stdout(&out).contains("ok: largest relative difference"),
-            "{checks}"
+            "{checks:?} {args:?}"
         );
+        if checks.is_none() {
+            assert!(
+                stderr(&out).contains("without bounds checks"),
+                "{}",
+                stderr(&out)
+            );
+        }
     }
-    let out = run("fast", &["verify", "--steps", "1"]);
+    let out = run(Some("fast"), &["verify", "--steps", "1"]);
+    assert_clean_failure(&out, "UNFOLD_SHADER_CHECKS");
+    assert!(stderr(&out).contains("all or bounds"), "{}", stderr(&out));
+    let out = run(Some("none"), &["verify", "--steps", "1"]);
     assert_clean_failure(&out, "UNFOLD_SHADER_CHECKS");
     assert!(
-        stderr(&out).contains("all, bounds or none"),
+        stderr(&out).contains("gpu_without_bounds_checks")
+            && stderr(&out).contains("--unchecked-shaders"),
         "{}",
         stderr(&out)
     );
+    // the bench's opt-in is for the GPU only
+    let out = run(None, &["bench", "--device", "cpu", "--unchecked-shaders"]);
+    assert_clean_failure(&out, "--unchecked-shaders");
 }
 
 #[test]

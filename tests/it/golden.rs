@@ -2,7 +2,9 @@
 //! made by `tests/golden/make_golden.py` in float64): for every cell (tanh, relu, LSTM,
 //! GRU), 1 and 2 layers, one or two directions, both heads, class and value targets, the
 //! outputs, final states, loss, the gradient of every parameter (both biases
-//! separately), and parameters after clipped SGD / momentum / Adam runs; and checkpoints
+//! separately), and parameters after clipped SGD / momentum / Adam / AdamW runs; encoders
+//! (`Head::None`) given a gradient on their states: the states, every parameter and input
+//! gradient of `backward`, and SGD+clip / Adam runs through `apply_gradients`; and checkpoints
 //! written by PyTorch itself, which must load and give PyTorch's outputs. Checked on
 //! every device of `common::devices()`: the CPU always, the GPU where an adapter exists.
 //!
@@ -20,7 +22,7 @@ use crate::common;
 use serde_json::Value;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use unfold::ndarray::{Array1, Array2};
+use unfold::ndarray::{Array1, Array2, Array3};
 use unfold::{
     Cell, Device, Error, Head, LayerParams, Optimizer, Rnn, RnnConfig, RnnParams, SequenceBatch,
     Targets,
@@ -82,6 +84,7 @@ fn config(c: &Value) -> RnnConfig {
     let head = match c["head"].as_str().expect("head") {
         "per_step" => Head::PerStep,
         "last_step" => Head::LastStep,
+        "none" => Head::None,
         other => panic!("unknown head {other}"),
     };
     assert_eq!(
@@ -469,4 +472,122 @@ fn pytorch_lstm_with_projection_is_refused() {
             Ok(_) => panic!("{how}: an LSTM with proj_size > 0 loaded"),
         }
     }
+}
+
+/// The recurrent layers of an encoder entry, with an empty readout.
+fn encoder_params(e: &Value, config: &RnnConfig) -> RnnParams {
+    let mut p = params(&serde_json::json!({"layers": e["layers"], "w_out": [], "b_out": []}));
+    p.w_out = Array2::zeros((0, config.state_width()));
+    p
+}
+
+/// An encoder (`Head::None`) against autograd: the states and final states of `encode`,
+/// the parameter and input gradients of `backward` given PyTorch's gradient on the
+/// states, and SGD+clip / Adam runs through `backward` + `apply_gradients`.
+fn check_encoder(e: &Value, device: &Device) -> bool {
+    let name = e["name"].as_str().expect("name");
+    let label = format!("{name} on {}", device.describe());
+    let config = config(&e["config"]);
+    let tol = tolerance(device);
+    let inputs: Vec<Array2<f32>> = e["inputs"]
+        .as_array()
+        .expect("inputs")
+        .iter()
+        .map(matrix)
+        .collect();
+    let batch = SequenceBatch::inputs_only(inputs).expect("valid inputs");
+    let width = config.state_width();
+    let grad_states = Array3::from_shape_vec(
+        (batch.len(), batch.max_len(), width),
+        floats(&e["grad_states"]),
+    )
+    .expect("grad_states shape");
+    let start = encoder_params(e, &config);
+    let Some(mut rnn) = bind(&config, &start, device, &label) else {
+        return false;
+    };
+    let x = &e["expected"];
+    let encoded = rnn.encode(&batch).expect("encode");
+    common::assert_close(
+        &format!("{label} states"),
+        &common::flat(&encoded.states),
+        &floats(&x["states"]),
+        tol,
+    );
+    common::assert_close(
+        &format!("{label} h_n"),
+        &common::flat(&encoded.final_hidden),
+        &floats(&x["h_n"]),
+        tol,
+    );
+    if let Some(c_n) = encoded.final_cell {
+        common::assert_close(
+            &format!("{label} c_n"),
+            &common::flat(&c_n),
+            &floats(&x["c_n"]),
+            tol,
+        );
+    }
+    let grads = rnn.backward(&batch, &grad_states).expect("backward");
+    let want = encoder_params(&serde_json::json!({"layers": x["grads"]}), &config);
+    for (u, (g, w)) in grads.params.layers.iter().zip(&want.layers).enumerate() {
+        for (what, a, b) in [
+            ("w_ih", common::flat(&g.w_ih), common::flat(&w.w_ih)),
+            ("w_hh", common::flat(&g.w_hh), common::flat(&w.w_hh)),
+            ("b_ih", g.b_ih.to_vec(), w.b_ih.to_vec()),
+            ("b_hh", g.b_hh.to_vec(), w.b_hh.to_vec()),
+        ] {
+            common::assert_close(&format!("{label} grad layers[{u}].{what}"), &a, &b, tol);
+        }
+    }
+    for (i, (got, want)) in grads
+        .inputs
+        .iter()
+        .zip(x["input_grads"].as_array().expect("input_grads"))
+        .enumerate()
+    {
+        common::assert_close(
+            &format!("{label} input grad {i}"),
+            &common::flat(got),
+            &floats(want),
+            tol,
+        );
+    }
+    for run in e["optim"].as_array().expect("optim") {
+        let mut rnn = bind(&config, &start, device, &label).expect("bound above");
+        let mut opt = optimizer(run);
+        for _ in 0..run["steps"].as_u64().expect("steps") {
+            let g = rnn.backward(&batch, &grad_states).expect("backward");
+            rnn.apply_gradients(&g.params, &mut opt)
+                .expect("apply_gradients");
+        }
+        let after = encoder_params(&serde_json::json!({"layers": run["layers_after"]}), &config);
+        let got = rnn.params().expect("params");
+        let what = format!(
+            "{label} {} run",
+            run["optimizer"].as_str().expect("optimizer")
+        );
+        common::assert_close(&what, &got.to_flat(), &after.to_flat(), tol);
+    }
+    true
+}
+
+#[test]
+fn encoders_match_pytorchs_autograd_and_optimizers_on_every_device() {
+    let root = root();
+    let encoders = root["encoders"].as_array().expect("encoders");
+    assert!(encoders.len() >= 3, "encoder cases");
+    let mut items = Vec::new();
+    for device in common::devices() {
+        for e in encoders {
+            let label = format!(
+                "{} on {}",
+                e["name"].as_str().expect("name"),
+                device.describe()
+            );
+            let device = device.clone();
+            items.push((label, move || check_encoder(e, &device)));
+        }
+    }
+    run_all("encoders", items);
 }

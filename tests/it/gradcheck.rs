@@ -15,19 +15,6 @@ use common::{assert_close, assert_params_close, config, params, random_batch};
 use unfold::internals::cpu;
 use unfold::{Device, Rnn, RnnConfig, RnnParams};
 
-const EPS: f64 = 1e-5;
-/// Per scalar: `|analytic − numeric| ≤ TOL · max(|analytic|, |numeric|, FLOOR)`.
-const TOL: f64 = 1e-6;
-const FLOOR: f64 = 1e-3;
-
-/// Name of every scalar in the order of `RnnParams::to_flat`.
-fn scalar_names(p: &RnnParams<f64>) -> Vec<String> {
-    p.tensors()
-        .into_iter()
-        .flat_map(|(name, t)| (0..t.len()).map(move |i| format!("{name}[{i}]")))
-        .collect()
-}
-
 /// Checks every scalar of the gradient of one random problem against central
 /// differences; returns the analytic gradient and the largest relative error.
 fn gradcheck(
@@ -46,39 +33,15 @@ fn gradcheck(
         "loss and loss_and_gradients disagree: {loss_alone} vs {loss}"
     );
 
-    let analytic = grads.to_flat();
-    let theta = p.to_flat();
-    assert_eq!(analytic.len(), theta.len());
-    assert_eq!(theta.len(), config.num_params());
-    let names = scalar_names(&p);
-    let mut probe = p.clone();
-    let mut shifted = theta.clone();
-    let mut worst = (0.0f64, 0usize, 0.0f64);
-    for i in 0..theta.len() {
-        shifted[i] = theta[i] + EPS;
-        probe.assign_flat(&shifted);
-        let up = cpu::loss::<f64>(config, &probe, &batch);
-        shifted[i] = theta[i] - EPS;
-        probe.assign_flat(&shifted);
-        let down = cpu::loss::<f64>(config, &probe, &batch);
-        shifted[i] = theta[i];
-        let numeric = (up - down) / (2.0 * EPS);
-        let a = analytic[i];
-        let rel = (a - numeric).abs() / a.abs().max(numeric.abs()).max(FLOOR);
-        assert!(
-            rel <= TOL,
-            "{config:?} lengths {lengths:?} values {values}: d loss / d {} analytic {a:.12e} numeric {numeric:.12e} (relative error {rel:.2e})",
-            names[i]
-        );
-        if rel > worst.0 {
-            worst = (rel, i, numeric);
-        }
-    }
+    assert_eq!(grads.len(), config.num_params());
+    let what = format!("{config:?} lengths {lengths:?} values {values}");
+    let (worst, at) =
+        common::check_every_scalar(&what, &p, &grads, |q| cpu::loss(config, q, &batch));
     eprintln!(
-        "{:?} {:?} L{} values={values} lengths {lengths:?}: max relative error {:.2e} at {}",
-        config.cell, config.head, config.num_layers, worst.0, names[worst.1]
+        "{:?} {:?} L{} values={values} lengths {lengths:?}: max relative error {worst:.2e} at {at}",
+        config.cell, config.head, config.num_layers
     );
-    (grads, worst.0)
+    (grads, worst)
 }
 
 /// Every tensor of the gradient carries signal (so the check above is not vacuous).

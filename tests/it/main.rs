@@ -1,6 +1,7 @@
 //! The integration tests, in one binary: each module was once its own test crate, and
 //! linking wgpu into twenty binaries was most of the time a fresh `cargo test` took.
 
+mod alloc_watch;
 mod common;
 
 mod bad_input;
@@ -9,14 +10,19 @@ mod cells;
 mod checkpoint;
 mod classify_cli;
 mod data_loader;
+mod fuzz_parsers;
 mod gemm;
 mod golden;
+mod gpu_cells;
 mod gpu_device;
+mod gpu_lifetimes;
 mod gpu_parity;
 mod gradcheck;
 mod learning;
 mod parameter_sharing;
+mod properties;
 mod shaders;
+mod split;
 mod text;
 mod tokens_and_state;
 mod trainer_cli;

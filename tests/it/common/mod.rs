@@ -197,3 +197,51 @@ pub fn write_pytorch_checkpoint(path: &std::path::Path, p: &RnnParams, skip: &st
     )
     .expect("writes the file");
 }
+
+/// Central differences `(L(θ+ε) − L(θ−ε)) / 2ε` with `ε = 1e-5` in f64 against every
+/// scalar of `grads`: each must agree to `1e-6 · max(|analytic|, |numeric|, 1e-3)` (see
+/// gradcheck.rs for why those bounds). Returns the largest relative error and where.
+pub fn check_every_scalar(
+    what: &str,
+    p: &RnnParams<f64>,
+    grads: &RnnParams<f64>,
+    loss: impl Fn(&RnnParams<f64>) -> f64,
+) -> (f64, String) {
+    const EPS: f64 = 1e-5;
+    const TOL: f64 = 1e-6;
+    const FLOOR: f64 = 1e-3;
+    let names: Vec<String> = p
+        .tensors()
+        .into_iter()
+        .flat_map(|(name, t)| (0..t.len()).map(move |i| format!("{name}[{i}]")))
+        .collect();
+    let (theta, analytic) = (p.to_flat(), grads.to_flat());
+    assert_eq!(
+        theta.len(),
+        analytic.len(),
+        "{what}: gradient and parameter counts"
+    );
+    let (mut probe, mut shifted) = (p.clone(), theta.clone());
+    let mut worst = (0.0f64, String::new());
+    for i in 0..theta.len() {
+        shifted[i] = theta[i] + EPS;
+        probe.assign_flat(&shifted);
+        let up = loss(&probe);
+        shifted[i] = theta[i] - EPS;
+        probe.assign_flat(&shifted);
+        let down = loss(&probe);
+        shifted[i] = theta[i];
+        let numeric = (up - down) / (2.0 * EPS);
+        let a = analytic[i];
+        let rel = (a - numeric).abs() / a.abs().max(numeric.abs()).max(FLOOR);
+        assert!(
+            rel <= TOL,
+            "{what}: d loss / d {} analytic {a:.12e} numeric {numeric:.12e} (relative error {rel:.2e})",
+            names[i]
+        );
+        if rel > worst.0 {
+            worst = (rel, names[i].clone());
+        }
+    }
+    worst
+}
