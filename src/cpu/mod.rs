@@ -939,7 +939,8 @@ mod tests {
 
     /// A time loop split by hidden units over threads computes what one thread does:
     /// every cell, both directions, two layers, variable lengths, initial states, hidden
-    /// sizes that the threads share unevenly.
+    /// sizes that the threads share unevenly (one unit: a thread with none, and
+    /// one-column buffers whose strides ndarray leaves arbitrary).
     #[test]
     fn time_loops_split_over_threads_agree_with_one_thread() {
         use crate::internals::workloads::random_batch;
@@ -949,6 +950,7 @@ mod tests {
             (Cell::Relu, 64),
             (Cell::Lstm, 72),
             (Cell::Gru, 96),
+            (Cell::Lstm, 1),
         ] {
             let config = RnnConfig::new(5, hidden, 4)
                 .cell(cell)

@@ -37,11 +37,17 @@ unsafe impl<F: Send> Send for Shared<F> {}
 unsafe impl<F: Send> Sync for Shared<F> {}
 
 impl<F> Shared<F> {
-    /// `a` must have contiguous rows (column stride 1), or be empty.
+    /// `a` must have contiguous rows (column stride 1, or one column), or be empty.
     pub fn new(mut a: ArrayViewMut2<F>) -> Self {
         let (rows, cols) = a.dim();
         let empty = rows == 0 || cols == 0;
-        assert!(empty || a.strides()[1] == 1, "rows must be contiguous");
+        // an axis of length 1 may have any stride
+        assert!(
+            empty || cols == 1 || a.strides()[1] == 1,
+            "rows must be contiguous: {:?} {:?}",
+            a.dim(),
+            a.strides()
+        );
         Shared {
             ptr: a.as_mut_ptr(),
             rows: if empty { 0 } else { rows },
