@@ -3,8 +3,8 @@
 //! `f32` (training) goes through the `gemm` crate's kernels (sarah-quinones' `gemm-f32`:
 //! AVX-512 with its `x86-v4` feature, AVX2/FMA, NEON, chosen at run time), on two
 //! threads (rayon) when a product is large enough to pay for waking the second one.
-//! Measured on the anchor shapes it is 1.2–1.6× ndarray's `matrixmultiply` single-threaded
-//! on most products and up to 6× on the few-row products of a time step (BENCHMARKS.md).
+//! Measured on the anchor shapes it is 1.1–1.5× ndarray's `matrixmultiply` on one thread
+//! on most products and 5–8× on the one-row step products of `latency` (BENCHMARKS.md).
 //! We depend on `gemm-f32` itself rather than the `gemm` front crate, which would also
 //! compile the complex and f64 kernels; this file does the little the front crate adds
 //! (orienting the product for the kernels, which prefer a column-major destination).
