@@ -18,7 +18,7 @@ const DEFAULT_LR: f32 = 2e-3;
 const DEFAULT_CLIP: f32 = 5.0;
 const DEFAULT_HELD_OUT: f64 = 0.05;
 const DEFAULT_WEIGHT_DECAY: f32 = 0.0;
-const DEFAULT_SCHEDULE: Schedule = Schedule::Cosine;
+const DEFAULT_SCHEDULE: Schedule = Schedule::Constant;
 
 /// How the learning rate moves over a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -84,7 +84,7 @@ pub struct TrainArgs {
     #[arg(long = "weight-decay")]
     weight_decay: Option<f32>,
     /// How the learning rate moves over this run: cosine warms up over 100 steps, then
-    /// decays to a twentieth at the end of --minutes / --steps [default: cosine, or the
+    /// decays to a twentieth at the end of --minutes / --steps [default: constant, or the
     /// checkpoint's].
     #[arg(long, value_enum)]
     schedule: Option<config::Schedule>,
