@@ -53,11 +53,7 @@ impl RnnParams<f32> {
             got: "0".into(),
         })?;
         let h = first.w_hh.ncols().max(1);
-        let cell = match first.w_hh.nrows() / h {
-            4 => Cell::Lstm,
-            3 => Cell::Gru,
-            _ => Cell::Tanh,
-        };
+        let cell = cell_from_shapes(first, Cell::Tanh);
         let input = first.w_ih.ncols();
         let bidirectional = self.layers.len().is_multiple_of(2)
             && self.layers.get(1).is_some_and(|l| l.w_ih.ncols() == input)
@@ -172,12 +168,9 @@ impl RnnParams<f32> {
             path: path.to_path_buf(),
             reason: what,
         };
-        let gates = params.layers[0].w_hh.nrows() / params.layers[0].w_hh.ncols().max(1);
-        let recorded = meta.cell.unwrap_or(match gates {
-            4 => Cell::Lstm,
-            3 => Cell::Gru,
-            _ => config.cell,
-        });
+        let recorded = meta
+            .cell
+            .unwrap_or_else(|| cell_from_shapes(&params.layers[0], config.cell));
         let elman = |c: Cell| matches!(c, Cell::Tanh | Cell::Relu);
         let fits = recorded == config.cell
             || (meta.cell.is_none() && elman(recorded) && elman(config.cell));
@@ -235,6 +228,16 @@ fn with_metadata(
     out.extend_from_slice(&text);
     out.extend_from_slice(&file[8 + header_len..]);
     Ok(out)
+}
+
+/// The cell a layer's shapes say: 4 gate blocks an LSTM, 3 a GRU; one block is an Elman
+/// cell, whose nonlinearity the shapes cannot tell, so `elman` is taken.
+fn cell_from_shapes(layer: &LayerParams, elman: Cell) -> Cell {
+    match layer.w_hh.nrows() / layer.w_hh.ncols().max(1) {
+        4 => Cell::Lstm,
+        3 => Cell::Gru,
+        _ => elman,
+    }
 }
 
 /// What a checkpoint says about its model besides the tensors.
@@ -334,14 +337,7 @@ fn read_checkpoint(path: &Path) -> Result<(RnnParams, CheckpointMeta)> {
         w_out,
         b_out,
     };
-    let h = params.layers[0].w_hh.ncols();
-    let gates = params.layers[0].w_hh.nrows() / h.max(1);
-    let shape_cell = match (cell, gates) {
-        (Some(c), _) => c,
-        (None, 4) => Cell::Lstm,
-        (None, 3) => Cell::Gru,
-        (None, _) => Cell::Tanh,
-    };
+    let shape_cell = cell.unwrap_or_else(|| cell_from_shapes(&params.layers[0], Cell::Tanh));
     let head = if encoder { Head::None } else { Head::PerStep };
     params
         .infer_config(shape_cell, head, bidirectional)
