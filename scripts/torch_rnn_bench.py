@@ -11,7 +11,7 @@ Prints one JSON line per (workload, lengths) with the median step time; the fiel
 `unfold bench`'s where they mean the same thing, so `scripts/compare_bench.py` reads both.
 
     python3 scripts/torch_rnn_bench.py [cuda|cpu] [latency|small|ref|large] [fixed|variable]
-        [--cell tanh|relu|lstm|gru] [--threads N] [--reps N]
+        [--cell tanh|relu|lstm|gru] [--bidirectional] [--threads N] [--reps N]
 
 Without a workload: all four on CUDA (each also once with TF32 on, for reference), the
 first three on the CPU (large is slow there). Without a device: cuda if available.
@@ -37,6 +37,8 @@ def parse_args():
     ap.add_argument("workload", nargs="?", choices=list(WORKLOADS))
     ap.add_argument("lengths", nargs="?", choices=["fixed", "variable"])
     ap.add_argument("--cell", default="tanh", choices=list(MODULES))
+    ap.add_argument("--bidirectional", action="store_true",
+                    help="both directions (the readout then reads 2 x hidden)")
     ap.add_argument("--threads", type=int, default=0,
                     help="CPU threads for PyTorch (default: PyTorch's, one per physical core)")
     ap.add_argument("--reps", type=int, default=0,
@@ -44,19 +46,21 @@ def parse_args():
     return ap.parse_args()
 
 
-def make_rnn(torch, cell, i, h):
+def make_rnn(torch, cell, i, h, bidirectional):
     if cell in ("tanh", "relu"):
-        return torch.nn.RNN(i, h, nonlinearity=cell, batch_first=True)
-    return getattr(torch.nn, MODULES[cell])(i, h, batch_first=True)
+        return torch.nn.RNN(i, h, nonlinearity=cell, batch_first=True,
+                            bidirectional=bidirectional)
+    return getattr(torch.nn, MODULES[cell])(i, h, batch_first=True,
+                                            bidirectional=bidirectional)
 
 
-def time_step(torch, dev, name, cell, tf32, variable, reps):
+def time_step(torch, dev, name, cell, bidirectional, tf32, variable, reps):
     b, t, i, h, c = WORKLOADS[name]
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(0)
-    rnn = make_rnn(torch, cell, i, h).to(dev)
-    readout = torch.nn.Linear(h, c).to(dev)
+    rnn = make_rnn(torch, cell, i, h, bidirectional).to(dev)
+    readout = torch.nn.Linear(2 * h if bidirectional else h, c).to(dev)
     sgd = torch.optim.SGD([*rnn.parameters(), *readout.parameters()], lr=0.01)
 
     gen = torch.Generator().manual_seed(0)
@@ -103,6 +107,7 @@ def time_step(torch, dev, name, cell, tf32, variable, reps):
         "anchor": f"torch.nn.{MODULES[cell]}",
         "impl": "torch",
         "cell": cell,
+        "bidirectional": bidirectional,
         "device": device,
         "torch": torch.__version__,
         "config": name,
@@ -139,7 +144,8 @@ def main():
     for name in names:
         for tf32 in tf32_modes:
             for variable in length_modes:
-                row = time_step(torch, dev, name, args.cell, tf32, variable, reps)
+                row = time_step(torch, dev, name, args.cell, args.bidirectional, tf32,
+                                variable, reps)
                 print(json.dumps(row), flush=True)
 
 

@@ -20,6 +20,9 @@ pub struct BenchArgs {
     /// The recurrent cell of the workloads.
     #[arg(long, value_enum, default_value = "tanh")]
     cell: CellChoice,
+    /// Both directions in each layer (the per-step readout then reads 2·hidden).
+    #[arg(long)]
+    bidirectional: bool,
     /// Timed steps per case (after 3 warm-up steps); the median is reported.
     #[arg(long, default_value_t = 10)]
     reps: usize,
@@ -43,11 +46,14 @@ pub fn run(args: BenchArgs) -> CliResult<ExitCode> {
     match &args.matmul {
         Some(shapes) => bench_matmul(&device, shapes, reps)?,
         None => {
-            let cell = args.cell.into();
+            let model = Model {
+                cell: args.cell.into(),
+                bidirectional: args.bidirectional,
+            };
             for name in args.configs.split(',') {
                 let w = workload(name)?;
                 for variable in [false, true] {
-                    bench_steps(&device, &w, cell, variable, reps, args.time_loop.into())?;
+                    bench_steps(&device, &w, model, variable, reps, args.time_loop.into())?;
                 }
             }
         }
@@ -63,18 +69,29 @@ fn workload(name: &str) -> unfold::Result<Workload> {
     })
 }
 
+/// What a workload's layer is: its cell and whether it reads both ways.
+#[derive(Clone, Copy)]
+struct Model {
+    cell: Cell,
+    bidirectional: bool,
+}
+
 /// One JSON line: the median time of `reps` training steps (after 3 warm-up steps) of
-/// workload `w` with `cell`, fixed or variable length.
+/// workload `w` with `model`, fixed or variable length.
 fn bench_steps(
     device: &Device,
     w: &Workload,
-    cell: Cell,
+    model: Model,
     variable: bool,
     reps: usize,
     time_loop: TimeLoop,
 ) -> unfold::Result<()> {
+    let Model {
+        cell,
+        bidirectional,
+    } = model;
     let batch = w.batch(variable, 0);
-    let config = w.config().cell(cell);
+    let config = w.config().cell(cell).bidirectional(bidirectional);
     let mut rnn = Rnn::new(config.clone(), RnnParams::init(&config, 0), device)?;
     rnn.set_time_loop(time_loop)?;
     let mut sgd = Optimizer::sgd(0.01);
@@ -94,7 +111,7 @@ fn bench_steps(
     let med = median(times);
     let dispatches = rnn.last_step_profile().map_or(0, |(_, d)| d);
     println!(
-        "{{\"impl\": \"unfold\", \"device\": {:?}, \"time_loop\": \"{time_loop:?}\", \"cell\": \"{cell}\", \"config\": {:?}, \"B\": {}, \"T\": {}, \"I\": {}, \"H\": {}, \"C\": {}, \"variable\": {variable}, \"train_step_ms\": {:.3}, \"tokens_per_s\": {:.0}, \"gflops\": {:.1}, \"host_record_ms\": {:.3}, \"dispatches\": {dispatches}}}",
+        "{{\"impl\": \"unfold\", \"device\": {:?}, \"time_loop\": \"{time_loop:?}\", \"cell\": \"{cell}\", \"bidirectional\": {bidirectional}, \"config\": {:?}, \"B\": {}, \"T\": {}, \"I\": {}, \"H\": {}, \"C\": {}, \"variable\": {variable}, \"train_step_ms\": {:.3}, \"tokens_per_s\": {:.0}, \"gflops\": {:.1}, \"host_record_ms\": {:.3}, \"dispatches\": {dispatches}}}",
         device.describe(),
         w.name,
         w.batch,
@@ -104,18 +121,19 @@ fn bench_steps(
         w.classes,
         med * 1e3,
         batch.tokens() as f64 / med,
-        train_flops(w, cell, &batch) / med / 1e9,
+        train_flops(w, model, &batch) / med / 1e9,
         median(host) * 1e3,
     );
     Ok(())
 }
 
 /// Floating-point operations of one training step: [`Workload::train_flops`], with each
-/// recurrent product `gates` times as wide for a gated cell (element-wise work not
-/// counted).
-fn train_flops(w: &Workload, cell: Cell, batch: &SequenceBatch) -> f64 {
+/// recurrent product `gates` times as wide for a gated cell and every product twice for
+/// a bidirectional layer (element-wise work not counted).
+fn train_flops(w: &Workload, model: Model, batch: &SequenceBatch) -> f64 {
+    let directions = if model.bidirectional { 2 } else { 1 };
     let recurrent = w.input * w.hidden + w.hidden * w.hidden;
-    let per_token = cell.gates() * recurrent + w.hidden * w.classes;
+    let per_token = directions * (model.cell.gates() * recurrent + w.hidden * w.classes);
     // forward 2 flops per multiply-add; backward twice the forward
     6.0 * (batch.tokens() * per_token) as f64
 }
