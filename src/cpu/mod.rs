@@ -13,6 +13,7 @@
 mod cell;
 mod gemm;
 mod loss;
+mod step_product;
 mod team;
 
 use crate::batch::{Packing, SequenceBatch};
@@ -23,6 +24,7 @@ use cell::{backward_units, forward_units, UnitsBackward, UnitsForward};
 use gemm::mat_mul;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayViewMut2, Axis, Zip};
 use std::ops::Range;
+use step_product::step_product;
 
 pub use loss::{cross_entropy, pack_classes, pack_values, squared_error};
 
@@ -81,8 +83,9 @@ pub struct Workspace<F> {
     dropped: Vec<Array2<F>>,
     dropout_used: bool,
     units: Vec<UnitBuffers<F>>,
-    /// Threads of the time loops, when fixed (tests); by the size of a step otherwise.
-    loop_threads: Option<usize>,
+    /// How the time loops share their work among threads, when fixed (tests); by size
+    /// otherwise.
+    loop_split: Option<team::FixedSplit>,
     /// Last-step head: top-layer final states in packed order `[batch, directions·hidden]`.
     last: Array2<F>,
     /// Readout `[rows, output]` and its gradient.
@@ -260,7 +263,7 @@ pub fn forward_layers<F: Real>(
                 &input,
                 d == 1,
                 unit,
-                ws.loop_threads,
+                ws.loop_split,
                 out.slice_mut(s![.., d * h..(d + 1) * h]),
             );
         }
@@ -341,8 +344,8 @@ enum LayerInput<'a, F> {
 /// with both biases (for tokens a column lookup in `W_ih`), then per step the recurrent
 /// product on the rows still running, accumulated straight into the gates' pre-activations
 /// (GRU's n block apart, into `hn`), and the cell's element-wise work, which also writes
-/// each state where the next step reads it. A loop whose steps are large enough runs on
-/// several threads, split by hidden units (`team.rs`).
+/// each state where the next step reads it. A loop large enough runs on several threads,
+/// split by hidden units or by sequences (`team.rs`).
 #[allow(clippy::too_many_arguments)]
 fn unit_forward<F: Real>(
     cell: Cell,
@@ -351,7 +354,7 @@ fn unit_forward<F: Real>(
     input: &LayerInput<F>,
     reverse: bool,
     unit: &mut UnitBuffers<F>,
-    threads: Option<usize>,
+    split: Option<team::FixedSplit>,
     states: ArrayViewMut2<F>,
 ) {
     let (tokens, h) = (p.tokens(), states.ncols());
@@ -408,8 +411,8 @@ fn unit_forward<F: Real>(
             }
         }
     }
-    let threads = threads.unwrap_or_else(|| team::threads_for(p.batch(), h, gates));
-    let barrier = team::Barrier::new(threads);
+    let split = team::Split::of(split, &p.sorted_lengths, h, gates);
+    let barrier = split.barrier();
     let w_hh_t = &unit.w_hh_t;
     let b_hn = if cell == Cell::Gru {
         layer.b_hh.slice(s![2 * h..]).to_vec()
@@ -425,31 +428,37 @@ fn unit_forward<F: Real>(
         states,
     ]
     .map(team::Shared::new);
-    team::run(threads, h, |_, units| {
+    team::run(&split, h, |units, ranks| {
         for (i, t) in steps(p, reverse).enumerate() {
             let (off, n) = (p.offsets[t], p.batch_sizes[t]);
+            // this thread's rows of the step: all of them when split by units
+            let (a, b) = (ranks.start.min(n), ranks.end.min(n));
             if i > 0 {
                 // every thread's part of this step's previous states is written
                 barrier.wait();
             }
+            if a == b {
+                continue;
+            }
             // SAFETY (every access below, see team.rs): this thread writes only its own
-            // units' columns of this step's rows (gates, hn, states, c) and of the next
-            // step's rows (h_prev, c_prev); it reads all columns of this step's h_prev
-            // rows, written before the barrier above (or before the loop).
+            // units' columns of its own rows of this step (gates, hn, states, c) and of
+            // the next step (h_prev, c_prev); it reads all columns of its rows of this
+            // step's h_prev, written before the barrier above (or before the loop) — by
+            // itself alone when split by rows.
             unsafe {
-                let h_rows = h_prev.view(off..off + n, 0..h);
+                let h_rows = h_prev.view(off + a..off + b, 0..h);
                 // this step's product for this thread's gate columns, straight into the
                 // gates (GRU's n block into hn): in one piece per destination when the
                 // thread has every unit, else a piece per gate block
                 let product = |cols: Range<usize>| {
                     let w = w_hh_t.slice(s![.., cols.clone()]);
                     if cols.start < in_gates {
-                        let mut dst = gates_m.view_mut(off..off + n, cols);
-                        gemm::mat_mul_serial(F::one(), &h_rows, &w, F::one(), &mut dst);
+                        let mut dst = gates_m.view_mut(off + a..off + b, cols);
+                        step_product(&h_rows, &w, true, &mut dst);
                     } else {
                         let local = cols.start - in_gates..cols.end - in_gates;
-                        let mut dst = hn.view_mut(off..off + n, local);
-                        gemm::mat_mul_serial(F::one(), &h_rows, &w, F::zero(), &mut dst);
+                        let mut dst = hn.view_mut(off + a..off + b, local);
+                        step_product(&h_rows, &w, false, &mut dst);
                     }
                 };
                 if units.len() == h {
@@ -463,7 +472,7 @@ fn unit_forward<F: Real>(
                     }
                 }
                 let next = next_rows(p, t, reverse);
-                for j in 0..n {
+                for j in a..b {
                     let r = off + j;
                     let block = |b: usize| {
                         if b < gates {
@@ -608,7 +617,7 @@ pub fn backward_layers<F: Real>(
                 &input,
                 d == 1,
                 &ws.units[u],
-                ws.loop_threads,
+                ws.loop_split,
                 ws.dh.slice(s![.., d * h..(d + 1) * h]),
                 scratch,
                 &mut grads.layers[u],
@@ -661,7 +670,7 @@ fn unit_backward<F: Real>(
     input: &LayerInput<F>,
     reverse: bool,
     unit: &UnitBuffers<F>,
-    threads: Option<usize>,
+    split: Option<team::FixedSplit>,
     dh_ext: ArrayView2<F>,
     b: StepGradients<F>,
     grads: &mut LayerParams<F>,
@@ -677,8 +686,8 @@ fn unit_backward<F: Real>(
     b.dc.fill(F::zero());
     resize(b.dgx, tokens, g);
     resize(b.dgh, if gru { tokens } else { 0 }, g);
-    let threads = threads.unwrap_or_else(|| team::threads_for(p.batch(), h, gates));
-    let barrier = team::Barrier::new(threads);
+    let split = team::Split::of(split, &p.sorted_lengths, h, gates);
+    let barrier = split.barrier();
     let w_hh = &layer.w_hh;
     let [dh, dc, dgx, dgh] = [
         b.dh.view_mut(),
@@ -689,17 +698,20 @@ fn unit_backward<F: Real>(
     .map(team::Shared::new);
     // what the step products read: dgh for GRU, dgx (the same values) otherwise
     let d_rec = if gru { dgh } else { dgx };
-    team::run(threads, h, |_, units| {
+    team::run(&split, h, |units, ranks| {
         for t in steps(p, !reverse) {
             let (off, n) = (p.offsets[t], p.batch_sizes[t]);
             let prev = previous_rows(p, t, reverse);
+            // this thread's rows of the step: all of them when split by units
+            let (a, b) = (ranks.start.min(n), ranks.end.min(n));
             // SAFETY (every access below, see team.rs): this thread writes only its own
-            // units' columns (of this step's dgx and dgh rows, of the previous step's dh
-            // and dc rows) and reads its own columns of this step's dh and dc rows, which
-            // only it writes; the product reads all columns of this step's dgx / dgh rows,
-            // written before the barrier that precedes it.
+            // units' columns of its own rows (of this step's dgx and dgh, of the previous
+            // step's dh and dc) and reads its own columns of its rows of this step's dh
+            // and dc, which only it writes; the product reads all columns of its rows of
+            // this step's dgx / dgh, written before the barrier that precedes it — by
+            // itself alone when split by rows.
             unsafe {
-                for j in 0..n {
+                for j in a..b {
                     let r = off + j;
                     let block = |m: &team::Shared<F>, b: usize| -> &mut [F] {
                         if b < gates {
@@ -742,14 +754,18 @@ fn unit_backward<F: Real>(
                 };
                 // every thread's columns of this step's gradients are written
                 barrier.wait();
-                // what reaches the previous step's state through W_hh, for this thread's units
+                // what reaches the previous step's state through W_hh, for this thread's
+                // units and rows
+                let (a, b) = (a.min(m), b.min(m));
+                if a == b {
+                    continue;
+                }
                 let w = w_hh.slice(s![.., units.clone()]);
-                gemm::mat_mul_serial(
-                    F::one(),
-                    &d_rec.view(off..off + m, 0..g),
+                step_product(
+                    &d_rec.view(off + a..off + b, 0..g),
                     &w,
-                    F::one(),
-                    &mut dh.view_mut(prev_off..prev_off + m, units.clone()),
+                    true,
+                    &mut dh.view_mut(prev_off + a..prev_off + b, units.clone()),
                 );
             }
         }
@@ -937,10 +953,11 @@ pub fn loss<F: Real>(config: &RnnConfig, params: &RnnParams<F>, batch: &Sequence
 mod tests {
     use super::*;
 
-    /// A time loop split by hidden units over threads computes what one thread does:
-    /// every cell, both directions, two layers, variable lengths, initial states, hidden
-    /// sizes that the threads share unevenly (one unit: a thread with none, and
-    /// one-column buffers whose strides ndarray leaves arbitrary).
+    /// A time loop split over threads, by hidden units or by sequences, computes what one
+    /// thread does: every cell, both directions, two layers, variable lengths (threads
+    /// whose sequences end early), initial states, hidden sizes that the threads share
+    /// unevenly (one unit: a thread with none, and one-column buffers whose strides
+    /// ndarray leaves arbitrary).
     #[test]
     fn time_loops_split_over_threads_agree_with_one_thread() {
         use crate::internals::workloads::random_batch;
@@ -966,9 +983,9 @@ mod tests {
                     .has_c()
                     .then(|| Array3::from_shape_simple_fn(shape, || rng.normal())),
             };
-            let run = |threads: usize| {
+            let run = |split: team::FixedSplit| {
                 let mut ws = Workspace {
-                    loop_threads: Some(threads),
+                    loop_split: Some(split),
                     ..Workspace::default()
                 };
                 let loss = forward(&config, &params, &batch, Some(&initial), None, &mut ws);
@@ -981,24 +998,29 @@ mod tests {
                     .collect();
                 (loss, state, flat)
             };
-            let (loss, state, grads) = run(1);
-            for threads in [2, 3] {
+            let (loss, state, grads) = run(team::FixedSplit::Units(1));
+            for threads in [
+                team::FixedSplit::Units(2),
+                team::FixedSplit::Units(3),
+                team::FixedSplit::Rows(2),
+                team::FixedSplit::Rows(3),
+            ] {
                 let (l, s, g) = run(threads);
                 let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * (1.0 + b.abs());
                 assert!(
                     close(l, loss),
-                    "{cell:?} {threads}: loss {l} against {loss}"
+                    "{cell:?} {threads:?}: loss {l} against {loss}"
                 );
                 for (a, b) in s.h.iter().zip(&state.h) {
-                    assert!(close(*a, *b), "{cell:?} {threads}: h {a} against {b}");
+                    assert!(close(*a, *b), "{cell:?} {threads:?}: h {a} against {b}");
                 }
                 for (a, b) in s.c.iter().flatten().zip(state.c.iter().flatten()) {
-                    assert!(close(*a, *b), "{cell:?} {threads}: c {a} against {b}");
+                    assert!(close(*a, *b), "{cell:?} {threads:?}: c {a} against {b}");
                 }
                 for (i, (a, b)) in g.iter().zip(&grads).enumerate() {
                     assert!(
                         close(*a, *b),
-                        "{cell:?} {threads}: gradient {i}: {a} against {b}"
+                        "{cell:?} {threads:?}: gradient {i}: {a} against {b}"
                     );
                 }
             }

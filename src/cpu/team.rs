@@ -163,42 +163,184 @@ impl Barrier {
     }
 }
 
-/// Runs `work(thread, units)` on `threads` threads (the calling one among them), each
-/// on its own range of `hidden` units: ranges in multiples of 16 units (a cache line of
-/// f32), the last one taking the rest.
-pub(super) fn run(threads: usize, hidden: usize, work: impl Fn(usize, Range<usize>) + Sync) {
-    let range = |t: usize| {
-        let edge = |t: usize| (hidden * t / threads / 16 * 16).min(hidden);
-        edge(t)..if t + 1 == threads {
-            hidden
-        } else {
-            edge(t + 1)
+/// How one time loop's work is shared among threads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Split {
+    /// By hidden units: each of this many threads owns a range of units of every row and
+    /// meets the others at a barrier once per step.
+    Units(usize),
+    /// By sequences: each thread walks its own range of packed ranks (the `j`-th longest
+    /// sequence has rank `j` at every step) over all units, with no barrier, since a
+    /// sequence's recurrence reads only its own rows.
+    Rows(Vec<Range<usize>>),
+}
+
+/// How a test fixes a time loop's split (see [`Split`]): the thread count and the kind.
+#[cfg_attr(not(test), allow(dead_code))]
+#[derive(Clone, Copy, Debug)]
+pub(super) enum FixedSplit {
+    Units(usize),
+    Rows(usize),
+}
+
+impl Split {
+    /// The split of a loop over `p`'s packed rows with `hidden` units and `gates` gate
+    /// blocks: `fixed` if given, else by size (see [`Split::choose`]).
+    pub fn of(fixed: Option<FixedSplit>, lengths: &[usize], hidden: usize, gates: usize) -> Split {
+        match fixed {
+            Some(FixedSplit::Units(threads)) => Split::Units(threads.max(1)),
+            Some(FixedSplit::Rows(threads)) => Split::Rows(rank_ranges(lengths, threads)),
+            None => Split::choose(lengths, hidden, gates),
         }
+    }
+
+    /// By units when one step's product (`rows · gates·hidden · hidden` multiply-adds) is
+    /// large enough to pay for a barrier per step (`ref`: 64 · 2048 · 512); else by
+    /// sequences when there are enough of them and the whole loop is worth a second
+    /// thread (`small`: 16 sequences of up to 128 steps); else one thread.
+    fn choose(lengths: &[usize], hidden: usize, gates: usize) -> Split {
+        /// About 10 µs of one core's work per step on a 2-core AVX-512 machine.
+        const MIN_STEP_WORK: usize = 1 << 22;
+        /// About 100 µs of one core's work over the whole loop: a thread costs ~10 µs.
+        const MIN_LOOP_WORK: usize = 1 << 23;
+        /// Fewer sequences per thread than this make products too thin to split by rows.
+        const MIN_ROWS_PER_THREAD: usize = 4;
+        let cores = cores();
+        let rows = lengths.len();
+        let per_row = gates * hidden * hidden;
+        if rows.saturating_mul(per_row) >= MIN_STEP_WORK {
+            return Split::Units(cores.min(hidden / 64).max(1));
+        }
+        let tokens: usize = lengths.iter().sum();
+        let threads = cores.min(rows / MIN_ROWS_PER_THREAD);
+        if threads > 1 && tokens.saturating_mul(per_row) >= MIN_LOOP_WORK {
+            return Split::Rows(rank_ranges(lengths, threads));
+        }
+        Split::Units(1)
+    }
+
+    fn threads(&self) -> usize {
+        match self {
+            Split::Units(t) => *t,
+            Split::Rows(ranges) => ranges.len(),
+        }
+    }
+
+    /// The barrier the loop's threads meet at every step (one that does nothing when they
+    /// need not meet).
+    pub fn barrier(&self) -> Barrier {
+        match self {
+            Split::Units(t) => Barrier::new(*t),
+            Split::Rows(_) => Barrier::new(1),
+        }
+    }
+}
+
+/// The cores this process may run on.
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// `threads` contiguous ranges of packed ranks (sequences sorted longest first, with
+/// these `lengths`) with about equal steps each, so that the threads finish together.
+fn rank_ranges(lengths: &[usize], threads: usize) -> Vec<Range<usize>> {
+    let threads = threads.clamp(1, lengths.len().max(1));
+    let mut sorted = lengths.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let total: usize = sorted.iter().sum();
+    let (mut ranges, mut start, mut done) = (Vec::with_capacity(threads), 0, 0);
+    for (j, len) in sorted.iter().enumerate() {
+        done += len;
+        let t = ranges.len();
+        // close this thread's range once it holds its share, leaving a rank for each of
+        // the threads still to come
+        let left_after = sorted.len() - (j + 1);
+        if t + 1 < threads && done * threads >= total * (t + 1) && left_after >= threads - t - 1 {
+            ranges.push(start..j + 1);
+            start = j + 1;
+        }
+    }
+    ranges.push(start..sorted.len());
+    ranges
+}
+
+/// Runs `work(units, ranks)` on the threads of `split` (the calling one among them): by
+/// units, each on its own range of `hidden` units (in multiples of 16, a cache line of
+/// f32; the last takes the rest) and every rank; by rows, each on its own ranks and
+/// every unit.
+pub(super) fn run(split: &Split, hidden: usize, work: impl Fn(Range<usize>, Range<usize>) + Sync) {
+    let threads = split.threads();
+    let part = |t: usize| match split {
+        Split::Units(_) => {
+            let edge = |t: usize| (hidden * t / threads / 16 * 16).min(hidden);
+            let end = if t + 1 == threads {
+                hidden
+            } else {
+                edge(t + 1)
+            };
+            (edge(t)..end, 0..usize::MAX)
+        }
+        Split::Rows(ranges) => (0..hidden, ranges[t].clone()),
     };
     if threads <= 1 {
-        return work(0, 0..hidden);
+        let (units, ranks) = part(0);
+        return work(units, ranks);
     }
     let work = &work;
+    let part = &part;
     std::thread::scope(|s| {
         for t in 1..threads {
-            s.spawn(move || work(t, range(t)));
+            s.spawn(move || {
+                let (units, ranks) = part(t);
+                work(units, ranks)
+            });
         }
-        work(0, range(0));
+        let (units, ranks) = part(0);
+        work(units, ranks);
     });
 }
 
-/// How many threads a time loop over `rows` rows of `hidden` units and `gates` gate
-/// blocks uses: one, unless a step's product (`rows · gates·hidden · hidden`
-/// multiply-adds) is large enough to pay for a barrier per step; then one per core, up
-/// to one per 64 units.
-pub(super) fn threads_for(rows: usize, hidden: usize, gates: usize) -> usize {
-    /// About 10 µs of one core's work per step on a 2-core AVX-512 machine: `ref`
-    /// (64 · 512 · 512 and up) splits, `small` (16 · 512 · 128 at most) does not.
-    const MIN_STEP_WORK: usize = 1 << 22;
-    static CORES: OnceLock<usize> = OnceLock::new();
-    if rows * gates * hidden * hidden < MIN_STEP_WORK {
-        return 1;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_ranges_cover_every_rank_once_with_balanced_steps() {
+        for (lengths, threads) in [
+            (vec![128; 16], 2),
+            (vec![100, 90, 80, 70, 60, 50, 40, 30], 2),
+            (vec![1000, 1, 1, 1], 2),
+            (vec![5, 4, 3], 3),
+            (vec![7, 7, 7, 7, 7], 4),
+            (vec![3], 2),
+        ] {
+            let ranges = rank_ranges(&lengths, threads);
+            assert_eq!(ranges.len(), threads.min(lengths.len()), "{lengths:?}");
+            let mut next = 0;
+            for r in &ranges {
+                assert_eq!(r.start, next, "{lengths:?}: {ranges:?}");
+                assert!(!r.is_empty(), "{lengths:?}: {ranges:?}");
+                next = r.end;
+            }
+            assert_eq!(next, lengths.len());
+        }
+        // equal lengths split evenly; one long sequence gets a thread of its own
+        assert_eq!(rank_ranges(&[128; 16], 2), vec![0..8, 8..16]);
+        assert_eq!(rank_ranges(&[1000, 1, 1, 1], 2), vec![0..1, 1..4]);
     }
-    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    cores.min(hidden / 64).max(1)
+
+    #[test]
+    fn small_loops_split_by_rows_large_steps_by_units() {
+        if cores() < 2 {
+            return;
+        }
+        // `small` LSTM: 16 sequences of 128 steps, 128 units
+        assert!(matches!(Split::choose(&[128; 16], 128, 4), Split::Rows(_)));
+        // `ref`: 64 · 4·512 · 512 per step
+        assert!(matches!(Split::choose(&[100; 64], 512, 4), Split::Units(t) if t > 1));
+        // one sequence (`latency`) or a tiny loop: one thread
+        assert_eq!(Split::choose(&[1000], 64, 4), Split::Units(1));
+        assert_eq!(Split::choose(&[3; 8], 8, 1), Split::Units(1));
+    }
 }
