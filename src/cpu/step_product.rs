@@ -186,7 +186,7 @@ mod tests {
 
     fn filled(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
         let mut rng = crate::rng::SplitMix64::new(seed);
-        Array2::from_shape_fn((rows, cols), |_| rng.normal() as f32)
+        Array2::from_shape_fn((rows, cols), |_| rng.normal())
     }
 
     /// Every row count up to the limit and column counts around the 16- and 64-column
