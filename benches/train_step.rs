@@ -1,10 +1,11 @@
 //! CPU path against GPU path on the same work, side by side in criterion groups:
 //!
-//! - `train_step/{workload}/{fixed|variable}` and `forward/…`: ARCHITECTURE.md's anchor
-//!   workloads; throughput in tokens (valid positions).
+//! - `train_step/{cell}/{workload}/{fixed|variable}` and `forward/…`: ARCHITECTURE.md's
+//!   anchor workloads with each cell; throughput in tokens (valid positions).
 //!   `UNFOLD_BENCH_CONFIGS=latency,small,ref,large` picks the workloads (default: latency,
 //!   small, ref on the CPU; on the GPU the same with a hardware adapter, latency and small
-//!   on a software one such as lavapipe, which runs about 1 GFLOP/s).
+//!   on a software one such as lavapipe, which runs about 1 GFLOP/s);
+//!   `UNFOLD_BENCH_CELLS=tanh,relu,lstm,gru` the cells (default tanh, lstm, gru).
 //! - `matmul/{m}x{n}x{k}`: the matrix product alone, ndarray against each GPU tiling
 //!   (`gpu` is the plan the library picks for the shape); throughput in floating-point
 //!   operations, so criterion's "elem/s" reads as FLOP/s. `UNFOLD_BENCH_MATMUL=4096x4096x4096,…`
@@ -23,7 +24,7 @@ use unfold::internals::gpu::{GemmPlan, ResidentProduct, Tile};
 use unfold::internals::workloads::{Workload, ANCHORS};
 use unfold::internals::TimeLoop;
 use unfold::ndarray::Array2;
-use unfold::{Device, Optimizer, Rnn, RnnConfig, RnnParams, SequenceBatch, Targets};
+use unfold::{Cell, Device, Optimizer, Rnn, RnnConfig, RnnParams, SequenceBatch, Targets};
 
 /// The GPU, once for every group (`None` without an adapter).
 fn gpu() -> Option<Device> {
@@ -54,6 +55,20 @@ fn selected(default: &[&str]) -> Vec<Workload> {
         .collect()
 }
 
+/// The cells of the training-step groups (`UNFOLD_BENCH_CELLS`).
+fn cells() -> Vec<Cell> {
+    let list = std::env::var("UNFOLD_BENCH_CELLS").unwrap_or_else(|_| "tanh,lstm,gru".into());
+    list.split(',')
+        .map(|n| match n.trim() {
+            "tanh" => Cell::Tanh,
+            "relu" => Cell::Relu,
+            "lstm" => Cell::Lstm,
+            "gru" => Cell::Gru,
+            other => panic!("UNFOLD_BENCH_CELLS: unknown cell {other:?} (tanh, relu, lstm, gru)"),
+        })
+        .collect()
+}
+
 /// Which workloads run on which device: `(workload, on_cpu, on_gpu)`.
 fn plan(gpu: &Option<Device>) -> Vec<(Workload, bool, bool)> {
     let cpu_set = selected(&["latency", "small", "ref"]);
@@ -74,8 +89,8 @@ fn plan(gpu: &Option<Device>) -> Vec<(Workload, bool, bool)> {
         .collect()
 }
 
-/// Runs `body` for every planned workload, fixed and variable length, on each of its
-/// devices, in a criterion group named `{what}/{workload}/{fixed|variable}`.
+/// Runs `body` for every cell and planned workload, fixed and variable length, on each of
+/// its devices, in a criterion group named `{what}/{cell}/{workload}/{fixed|variable}`.
 fn each_case(
     c: &mut Criterion,
     what: &str,
@@ -87,36 +102,57 @@ fn each_case(
     ),
 ) {
     let gpu = gpu();
-    for (w, on_cpu, on_gpu) in plan(&gpu) {
-        for variable in [false, true] {
-            let batch = w.batch(variable, 0);
-            let mut group = c.benchmark_group(format!(
-                "{what}/{}/{}",
-                w.name,
-                if variable { "variable" } else { "fixed" }
-            ));
-            group.throughput(Throughput::Elements(batch.tokens() as u64));
-            // flat sampling: as many iterations in every sample (one, when an iteration
-            // takes a second as on a software adapter) instead of 1, 2, ..., 10 of them
-            group
-                .sampling_mode(SamplingMode::Flat)
-                .sample_size(10)
-                .warm_up_time(Duration::from_millis(500))
-                .measurement_time(Duration::from_secs(3));
-            let mut devices = vec![];
-            if on_cpu {
-                devices.push(("cpu", Device::cpu()));
-            }
-            if let (true, Some(g)) = (on_gpu, &gpu) {
-                devices.push(("gpu", g.clone()));
-            }
-            for (name, device) in devices {
-                let rnn =
-                    Rnn::new(w.config(), RnnParams::init(&w.config(), 0), &device).expect("model");
-                body(&mut group, name, rnn, &batch);
-            }
-            group.finish();
+    for cell in cells() {
+        for (w, on_cpu, on_gpu) in plan(&gpu) {
+            each_length(c, what, cell, w, (on_cpu, on_gpu), &mut body);
         }
+    }
+}
+
+/// [`each_case`]'s work for one cell and workload.
+fn each_length(
+    c: &mut Criterion,
+    what: &str,
+    cell: Cell,
+    w: Workload,
+    (on_cpu, on_gpu): (bool, bool),
+    body: &mut impl FnMut(
+        &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
+        &str,
+        Rnn,
+        &unfold::SequenceBatch,
+    ),
+) {
+    let gpu = gpu();
+    let config = w.config().cell(cell);
+    for variable in [false, true] {
+        let batch = w.batch(variable, 0);
+        let mut group = c.benchmark_group(format!(
+            "{what}/{cell}/{}/{}",
+            w.name,
+            if variable { "variable" } else { "fixed" }
+        ));
+        group.throughput(Throughput::Elements(batch.tokens() as u64));
+        // flat sampling: as many iterations in every sample (one, when an iteration
+        // takes a second as on a software adapter) instead of 1, 2, ..., 10 of them
+        group
+            .sampling_mode(SamplingMode::Flat)
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(3));
+        let mut devices = vec![];
+        if on_cpu {
+            devices.push(("cpu", Device::cpu()));
+        }
+        if let (true, Some(g)) = (on_gpu, &gpu) {
+            devices.push(("gpu", g.clone()));
+        }
+        for (name, device) in devices {
+            let rnn =
+                Rnn::new(config.clone(), RnnParams::init(&config, 0), &device).expect("model");
+            body(&mut group, name, rnn, &batch);
+        }
+        group.finish();
     }
 }
 
