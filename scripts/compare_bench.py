@@ -17,9 +17,11 @@ def load(path):
         return [json.loads(l) for l in f if l.strip().startswith("{")]
 
 def same_workload(a, b):
-    """Same config and lengths, and the same cell where both rows record one."""
+    """Same config and lengths, the same cell where both rows record one, and the same
+    directions (rows without "bidirectional" are one-directional)."""
     return (a["config"], a["variable"]) == (b["config"], b["variable"]) and (
-        "cell" not in a or "cell" not in b or a["cell"] == b["cell"])
+        "cell" not in a or "cell" not in b or a["cell"] == b["cell"]) and (
+        a.get("bidirectional", False) == b.get("bidirectional", False))
 
 def torch_ms(r):
     """PyTorch's time for the workload of unfold's row r (NaN if none)."""
@@ -35,7 +37,8 @@ print("| config | lengths | cell | unfold ms | PyTorch ms | unfold / PyTorch | u
 print("|---|---|---|---|---|---|---|---|---|")
 for r in ours:
     tm = torch_ms(r)
-    print(f"| {r['config']} | {lengths(r)} | {r.get('cell', 'tanh')} | {r['train_step_ms']:.2f} | {tm:.2f} | "
+    cell = r.get("cell", "tanh") + (" (bi)" if r.get("bidirectional") else "")
+    print(f"| {r['config']} | {lengths(r)} | {cell} | {r['train_step_ms']:.2f} | {tm:.2f} | "
           f"{r['train_step_ms'] / tm:.2f} | {r['gflops']:.0f} | {r['host_record_ms']:.2f} | {r['dispatches']} |")
 
 if len(sys.argv) > 4:

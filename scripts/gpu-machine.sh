@@ -22,7 +22,7 @@ set -u
 cd "$(dirname "$0")/.."
 RUN=$PWD/devrun
 OUT=${OUT:-/tmp/unfold-out}
-BUDGET=${BUDGET:-330}
+BUDGET=${BUDGET:-420}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 source scripts/gpu-env.sh
@@ -45,11 +45,21 @@ touch "$OUT"/{unfold_gpu,torch_cuda,unfold_matmul,torch_matmul,time_loops}.jsonl
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
 "$RUN/unfold" devices 2>&1
 
-section "unfold training steps on the GPU" 60 &&
-    timeout 150 "$RUN/unfold" bench --device gpu --configs "${CONFIGS:-latency,small,ref,large}" --reps 20 | tee "$OUT/unfold_gpu.jsonl"
-section "PyTorch / cuDNN on the same GPU" 40 &&
-    timeout 150 python3 "$RUN/torch_rnn_bench.py" cuda | tee "$OUT/torch_cuda.jsonl"
+# each cell in turn (CELLS, default every kind: Elman, LSTM, GRU), unfold then cuDNN
+for cell in ${CELLS:-tanh lstm gru}; do
+    section "unfold training steps on the GPU, $cell" 40 &&
+        timeout 150 "$RUN/unfold" bench --device gpu --cell "$cell" --configs "${CONFIGS:-latency,small,ref,large}" --reps 20 | tee -a "$OUT/unfold_gpu.jsonl"
+    section "PyTorch / cuDNN on the same GPU, $cell" 30 &&
+        timeout 150 python3 "$RUN/torch_rnn_bench.py" cuda --cell "$cell" | tee -a "$OUT/torch_cuda.jsonl"
+done
 tables
+section "bidirectional LSTM (small, ref), unfold then cuDNN" 40 && {
+    timeout 90 "$RUN/unfold" bench --device gpu --cell lstm --bidirectional --configs small,ref --reps 20 | tee -a "$OUT/unfold_gpu.jsonl"
+    for cfg in small ref; do
+        timeout 60 python3 "$RUN/torch_rnn_bench.py" cuda "$cfg" --cell lstm --bidirectional | tee -a "$OUT/torch_cuda.jsonl"
+    done
+    tables
+}
 
 SHAPES=${SHAPES:-4096x4096x4096,2048x2048x2048,1024x1024x1024,16384x1024x512,1024x1024x16384,1024x512x16384,512x512x6400,256x1024x1024,64x512x512}
 section "matrix products alone: unfold's tilings, then torch.mm (TF32 off)" 40 && {
