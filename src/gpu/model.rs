@@ -1350,6 +1350,9 @@ impl GpuRnn {
         }
         let result = (|| {
             let mut rec = Recorder::new(&self.ctx);
+            // no loss goes with these gradients: the loss slot holds the last pass's, which
+            // must not refuse this update (a zero does not), and the rest is set anew
+            rec.clear(&self.scalars);
             let step = self.record_update(&mut rec, optimizer);
             self.submit(rec)?;
             let data = read_back(&self.ctx, &[(&self.scalars, 0, SCALARS)])?;

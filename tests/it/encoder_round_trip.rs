@@ -394,3 +394,36 @@ fn backward_of_a_batch_encoded_before_another_runs_forward_again() {
         assert_close_gradients("GPU against the CPU path", gpu, cpu);
     }
 }
+
+#[test]
+fn apply_gradients_after_a_pass_with_an_infinite_loss_applies_them() {
+    // the GPU's update reads the step's loss from a slot the last pass with targets
+    // wrote; the gradients of apply_gradients come with no loss, and an infinite one left
+    // there must not refuse (or silently skip) their update
+    let config = RnnConfig::new(2, 4, 1);
+    let params = common::params(&config, 40);
+    let x = vec![Array2::from_elem((3, 2), 0.5)];
+    let huge = vec![Array2::from_elem((3, 1), 3e38f32)];
+    let batch = SequenceBatch::new(x, unfold::Targets::Values(huge)).unwrap();
+    let mut results = Vec::new();
+    for device in common::devices() {
+        let label = device.describe();
+        let mut rnn = model(&config, &params, &device);
+        let loss = rnn.forward(&batch).unwrap().loss;
+        assert!(loss.is_infinite(), "{label}: the loss overflows ({loss})");
+        rnn.encode(&batch).unwrap();
+        let g = rnn
+            .backward(&batch, &Array3::from_elem((1, 3, 4), 0.1))
+            .unwrap();
+        let mut sgd = Optimizer::sgd(0.1);
+        rnn.apply_gradients(&g.params, &mut sgd)
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(sgd.steps(), 1, "{label}");
+        let after = rnn.params().unwrap();
+        assert_ne!(after, params, "{label}: nothing was applied");
+        results.push(after);
+    }
+    if let [cpu, gpu] = &results[..] {
+        common::assert_params_close("GPU against the CPU path", gpu, cpu, 1e-5);
+    }
+}
