@@ -147,6 +147,9 @@ pub struct SequenceBatch {
     targets: Option<Targets>,
     lengths: Vec<usize>,
     packing: Packing,
+    /// Which batch this is: a number of its own from [`SequenceBatch::next_id`] (clones
+    /// share it, and their content: a batch never changes once built).
+    id: u64,
 }
 
 /// What a batch's steps are: feature vectors, or token ids whose input projection is a
@@ -211,6 +214,7 @@ impl SequenceBatch {
                 targets: None,
                 lengths,
                 packing,
+                id: Self::next_id(),
             });
         };
         if targets.len() != lengths.len() {
@@ -249,7 +253,22 @@ impl SequenceBatch {
             targets: Some(targets),
             lengths,
             packing,
+            id: Self::next_id(),
         })
+    }
+
+    /// A number no batch built before had (in this process).
+    fn next_id() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// This batch's identity: the same for its clones (which hold the same content), and
+    /// different for every batch built apart, even with equal content. A model that
+    /// still holds the forward pass of a batch recognises it by this
+    /// ([`crate::Rnn::backward`] after [`crate::Rnn::encode`]).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// The feature inputs, one `[len_i, input]` array per sequence; empty for a batch of

@@ -3,7 +3,7 @@
 use crate::batch::SequenceBatch;
 use crate::cpu::{self, RnnState, Workspace};
 use crate::device::DeviceKind;
-use crate::gpu::{Dropout, GpuRnn, TimeLoop};
+use crate::gpu::{Dropout, GpuRnn, TimeLoop, Transfers};
 use crate::model::{RnnConfig, RnnParams};
 use crate::optim::Optimizer;
 use crate::split;
@@ -67,6 +67,24 @@ pub struct Rnn {
     training: bool,
     /// The dropout seed of the last [`Rnn::encode`], for the [`Rnn::backward`] after it.
     encode_seed: Option<u64>,
+    /// The encoder's forward pass the backend still holds (the CPU workspace, the GPU's
+    /// work buffers), for a [`Rnn::backward`] that need not run it again; `None` once
+    /// another operation wrote over it.
+    held: Option<Held>,
+    /// Counts the changes of the parameters (every training step and applied gradients,
+    /// refused or not).
+    params_version: u64,
+    /// What the last operation moved to and from the GPU (`None` on the CPU).
+    last_transfers: Option<Transfers>,
+}
+
+/// Which encoder forward pass a backend holds: over which batch, with which parameters
+/// and dropout masks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Held {
+    batch: u64,
+    params_version: u64,
+    dropout: Option<u64>,
 }
 
 enum Backend {
@@ -98,6 +116,9 @@ impl Rnn {
             dropout_step: 0,
             training: false,
             encode_seed: None,
+            held: None,
+            params_version: 0,
+            last_transfers: None,
         })
     }
 
@@ -155,12 +176,13 @@ impl Rnn {
     ) -> Result<Forward> {
         self.check_head("forward")?;
         self.check(batch, initial)?;
-        match &mut self.backend {
+        self.held = None;
+        self.counted(|config, backend| match backend {
             Backend::Cpu { params, ws } => {
-                let loss = cpu::forward(&self.config, params, batch, initial, None, ws);
-                let last = cpu::final_state(&self.config, batch, ws);
+                let loss = cpu::forward(config, params, batch, initial, None, ws);
+                let last = cpu::final_state(config, batch, ws);
                 Ok(Forward {
-                    outputs: cpu::outputs(&self.config, batch, ws),
+                    outputs: cpu::outputs(config, batch, ws),
                     final_hidden: last.h,
                     final_cell: last.c,
                     loss,
@@ -168,10 +190,9 @@ impl Rnn {
             }
             Backend::Gpu(g) => {
                 // a batch past the device's limits runs in chunks of sequences
-                let config = &self.config;
                 split::forward(config, batch, initial, |b, init| g.forward(config, b, init))
             }
-        }
+        })
     }
 
     /// The loss of `batch` and its gradient with respect to every parameter (no dropout).
@@ -188,21 +209,21 @@ impl Rnn {
         self.check_head("loss_and_gradients")?;
         self.check(batch, initial)?;
         batch.require_targets("loss_and_gradients")?;
-        match &mut self.backend {
+        self.held = None;
+        self.counted(|config, backend| match backend {
             Backend::Cpu { params, ws } => {
-                let loss = cpu::forward(&self.config, params, batch, initial, None, ws);
-                let grads = cpu::backward(&self.config, params, batch, ws);
+                let loss = cpu::forward(config, params, batch, initial, None, ws);
+                let grads = cpu::backward(config, params, batch, ws);
                 Ok((loss, grads))
             }
             Backend::Gpu(g) => {
-                let config = &self.config;
                 let (loss, grads, _) =
                     split::gradients(config, batch, initial, None, false, |b, init, d, want| {
                         g.loss_and_gradients(config, b, init, d, want)
                     })?;
                 Ok((loss, grads))
             }
-        }
+        })
     }
 
     /// The loss and gradients of a training pass, as [`Rnn::train_step`] and
@@ -223,16 +244,16 @@ impl Rnn {
         self.check(batch, initial)?;
         batch.require_targets("train_step")?;
         let dropout = self.draw_dropout();
-        match &mut self.backend {
+        self.held = None;
+        self.counted(|config, backend| match backend {
             Backend::Cpu { params, ws } => {
-                let loss = cpu::forward(&self.config, params, batch, initial, dropout, ws);
-                let grads = cpu::backward(&self.config, params, batch, ws);
-                let last = want_final.then(|| cpu::final_state(&self.config, batch, ws));
+                let loss = cpu::forward(config, params, batch, initial, dropout, ws);
+                let grads = cpu::backward(config, params, batch, ws);
+                let last = want_final.then(|| cpu::final_state(config, batch, ws));
                 Ok((loss, grads, last))
             }
             Backend::Gpu(g) => {
                 // a batch past the device's limits runs in chunks of sequences
-                let config = &self.config;
                 split::gradients(
                     config,
                     batch,
@@ -242,7 +263,7 @@ impl Rnn {
                     |b, init, d, want| g.loss_and_gradients(config, b, init, d, want),
                 )
             }
-        }
+        })
     }
 
     /// One training step: forward (with dropout between layers, if configured),
@@ -289,7 +310,13 @@ impl Rnn {
         let tied = optimizer.tie(&self.config.param_layout())?;
         let step_before = self.dropout_step;
         let dropout = self.draw_dropout();
-        let result = self.run_train_step(batch, initial, optimizer, want_final, dropout);
+        self.held = None;
+        self.params_version += 1;
+        let result = self.counted(|config, backend| {
+            Self::run_train_step(
+                config, backend, batch, initial, optimizer, want_final, dropout,
+            )
+        });
         if result.is_err() {
             // a refused step changes nothing, the dropout stream and the optimizer included
             self.dropout_step = step_before;
@@ -301,24 +328,24 @@ impl Rnn {
     }
 
     fn run_train_step(
-        &mut self,
+        config: &RnnConfig,
+        backend: &mut Backend,
         batch: &SequenceBatch,
         initial: Option<&RnnState>,
         optimizer: &mut Optimizer,
         want_final: bool,
         dropout: Option<u64>,
     ) -> Result<(f32, Option<RnnState>)> {
-        match &mut self.backend {
+        match backend {
             Backend::Cpu { params, ws } => {
-                let loss = cpu::forward(&self.config, params, batch, initial, dropout, ws);
-                let mut grads = cpu::backward(&self.config, params, batch, ws);
+                let loss = cpu::forward(config, params, batch, initial, dropout, ws);
+                let mut grads = cpu::backward(config, params, batch, ws);
                 check_finite_step(loss, all_finite(&grads))?;
-                let last = want_final.then(|| cpu::final_state(&self.config, batch, ws));
+                let last = want_final.then(|| cpu::final_state(config, batch, ws));
                 optimizer.apply_cpu(params, &mut grads)?;
                 Ok((loss, last))
             }
             Backend::Gpu(g) => {
-                let config = &self.config;
                 let whole = dropout.map(Dropout::whole);
                 match g.train_step(config, batch, initial, whole, optimizer, want_final) {
                     Err(Error::ExceedsDeviceLimit { .. }) => {
@@ -354,28 +381,38 @@ impl Rnn {
             None
         };
         self.encode_seed = dropout;
-        match &mut self.backend {
+        self.held = None;
+        let encoded = self.counted(|config, backend| match backend {
             Backend::Cpu { params, ws } => {
-                cpu::forward_layers(&self.config, params, batch, None, dropout, ws);
-                let last = cpu::final_state(&self.config, batch, ws);
+                cpu::forward_layers(config, params, batch, None, dropout, ws);
+                let last = cpu::final_state(config, batch, ws);
                 Ok(Encoded {
-                    states: cpu::top_states(&self.config, batch, ws),
+                    states: cpu::top_states(config, batch, ws),
                     final_hidden: last.h,
                     final_cell: last.c,
                 })
             }
-            Backend::Gpu(g) => {
-                let config = &self.config;
-                split::encode(batch, dropout, |b, d| g.encode(config, b, d))
-            }
-        }
+            Backend::Gpu(g) => split::encode(batch, dropout, |b, d| g.encode(config, b, d)),
+        })?;
+        self.held = Some(Held {
+            batch: batch.id(),
+            params_version: self.params_version,
+            dropout,
+        });
+        Ok(encoded)
     }
 
     /// Back-propagation from a gradient on the states [`Rnn::encode`] returned
     /// (`grad_states`, shaped like [`Encoded::states`]; values past each length are
     /// ignored): the gradient of every parameter (the readout's zero) and of each input
-    /// sequence. It runs the recurrent layers forward again over `batch` (with the masks
-    /// of the last `encode`), so it needs no state from that call but the dropout seed.
+    /// sequence, through the recurrent layers' forward pass over `batch` with the dropout
+    /// masks of the last `encode`. Right after the `encode` of the same batch (or a clone
+    /// of it), with nothing in between but other `backward` passes of it — no other
+    /// operation, no change of the parameters — that forward pass is still on the device,
+    /// and only `grad_states` goes there: on a GPU nothing else is uploaded and the
+    /// layers do not run again. Otherwise (another batch, even with equal content; the
+    /// parameters changed; a batch split to fit the device) the layers run forward over
+    /// `batch` again first, with the same results.
     pub fn backward(
         &mut self,
         batch: &SequenceBatch,
@@ -397,19 +434,30 @@ impl Rnn {
             });
         }
         let dropout = self.encode_seed;
-        match &mut self.backend {
+        let key = Held {
+            batch: batch.id(),
+            params_version: self.params_version,
+            dropout,
+        };
+        let reuse = self.held.take() == Some(key);
+        let gradients = self.counted(|config, backend| match backend {
             Backend::Cpu { params, ws } => {
-                let (params, inputs) =
-                    cpu::encoder_backward(&self.config, params, batch, grad_states, dropout, ws);
+                let (params, inputs) = if reuse {
+                    cpu::encoder_backward_after_forward(config, params, batch, grad_states, ws)
+                } else {
+                    cpu::encoder_backward(config, params, batch, grad_states, dropout, ws)
+                };
                 Ok(Gradients { params, inputs })
             }
             Backend::Gpu(g) => {
-                let config = &self.config;
                 split::backward(config, batch, grad_states, dropout, |b, grad, d| {
-                    g.backward(config, b, grad, d)
+                    g.backward(config, b, grad, d, reuse)
                 })
             }
-        }
+        })?;
+        // the forward pass it went through stays (on a GPU, where the batch was not split)
+        self.held = Some(key);
+        Ok(gradients)
     }
 
     /// Applies gradients (from [`Rnn::backward`], or any with the model's shapes) with
@@ -432,10 +480,11 @@ impl Rnn {
         })?;
         check_finite_step(0.0, all_finite(&grads))?;
         let tied = optimizer.tie(&self.config.param_layout())?;
-        let result = match &mut self.backend {
+        self.params_version += 1;
+        let result = self.counted(|_, backend| match backend {
             Backend::Cpu { params, .. } => optimizer.apply_cpu(params, &mut grads),
             Backend::Gpu(g) => g.apply_gradients(&grads, optimizer),
-        };
+        });
         if result.is_err() && tied {
             optimizer.untie();
         }
@@ -519,9 +568,36 @@ impl Rnn {
             });
         }
         if let Backend::Gpu(g) = &mut self.backend {
+            if g.time_loop != time_loop {
+                // a backward pass walks time as the forward pass it follows did
+                self.held = None;
+            }
             g.time_loop = time_loop;
         }
         Ok(())
+    }
+
+    /// Runs `op` on the backend, noting what it moved to and from a GPU.
+    fn counted<R>(&mut self, op: impl FnOnce(&RnnConfig, &mut Backend) -> Result<R>) -> Result<R> {
+        let before = self.device_transfers();
+        let result = op(&self.config, &mut self.backend);
+        self.last_transfers = before
+            .zip(self.device_transfers())
+            .map(|(before, after)| after.since(&before));
+        result
+    }
+
+    /// What went to and from the model's GPU so far (`None` on the CPU).
+    fn device_transfers(&self) -> Option<Transfers> {
+        match &self.backend {
+            Backend::Cpu { .. } => None,
+            Backend::Gpu(g) => Some(g.transfers()),
+        }
+    }
+
+    /// See [`crate::internals::gpu::last_transfers`].
+    pub(crate) fn last_transfers(&self) -> Option<Transfers> {
+        self.last_transfers
     }
 
     /// A copy of the current parameters (read back from the GPU on a GPU device).

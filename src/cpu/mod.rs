@@ -904,6 +904,19 @@ pub fn encoder_backward<F: Real>(
     ws: &mut Workspace<F>,
 ) -> (RnnParams<F>, Vec<Array2<f32>>) {
     forward_layers(config, params, batch, None, dropout, ws);
+    encoder_backward_after_forward(config, params, batch, grad_states, ws)
+}
+
+/// [`encoder_backward`] from the forward pass `ws` holds: the last [`forward_layers`]
+/// over `batch` with `params` from a zero initial state (with its dropout masks), as
+/// [`crate::Rnn::encode`] leaves it. The backward pass leaves that forward pass in `ws`.
+pub fn encoder_backward_after_forward<F: Real>(
+    config: &RnnConfig,
+    params: &RnnParams<F>,
+    batch: &SequenceBatch,
+    grad_states: &Array3<f32>,
+    ws: &mut Workspace<F>,
+) -> (RnnParams<F>, Vec<Array2<f32>>) {
     let p = batch.packing();
     resize(&mut ws.dh, p.tokens(), config.state_width());
     for (t, &n) in p.batch_sizes.iter().enumerate() {

@@ -366,6 +366,8 @@ impl BatchBuffers {
     ) {
         let p = batch.packing();
         let q = &ctx.queue;
+        // one upload, of up to eight writes
+        ctx.note_upload();
         if let Some(ids) = batch.packed_token_ids() {
             // ids, then for each token the range of its rows in the rows sorted by token
             let vocab = config.input_size;
@@ -379,7 +381,7 @@ impl BatchBuffers {
             let mut order: Vec<u32> = (0..ids.len() as u32).collect();
             order.sort_by_key(|&r| ids[r as usize]);
             let data: Vec<u32> = ids.iter().chain(&counts).chain(&order).copied().collect();
-            q.write_buffer(&self.token_data, 0, bytemuck::cast_slice(&data));
+            ctx.write(&self.token_data, bytemuck::cast_slice(&data));
         } else {
             // packed straight into the upload's staging memory: inputs are the largest
             // transfer of a step, and one host copy of them is all it takes
@@ -388,6 +390,7 @@ impl BatchBuffers {
                 wgpu::BufferSize::new(bytes).and_then(|b| q.write_buffer_with(&self.x, 0, b))
             {
                 pack_inputs(batch, view.slice(..));
+                ctx.note_write(bytes as usize);
             }
         }
         if let Some(state) = initial {
@@ -400,11 +403,11 @@ impl BatchBuffers {
                     }
                 }
             }
-            q.write_buffer(&self.initial, 0, bytemuck::cast_slice(&packed));
+            ctx.write(&self.initial, bytemuck::cast_slice(&packed));
         }
         if let Some(dropout) = dropout {
             let flat = dropout.masks(config, p.tokens());
-            q.write_buffer(&self.masks, 0, bytemuck::cast_slice(&flat));
+            ctx.write(&self.masks, bytemuck::cast_slice(&flat));
         }
         let per_step = config.head == Head::PerStep;
         match batch.targets() {
@@ -412,14 +415,13 @@ impl BatchBuffers {
             Some(Targets::Classes(c)) => {
                 let mut packed = Vec::new();
                 crate::cpu::pack_classes(c, p, per_step, &mut packed);
-                q.write_buffer(&self.classes, 0, bytemuck::cast_slice(&packed));
+                ctx.write(&self.classes, bytemuck::cast_slice(&packed));
             }
             Some(Targets::Values(v)) => {
                 let mut packed = ndarray::Array2::<f32>::zeros((0, 0));
                 crate::cpu::pack_values(v, p, per_step, &mut packed);
-                q.write_buffer(
+                ctx.write(
                     &self.values,
-                    0,
                     bytemuck::cast_slice(packed.as_slice().expect("fresh array")),
                 );
             }
@@ -429,7 +431,7 @@ impl BatchBuffers {
         // reverse direction's at its first
         let mut last = to_u32(&p.last_rows());
         last.extend(0..p.batch() as u32);
-        q.write_buffer(&self.last_index, 0, bytemuck::cast_slice(&last));
+        ctx.write(&self.last_index, bytemuck::cast_slice(&last));
         let packing = to_u32(
             &p.offsets
                 .iter()
@@ -437,9 +439,9 @@ impl BatchBuffers {
                 .copied()
                 .collect::<Vec<_>>(),
         );
-        q.write_buffer(&self.packing, 0, bytemuck::cast_slice(&packing));
+        ctx.write(&self.packing, bytemuck::cast_slice(&packing));
         let prev = previous_rows(p, config.num_directions(), initial.is_some());
-        q.write_buffer(&self.prev_index, 0, bytemuck::cast_slice(&prev));
+        ctx.write(&self.prev_index, bytemuck::cast_slice(&prev));
     }
 }
 

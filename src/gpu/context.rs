@@ -15,6 +15,8 @@ pub struct GpuContext {
     pub(crate) info: wgpu::AdapterInfo,
     pub(crate) limits: wgpu::Limits,
     pub(crate) kernels: Kernels,
+    /// What went to and from the device so far (see [`Transfers`]).
+    transfers: std::sync::Mutex<Transfers>,
 }
 
 /// Live wgpu handles of one device (see [`GpuContext::live_resources`]).
@@ -24,6 +26,53 @@ pub struct LiveResources {
     pub buffers: usize,
     /// Bind groups.
     pub bind_groups: usize,
+}
+
+/// Transfers between the host and a device, and the work submitted to it: totals of a
+/// device so far, or what one call moved (the difference of two totals; see
+/// [`crate::internals::gpu::last_transfers`]).
+///
+/// An *upload* is one host-to-device transfer of data, counted once however many queue
+/// writes it takes: a batch (its inputs or token tables, targets, packing tables, initial
+/// states and dropout masks: up to eight writes), the gradient on an encoder's states,
+/// gradients for [`crate::Rnn::apply_gradients`], an optimizer's fresh moments, a model's
+/// parameters. The dispatches' parameter blocks (uniforms), written once per submission,
+/// are counted apart. A *read-back* is one copy into a mapped staging buffer that the host
+/// waits for, however many regions it gathers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transfers {
+    /// Uploads of data.
+    pub uploads: usize,
+    /// The queue writes of those uploads.
+    pub upload_writes: usize,
+    /// Bytes uploaded.
+    pub upload_bytes: u64,
+    /// Read-backs.
+    pub read_backs: usize,
+    /// Bytes read back.
+    pub read_back_bytes: u64,
+    /// Compute dispatches submitted.
+    pub dispatches: usize,
+    /// Submissions of recorded work (not counting the copies of read-backs).
+    pub submissions: usize,
+    /// Bytes of dispatch parameters (uniforms) written, one write per submission.
+    pub uniform_bytes: u64,
+}
+
+impl Transfers {
+    /// What happened between `earlier` (totals) and these totals.
+    pub fn since(&self, earlier: &Transfers) -> Transfers {
+        Transfers {
+            uploads: self.uploads - earlier.uploads,
+            upload_writes: self.upload_writes - earlier.upload_writes,
+            upload_bytes: self.upload_bytes - earlier.upload_bytes,
+            read_backs: self.read_backs - earlier.read_backs,
+            read_back_bytes: self.read_back_bytes - earlier.read_back_bytes,
+            dispatches: self.dispatches - earlier.dispatches,
+            submissions: self.submissions - earlier.submissions,
+            uniform_bytes: self.uniform_bytes - earlier.uniform_bytes,
+        }
+    }
 }
 
 /// Rank of an adapter type: lower is preferred.
@@ -172,6 +221,7 @@ impl GpuContext {
             info,
             limits,
             kernels,
+            transfers: Default::default(),
         })
     }
 
@@ -206,6 +256,52 @@ impl GpuContext {
             buffers: hub.buffers.num_kept_from_user,
             bind_groups: hub.bind_groups.num_kept_from_user,
         })
+    }
+
+    /// What went to and from this device so far.
+    pub fn transfers(&self) -> Transfers {
+        *self.count()
+    }
+
+    fn count(&self) -> std::sync::MutexGuard<'_, Transfers> {
+        // plain counters: a panic while one was held leaves nothing half-done
+        self.transfers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes `data` at the start of `buffer` as one queue write of an upload (see
+    /// [`GpuContext::note_upload`]).
+    pub(crate) fn write(&self, buffer: &wgpu::Buffer, data: &[u8]) {
+        self.queue.write_buffer(buffer, 0, data);
+        self.note_write(data.len());
+    }
+
+    /// Counts a queue write of `bytes` bytes made otherwise (`write_buffer_with`).
+    pub(crate) fn note_write(&self, bytes: usize) {
+        let mut count = self.count();
+        count.upload_writes += 1;
+        count.upload_bytes += bytes as u64;
+    }
+
+    /// Counts one upload: call once for the writes that make it.
+    pub(crate) fn note_upload(&self) {
+        self.count().uploads += 1;
+    }
+
+    /// Counts a read-back of `bytes` bytes.
+    pub(crate) fn note_read_back(&self, bytes: usize) {
+        let mut count = self.count();
+        count.read_backs += 1;
+        count.read_back_bytes += bytes as u64;
+    }
+
+    /// Counts a submission of `dispatches` dispatches with `uniform_bytes` of parameters.
+    pub(crate) fn note_submission(&self, dispatches: usize, uniform_bytes: usize) {
+        let mut count = self.count();
+        count.submissions += 1;
+        count.dispatches += dispatches;
+        count.uniform_bytes += uniform_bytes as u64;
     }
 
     /// Waits for all submitted work, turning a lost device into an error.

@@ -24,7 +24,7 @@ pub mod shaders;
 mod time_loop;
 
 pub(crate) use buffers::Dropout;
-pub use context::{describe_adapter, list_adapters, GpuContext, LiveResources};
+pub use context::{describe_adapter, list_adapters, GpuContext, LiveResources, Transfers};
 pub use gemm::{GemmPlan, ResidentProduct, Tile};
 pub use kernels::ShaderChecks;
 pub(crate) use model::GpuRnn;
@@ -173,6 +173,24 @@ pub fn live_resources(device: &crate::Device) -> Option<LiveResources> {
         crate::device::DeviceKind::Gpu(ctx) => ctx.live_resources(),
         crate::device::DeviceKind::Cpu => None,
     }
+}
+
+/// What went to and from `device` so far, every model on it together (`None` for the
+/// CPU); see [`Transfers`].
+pub fn transfers(device: &crate::Device) -> Option<Transfers> {
+    match &device.kind {
+        crate::device::DeviceKind::Gpu(ctx) => Some(ctx.transfers()),
+        crate::device::DeviceKind::Cpu => None,
+    }
+}
+
+/// What the last call of `rnn` that takes it mutably (a forward pass, a training step,
+/// `encode`, `backward`, `apply_gradients`, ...) moved between the host and its GPU, and
+/// the work it submitted, whether it succeeded or not; `None` on the CPU and before the
+/// first such call. Everything on the model's device during the call counts: another
+/// model used on the same device meanwhile, from another thread, would count too.
+pub fn last_transfers(rnn: &crate::Rnn) -> Option<Transfers> {
+    rnn.last_transfers()
 }
 
 /// The largest storage buffer a kernel may bind on `device`'s adapter, in bytes (`None`

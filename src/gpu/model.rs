@@ -50,6 +50,15 @@ pub(crate) struct GpuRnn {
     pub last_host: std::time::Duration,
     pub last_dispatches: usize,
     pub time_loop: TimeLoop,
+    /// The batch (its id) and dropout key of the encoder's forward pass the work buffers
+    /// hold, with the parameters as they are: what [`GpuRnn::encode`] (or a
+    /// [`GpuRnn::backward`] that ran the layers forward) left there, for a backward pass
+    /// that need not run them again. `None` once anything else wrote over them.
+    encoded: Option<(u64, Option<u64>)>,
+    /// What the gradient buffer holds, as the last [`GpuRnn::backward`] read it back or
+    /// the last [`GpuRnn::apply_gradients`] uploaded it: gradients equal to these need no
+    /// upload. `None` when unknown.
+    grads_held: Option<Vec<f32>>,
 }
 
 const PARTIALS: usize = 256;
@@ -82,8 +91,8 @@ impl GpuRnn {
         let layout = ParamLayout::new(config);
         check_fits(&ctx, "the parameter buffer", layout.len)?;
         let buf = storage(&ctx, "params", layout.len);
-        ctx.queue
-            .write_buffer(&buf, 0, bytemuck::cast_slice(&params.to_flat()));
+        ctx.note_upload();
+        ctx.write(&buf, bytemuck::cast_slice(&params.to_flat()));
         let grads = storage(&ctx, "grads", layout.len);
         let scalars = storage(&ctx, "scalars", SCALARS);
         // (scale, sum of squares) pairs for the norm
@@ -120,6 +129,8 @@ impl GpuRnn {
             last_host: Default::default(),
             last_dispatches: 0,
             time_loop: TimeLoop::Auto,
+            encoded: None,
+            grads_held: None,
         })
     }
 
@@ -150,9 +161,10 @@ impl GpuRnn {
                 own
             }
         };
-        // the old buffers go: so do the groups that bind them
+        // the old buffers go: so do the groups that bind them, and what they held
         recorder::lock(&self.cache).clear();
         self.work = None;
+        self.encoded = None;
         self.work = Some(BatchBuffers::new(&self.ctx, &self.config, dims)?);
         Ok(())
     }
@@ -954,6 +966,7 @@ impl GpuRnn {
         initial: Option<&RnnState>,
     ) -> Result<Forward> {
         let p = batch.packing();
+        self.encoded = None;
         self.ensure_work(batch)?;
         self.work()
             .upload(&self.ctx, &self.config, batch, initial, None);
@@ -1012,6 +1025,8 @@ impl GpuRnn {
         want_final: bool,
     ) -> Result<(f32, RnnParams, Option<RnnState>)> {
         let p = batch.packing();
+        self.encoded = None;
+        self.grads_held = None;
         self.ensure_work(batch)?;
         self.work()
             .upload(&self.ctx, &self.config, batch, initial, dropout);
@@ -1056,6 +1071,8 @@ impl GpuRnn {
         want_final: bool,
     ) -> Result<(f32, Option<RnnState>)> {
         let start = std::time::Instant::now();
+        self.encoded = None;
+        self.grads_held = None;
         self.ensure_work(batch)?;
         let replaced = self.ensure_optimizer(optimizer)?;
         let result = self.run_train_step(batch, initial, dropout, optimizer, want_final, start);
@@ -1158,11 +1175,12 @@ impl GpuRnn {
                     &zeros
                 }
             };
-            self.ctx
-                .queue
-                .write_buffer(&b, 0, bytemuck::cast_slice(data));
+            self.ctx.write(&b, bytemuck::cast_slice(data));
             b
         };
+        if needs_m || needs_v {
+            self.ctx.note_upload();
+        }
         let buffers = OptimizerBuffers::new(
             needs_m.then(|| buffer("optimizer m", start.map(|c| &c.m))),
             needs_v.then(|| buffer("optimizer v", start.map(|c| &c.v))),
@@ -1184,6 +1202,7 @@ impl GpuRnn {
         dropout: Option<Dropout<'_>>,
     ) -> Result<Encoded> {
         let p = batch.packing();
+        self.encoded = None;
         self.ensure_work(batch)?;
         self.work()
             .upload(&self.ctx, &self.config, batch, None, dropout);
@@ -1206,6 +1225,7 @@ impl GpuRnn {
         )?;
         let states = ArrayView2::from_shape((p.tokens(), width), &data[0]).expect("sized above");
         let finals = self.unpack_final_states(p, &data[1]);
+        self.encoded = Self::encoded_key(batch, dropout);
         Ok(Encoded {
             states: p.unpack_steps(states),
             final_hidden: finals.h,
@@ -1213,26 +1233,54 @@ impl GpuRnn {
         })
     }
 
-    /// The encoder's backward pass: the layers forward again (with the masks of
-    /// `dropout`), then back-propagation from `grad_states` (`[batch, max_len, D·H]`,
-    /// values past each length ignored). Returns every parameter's gradient (the
-    /// readout's zero) and, for dense batches, each sequence's input gradient.
+    /// The key of an encoder's forward pass over `batch` with `dropout` (see
+    /// [`GpuRnn::encoded`]); `None` for a chunk of a split batch, whose dropout masks are
+    /// drawn at its rows in the whole batch.
+    fn encoded_key(
+        batch: &SequenceBatch,
+        dropout: Option<Dropout<'_>>,
+    ) -> Option<(u64, Option<u64>)> {
+        match dropout {
+            Some(Dropout { rows: Some(_), .. }) => None,
+            _ => Some((batch.id(), dropout.map(|d| d.key))),
+        }
+    }
+
+    /// The encoder's backward pass: back-propagation from `grad_states` (`[batch,
+    /// max_len, D·H]`, values past each length ignored) through the layers' forward pass
+    /// with the masks of `dropout`. With `reuse`, when the work buffers still hold that
+    /// forward pass (the last [`GpuRnn::encode`] was of this batch, with these masks, and
+    /// nothing has written over it since; the caller vouches that the parameters are
+    /// those it ran with), only `grad_states` is uploaded and only the backward pass runs;
+    /// otherwise the batch is uploaded and the layers run forward again first. Returns
+    /// every parameter's gradient (the readout's zero) and, for dense batches, each
+    /// sequence's input gradient. The forward pass stays in the work buffers.
     pub fn backward(
         &mut self,
         _config: &RnnConfig,
         batch: &SequenceBatch,
         grad_states: &Array3<f32>,
         dropout: Option<Dropout<'_>>,
+        reuse: bool,
     ) -> Result<Gradients> {
         let p = batch.packing();
         let dense = batch.token_ids().is_none();
+        // the gradient buffer is written below: unknown until read back
+        self.grads_held = None;
         self.ensure_work(batch)?;
         if dense {
             let work = self.work.as_mut().expect("ensure_work ran");
             work.ensure_input_grads(&self.ctx, &self.config)?;
         }
-        self.work()
-            .upload(&self.ctx, &self.config, batch, None, dropout);
+        let key = Self::encoded_key(batch, dropout);
+        let resident = reuse && key.is_some() && self.encoded == key;
+        // from here until the read-back the forward pass in the buffers is either this
+        // batch's or being made
+        self.encoded = None;
+        if !resident {
+            self.work()
+                .upload(&self.ctx, &self.config, batch, None, dropout);
+        }
         let width = self.config.state_width();
         let mut packed: Vec<f32> = Vec::with_capacity(p.tokens() * width);
         for (t, &n) in p.batch_sizes.iter().enumerate() {
@@ -1240,9 +1288,9 @@ impl GpuRnn {
                 packed.extend(grad_states.index_axis(Axis(0), i).row(t).iter());
             }
         }
+        self.ctx.note_upload();
         self.ctx
-            .queue
-            .write_buffer(&self.work().g, 0, bytemuck::cast_slice(&packed));
+            .write(&self.work().g, bytemuck::cast_slice(&packed));
         let pass = Pass {
             initial: false,
             dropout: dropout.is_some(),
@@ -1251,17 +1299,21 @@ impl GpuRnn {
         let mut rec = Recorder::new(&self.ctx);
         // the readout's gradients are zero: the loss is the caller's
         rec.clear(&self.grads);
-        self.record_layers(&mut rec, batch, pass);
+        if !resident {
+            self.record_layers(&mut rec, batch, pass);
+        }
         let inputs = self.record_layers_backward(&mut rec, batch, pass);
         self.submit(rec)?;
         let input_size = self.config.input_size;
         let input_floats = if dense { p.tokens() * input_size } else { 0 };
-        let data = read_back(
+        let mut data = read_back(
             &self.ctx,
             &[(&self.grads, 0, self.layout.len), (inputs, 0, input_floats)],
         )?;
         let mut params = RnnParams::zeros(&self.config);
         params.assign_flat(&data[0]);
+        self.grads_held = Some(std::mem::take(&mut data[0]));
+        self.encoded = key;
         let inputs = if dense {
             let rows =
                 ArrayView2::from_shape((p.tokens(), input_size), &data[1]).expect("sized above");
@@ -1279,15 +1331,28 @@ impl GpuRnn {
     }
 
     /// Applies `grads` with the optimizer exactly as a training step applies its own:
-    /// uploaded into the gradient buffer, then the same clipping, update and refusal of
-    /// non-finite steps.
+    /// in the gradient buffer, then the same clipping, update and refusal of non-finite
+    /// steps. Gradients bitwise equal to what the buffer holds already (those the last
+    /// [`GpuRnn::backward`] read back, or the last ones applied) are not uploaded again.
     pub fn apply_gradients(&mut self, grads: &RnnParams, optimizer: &mut Optimizer) -> Result<()> {
         let replaced = self.ensure_optimizer(optimizer)?;
-        self.ctx
-            .queue
-            .write_buffer(&self.grads, 0, bytemuck::cast_slice(&grads.to_flat()));
+        // the parameters change: no forward pass in the work buffers is theirs
+        self.encoded = None;
+        if !self
+            .grads_held
+            .as_ref()
+            .is_some_and(|held| same_bits(held, grads))
+        {
+            let flat = grads.to_flat();
+            self.ctx.note_upload();
+            self.ctx.write(&self.grads, bytemuck::cast_slice(&flat));
+            self.grads_held = Some(flat);
+        }
         let result = (|| {
             let mut rec = Recorder::new(&self.ctx);
+            // no loss goes with these gradients: the loss slot holds the last pass's, which
+            // must not refuse this update (a zero does not), and the rest is set anew
+            rec.clear(&self.scalars);
             let step = self.record_update(&mut rec, optimizer);
             self.submit(rec)?;
             let data = read_back(&self.ctx, &[(&self.scalars, 0, SCALARS)])?;
@@ -1301,10 +1366,31 @@ impl GpuRnn {
         result
     }
 
+    /// What went to and from this model's device so far.
+    pub fn transfers(&self) -> super::Transfers {
+        self.ctx.transfers()
+    }
+
     pub fn params(&self, config: &RnnConfig) -> Result<RnnParams> {
         let data = read_back(&self.ctx, &[(&self.params, 0, self.layout.len)])?;
         let mut params = RnnParams::zeros(config);
         params.assign_flat(&data[0]);
         Ok(params)
     }
+}
+
+/// Whether `params`, as one flat vector, is `flat` bit for bit (NaN payloads and signed
+/// zeros included), compared tensor by tensor without flattening.
+fn same_bits(flat: &[f32], params: &RnnParams) -> bool {
+    let mut at = 0;
+    for (_, t) in params.tensors() {
+        let Some(held) = flat.get(at..at + t.len()) else {
+            return false;
+        };
+        if bytemuck::cast_slice::<f32, u32>(held) != bytemuck::cast_slice::<f32, u32>(t) {
+            return false;
+        }
+        at += t.len();
+    }
+    at == flat.len()
 }

@@ -275,6 +275,9 @@ impl<'a> Recorder<'a> {
             }
         }
         let index = self.ctx.queue.submit([encoder.finish()]);
+        let dispatches = keys.iter().filter(|k| k.is_some()).count();
+        self.ctx
+            .note_submission(dispatches, self.uniform_data.len());
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("recording a step: {e}")));
         }
@@ -311,6 +314,7 @@ pub(crate) fn read_back(
         at += (*n as u64 * 4).next_multiple_of(8);
     }
     ctx.queue.submit([encoder.finish()]);
+    ctx.note_read_back(regions.iter().map(|(_, _, n)| n * 4).sum());
     let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
     staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
         let _ = sender.send(r);

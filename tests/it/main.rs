@@ -10,6 +10,7 @@ mod cells;
 mod checkpoint;
 mod classify_cli;
 mod data_loader;
+mod encoder_round_trip;
 mod fuzz_parsers;
 mod gemm;
 mod golden;
