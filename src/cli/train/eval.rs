@@ -39,6 +39,9 @@ impl Trainer {
             held_out_loss: held,
         });
         self.run.evaluated_at = step;
+        if let Some(m) = &mut self.metrics {
+            m.evaluated(step, held)?;
+        }
         let fmt = |l: Option<f32>| l.map_or("-".to_string(), |l| format!("{l:.3}"));
         Ok(format!(
             "step {step:>6}  {:>7}  train {}  held-out {}\n  sample: {:?}",

@@ -14,6 +14,7 @@
 mod config;
 mod eval;
 mod interrupt;
+mod metrics;
 mod plot;
 mod report;
 mod setup;
@@ -113,6 +114,12 @@ pub struct TrainArgs {
     /// Characters in the sample shown at each evaluation.
     #[arg(long = "sample-len", default_value_t = 120)]
     sample_len: usize,
+    /// Write one JSON object per line to FILE as the run goes: each step's `step`, `loss`
+    /// and `chars_per_s`, and `held_out` when the model was evaluated after it (the
+    /// evaluation before a new run's first step: `step` 0 and `held_out` alone). A
+    /// resumed run appends to it.
+    #[arg(long, value_name = "FILE")]
+    metrics: Option<PathBuf>,
 }
 
 impl TrainArgs {
@@ -148,6 +155,9 @@ pub fn run(args: TrainArgs) -> CliResult<ExitCode> {
 
 /// After a Ctrl-C: a last checkpoint and plot, and how to continue.
 fn stop_after_interrupt(t: &mut Trainer) -> CliResult<ExitCode> {
+    if let Some(m) = &mut t.metrics {
+        m.flush_pending()?;
+    }
     t.save()?;
     plot::plot_losses(
         &t.out.join(plot::PLOT_FILE),
@@ -169,6 +179,9 @@ fn finish(t: &mut Trainer) -> CliResult<ExitCode> {
     if t.run.evaluated_at != t.meta.progress.step || t.meta.history.is_empty() {
         let line = t.evaluate()?;
         println!("{line}");
+    }
+    if let Some(m) = &mut t.metrics {
+        m.flush_pending()?;
     }
     t.save()?;
     let plot = t.out.join(plot::PLOT_FILE);

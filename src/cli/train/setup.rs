@@ -4,6 +4,7 @@
 
 use super::checkpoint::{hex, holds_checkpoint, load_checkpoint, DataInfo, Loaded, Meta};
 use super::config::{merge_config, Hyper};
+use super::metrics::Metrics;
 use super::trainer::{RunStats, Trainer};
 use super::{interrupt, TrainArgs};
 use crate::cli::options::{make_optimizer, pick, OptimizerChoice};
@@ -61,6 +62,11 @@ pub fn prepare(args: &TrainArgs) -> CliResult<(Trainer, String)> {
         }
     };
     let rnn = Rnn::new(config, params, &device)?;
+    let metrics = args
+        .metrics
+        .as_deref()
+        .map(|path| Metrics::open(path, args.resume.is_some()))
+        .transpose()?;
     let held_out = corpus.held_out().len();
     let trainer = Trainer {
         eval_streams: TokenStreams::fitting(held_out, streams.streams(), streams.seq_len()),
@@ -75,6 +81,7 @@ pub fn prepare(args: &TrainArgs) -> CliResult<(Trainer, String)> {
         text_name: text.name,
         device_name: if device.is_gpu() { "gpu" } else { "cpu" },
         sample_len: args.sample_len,
+        metrics,
     };
     Ok((trainer, device.describe()))
 }

@@ -5,6 +5,7 @@
 use super::checkpoint::{save_checkpoint, Meta, BEST_DIR};
 use super::config::Schedule;
 use super::interrupt;
+use super::metrics::Metrics;
 use super::report::format_count;
 use crate::cli::CliResult;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -37,6 +38,8 @@ pub struct Trainer {
     /// Characters in the sample shown at each evaluation.
     pub sample_len: usize,
     pub run: RunStats,
+    /// `--metrics`: a JSON line per step.
+    pub metrics: Option<Metrics>,
 }
 
 /// This run's counters.
@@ -200,6 +203,7 @@ impl Trainer {
 
     /// One training step on the next chunk of every stream.
     fn step(&mut self) -> CliResult<f32> {
+        let started = Instant::now();
         let progress = &mut self.meta.progress;
         if progress.chunk == 0 {
             self.carried = None; // a new pass starts from the zero state
@@ -226,6 +230,10 @@ impl Trainer {
         if progress.chunk == self.streams.chunks_per_pass() {
             progress.chunk = 0;
             progress.pass += 1;
+        }
+        if let Some(m) = &mut self.metrics {
+            let rate = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            m.step(progress.step, loss, rate)?;
         }
         Ok(loss)
     }
