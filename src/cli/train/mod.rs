@@ -25,6 +25,7 @@ pub mod checkpoint;
 pub use eval::default_prime;
 
 use super::options::{CellChoice, DeviceChoice, OptimizerChoice};
+use super::parallel;
 use super::CliResult;
 use clap::Args;
 use std::path::PathBuf;
@@ -159,11 +160,13 @@ fn stop_after_interrupt(t: &mut Trainer) -> CliResult<ExitCode> {
         m.flush_pending()?;
     }
     t.save()?;
-    plot::plot_losses(
-        &t.out.join(plot::PLOT_FILE),
-        &t.meta.history,
-        &report::plot_title(t),
-    )?;
+    if parallel::is_root() {
+        plot::plot_losses(
+            &t.out.join(plot::PLOT_FILE),
+            &t.meta.history,
+            &report::plot_title(t),
+        )?;
+    }
     println!(
         "interrupted at step {}: checkpoint written to {} (continue with --resume {})",
         t.meta.progress.step,
@@ -185,7 +188,9 @@ fn finish(t: &mut Trainer) -> CliResult<ExitCode> {
     }
     t.save()?;
     let plot = t.out.join(plot::PLOT_FILE);
-    plot::plot_losses(&plot, &t.meta.history, &report::plot_title(t))?;
+    if parallel::is_root() {
+        plot::plot_losses(&plot, &t.meta.history, &report::plot_title(t))?;
+    }
     println!("{}", report::summary(t, &plot));
     Ok(ExitCode::SUCCESS)
 }
