@@ -29,6 +29,7 @@ pub fn main(filter: Option<String>) {
             "cli_ranks_that_disagree_stop_and_write_nothing",
             disagreeing_ranks,
         ),
+        ("cli_classify_two_ranks_match_one_process", classify_matches),
         (
             "cli_gpu_ranks_share_one_adapter",
             gpu_ranks_share_an_adapter,
@@ -489,6 +490,48 @@ fn disagreeing_ranks() -> Outcome {
         return Err(format!("{} was created", out.display()));
     }
     Ok(String::new())
+}
+
+/// The numbers after `key` in each line that has it.
+fn numbers_after(text: &str, key: &str) -> Vec<f64> {
+    text.lines()
+        .filter_map(|l| l.split(key).nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// `classify` on 2 ranks, each minibatch split across them: the same epoch losses and
+/// test accuracy as one process (as printed: 4 and 3 decimals); rank 0 alone prints.
+fn classify_matches() -> Outcome {
+    let args: Vec<String> = [
+        "classify", "--epochs", "2", "--hidden", "8", "--batch", "16", "--device", "cpu",
+    ]
+    .map(String::from)
+    .to_vec();
+    let want = succeeded("one process", one(&args, &[]))?;
+    let got = succeeded("mpirun -np 2", mpirun(2, &args, &[]))?;
+    let (want, got) = (
+        String::from_utf8_lossy(&want.stdout).into_owned(),
+        String::from_utf8_lossy(&got.stdout).into_owned(),
+    );
+    if got.matches("test accuracy").count() != 1 {
+        return Err(format!("rank 0 alone should print: {got}"));
+    }
+    let (a, b) = (
+        numbers_after(&got, " loss "),
+        numbers_after(&want, " loss "),
+    );
+    if a.len() != b.len() || a.is_empty() || a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 2e-4) {
+        return Err(format!("losses {a:?} against one process's {b:?}"));
+    }
+    let (x, y) = (
+        numbers_after(&got, "test accuracy: "),
+        numbers_after(&want, "test accuracy: "),
+    );
+    // one prediction in 370 may flip on f32 rounding
+    if x.len() != 1 || y.len() != 1 || (x[0] - y[0]).abs() > 0.004 {
+        return Err(format!("test accuracy {x:?} against {y:?}"));
+    }
+    Ok(format!("[losses {a:?}]"))
 }
 
 /// Two ranks on a machine with one adapter share it (`--device gpu`), and train as one

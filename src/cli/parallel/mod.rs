@@ -306,6 +306,23 @@ pub fn rank_prefix() -> String {
     })
 }
 
+/// The bytes the ranks of a job compare before training on `data` ([`Model::new`]'s
+/// fingerprint): its sequences, labels and classes, and `settings` (whatever else must be
+/// the same on every rank, such as the batch size and the seed of the shuffles).
+pub fn fingerprint_dataset(data: &unfold::data::Dataset, settings: &[u64]) -> Vec<u8> {
+    let mut bytes: Vec<u8> = settings.iter().flat_map(|s| s.to_le_bytes()).collect();
+    for (x, label) in data.inputs().iter().zip(data.labels()) {
+        bytes.extend((x.nrows() as u64).to_le_bytes());
+        bytes.extend(label.to_le_bytes());
+        bytes.extend(x.iter().flat_map(|v| v.to_bits().to_le_bytes()));
+    }
+    for name in data.class_names() {
+        bytes.extend(name.as_bytes());
+        bytes.push(0);
+    }
+    bytes
+}
+
 /// A test hook (`UNFOLD_TEST_FAULT`, for the MPI tests only): `crash:R:S` kills rank R of
 /// a job (SIGKILL) before training step S, as a crash would; `fail:R:S` makes it fail
 /// there with an error of its own. Nothing outside a job.

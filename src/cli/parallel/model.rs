@@ -11,7 +11,8 @@ use unfold::{Device, Optimizer, Result, Rnn, RnnConfig, RnnParams, RnnState, Seq
 
 #[cfg(feature = "mpi")]
 use unfold::distributed::{
-    mpi::topology::SimpleCommunicator, select, shard_range, split_state, DataParallel,
+    mpi::topology::SimpleCommunicator, select, shard_range, split_batch, split_state, DataParallel,
+    Split,
 };
 
 /// See the module docs.
@@ -43,6 +44,47 @@ impl Model {
         }
         let _ = (fingerprint, &optimizer);
         Ok(Model::Single(Rnn::new(config, params, device)?))
+    }
+
+    /// `rnn` as the model of this process, or in a job (collective) a data-parallel copy
+    /// of it on `device` with rank 0's parameters, optimizer state and dropout stream,
+    /// after the ranks compared fingerprints as [`Model::new`].
+    pub fn adopt(
+        rnn: Rnn,
+        device: &Device,
+        fingerprint: &[u8],
+        optimizer: &mut Optimizer,
+    ) -> CliResult<Model> {
+        #[cfg(feature = "mpi")]
+        if job().is_some() {
+            let dropout = rnn.dropout_state();
+            let mut model = Model::new(
+                rnn.config().clone(),
+                rnn.params()?,
+                device,
+                fingerprint,
+                optimizer,
+            )?;
+            model.restore_dropout_state(dropout);
+            return Ok(model);
+        }
+        let _ = (device, fingerprint, &optimizer);
+        Ok(Model::Single(rnn))
+    }
+
+    /// One training step on `batch`, the global batch (the same on every rank): in a job
+    /// each rank trains its share of the sequences (balanced by their steps). Returns the
+    /// mean loss over the whole batch.
+    pub fn train_step(&mut self, batch: &SequenceBatch, optimizer: &mut Optimizer) -> Result<f32> {
+        match self {
+            Model::Single(rnn) => rnn.train_step(batch, optimizer),
+            #[cfg(feature = "mpi")]
+            Model::Parallel(dp, job) => {
+                let shard = split_batch(batch, job.rank, job.size, Split::BalancedSteps)?;
+                dp.train_step(shard.as_ref(), optimizer)
+                    .map_err(agreed_error)
+            }
+        }
     }
 
     /// One step of truncated back-propagation through time over streams: `batch` holds a
