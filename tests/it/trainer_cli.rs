@@ -883,3 +883,38 @@ fn metrics_file_has_a_line_per_step_matching_the_summary_and_the_record() {
     assert_eq!(last["step"], 8);
     assert!(last["held_out"].is_f64() && last["loss"].is_f64());
 }
+
+/// `UNFOLD_ADAPTER` picks the GPU by index (as a rank of an MPI job does by its local
+/// rank): a bad value is a clear error; `--device cpu` ignores it; an index past the
+/// adapters wraps around to one of them.
+#[test]
+fn unfold_adapter_picks_the_gpu_by_index() {
+    let dir = scratch("adapter");
+    let text = small_text(&dir);
+    let run = |value: &str, device: &str, out: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_unfold"))
+            .args(["train", "--data", s(&text), "--steps", "1", "--hidden", "8"])
+            .args(["--batch", "2", "--seq-len", "8", "--sample-len", "5"])
+            .args(["--device", device, "--out", s(&dir.join(out))])
+            .env("UNFOLD_ADAPTER", value)
+            .output()
+            .expect("unfold runs");
+        eprintln!("{}", stderr(&out));
+        out
+    };
+    assert_clean_failure(&run("first", "gpu", "bad"), "UNFOLD_ADAPTER");
+    assert!(
+        !dir.join("bad").exists(),
+        "a refused run wrote its directory"
+    );
+    assert!(run("first", "cpu", "cpu").status.success());
+    if common::gpu().is_some() {
+        let out = run("7", "gpu", "gpu");
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("unfold: using GPU "),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
