@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Data-parallel training tests (unfold::distributed) under MPI: builds the `mpi` test
 # binary with `--features mpi` and runs it under `mpirun -np ${NP:-2}` on this machine
-# (loopback). Needs OpenMPI and libclang (Debian: `apt-get install -y libopenmpi-dev
+# (loopback); then runs it as `<binary> --cli`, a plain process that starts `mpirun` on
+# the `unfold` binary (train and classify data-parallel, resuming across rank counts, a
+# failing rank). Needs OpenMPI and libclang (Debian: `apt-get install -y libopenmpi-dev
 # openmpi-bin libclang-dev`). Arguments go to the test binary: a substring selects cases.
 #
 #   scripts/mpi-tests.sh                 # every case, 2 ranks
@@ -38,3 +40,7 @@ echo "--- mpirun -np $np $bin"
 # shellcheck disable=SC2086
 timeout "${UNFOLD_MPI_TIMEOUT:-600}" mpirun "${root[@]}" --oversubscribe -np "$np" \
     ${MPIRUN_ARGS:-} "$bin" "$@"
+
+echo "--- $bin --cli (the unfold command line under mpirun)"
+export UNFOLD_MPIRUN="mpirun ${root[*]} --oversubscribe ${MPIRUN_ARGS:-}"
+timeout "${UNFOLD_MPI_TIMEOUT:-600}" "$bin" --cli "$@"

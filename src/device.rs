@@ -35,6 +35,17 @@ impl Device {
         })
     }
 
+    /// The GPU `index` (modulo their number) of the adapters like the one [`Device::gpu`]
+    /// chooses — of its backend and device type, among those `WGPU_ADAPTER_NAME` matches
+    /// if it is set, best first; index 0 is [`Device::gpu`]'s adapter. For one process
+    /// per GPU on a machine with several: process `i` of a machine takes `gpu_at(i)`, and
+    /// with more processes than GPUs, several share one.
+    pub fn gpu_at(index: usize) -> Result<Device> {
+        Ok(Device {
+            kind: DeviceKind::Gpu(Arc::new(GpuContext::with_adapter_index(index)?)),
+        })
+    }
+
     /// [`Device::gpu`] with the kernels compiled without wgpu's run-time index checks
     /// and the guards of integer division (`ShaderChecks::None` in
     /// `unfold::internals::gpu`): a few percent faster on some matrix products

@@ -4,6 +4,9 @@
 //! same order (the wrapper's calls are collective); each rank checks its own results, and
 //! the ranks agree on the outcome at the end, so all exit with the same status.
 //!
+//! `<binary> --cli` runs the command-line cases instead (`mpi/cli.rs`): a plain process
+//! that starts `mpirun` on the `unfold` binary itself.
+//!
 //! The reference is one process training on the whole global batch: every rank computes
 //! it itself (the models are small) and compares the data-parallel run with it, step by
 //! step.
@@ -31,7 +34,14 @@ type Outcome = std::result::Result<String, String>;
 /// A named case: what it found, or why it failed.
 type Cases<'a> = Vec<(&'static str, Box<dyn Fn() -> Outcome + 'a>)>;
 
+#[path = "mpi/cli.rs"]
+mod cli;
+
 fn main() {
+    // `--cli`: the command line under mpirun, from a plain process (no MPI here)
+    if std::env::args().nth(1).as_deref() == Some("--cli") {
+        return cli::main(std::env::args().nth(2));
+    }
     let (universe, _) =
         mpi::initialize_with_threading(mpi::Threading::Funneled).expect("MPI initialises once");
     let world = universe.world();

@@ -3,6 +3,7 @@
 //! accuracy and confusion matrix.
 
 use super::options::{make_optimizer, pick, CellChoice, DeviceChoice, OptimizerChoice};
+use super::parallel::{self, Model};
 use super::CliResult;
 use clap::Args;
 use std::path::PathBuf;
@@ -77,7 +78,12 @@ pub fn run(args: ClassifyArgs) -> CliResult<ExitCode> {
     let (train, test) = (standardizer.apply(&train)?, standardizer.apply(&test)?);
 
     let device = pick(args.device)?;
-    let (mut rnn, mut optimizer) = build_model(&args, &train, &device)?;
+    let (rnn, mut optimizer) = build_model(&args, &train, &device)?;
+    // under mpirun (feature `mpi`): each minibatch split across the ranks; rank 0 prints
+    let settings = [args.epochs, args.batch, args.pool].map(|n| n as u64);
+    let fingerprint =
+        parallel::fingerprint_dataset(&train, &[&settings[..], &[args.seed]].concat());
+    let mut rnn = Model::adopt(rnn, &device, &fingerprint, &mut optimizer)?;
     let loader = BatchLoader::new(&train, args.batch)?
         .seed(args.seed)
         .pool_batches(args.pool);
@@ -235,7 +241,7 @@ fn describe_lengths(data: &Dataset) -> String {
 
 /// One pass over the training set, then a line with its mean loss and the accuracy on it.
 fn train_epoch(
-    rnn: &mut Rnn,
+    rnn: &mut Model,
     optimizer: &mut Optimizer,
     loader: &BatchLoader,
     train: &Dataset,

@@ -17,6 +17,7 @@ mod bench;
 mod classify;
 mod devices;
 mod options;
+mod parallel;
 mod runtime_dir;
 mod sample;
 mod train;
@@ -77,12 +78,17 @@ pub fn run() -> ExitCode {
 }
 
 fn dispatch(command: Command) -> CliResult<ExitCode> {
+    // under mpirun, `train` and `classify` run data-parallel over the ranks (feature `mpi`)
+    let _mpi = match command {
+        Command::Train(_) | Command::Classify(_) => Some(parallel::start()?),
+        _ => None,
+    };
     match command {
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => parallel::finish(train::run(args)),
         Command::Sample(args) => sample::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Devices => devices::run(),
-        Command::Classify(args) => classify::run(args),
+        Command::Classify(args) => parallel::finish(classify::run(args)),
         Command::Verify(args) => verify::run(args),
     }
 }

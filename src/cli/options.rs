@@ -1,5 +1,6 @@
 //! Choices shared by several commands: device, optimizer, cell, time loop.
 
+use super::parallel;
 use clap::ValueEnum;
 use unfold::internals::TimeLoop;
 use unfold::{Cell, Device, Optimizer};
@@ -12,13 +13,43 @@ pub enum DeviceChoice {
     Gpu,
 }
 
-/// The device `choice` names. For `auto`, says on stderr which one it took and why.
+/// The device `choice` names. For `auto`, says on stderr which one it took and why. A
+/// rank of a data-parallel job, or a process given `UNFOLD_ADAPTER`, takes the GPU of
+/// that index (`parallel::gpu_index`) and says which on stderr.
 pub fn pick(choice: DeviceChoice) -> unfold::Result<Device> {
-    Ok(match choice {
-        DeviceChoice::Auto => pick_auto(),
-        DeviceChoice::Cpu => Device::cpu(),
-        DeviceChoice::Gpu => Device::gpu()?,
-    })
+    let index = match choice {
+        DeviceChoice::Cpu => None,
+        _ => parallel::gpu_index()?,
+    };
+    let Some(index) = index else {
+        return Ok(match choice {
+            DeviceChoice::Auto => pick_auto(),
+            DeviceChoice::Cpu => Device::cpu(),
+            DeviceChoice::Gpu => Device::gpu()?,
+        });
+    };
+    let who = parallel::rank_prefix();
+    let device = match (choice, Device::gpu_at(index)) {
+        (DeviceChoice::Auto, Ok(d))
+            if d.is_software() && std::env::var_os("WGPU_ADAPTER_NAME").is_none() =>
+        {
+            eprintln!(
+                "unfold: {who}only a software adapter found ({}); using the CPU path (set WGPU_ADAPTER_NAME to use it anyway)",
+                d.describe()
+            );
+            Device::cpu()
+        }
+        (DeviceChoice::Auto, Err(e)) => {
+            eprintln!("unfold: {who}no usable GPU ({e}); using the CPU path");
+            Device::cpu()
+        }
+        (_, device) => {
+            let device = device?;
+            eprintln!("unfold: {who}using {}", device.describe());
+            device
+        }
+    };
+    Ok(device)
 }
 
 /// The GPU, its kernels compiled without bounds checks when `unchecked` (the

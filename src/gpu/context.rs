@@ -109,39 +109,68 @@ pub fn describe_adapter(info: &wgpu::AdapterInfo) -> String {
 
 /// Picks the adapter: `WGPU_ADAPTER_NAME` (case-insensitive substring) if set, else the
 /// best type, honouring `WGPU_POWER_PREF=low`. GL adapters rank after the others at equal
-/// type, since compute on GL lacks what wgpu needs on some drivers.
-fn choose_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
+/// type, since compute on GL lacks what wgpu needs on some drivers. With `index`, the
+/// adapter `index` (modulo their number) of the choice's peers instead ([`peers`]).
+fn choose_adapter(instance: &wgpu::Instance, index: Option<usize>) -> Result<wgpu::Adapter> {
     let adapters =
         pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all().with_env()));
     let seen: Vec<String> = adapters
         .iter()
         .map(|a| describe_adapter(&a.get_info()))
         .collect();
-    if let Ok(want) = std::env::var("WGPU_ADAPTER_NAME") {
+    let ranked: Vec<wgpu::Adapter> = if let Ok(want) = std::env::var("WGPU_ADAPTER_NAME") {
         let want_lower = want.to_lowercase();
-        return adapters
+        let matching: Vec<wgpu::Adapter> = adapters
             .into_iter()
-            .find(|a| a.get_info().name.to_lowercase().contains(&want_lower))
-            .ok_or_else(|| Error::NoAdapter {
+            .filter(|a| a.get_info().name.to_lowercase().contains(&want_lower))
+            .collect();
+        if matching.is_empty() {
+            return Err(Error::NoAdapter {
                 detail: format!(
                     " matching WGPU_ADAPTER_NAME={want:?} (adapters seen: {})",
                     list_or_none(&seen)
                 ),
             });
-    }
-    let low_power = wgpu::PowerPreference::from_env() == Some(wgpu::PowerPreference::LowPower);
-    adapters
-        .into_iter()
-        .min_by_key(|a| {
+        }
+        matching
+    } else {
+        let low_power = wgpu::PowerPreference::from_env() == Some(wgpu::PowerPreference::LowPower);
+        let mut all = adapters;
+        // stable: the first of equally ranked adapters stays first
+        all.sort_by_key(|a| {
             let info = a.get_info();
             (
                 type_rank(info.device_type, low_power),
                 info.backend == wgpu::Backend::Gl,
             )
-        })
-        .ok_or_else(|| Error::NoAdapter {
+        });
+        all
+    };
+    let mut peers = peers(ranked);
+    if peers.is_empty() {
+        return Err(Error::NoAdapter {
             detail: String::new(),
+        });
+    }
+    let at = index.unwrap_or(0) % peers.len();
+    Ok(peers.swap_remove(at))
+}
+
+/// The adapters of the same backend and device type as the first of `ranked` (the one
+/// chosen without an index), in `ranked`'s order: the GPUs of a machine that several
+/// processes on it share out, each physical adapter once (not again through another
+/// backend) and without a software adapter among hardware ones.
+fn peers(ranked: Vec<wgpu::Adapter>) -> Vec<wgpu::Adapter> {
+    let Some(first) = ranked.first().map(|a| a.get_info()) else {
+        return Vec::new();
+    };
+    ranked
+        .into_iter()
+        .filter(|a| {
+            let info = a.get_info();
+            info.backend == first.backend && info.device_type == first.device_type
         })
+        .collect()
 }
 
 fn list_or_none(seen: &[String]) -> String {
@@ -157,7 +186,15 @@ impl GpuContext {
     /// compiled with the run-time checks `UNFOLD_SHADER_CHECKS` asks for (`all` or
     /// `bounds`; see [`ShaderChecks::from_env`]).
     pub fn new() -> Result<Self> {
-        Self::create(ShaderChecks::from_env()?, None)
+        Self::create(ShaderChecks::from_env()?, None, None)
+    }
+
+    /// [`GpuContext::new`] on the adapter `index` (modulo their number) of the adapters
+    /// like the one [`GpuContext::new`] would choose: of its backend and device type,
+    /// among those `WGPU_ADAPTER_NAME` matches if it is set, best first (index 0 is
+    /// [`GpuContext::new`]'s). For one process per GPU on a machine with several.
+    pub fn with_adapter_index(index: usize) -> Result<Self> {
+        Self::create(ShaderChecks::from_env()?, None, Some(index))
     }
 
     /// [`GpuContext::new`] with kernels compiled without wgpu's index clamping and the
@@ -170,7 +207,7 @@ impl GpuContext {
     /// kernels are written so that every index is in range by construction; the caller
     /// asserts that it trusts them to be (see [`crate::Device::gpu_without_bounds_checks`]).
     pub unsafe fn new_without_bounds_checks() -> Result<Self> {
-        Self::create(ShaderChecks::None, None)
+        Self::create(ShaderChecks::None, None, None)
     }
 
     /// [`GpuContext::new`] on a device that allows storage bindings of at most `bytes`
@@ -179,15 +216,19 @@ impl GpuContext {
     /// are split as on an adapter with that limit. For testing the splitting on any
     /// adapter.
     pub fn with_storage_limit(bytes: u64) -> Result<Self> {
-        Self::create(ShaderChecks::from_env()?, Some(bytes))
+        Self::create(ShaderChecks::from_env()?, Some(bytes), None)
     }
 
     /// Creates the device (with the adapter's limits, or a smaller storage-binding limit)
     /// and compiles the pipelines with `checks`; [`ShaderChecks::None`] only from
     /// [`GpuContext::new_without_bounds_checks`].
-    fn create(checks: ShaderChecks, storage_limit: Option<u64>) -> Result<Self> {
+    fn create(
+        checks: ShaderChecks,
+        storage_limit: Option<u64>,
+        index: Option<usize>,
+    ) -> Result<Self> {
         let instance = new_instance();
-        let adapter = choose_adapter(&instance)?;
+        let adapter = choose_adapter(&instance, index)?;
         let info = adapter.get_info();
         let mut limits = adapter.limits();
         if let Some(bytes) = storage_limit {

@@ -4,7 +4,7 @@
 use crate::common;
 
 use unfold::ndarray::Array2;
-use unfold::{Error, Rnn, RnnParams, SequenceBatch, Targets};
+use unfold::{Device, Error, Rnn, RnnParams, SequenceBatch, Targets};
 
 #[test]
 fn adapter_limits_give_a_clear_error() {
@@ -37,4 +37,42 @@ fn adapter_limits_give_a_clear_error() {
         Err(e) => panic!("unexpected error {e}"),
     }
     assert_eq!(rnn.params().expect("params"), params);
+}
+
+/// `Device::gpu_at(i)` takes the `i`-th of the adapters like `Device::gpu`'s (its backend
+/// and device type, among those `WGPU_ADAPTER_NAME` matches), in wgpu's order, and wraps
+/// around past them: index 0 is `Device::gpu`'s adapter.
+#[test]
+fn gpu_at_counts_the_adapters_like_the_default_one_and_wraps_around() {
+    let Some(gpu) = common::gpu() else { return };
+    let describe =
+        |a: &wgpu::AdapterInfo| format!("GPU {}", unfold::internals::gpu::describe_adapter(a));
+    let all = unfold::internals::gpu::list_adapters();
+    let chosen = all
+        .iter()
+        .find(|a| describe(a) == gpu.describe())
+        .expect("Device::gpu's adapter is listed");
+    let want = std::env::var("WGPU_ADAPTER_NAME")
+        .ok()
+        .map(|n| n.to_lowercase());
+    let peers: Vec<String> = all
+        .iter()
+        .filter(|a| a.backend == chosen.backend && a.device_type == chosen.device_type)
+        .filter(|a| {
+            want.as_ref()
+                .is_none_or(|n| a.name.to_lowercase().contains(n))
+        })
+        .map(describe)
+        .collect();
+    assert_eq!(peers[0], gpu.describe(), "{peers:?}");
+    for (i, expected) in peers.iter().enumerate() {
+        assert_eq!(
+            &Device::gpu_at(i).unwrap().describe(),
+            expected,
+            "index {i}"
+        );
+    }
+    // one more than there are: the first again
+    let wrapped = Device::gpu_at(peers.len()).unwrap();
+    assert_eq!(wrapped.describe(), peers[0]);
 }

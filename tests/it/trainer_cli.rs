@@ -799,3 +799,122 @@ fn the_best_checkpoint_is_kept_and_patience_stops_a_run_that_gets_worse() {
         "the last weights are not the best ones"
     );
 }
+
+/// `87.3k` or `1.2M` or `950` as a number.
+fn parse_count(text: &str) -> f64 {
+    let (digits, scale) = match text.strip_suffix('k') {
+        Some(d) => (d, 1e3),
+        None => match text.strip_suffix('M') {
+            Some(d) => (d, 1e6),
+            None => (text, 1.0),
+        },
+    };
+    digits.parse::<f64>().expect("a count") * scale
+}
+
+#[test]
+fn metrics_file_has_a_line_per_step_matching_the_summary_and_the_record() {
+    let dir = scratch("metrics");
+    let text = small_text(&dir);
+    let (ck, metrics) = (dir.join("ck"), dir.join("metrics.jsonl"));
+    let args = ["--data", s(&text), "--out", s(&ck), "--eval-every", "3"];
+    let out = train(&[&args[..], &["--steps", "6", "--metrics", s(&metrics)]].concat());
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let steps: Vec<u64> = lines.iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    // the evaluation before the first step, then one line per step
+    assert_eq!(steps, [0, 1, 2, 3, 4, 5, 6], "{lines:?}");
+    assert!(lines[0].get("loss").is_none() && lines[0]["held_out"].is_f64());
+    let loss = |i: usize| lines[i]["loss"].as_f64().unwrap();
+    // held_out exactly where the record has an evaluation, with the same value
+    let history = record(&ck)["history"].as_array().unwrap().clone();
+    let evaluated: Vec<u64> = history
+        .iter()
+        .map(|p| p["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(evaluated, [0, 3, 6]);
+    for (i, line) in lines.iter().enumerate() {
+        match history.iter().find(|p| p["step"] == line["step"]) {
+            Some(p) => assert_eq!(line["held_out"], p["held_out_loss"], "step {i}"),
+            None => assert!(line.get("held_out").is_none(), "step {i}: {line}"),
+        }
+    }
+    // the record's training loss is the mean of the steps' losses since the evaluation
+    // before (every chunk has 4 x 16 characters)
+    for (at, range) in [(1, 1..4), (2, 4..7)] {
+        let mean = range.clone().map(loss).sum::<f64>() / 3.0;
+        let recorded = history[at]["train_loss"].as_f64().unwrap();
+        assert!((mean - recorded).abs() < 1e-5, "{mean} vs {recorded}");
+    }
+    // and the summary line prints the last of them (f32 values, as the run printed them)
+    let summary = stdout(&out).lines().last().unwrap().to_string();
+    let train_loss = history[2]["train_loss"].as_f64().unwrap() as f32;
+    let held = lines[6]["held_out"].as_f64().unwrap() as f32;
+    assert!(
+        summary.contains(&format!(
+            "step 6: train loss {train_loss:.3}, held-out loss {held:.3}"
+        )),
+        "{summary}"
+    );
+    // each step's speed: the steps alone are at least as fast as the whole run, which
+    // also evaluated and wrote checkpoints
+    let rate = summary
+        .split(" chars/s")
+        .next()
+        .and_then(|before| before.rsplit(' ').next())
+        .map(parse_count)
+        .expect("the summary's speed");
+    let step_seconds: f64 = (1..7)
+        .map(|i| 64.0 / lines[i]["chars_per_s"].as_f64().unwrap())
+        .sum();
+    assert!(step_seconds > 0.0);
+    assert!(
+        6.0 * 64.0 / step_seconds >= 0.9 * rate,
+        "{step_seconds} s vs {rate}"
+    );
+    // a resumed run appends its steps
+    train(&["--resume", s(&ck), "--steps", "2", "--metrics", s(&metrics)]);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(text.lines().count(), 9);
+    assert_eq!(last["step"], 8);
+    assert!(last["held_out"].is_f64() && last["loss"].is_f64());
+}
+
+/// `UNFOLD_ADAPTER` picks the GPU by index (as a rank of an MPI job does by its local
+/// rank): a bad value is a clear error; `--device cpu` ignores it; an index past the
+/// adapters wraps around to one of them.
+#[test]
+fn unfold_adapter_picks_the_gpu_by_index() {
+    let dir = scratch("adapter");
+    let text = small_text(&dir);
+    let run = |value: &str, device: &str, out: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_unfold"))
+            .args(["train", "--data", s(&text), "--steps", "1", "--hidden", "8"])
+            .args(["--batch", "2", "--seq-len", "8", "--sample-len", "5"])
+            .args(["--device", device, "--out", s(&dir.join(out))])
+            .env("UNFOLD_ADAPTER", value)
+            .output()
+            .expect("unfold runs");
+        eprintln!("{}", stderr(&out));
+        out
+    };
+    assert_clean_failure(&run("first", "gpu", "bad"), "UNFOLD_ADAPTER");
+    assert!(
+        !dir.join("bad").exists(),
+        "a refused run wrote its directory"
+    );
+    assert!(run("first", "cpu", "cpu").status.success());
+    if common::gpu().is_some() {
+        let out = run("7", "gpu", "gpu");
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("unfold: using GPU "),
+            "{}",
+            stderr(&out)
+        );
+    }
+}

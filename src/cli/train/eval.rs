@@ -4,6 +4,7 @@
 use super::checkpoint::Point;
 use super::report::format_duration;
 use super::trainer::Trainer;
+use crate::cli::parallel;
 use crate::cli::CliResult;
 use unfold::generate::sample_text;
 use unfold::text::{TokenStreams, Vocabulary};
@@ -14,9 +15,14 @@ const SAMPLE_TEMPERATURE: f32 = 0.7;
 
 impl Trainer {
     /// Evaluates the model now and adds a point to the history; returns the lines to
-    /// show (`step …  train …  held-out …` and the sample).
+    /// show (`step …  train …  held-out …` and the sample). In a job, rank 0 alone
+    /// evaluates (the others return nothing to show).
     pub fn evaluate(&mut self) -> CliResult<String> {
         let train_loss = self.take_window_loss();
+        if !parallel::is_root() {
+            self.run.evaluated_at = self.meta.progress.step;
+            return Ok(String::new());
+        }
         let held = match &self.eval_streams {
             Some(s) => Some(held_out_loss(&mut self.rnn, self.corpus.held_out(), s)?),
             None => None,
@@ -39,6 +45,9 @@ impl Trainer {
             held_out_loss: held,
         });
         self.run.evaluated_at = step;
+        if let Some(m) = &mut self.metrics {
+            m.evaluated(step, held)?;
+        }
         let fmt = |l: Option<f32>| l.map_or("-".to_string(), |l| format!("{l:.3}"));
         Ok(format!(
             "step {step:>6}  {:>7}  train {}  held-out {}\n  sample: {:?}",

@@ -14,6 +14,7 @@
 mod config;
 mod eval;
 mod interrupt;
+mod metrics;
 mod plot;
 mod report;
 mod setup;
@@ -24,6 +25,7 @@ pub mod checkpoint;
 pub use eval::default_prime;
 
 use super::options::{CellChoice, DeviceChoice, OptimizerChoice};
+use super::parallel;
 use super::CliResult;
 use clap::Args;
 use std::path::PathBuf;
@@ -113,6 +115,12 @@ pub struct TrainArgs {
     /// Characters in the sample shown at each evaluation.
     #[arg(long = "sample-len", default_value_t = 120)]
     sample_len: usize,
+    /// Write one JSON object per line to FILE as the run goes: each step's `step`, `loss`
+    /// and `chars_per_s`, and `held_out` when the model was evaluated after it (the
+    /// evaluation before a new run's first step: `step` 0 and `held_out` alone). A
+    /// resumed run appends to it.
+    #[arg(long, value_name = "FILE")]
+    metrics: Option<PathBuf>,
 }
 
 impl TrainArgs {
@@ -148,12 +156,17 @@ pub fn run(args: TrainArgs) -> CliResult<ExitCode> {
 
 /// After a Ctrl-C: a last checkpoint and plot, and how to continue.
 fn stop_after_interrupt(t: &mut Trainer) -> CliResult<ExitCode> {
+    if let Some(m) = &mut t.metrics {
+        m.flush_pending()?;
+    }
     t.save()?;
-    plot::plot_losses(
-        &t.out.join(plot::PLOT_FILE),
-        &t.meta.history,
-        &report::plot_title(t),
-    )?;
+    if parallel::is_root() {
+        plot::plot_losses(
+            &t.out.join(plot::PLOT_FILE),
+            &t.meta.history,
+            &report::plot_title(t),
+        )?;
+    }
     println!(
         "interrupted at step {}: checkpoint written to {} (continue with --resume {})",
         t.meta.progress.step,
@@ -170,9 +183,14 @@ fn finish(t: &mut Trainer) -> CliResult<ExitCode> {
         let line = t.evaluate()?;
         println!("{line}");
     }
+    if let Some(m) = &mut t.metrics {
+        m.flush_pending()?;
+    }
     t.save()?;
     let plot = t.out.join(plot::PLOT_FILE);
-    plot::plot_losses(&plot, &t.meta.history, &report::plot_title(t))?;
+    if parallel::is_root() {
+        plot::plot_losses(&plot, &t.meta.history, &report::plot_title(t))?;
+    }
     println!("{}", report::summary(t, &plot));
     Ok(ExitCode::SUCCESS)
 }

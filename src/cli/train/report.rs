@@ -3,6 +3,7 @@
 
 use super::checkpoint::BEST_DIR;
 use super::trainer::Trainer;
+use crate::cli::parallel;
 use std::path::Path;
 
 /// The lines before training: the text, the model, the training settings, where the
@@ -30,7 +31,7 @@ pub fn print_header(t: &Trainer, device: &str, resumed_from: Option<&Path>) {
         hyper.hidden,
         config.num_params(),
     );
-    if hyper.dropout > 0.0 && hyper.layers == 1 {
+    if hyper.dropout > 0.0 && hyper.layers == 1 && parallel::is_root() {
         eprintln!("warning: --dropout acts between layers: with one layer it does nothing");
     }
     let start = match resumed_from.filter(|_| t.resuming()) {
@@ -53,6 +54,19 @@ pub fn print_header(t: &Trainer, device: &str, resumed_from: Option<&Path>) {
         if hyper.clip == 0.0 { "off".to_string() } else { hyper.clip.to_string() },
         hyper.seed,
     );
+    if let Some(job) = parallel::job() {
+        let (fewest, most) = (hyper.batch / job.size, hyper.batch.div_ceil(job.size));
+        println!(
+            "data-parallel over {} MPI ranks: each trains {} of the {} streams per step",
+            job.size,
+            if fewest == most {
+                fewest.to_string()
+            } else {
+                format!("{fewest} or {most}")
+            },
+            hyper.batch
+        );
+    }
     println!("checkpoints and plot: {}", t.out.display());
 }
 

@@ -4,15 +4,17 @@
 
 use super::checkpoint::{hex, holds_checkpoint, load_checkpoint, DataInfo, Loaded, Meta};
 use super::config::{merge_config, Hyper};
+use super::metrics::Metrics;
 use super::trainer::{RunStats, Trainer};
 use super::{interrupt, TrainArgs};
 use crate::cli::options::{make_optimizer, pick, OptimizerChoice};
+use crate::cli::parallel::{self, Model};
 use crate::cli::CliResult;
 use clap::ValueEnum;
 use std::path::PathBuf;
 use unfold::internals::write_atomically;
 use unfold::text::{read_text, Corpus, TokenStreams, BUNDLED_NAME, BUNDLED_TEXT};
-use unfold::{Optimizer, Rnn, RnnParams, RnnState};
+use unfold::{Device, Optimizer, RnnConfig, RnnParams, RnnState};
 
 /// The `data.source` of the bundled text.
 const BUNDLED_SOURCE: &str = "bundled:persuasion";
@@ -26,8 +28,66 @@ struct Text {
     name: String,
 }
 
+/// What each rank reads and builds on its own before the ranks compare notes.
+struct Inputs {
+    corpus: Corpus,
+    streams: TokenStreams,
+    config: RnnConfig,
+    optimizer: Optimizer,
+    params: RnnParams,
+    meta: Meta,
+    /// Every stream's carried state, as the checkpoint holds it.
+    carried: Option<RnnState>,
+    text_name: String,
+    device: Device,
+}
+
 /// The trainer of this run and its device's description, or the reason it cannot start.
+/// In a data-parallel job every rank reads the text (and the resumed checkpoint) itself;
+/// the ranks then agree that each could, compare fingerprints of what they read (nothing
+/// is written before), and rank 0 alone prepares the output directory.
 pub fn prepare(args: &TrainArgs) -> CliResult<(Trainer, String)> {
+    let inputs = parallel::agree(read_inputs(args), "could not start")?;
+    let Inputs {
+        corpus,
+        streams,
+        config,
+        mut optimizer,
+        params,
+        meta,
+        carried,
+        text_name,
+        device,
+    } = inputs;
+    // the configuration, vocabulary, data fingerprint and progress the ranks must share
+    let fingerprint = serde_json::to_vec(&meta)?;
+    let rnn = Model::new(config, params, &device, &fingerprint, &mut optimizer)?;
+    let carried = rnn.my_streams(carried);
+    let (out, metrics) = parallel::agree(prepare_outputs(args), "could not prepare the output")?;
+    // from here on, a Ctrl-C ends the training loop with a last checkpoint
+    interrupt::install_handler();
+    let held_out = corpus.held_out().len();
+    let trainer = Trainer {
+        eval_streams: TokenStreams::fitting(held_out, streams.streams(), streams.seq_len()),
+        corpus,
+        streams,
+        rnn,
+        optimizer,
+        run: RunStats::new(&meta),
+        meta,
+        carried,
+        out,
+        text_name,
+        device_name: if device.is_gpu() { "gpu" } else { "cpu" },
+        sample_len: args.sample_len,
+        metrics,
+    };
+    Ok((trainer, device.describe()))
+}
+
+/// The text, the configuration, the resumed checkpoint, the device and the initial
+/// weights: everything that can fail before anything is written.
+fn read_inputs(args: &TrainArgs) -> CliResult<Inputs> {
     let resumed = args
         .resume
         .as_ref()
@@ -49,9 +109,6 @@ pub fn prepare(args: &TrainArgs) -> CliResult<(Trainer, String)> {
         chars: text.text.chars().count(),
         fingerprint: hex(text.text.as_bytes()),
     };
-    let out = prepare_out_dir(args)?;
-    // from here on, a Ctrl-C ends the training loop with a last checkpoint
-    interrupt::install_handler();
     let device = pick(args.device)?;
     let (params, meta, carried) = match resumed {
         Some(r) => continue_from(r, hyper, data, &mut optimizer)?,
@@ -60,23 +117,32 @@ pub fn prepare(args: &TrainArgs) -> CliResult<(Trainer, String)> {
             (params, Meta::new(corpus.vocabulary(), hyper, data), None)
         }
     };
-    let rnn = Rnn::new(config, params, &device)?;
-    let held_out = corpus.held_out().len();
-    let trainer = Trainer {
-        eval_streams: TokenStreams::fitting(held_out, streams.streams(), streams.seq_len()),
+    Ok(Inputs {
         corpus,
         streams,
-        rnn,
+        config,
         optimizer,
-        run: RunStats::new(&meta),
+        params,
         meta,
         carried,
-        out,
         text_name: text.name,
-        device_name: if device.is_gpu() { "gpu" } else { "cpu" },
-        sample_len: args.sample_len,
-    };
-    Ok((trainer, device.describe()))
+        device,
+    })
+}
+
+/// The output directory and the metrics file, on rank 0 (the only process that writes);
+/// the other ranks only know the directory's name.
+fn prepare_outputs(args: &TrainArgs) -> CliResult<(PathBuf, Option<Metrics>)> {
+    if !parallel::is_root() {
+        return Ok((out_dir_name(args), None));
+    }
+    let out = prepare_out_dir(args)?;
+    let metrics = args
+        .metrics
+        .as_deref()
+        .map(|path| Metrics::open(path, args.resume.is_some()))
+        .transpose()?;
+    Ok((out, metrics))
 }
 
 /// The text's characters as tokens, split into training and held-out parts; a resumed
@@ -154,16 +220,21 @@ fn load_text(args: &TrainArgs, resumed: Option<&Meta>) -> CliResult<Text> {
     })
 }
 
-/// The output directory: created if needed, writable, and holding no other checkpoint.
-fn prepare_out_dir(args: &TrainArgs) -> CliResult<PathBuf> {
-    let out = match (&args.out, &args.resume) {
+/// `--out`, else the resumed directory, else the first free `runs/charlm-N`.
+fn out_dir_name(args: &TrainArgs) -> PathBuf {
+    match (&args.out, &args.resume) {
         (Some(o), _) => o.clone(),
         (None, Some(r)) => r.clone(),
         (None, None) => (1..)
             .map(|i| PathBuf::from(format!("runs/charlm-{i}")))
             .find(|p| !p.exists())
             .expect("some runs/charlm-N is free"),
-    };
+    }
+}
+
+/// The output directory: created if needed, writable, and holding no other checkpoint.
+fn prepare_out_dir(args: &TrainArgs) -> CliResult<PathBuf> {
+    let out = out_dir_name(args);
     std::fs::create_dir_all(&out).map_err(|source| unfold::Error::Io {
         action: "creating the output directory",
         path: out.clone(),

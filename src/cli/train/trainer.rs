@@ -5,13 +5,15 @@
 use super::checkpoint::{save_checkpoint, Meta, BEST_DIR};
 use super::config::Schedule;
 use super::interrupt;
+use super::metrics::Metrics;
 use super::report::format_count;
+use crate::cli::parallel::{self, Model};
 use crate::cli::CliResult;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use unfold::text::{Corpus, TokenStreams};
-use unfold::{Optimizer, Rnn, RnnState, SequenceBatch, Targets};
+use unfold::{Optimizer, RnnState, SequenceBatch, Targets};
 
 /// Seconds between evaluations when `--eval-every` is not given.
 const EVAL_SECONDS: f64 = 30.0;
@@ -23,10 +25,13 @@ pub struct Trainer {
     pub streams: TokenStreams,
     /// Streams over the held-out text (none if it is too short for one chunk).
     pub eval_streams: Option<TokenStreams>,
-    pub rnn: Rnn,
+    /// The model: this process's, or in a data-parallel job this rank's copy, whose
+    /// steps train its share of the streams.
+    pub rnn: Model,
     pub optimizer: Optimizer,
     pub meta: Meta,
-    /// The streams' state at the end of the last chunk (`None`: zeros).
+    /// The state of this rank's streams (all of them in one process) at the end of the
+    /// last chunk (`None`: zeros).
     pub carried: Option<RnnState>,
     /// The checkpoint directory.
     pub out: PathBuf,
@@ -37,6 +42,8 @@ pub struct Trainer {
     /// Characters in the sample shown at each evaluation.
     pub sample_len: usize,
     pub run: RunStats,
+    /// `--metrics`: a JSON line per step.
+    pub metrics: Option<Metrics>,
 }
 
 /// This run's counters.
@@ -90,8 +97,11 @@ impl Goal {
         by_steps.max(by_time).min(1.0)
     }
 
-    /// A progress bar on stderr, counting steps or seconds.
+    /// A progress bar on stderr, counting steps or seconds (rank 0's alone in a job).
     fn progress_bar(&self) -> ProgressBar {
+        if !parallel::is_root() {
+            return ProgressBar::hidden();
+        }
         let (len, template) = match self.steps {
             Some(n) => (
                 Some(n),
@@ -143,25 +153,33 @@ impl Trainer {
         let pb = goal.progress_bar();
         let schedule = Schedule::from_name(&self.meta.config.schedule)?;
         let interrupted = loop {
-            if interrupt::requested() {
+            // what depends on rank 0's clock and signals, rank 0 decides for every rank
+            let elapsed = self.run.started.elapsed();
+            // the warm-up counts every step of the model, the decay this run's budget
+            let factor =
+                schedule.factor(self.meta.progress.step, goal.done(self.run.steps, elapsed));
+            let [interrupted, reached, factor] = parallel::root_says([
+                f64::from(u8::from(interrupt::requested())),
+                f64::from(u8::from(goal.reached(self.run.steps, elapsed))),
+                f64::from(factor),
+            ]);
+            if interrupted != 0.0 {
                 break true;
             }
-            let elapsed = self.run.started.elapsed();
-            if goal.reached(self.run.steps, elapsed) {
+            if reached != 0.0 {
                 break false;
             }
-            // the warm-up counts every step of the model, the decay this run's budget
-            let done = goal.done(self.run.steps, elapsed);
-            let factor = schedule.factor(self.meta.progress.step, done);
-            self.optimizer.set_lr(self.meta.config.lr * factor);
+            self.optimizer.set_lr(self.meta.config.lr * factor as f32);
             let loss = self.step()?;
             self.show_progress(&pb, goal, loss);
-            if self.evaluation_due(eval_every) {
+            if parallel::root_decides(self.evaluation_due(eval_every)) {
                 let line = self.evaluate()?;
                 pb.suspend(|| println!("{line}"));
                 self.save()?;
                 self.run.last_eval = Instant::now();
-                if patience.is_some_and(|p| self.evaluations_since_best() >= p as usize) {
+                let patience_out =
+                    patience.is_some_and(|p| self.evaluations_since_best() >= p as usize);
+                if parallel::root_decides(patience_out) {
                     pb.suspend(|| {
                         println!(
                             "stopping early: no better held-out loss in the last {} evaluations",
@@ -200,6 +218,7 @@ impl Trainer {
 
     /// One training step on the next chunk of every stream.
     fn step(&mut self) -> CliResult<f32> {
+        let started = Instant::now();
         let progress = &mut self.meta.progress;
         if progress.chunk == 0 {
             self.carried = None; // a new pass starts from the zero state
@@ -211,10 +230,11 @@ impl Trainer {
         // draws the masks the uninterrupted one would have
         self.rnn
             .restore_dropout_state((self.meta.config.seed, progress.step));
+        parallel::injected_fault(progress.step + 1)?;
         let (loss, last) =
             self.rnn
                 .train_step_from(&batch, self.carried.as_ref(), &mut self.optimizer)?;
-        self.carried = Some(last);
+        self.carried = last;
         let tokens = batch.tokens() as u64;
         self.run.steps += 1;
         self.run.tokens += tokens;
@@ -226,6 +246,10 @@ impl Trainer {
         if progress.chunk == self.streams.chunks_per_pass() {
             progress.chunk = 0;
             progress.pass += 1;
+        }
+        if let Some(m) = &mut self.metrics {
+            let rate = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            m.step(progress.step, loss, rate)?;
         }
         Ok(loss)
     }
@@ -256,8 +280,15 @@ impl Trainer {
     }
 
     /// Writes a checkpoint of where the run is now, and when the latest evaluation is
-    /// the best held-out loss so far, the same checkpoint into `best/` too.
+    /// the best held-out loss so far, the same checkpoint into `best/` too. In a job
+    /// (collective) every rank's streams' state goes to rank 0, which alone writes.
     pub fn save(&mut self) -> CliResult<()> {
+        let streams = self
+            .rnn
+            .all_streams(self.carried.as_ref(), self.streams.streams())?;
+        if !parallel::is_root() {
+            return Ok(());
+        }
         self.meta.progress.seconds = self.total_seconds();
         let dirs = [self.out.clone(), self.out.join(BEST_DIR)];
         let latest = self
@@ -273,7 +304,7 @@ impl Trainer {
                 &mut self.meta,
                 &self.rnn,
                 &self.optimizer,
-                self.carried.as_ref(),
+                streams.as_ref(),
             )?;
         }
         Ok(())
