@@ -55,10 +55,10 @@ pub struct TrainArgs {
     minutes: Option<f64>,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
-    /// Recurrent cell [default: tanh, or the checkpoint's].
+    /// Recurrent cell [default: lstm, or the checkpoint's].
     #[arg(long, value_enum)]
     cell: Option<CellChoice>,
-    /// Hidden units per layer [default: 256, or the checkpoint's].
+    /// Hidden units per layer [default: 384, or the checkpoint's].
     #[arg(long)]
     hidden: Option<usize>,
     /// Recurrent layers [default: 1, or the checkpoint's].
@@ -69,7 +69,7 @@ pub struct TrainArgs {
     #[arg(long)]
     dropout: Option<f32>,
     /// Steps of back-propagation through time per chunk; the state carries on from one
-    /// chunk to the next [default: 64, or the checkpoint's].
+    /// chunk to the next [default: 100, or the checkpoint's].
     #[arg(long = "seq-len")]
     seq_len: Option<usize>,
     /// Parallel streams over the text [default: 32, or the checkpoint's].
@@ -81,12 +81,12 @@ pub struct TrainArgs {
     /// Learning rate [default: 2e-3, or the checkpoint's].
     #[arg(long)]
     lr: Option<f32>,
-    /// Decoupled weight decay, as AdamW (--optimizer adam only) [default: 0, or the
-    /// checkpoint's].
+    /// Decoupled weight decay, as AdamW (--optimizer adam only) [default: 0.1 with adam,
+    /// else 0; or the checkpoint's].
     #[arg(long = "weight-decay")]
     weight_decay: Option<f32>,
     /// How the learning rate moves over this run: cosine warms up over 100 steps, then
-    /// decays to a twentieth at the end of --minutes / --steps [default: constant, or the
+    /// decays to a twentieth at the end of --minutes / --steps [default: cosine, or the
     /// checkpoint's].
     #[arg(long, value_enum)]
     schedule: Option<config::Schedule>,
