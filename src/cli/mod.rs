@@ -17,6 +17,7 @@ mod bench;
 mod classify;
 mod devices;
 mod options;
+mod plot;
 mod runtime_dir;
 mod sample;
 mod train;

@@ -23,7 +23,7 @@ pub mod checkpoint;
 
 pub use eval::default_prime;
 
-use super::options::{CellChoice, DeviceChoice, OptimizerChoice};
+use super::options::{CellChoice, DeviceChoice, OptimizerChoice, Schedule};
 use super::CliResult;
 use clap::Args;
 use std::path::PathBuf;
@@ -87,7 +87,7 @@ pub struct TrainArgs {
     /// decays to a twentieth at the end of --minutes / --steps [default: constant, or the
     /// checkpoint's].
     #[arg(long, value_enum)]
-    schedule: Option<config::Schedule>,
+    schedule: Option<Schedule>,
     /// Stop after this many evaluations in a row without a new best held-out loss.
     #[arg(long)]
     patience: Option<u32>,
