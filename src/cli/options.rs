@@ -1,4 +1,5 @@
-//! Choices shared by several commands: device, optimizer, cell, time loop.
+//! Choices shared by several commands: device, optimizer, learning-rate schedule, cell,
+//! time loop.
 
 use super::parallel;
 use clap::ValueEnum;
@@ -134,6 +135,63 @@ pub fn make_optimizer(
         optimizer.clip_grad_norm(clip)
     })
 }
+
+/// How the learning rate moves over a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Schedule {
+    /// The learning rate throughout.
+    Constant,
+    /// A linear warm-up over the model's first 100 steps, then a cosine decay to a
+    /// twentieth of the learning rate at the end of the run (`train`: its steps or
+    /// minutes, a resumed run decaying over its own budget again, from the peak;
+    /// `classify`: its epochs, the warm-up at most a tenth of them).
+    Cosine,
+}
+
+impl Schedule {
+    /// The name on the command line (and in checkpoints and results).
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::Constant => "constant",
+            Schedule::Cosine => "cosine",
+        }
+    }
+
+    /// The schedule a checkpoint names (unknown names are an error).
+    pub fn from_name(name: &str) -> Result<Schedule, String> {
+        <Schedule as clap::ValueEnum>::from_str(name, true)
+            .map_err(|_| format!("unknown learning-rate schedule {name:?} in the checkpoint"))
+    }
+
+    /// The factor on the learning rate at `step` of a run `done` (0 to 1) of the way
+    /// through its budget.
+    pub fn factor(self, step: u64, done: f64) -> f32 {
+        self.factor_with_warmup(step, done, WARMUP_STEPS)
+    }
+
+    /// As [`Schedule::factor`], over a run of `total` steps known in advance: the
+    /// warm-up takes at most a tenth of them.
+    pub fn factor_of_run(self, step: u64, total: u64) -> f32 {
+        let warmup = WARMUP_STEPS.min(total / 10).max(1);
+        self.factor_with_warmup(step, step as f64 / total.max(1) as f64, warmup)
+    }
+
+    fn factor_with_warmup(self, step: u64, done: f64, warmup: u64) -> f32 {
+        match self {
+            Schedule::Constant => 1.0,
+            Schedule::Cosine => {
+                let warm = ((step + 1) as f64 / warmup as f64).min(1.0);
+                let cosine = 0.5 * (1.0 + (std::f64::consts::PI * done.clamp(0.0, 1.0)).cos());
+                (warm * (FINAL_FRACTION + (1.0 - FINAL_FRACTION) * cosine)) as f32
+            }
+        }
+    }
+}
+
+/// Steps of the cosine schedule's linear warm-up.
+const WARMUP_STEPS: u64 = 100;
+/// The cosine schedule's learning rate at the end, as a fraction of the peak.
+const FINAL_FRACTION: f64 = 0.05;
 
 /// `--cell`: the recurrent cell (see `unfold::Cell`).
 #[derive(Clone, Copy, ValueEnum)]

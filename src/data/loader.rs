@@ -133,7 +133,7 @@ pub fn padding_fraction(lengths: &[usize], batches: &[Vec<usize>]) -> f64 {
 }
 
 /// Fisher–Yates.
-fn shuffle<T>(v: &mut [T], rng: &mut SplitMix64) {
+pub(super) fn shuffle<T>(v: &mut [T], rng: &mut SplitMix64) {
     for i in (1..v.len()).rev() {
         v.swap(i, rng.below(i + 1));
     }

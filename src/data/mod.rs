@@ -25,6 +25,7 @@ mod ts;
 pub use loader::{padding_fraction, BatchLoader, Epoch};
 pub use ts::{parse_ts, read_ts};
 
+use crate::rng::SplitMix64;
 use crate::{Error, Result, Rnn, SequenceBatch, Targets};
 use ndarray::{Array1, Array2, Axis};
 
@@ -163,6 +164,87 @@ impl Dataset {
         let inputs = indices.iter().map(|&i| self.inputs[i].clone()).collect();
         let classes = indices.iter().map(|&i| vec![self.labels[i]]).collect();
         SequenceBatch::new(inputs, Targets::Classes(classes))
+    }
+
+    /// The sequences at `indices`, in that order, with the same class names (every
+    /// index in range, at least one).
+    pub fn subset(&self, indices: &[usize]) -> Result<Dataset> {
+        if let Some(&i) = indices.iter().find(|&&i| i >= self.len()) {
+            return Err(Error::InvalidData(format!(
+                "sequence index {i} is out of range: the dataset has {} sequences",
+                self.len()
+            )));
+        }
+        Dataset::new(
+            indices.iter().map(|&i| self.inputs[i].clone()).collect(),
+            indices.iter().map(|&i| self.labels[i]).collect(),
+            self.class_names.clone(),
+        )
+    }
+
+    /// Splits off `fraction` of the sequences, class by class, for validation: returns
+    /// `(rest, held_out)`, each in the dataset's order. `round(fraction · len)`
+    /// sequences are held out, shared among the classes in proportion to their sizes
+    /// (each class `floor(fraction · n)` of its `n`, the rest one each to the classes with
+    /// the largest remainders, ties in a seeded order), never all of a class: every class
+    /// keeps at least one sequence in `rest`. Which sequences of a class are held out is
+    /// a shuffle seeded with `seed`. `fraction` must lie in (0, 1), and at least one
+    /// sequence must be held out.
+    pub fn stratified_split(&self, fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
+        if !(fraction > 0.0 && fraction < 1.0) {
+            return Err(Error::InvalidConfig {
+                what: "fraction held out for validation",
+                expected: "above 0 and below 1",
+                got: fraction.to_string(),
+            });
+        }
+        // a stream of its own, not the batch loader's for the same seed
+        let mut rng = SplitMix64::new(seed ^ 0xD1B5_4A32_D192_ED03);
+        let counts = self.class_counts();
+        let quota: Vec<f64> = counts.iter().map(|&n| fraction * n as f64).collect();
+        let mut take: Vec<usize> = counts
+            .iter()
+            .zip(&quota)
+            .map(|(&n, q)| (q.floor() as usize).min(n.saturating_sub(1)))
+            .collect();
+        let target = (fraction * self.len() as f64).round() as usize;
+        let mut by_remainder: Vec<usize> = (0..counts.len()).collect();
+        loader::shuffle(&mut by_remainder, &mut rng);
+        // stable: equal remainders keep the shuffled order
+        by_remainder.sort_by(|&a, &b| {
+            (quota[b] - quota[b].floor()).total_cmp(&(quota[a] - quota[a].floor()))
+        });
+        for &k in &by_remainder {
+            if take.iter().sum::<usize>() >= target {
+                break;
+            }
+            if take[k] + 1 < counts[k] {
+                take[k] += 1;
+            }
+        }
+        let mut held = vec![false; self.len()];
+        for (class, &take) in take.iter().enumerate() {
+            let mut members: Vec<usize> = (0..self.len())
+                .filter(|&i| self.labels[i] as usize == class)
+                .collect();
+            loader::shuffle(&mut members, &mut rng);
+            for &i in &members[..take] {
+                held[i] = true;
+            }
+        }
+        let (held_out, rest): (Vec<usize>, Vec<usize>) = (0..self.len()).partition(|&i| held[i]);
+        if held_out.is_empty() {
+            return Err(Error::InvalidConfig {
+                what: "fraction held out for validation",
+                expected: "large enough to hold out a sequence (round(fraction · sequences))",
+                got: format!(
+                    "{fraction}, which holds out none of {} sequences in {} classes",
+                    self.len(),
+                    self.num_classes()
+                ),
+            });
+        }
+        Ok((self.subset(&rest)?, self.subset(&held_out)?))
     }
 }
 

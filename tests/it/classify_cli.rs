@@ -4,7 +4,10 @@ use crate::common;
 
 use common::{assert_clean_failure, stderr, stdout, unfold};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use unfold::data::{predict, read_ts, ConfusionMatrix, Standardizer};
+use unfold::rng::SplitMix64;
+use unfold::{Cell, Device, Head, Rnn, RnnConfig, RnnParams};
 
 fn scratch(name: &str, text: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -13,15 +16,72 @@ fn scratch(name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// A scratch output directory that does not exist yet.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("classify_cli_{}_{name}_out", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+/// A `.ts` file of `n` sequences of 2 features and 4..=12 steps, alternating between
+/// the class near (+1.5, -1.5) and the class near (-1.5, +1.5), with Gaussian noise of
+/// standard deviation `noise`; the first class is written as `labels[0]`, the second as
+/// `labels[1]` (the header always declares `a b`).
+fn two_class_ts(n: usize, seed: u64, noise: f32, labels: [&str; 2]) -> String {
+    let mut rng = SplitMix64::new(seed);
+    let mut text = String::from(
+        "@problemName Toy\n@dimensions 2\n@equalLength false\n@classLabel true a b\n@data\n",
+    );
+    for i in 0..n {
+        let class = i % 2;
+        let len = 4 + rng.below(9);
+        let centre = if class == 0 { 1.5 } else { -1.5 };
+        let dims: Vec<String> = [centre, -centre]
+            .iter()
+            .map(|c| {
+                (0..len)
+                    .map(|_| format!("{:.3}", c + noise * rng.normal()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        text += &format!("{}:{}\n", dims.join(":"), labels[class]);
+    }
+    text
+}
+
+fn read_results(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("results.json")).expect("results.json");
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
 #[test]
 fn classify_smoke_run_on_the_bundled_data() {
-    let out = unfold(&["classify", "--epochs", "2", "--device", "cpu"]);
+    let dir = scratch_dir("smoke");
+    let out = unfold(&[
+        "classify",
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        path(&dir),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
+    // 30 sequences of each of the 9 classes, a tenth of each held out for validation
+    assert!(text.contains("train 243 sequences of lengths "), "{text}");
     assert!(
-        text.contains("train 270 sequences of lengths 7..=26"),
+        text.contains("(validation 27 sequences of lengths "),
         "{text}"
     );
+    // the progress bar is drawn only on a terminal
+    assert!(!stderr(&out).contains("batches,"), "{}", stderr(&out));
     assert!(
         text.contains("test 370 sequences of lengths 7..=29"),
         "{text}"
@@ -69,8 +129,12 @@ fn classify_with_a_bidirectional_gru_on_the_cpu() {
         "8",
         "--epochs",
         "1",
+        "--schedule",
+        "cosine",
         "--device",
         "cpu",
+        "--out",
+        path(&scratch_dir("bigru")),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
@@ -80,6 +144,7 @@ fn classify_with_a_bidirectional_gru_on_the_cpu() {
         ),
         "{text}"
     );
+    assert!(text.contains("(cosine schedule)"), "{text}");
     assert!(text.contains("test accuracy: "), "{text}");
 }
 
@@ -109,6 +174,8 @@ fn classify_reads_given_files_and_reports_their_errors() {
         "0",
         "--device",
         "cpu",
+        "--out",
+        path(&scratch_dir("files")),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -171,15 +238,288 @@ fn classify_refuses_bad_settings_without_panicking() {
         (&["--lr", "nan"][..], "learning rate"),
         (&["--dropout", "1"][..], "dropout"),
         (&["--cell", "elman"][..], "elman"),
+        (&["--epochs", "0"][..], "--epochs"),
+        (&["--schedule", "linear"][..], "linear"),
     ] {
+        let dir = scratch_dir("refused");
         let mut all = vec!["classify", "--epochs", "1", "--device", "cpu"];
+        all.extend_from_slice(&["--out", path(&dir)]);
         all.extend_from_slice(args);
         assert_clean_failure(&unfold(&all), needle);
+        assert!(
+            !dir.exists(),
+            "{args:?}: nothing is written for refused settings"
+        );
     }
     // --train without --test is refused by the argument parser
     let out = unfold(&["classify", "--train", "x.ts"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--test"), "{}", stderr(&out));
+}
+
+#[test]
+fn classify_splits_validation_off_the_training_file_never_the_test_file() {
+    let train = scratch("split_TRAIN.ts", &two_class_ts(60, 1, 0.5, ["a", "b"]));
+    // the test file's labels are swapped: validation drawn from it would score about 0,
+    // as the test does, instead of about 1
+    let test = scratch("poisoned_TEST.ts", &two_class_ts(25, 2, 0.5, ["b", "a"]));
+    let dir = scratch_dir("split");
+    let out = unfold(&[
+        "classify",
+        "--train",
+        path(&train),
+        "--test",
+        path(&test),
+        "--validation",
+        "0.2",
+        "--epochs",
+        "6",
+        "--hidden",
+        "8",
+        "--lr",
+        "0.02",
+        "--batch",
+        "8",
+        "--device",
+        "cpu",
+        "--out",
+        path(&dir),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    // 30 sequences per class, 6 of each held out
+    assert!(
+        text.contains("split: train 48 sequences of lengths ")
+            && text.contains("(validation 12 sequences of lengths ")
+            && text.contains("split off the training file), test 25 sequences"),
+        "{text}"
+    );
+    let results = read_results(&dir);
+    assert_eq!(
+        results["sequences"],
+        serde_json::json!({"train": 48, "validation": 12, "test": 25})
+    );
+    let kept = results["kept_epoch"].as_u64().expect("kept_epoch") as usize;
+    let record = &results["epochs"][kept - 1];
+    let validation = record["validation_accuracy"].as_f64().unwrap();
+    let test_accuracy = results["test"]["accuracy"].as_f64().unwrap();
+    assert!(
+        validation >= 0.9,
+        "validation accuracy {validation}: {text}"
+    );
+    assert!(
+        test_accuracy <= 0.2,
+        "test accuracy {test_accuracy}: {text}"
+    );
+
+    // no validation: the last epoch is kept
+    let out = unfold(&[
+        "classify",
+        "--train",
+        path(&train),
+        "--test",
+        path(&test),
+        "--validation",
+        "0",
+        "--epochs",
+        "2",
+        "--hidden",
+        "4",
+        "--bidirectional",
+        "false",
+        "--device",
+        "cpu",
+        "--out",
+        path(&dir),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("split: train 60 sequences of lengths ")
+            && text.contains("(no validation split)")
+            && text.contains("model: 1 layer(s) of 4 gru units, last-step head")
+            && text.contains("kept epoch 2 of 2 (last epoch)")
+            && !text.contains("validation accuracy"),
+        "{text}"
+    );
+    for f in [train, test] {
+        let _ = std::fs::remove_file(f);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn classify_tests_the_model_of_the_best_validation_epoch() {
+    let (fraction, seed, hidden, epochs) = (0.25, 3u64, 8, 8);
+    let train = scratch("best_TRAIN.ts", &two_class_ts(80, 5, 2.5, ["a", "b"]));
+    let test = scratch("best_TEST.ts", &two_class_ts(40, 6, 2.5, ["a", "b"]));
+    let dir = scratch_dir("best");
+    let out = unfold(&[
+        "classify",
+        "--train",
+        path(&train),
+        "--test",
+        path(&test),
+        "--cell",
+        "gru",
+        "--bidirectional",
+        "--hidden",
+        &hidden.to_string(),
+        "--epochs",
+        &epochs.to_string(),
+        "--validation",
+        &fraction.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--lr",
+        "0.05",
+        "--batch",
+        "8",
+        "--device",
+        "cpu",
+        "--out",
+        path(&dir),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let results = read_results(&dir);
+    let history = results["epochs"].as_array().expect("epochs");
+    assert_eq!(history.len(), epochs);
+
+    // the printed epoch lines are the record's
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("epoch ")).collect();
+    assert_eq!(lines.len(), epochs, "{text}");
+    for (line, record) in lines.iter().zip(history) {
+        let printed: f64 = line
+            .split("validation accuracy ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no validation accuracy in {line:?}"));
+        let recorded = record["validation_accuracy"].as_f64().unwrap();
+        assert!((printed - recorded).abs() < 6e-4, "{line} against {record}");
+    }
+
+    // the best epoch by the rule: highest validation accuracy, ties to the lower loss,
+    // then to the earlier epoch
+    let metric = |r: &serde_json::Value| {
+        (
+            r["validation_accuracy"].as_f64().unwrap(),
+            r["validation_loss"].as_f64().unwrap(),
+        )
+    };
+    let mut best = 0;
+    for (i, r) in history.iter().enumerate() {
+        let (acc, loss) = metric(r);
+        let (best_acc, best_loss) = metric(&history[best]);
+        if acc > best_acc || (acc == best_acc && loss < best_loss) {
+            best = i;
+        }
+    }
+    let best = best + 1;
+    if best == epochs {
+        eprintln!("note: the best epoch is the last one in this run");
+    }
+    assert_eq!(results["kept_epoch"].as_u64(), Some(best as u64));
+    assert!(
+        text.contains(&format!(
+            "kept epoch {best} of {epochs} (best validation accuracy)"
+        )),
+        "{text}"
+    );
+
+    // the saved model, rebuilt here from the library, scores the kept epoch's validation
+    // loss and accuracy on the same split, and the printed test accuracy on the test file
+    let full = read_ts(&train).unwrap();
+    let (rest, validation) = full.stratified_split(fraction, seed).unwrap();
+    let standardizer = Standardizer::fit(&rest);
+    let mean = standardizer.mean.to_vec();
+    // written as the shortest decimal that reads back as the same f32
+    let recorded: Vec<f32> = results["feature_mean"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(
+        mean, recorded,
+        "standardised with the training part's statistics"
+    );
+    let config = RnnConfig::new(2, hidden, 2)
+        .cell(Cell::Gru)
+        .bidirectional(true)
+        .head(Head::LastStep);
+    let params = RnnParams::load_for(&config, dir.join("model.safetensors")).unwrap();
+    let mut rnn = Rnn::new(config, params, &Device::cpu()).unwrap();
+    let score = |rnn: &mut Rnn, data: &unfold::data::Dataset| {
+        let data = standardizer.apply(data).unwrap();
+        let (predicted, loss) = predict(rnn, &data, 128).unwrap();
+        let matrix = ConfusionMatrix::new(data.labels(), &predicted, 2).unwrap();
+        (matrix.accuracy(), loss as f64)
+    };
+    let (acc, loss) = score(&mut rnn, &validation);
+    let (kept_acc, kept_loss) = metric(&history[best - 1]);
+    assert_eq!(acc, kept_acc);
+    assert!(
+        (loss - kept_loss).abs() <= 1e-6 * kept_loss.max(1.0),
+        "{loss} against the kept epoch's {kept_loss}"
+    );
+    let (test_acc, _) = score(&mut rnn, &read_ts(&test).unwrap());
+    assert_eq!(results["test"]["accuracy"].as_f64(), Some(test_acc));
+    assert!(
+        text.contains(&format!("test accuracy: {test_acc:.3}")),
+        "{text}"
+    );
+
+    // the plot of loss and accuracy per epoch, with the kept epoch marked
+    let svg = std::fs::read_to_string(dir.join("curves.svg")).expect("curves.svg");
+    assert!(svg.contains("<svg"), "{svg}");
+    for needle in ["validation", "accuracy", &format!("kept: epoch {best} ")] {
+        assert!(svg.contains(needle), "the plot lacks {needle:?}");
+    }
+    for f in [train, test] {
+        let _ = std::fs::remove_file(f);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn classify_refuses_bad_validation_fractions() {
+    let dir = scratch_dir("bad_validation");
+    for value in ["-0.1", "1", "1.5", "nan", "inf", "x"] {
+        let flag = format!("--validation={value}");
+        let out = unfold(&[
+            "classify",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            path(&dir),
+            &flag,
+        ]);
+        assert_clean_failure(&out, "--validation");
+        assert!(!dir.exists(), "{flag}: nothing is written");
+    }
+    // four sequences: a tenth of them rounds to none
+    let tiny = scratch("tiny_TRAIN.ts", &two_class_ts(4, 1, 0.5, ["a", "b"]));
+    let out = unfold(&[
+        "classify",
+        "--train",
+        path(&tiny),
+        "--test",
+        path(&tiny),
+        "--validation",
+        "0.1",
+        "--device",
+        "cpu",
+        "--out",
+        path(&dir),
+    ]);
+    assert_clean_failure(&out, "--validation 0.1");
+    assert!(stderr(&out).contains("holds out none"), "{}", stderr(&out));
+    assert!(!dir.exists());
+    let _ = std::fs::remove_file(tiny);
 }
 
 #[test]

@@ -360,3 +360,64 @@ fn loader_batches_train_a_last_step_classifier() {
         Err(Error::InvalidConfig { .. })
     ));
 }
+
+#[test]
+fn stratified_split_holds_out_a_share_of_every_class() {
+    // 3 classes of 10, 7 and 2 sequences, feature 0 naming the sequence
+    let labels: Vec<u32> = [vec![0u32; 10], vec![1; 7], vec![2; 2]].concat();
+    let inputs = (0..labels.len())
+        .map(|i| Array2::from_elem((1 + i % 4, 1), i as f32))
+        .collect();
+    let names = vec!["a".into(), "b".into(), "c".into()];
+    let data = Dataset::new(inputs, labels.clone(), names).unwrap();
+    let ids =
+        |d: &Dataset| -> Vec<usize> { d.inputs().iter().map(|x| x[[0, 0]] as usize).collect() };
+
+    let (rest, held) = data.stratified_split(0.3, 7).unwrap();
+    // round(0.3 · n) of each class: 3 of 10, 2 of 7, 1 of 2 (0.6 rounds up, and the
+    // class keeps its other sequence)
+    assert_eq!(held.class_counts(), vec![3, 2, 1]);
+    assert_eq!(rest.class_counts(), vec![7, 5, 1]);
+    assert_eq!(held.class_names(), data.class_names());
+    // disjoint, together every sequence once, each part in the dataset's order, with its
+    // own label and steps
+    let (r, h) = (ids(&rest), ids(&held));
+    let mut all: Vec<usize> = r.iter().chain(&h).copied().collect();
+    assert!(r.windows(2).all(|w| w[0] < w[1]) && h.windows(2).all(|w| w[0] < w[1]));
+    all.sort_unstable();
+    assert_eq!(all, (0..labels.len()).collect::<Vec<_>>());
+    for (part, ids) in [(&rest, &r), (&held, &h)] {
+        for (k, &i) in ids.iter().enumerate() {
+            assert_eq!(part.labels()[k], labels[i]);
+            assert_eq!(part.inputs()[k], data.inputs()[i]);
+        }
+    }
+    // the same seed splits the same way; other seeds pick other sequences
+    assert_eq!(ids(&data.stratified_split(0.3, 7).unwrap().1), h);
+    assert!((0..8).any(|s| ids(&data.stratified_split(0.3, s).unwrap().1) != h));
+
+    // many small classes: a tenth of 30 sequences is 3, one from each of 3 classes
+    // (a tenth of each class, rounded class by class, would be none)
+    let many = indexed_dataset(&[5; 30], 10);
+    let (rest, held) = many.stratified_split(0.1, 3).unwrap();
+    assert_eq!((rest.len(), held.len()), (27, 3));
+    assert!(
+        held.class_counts().iter().all(|&c| c <= 1),
+        "{:?}",
+        held.class_counts()
+    );
+
+    // a class is never emptied; a fraction that holds out nothing, or is not in (0, 1),
+    // is an error
+    let (rest, held) = data.stratified_split(0.95, 1).unwrap();
+    assert_eq!(rest.class_counts(), vec![1, 1, 1]);
+    assert_eq!(held.class_counts(), vec![9, 6, 1]);
+    let err = data.stratified_split(0.01, 1).unwrap_err().to_string();
+    assert!(err.contains("holds out none"), "{err}");
+    for bad in [0.0, 1.0, -0.5, f64::NAN, f64::INFINITY] {
+        assert!(matches!(
+            data.stratified_split(bad, 1),
+            Err(Error::InvalidConfig { .. })
+        ));
+    }
+}

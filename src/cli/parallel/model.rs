@@ -17,7 +17,7 @@ use unfold::distributed::{
 
 /// See the module docs.
 pub enum Model {
-    Single(Rnn),
+    Single(Box<Rnn>),
     #[cfg(feature = "mpi")]
     Parallel(Box<DataParallel<SimpleCommunicator>>, Job),
 }
@@ -43,7 +43,7 @@ impl Model {
             return Ok(Model::Parallel(Box::new(dp), job));
         }
         let _ = (fingerprint, &optimizer);
-        Ok(Model::Single(Rnn::new(config, params, device)?))
+        Ok(Model::Single(Box::new(Rnn::new(config, params, device)?)))
     }
 
     /// `rnn` as the model of this process, or in a job (collective) a data-parallel copy
@@ -69,7 +69,7 @@ impl Model {
             return Ok(model);
         }
         let _ = (device, fingerprint, &optimizer);
-        Ok(Model::Single(rnn))
+        Ok(Model::Single(Box::new(rnn)))
     }
 
     /// One training step on `batch`, the global batch (the same on every rank): in a job

@@ -2,7 +2,7 @@
 //! line combines with a resumed checkpoint's.
 
 use super::TrainArgs;
-use crate::cli::options::OptimizerChoice;
+use crate::cli::options::{OptimizerChoice, Schedule};
 use crate::cli::CliResult;
 use serde::{Deserialize, Serialize};
 use unfold::{Cell, RnnConfig};
@@ -20,51 +20,6 @@ const DEFAULT_CLIP: f32 = 5.0;
 const DEFAULT_HELD_OUT: f64 = 0.05;
 const DEFAULT_WEIGHT_DECAY: f32 = 0.1;
 const DEFAULT_SCHEDULE: Schedule = Schedule::Cosine;
-
-/// How the learning rate moves over a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Schedule {
-    /// The learning rate throughout.
-    Constant,
-    /// A linear warm-up over the model's first steps, then a cosine decay to a twentieth
-    /// of the learning rate at the end of the run's budget (its steps or minutes); a
-    /// resumed run decays over its own budget again, from the peak.
-    Cosine,
-}
-
-impl Schedule {
-    /// The name the checkpoint records.
-    pub fn name(self) -> &'static str {
-        match self {
-            Schedule::Constant => "constant",
-            Schedule::Cosine => "cosine",
-        }
-    }
-
-    /// The schedule a checkpoint names (unknown names are an error).
-    pub fn from_name(name: &str) -> Result<Schedule, String> {
-        <Schedule as clap::ValueEnum>::from_str(name, true)
-            .map_err(|_| format!("unknown learning-rate schedule {name:?} in the checkpoint"))
-    }
-
-    /// The factor on the learning rate at `step` of a run `done` (0 to 1) of the way
-    /// through its budget.
-    pub fn factor(self, step: u64, done: f64) -> f32 {
-        match self {
-            Schedule::Constant => 1.0,
-            Schedule::Cosine => {
-                let warm = ((step + 1) as f64 / WARMUP_STEPS as f64).min(1.0);
-                let cosine = 0.5 * (1.0 + (std::f64::consts::PI * done.clamp(0.0, 1.0)).cos());
-                (warm * (FINAL_FRACTION + (1.0 - FINAL_FRACTION) * cosine)) as f32
-            }
-        }
-    }
-}
-
-/// Steps of the cosine schedule's linear warm-up.
-const WARMUP_STEPS: u64 = 100;
-/// The cosine schedule's learning rate at the end, as a fraction of the peak.
-const FINAL_FRACTION: f64 = 0.05;
 
 /// The training configuration, as the checkpoint records it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

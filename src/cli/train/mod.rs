@@ -24,7 +24,7 @@ pub mod checkpoint;
 
 pub use eval::default_prime;
 
-use super::options::{CellChoice, DeviceChoice, OptimizerChoice};
+use super::options::{CellChoice, DeviceChoice, OptimizerChoice, Schedule};
 use super::parallel;
 use super::CliResult;
 use clap::Args;
@@ -89,7 +89,7 @@ pub struct TrainArgs {
     /// decays to a twentieth at the end of --minutes / --steps [default: cosine, or the
     /// checkpoint's].
     #[arg(long, value_enum)]
-    schedule: Option<config::Schedule>,
+    schedule: Option<Schedule>,
     /// Stop after this many evaluations in a row without a new best held-out loss.
     #[arg(long)]
     patience: Option<u32>,

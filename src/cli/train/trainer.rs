@@ -3,10 +3,10 @@
 //! checkpoint every so often, until the step goal, the time budget or a Ctrl-C.
 
 use super::checkpoint::{save_checkpoint, Meta, BEST_DIR};
-use super::config::Schedule;
 use super::interrupt;
 use super::metrics::Metrics;
 use super::report::format_count;
+use crate::cli::options::Schedule;
 use crate::cli::parallel::{self, Model};
 use crate::cli::CliResult;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
