@@ -50,7 +50,7 @@ fn s(p: &Path) -> &str {
 /// the tiny one); must succeed.
 fn train(extra: &[&str]) -> Output {
     let mut args = vec!["train"];
-    let own_cell = extra.contains(&"--cell");
+    let own_cell = extra.contains(&"--cell") || extra.contains(&"--resume");
     args.extend_from_slice(if own_cell { &TINY[2..] } else { &TINY });
     args.extend_from_slice(extra);
     let out = unfold(&args);

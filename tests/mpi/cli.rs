@@ -96,12 +96,15 @@ fn small_text(dir: &Path) -> PathBuf {
 }
 
 /// `unfold train` on a tiny model: 5 streams (uneven over 2 and 3 ranks), no
-/// `--eval-every`.
+/// `--eval-every`; a constant learning rate, since a resumed run's cosine schedule starts
+/// again over its own budget and so differs from an uninterrupted run's.
 fn train_args(text: &Path) -> Vec<String> {
     [
         "train",
         "--data",
         s(text),
+        "--schedule",
+        "constant",
         "--hidden",
         "16",
         "--seq-len",
