@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 use unfold::{Cell, RnnConfig};
 
 // Defaults: the best recipe measured for 10 minutes on a 2-core CPU on the bundled text
-// (BENCHMARKS.md, "The default recipe"): one LSTM layer of 384, chunks of 100, AdamW with
+// (BENCHMARKS.md, "The default recipe"): one GRU layer of 384, chunks of 100, AdamW with
 // a cosine schedule over the run's budget.
 const DEFAULT_HIDDEN: usize = 384;
 const DEFAULT_LAYERS: usize = 1;
-const DEFAULT_CELL: Cell = Cell::Lstm;
+const DEFAULT_CELL: Cell = Cell::Gru;
 const DEFAULT_SEQ_LEN: usize = 100;
 const DEFAULT_BATCH: usize = 32;
 const DEFAULT_LR: f32 = 2e-3;

@@ -55,7 +55,7 @@ pub struct TrainArgs {
     minutes: Option<f64>,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
-    /// Recurrent cell [default: lstm, or the checkpoint's].
+    /// Recurrent cell [default: gru, or the checkpoint's].
     #[arg(long, value_enum)]
     cell: Option<CellChoice>,
     /// Hidden units per layer [default: 384, or the checkpoint's].
