@@ -124,7 +124,7 @@ fn the_chosen_plan_fits_the_shape() {
                 if plan.splits == 1 {
                     assert_eq!(plan.scratch_floats(m, n, k), 0, "{what}");
                 } else {
-                    assert!(r >= 2 && r <= plan.splits, "{what}: {r} ranges");
+                    assert!((2..=plan.splits).contains(&r), "{what}: {r} ranges");
                     // K ranges are rounded up to whole 16-deep slices: a few fewer
                     // ranges than splits, never fewer than half
                     assert!(2 * r >= plan.splits, "{what}: {r} ranges");
