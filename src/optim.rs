@@ -588,7 +588,8 @@ mod tests {
             .expect_err("an overflowing update was applied");
         let msg = e.to_string();
         assert!(matches!(e, Error::NonFinite { .. }), "{e:?}");
-        for w in ["would make", what, "non-finite", "not updated"] {
+        // "would make" names exactly what overflows: the parameters, the moments, or both
+        for w in [&format!("would make {what}"), "non-finite", "not updated"] {
             assert!(msg.contains(w), "{msg:?} does not mention {w:?}");
         }
         assert_eq!(bits(&params.to_flat()), p0);
@@ -680,6 +681,148 @@ mod tests {
         .unwrap();
         let e = adam.apply_cpu(&mut params, &mut grads).unwrap_err();
         assert!(e.to_string().contains("step count"), "{e}");
+    }
+
+    #[test]
+    fn validate_takes_the_edges_of_each_range_and_refuses_past_them() {
+        // betas and eps are fixed by the public constructors; the rule checks them anyway
+        let adam = |beta1, beta2, eps, weight_decay| {
+            Optimizer::with(OptimizerKind::Adam {
+                lr: 1e-3,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            })
+        };
+        for opt in [
+            Optimizer::sgd(0.0),
+            Optimizer::sgd_momentum(0.1, 0.0),
+            Optimizer::sgd_momentum(0.1, 1.0),
+            adam(0.0, 0.0, 1e-30, 0.0),
+            adam(0.99, 0.9999, 1.0, 1e30),
+            Optimizer::sgd(0.1).clip_grad_norm(1e-30),
+        ] {
+            assert!(opt.validate().is_ok(), "{opt:?} refused");
+        }
+        for (opt, what) in [
+            (Optimizer::sgd(f32::INFINITY), "learning rate"),
+            (Optimizer::sgd(-0.0001), "learning rate"),
+            (Optimizer::sgd_momentum(0.1, 1.0001), "momentum"),
+            (Optimizer::sgd_momentum(0.1, f32::NAN), "momentum"),
+            (adam(1.0, 0.999, 1e-8, 0.0), "beta1"),
+            (adam(-0.1, 0.999, 1e-8, 0.0), "beta1"),
+            (adam(0.9, 1.0, 1e-8, 0.0), "beta2"),
+            (adam(0.9, -0.1, 1e-8, 0.0), "beta2"),
+            (adam(0.9, 0.999, 0.0, 0.0), "eps"),
+            (adam(0.9, 0.999, -1e-8, 0.0), "eps"),
+            (adam(0.9, 0.999, f32::INFINITY, 0.0), "eps"),
+            (adam(0.9, 0.999, 1e-8, -0.01), "weight_decay"),
+            (adam(0.9, 0.999, 1e-8, f32::INFINITY), "weight_decay"),
+            (
+                Optimizer::sgd(0.1).clip_grad_norm(f32::INFINITY),
+                "max_norm",
+            ),
+        ] {
+            let e = opt.validate().expect_err(&format!("{opt:?} accepted"));
+            assert!(e.to_string().contains(what), "{opt:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_overflow_in_any_element_of_any_tensor_is_refused() {
+        // momentum 1 and a buffer at f32::MAX in one element only, a gradient of 1e32
+        // there: that element's buffer and parameter overflow, wherever it is
+        let n = problem(0.0).0.len();
+        for i in [0, n / 2, n - 1] {
+            let mut m = vec![0.0; n];
+            m[i] = f32::MAX;
+            let mut opt = Optimizer::sgd_momentum(1e-3, 1.0);
+            opt.import_state(OptimizerState {
+                layout: Vec::new(),
+                steps: 1,
+                m,
+                v: vec![],
+            })
+            .unwrap();
+            let (mut params, mut grads) = problem(0.0);
+            let mut g = vec![0.0; n];
+            g[i] = 1e32;
+            grads.assign_flat(&g);
+            let p0 = bits(&params.to_flat());
+            let e = opt
+                .apply_cpu(&mut params, &mut grads)
+                .expect_err(&format!("element {i}: an overflowing update was applied"));
+            assert!(
+                e.to_string()
+                    .contains("would make the parameters and the optimizer's moments"),
+                "element {i}: {e}"
+            );
+            assert_eq!(bits(&params.to_flat()), p0, "element {i}");
+        }
+    }
+
+    #[test]
+    fn moments_of_another_length_are_refused() {
+        // each moment the rule keeps is checked against the parameter count
+        let n = problem(0.0).0.len();
+        for (mut opt, m, v, which) in [
+            (Optimizer::adam(0.1), n, n - 1, "second moment"),
+            (Optimizer::adam(0.1), n + 1, n, "first moment"),
+            (Optimizer::sgd_momentum(0.1, 0.9), n - 1, 0, "first moment"),
+        ] {
+            opt.import_state(OptimizerState {
+                layout: Vec::new(),
+                steps: 1,
+                m: vec![0.0; m],
+                v: vec![0.0; v],
+            })
+            .unwrap();
+            let (mut params, mut grads) = problem(1.0);
+            let e = opt
+                .apply_cpu(&mut params, &mut grads)
+                .expect_err("moments of another length were used");
+            assert!(matches!(e, Error::OptimizerMismatch(_)), "{e:?}");
+            assert!(e.to_string().contains(which), "{which}: {e}");
+        }
+        // plain SGD keeps none, and any it was given are not looked at
+        let mut sgd = Optimizer::sgd(0.1);
+        sgd.import_state(OptimizerState {
+            layout: Vec::new(),
+            steps: 1,
+            m: vec![],
+            v: vec![],
+        })
+        .unwrap();
+        let (mut params, mut grads) = problem(1.0);
+        sgd.apply_cpu(&mut params, &mut grads).unwrap();
+    }
+
+    #[test]
+    fn adam_adds_eps_to_the_denominator() {
+        // the first step with g = 3e-8 everywhere (PyTorch's formula): m = 0.1 g,
+        // v = 0.001 g², and each parameter moves by
+        // lr / 0.1 · m / (sqrt(v / 0.001) + eps) = lr · g / (|g| + 1e-8) = 0.75 lr
+        let (mut params, mut grads) = problem(3e-8);
+        let p0 = params.to_flat();
+        let mut adam = Optimizer::adam(0.1);
+        adam.apply_cpu(&mut params, &mut grads).unwrap();
+        for (a, b) in params.to_flat().iter().zip(&p0) {
+            assert!((b - a - 0.075).abs() < 1e-5, "{b} -> {a}");
+        }
+    }
+
+    #[test]
+    fn clipping_divides_by_the_norm_plus_pytorchs_epsilon() {
+        // clip_grad_norm_: max_norm / (norm + 1e-6), at most 1; the epsilon shows on tiny
+        // norms
+        let tiny = clip_scale(2e-6, 1e-6);
+        assert!((tiny - 1.0 / 3.0).abs() < 1e-4, "{tiny}");
+        let big = clip_scale(4.0, 1.0);
+        assert!((big - 0.25).abs() < 1e-6, "{big}");
+        assert_eq!(clip_scale(0.5, 1.0), 1.0);
+        assert_eq!(Optimizer::sgd(0.1).clip_grad_norm(0.5).clip(), Some(0.5));
+        assert_eq!(Optimizer::adam(0.1).clip(), None);
     }
 
     #[test]

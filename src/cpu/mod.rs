@@ -1069,5 +1069,14 @@ mod tests {
         assert_eq!(at(1, 1), at(1, 1));
         assert_ne!(at(1, 1), at(1, 2));
         assert_ne!(at(1, 1), at(2, 1));
+        // every part of the key counts, its high half as much as its low half
+        let draws = |key: u64| -> Vec<bool> {
+            (0..256)
+                .map(|unit| dropout_keeps(key, 1, 0, unit, 0.5))
+                .collect()
+        };
+        for bit in [0, 31, 32, 63] {
+            assert_ne!(draws(7), draws(7 ^ (1 << bit)), "key bit {bit}");
+        }
     }
 }

@@ -406,6 +406,33 @@ fn non_finite_loss_is_refused_and_changes_nothing() {
 }
 
 #[test]
+fn a_refused_step_leaves_the_optimizer_tied_as_before() {
+    // a refused step changes nothing, which parameters the optimizer belongs to included
+    let c = RnnConfig::new(2, 8, 2);
+    let batch = random_batch(&c, &[3, 2], true, 3);
+    let other = RnnConfig::new(3, 4, 2);
+    let other_batch = random_batch(&other, &[2, 2], true, 4);
+    // refused on its first step: still fresh, free to serve another model
+    let mut adam = Optimizer::adam(1e-3);
+    overflowing_model(&c)
+        .train_step(&batch, &mut adam)
+        .expect_err("an overflowing step");
+    model(&other)
+        .train_step(&other_batch, &mut adam)
+        .expect("a fresh optimizer, refused once");
+    // tied by an applied step: still tied after a refused one
+    let mut adam = Optimizer::adam(1e-3);
+    model(&c).train_step(&batch, &mut adam).unwrap();
+    overflowing_model(&c)
+        .train_step(&batch, &mut adam)
+        .expect_err("an overflowing step");
+    let e = model(&other)
+        .train_step(&other_batch, &mut adam)
+        .expect_err("an optimizer of another model");
+    assert!(matches!(e, Error::OptimizerMismatch(_)), "{e:?}");
+}
+
+#[test]
 fn diverging_training_is_refused_and_changes_nothing() {
     // a huge learning rate: the first steps blow the parameters up, until a step's loss
     // or gradients are no longer finite; that step is refused and leaves the parameters

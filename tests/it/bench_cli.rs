@@ -5,9 +5,109 @@
 use crate::common;
 
 use common::{assert_clean_failure, stderr, stdout, unfold};
+use serde_json::Value;
+use unfold::internals::gpu::GemmPlan;
+use unfold::internals::workloads::Workload;
+use unfold::{Cell, Device};
 
 fn json_lines(text: &str) -> Vec<&str> {
     text.lines().filter(|l| l.starts_with('{')).collect()
+}
+
+/// The JSON lines of `text`, parsed.
+fn rows(text: &str) -> Vec<Value> {
+    json_lines(text)
+        .into_iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+fn number(row: &Value, field: &str) -> f64 {
+    row[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{row} lacks the number {field}"))
+}
+
+/// The two lines of `bench --configs <name> --device cpu --cell <cell>`, each checked
+/// against the workload it ran, worked out here: its shape, fixed then variable length,
+/// a positive time, and tokens per second and GFLOP/s that agree with that time and with
+/// the batch's valid positions and the cell's products (G gate blocks per recurrent
+/// product, the readout once; forward 2 flops per multiply-add, backward twice that).
+fn check_step_lines(text: &str, name: &str, cell: Cell) {
+    let w = Workload::named(name).expect("a workload");
+    let rows = rows(text);
+    assert_eq!(rows.len(), 2, "fixed and variable length: {text}");
+    for (row, variable) in rows.iter().zip([false, true]) {
+        assert_eq!(row["impl"], "unfold", "{row}");
+        assert_eq!(row["device"], Device::cpu().describe(), "{row}");
+        assert_eq!(row["config"], name, "{row}");
+        assert_eq!(row["cell"], cell.name(), "{row}");
+        assert_eq!(row["time_loop"], "Auto", "{row}");
+        assert_eq!(row["variable"], variable, "{row}");
+        for (field, want) in [
+            ("B", w.batch),
+            ("T", w.steps),
+            ("I", w.input),
+            ("H", w.hidden),
+            ("C", w.classes),
+        ] {
+            assert_eq!(row[field].as_u64(), Some(want as u64), "{field}: {row}");
+        }
+        let ms = number(row, "train_step_ms");
+        assert!(ms.is_finite() && ms > 0.0, "{row}");
+        // the batch the bench built (seed 0): every sequence of T steps, or lengths in
+        // [T/2, T] with the first one of T
+        let tokens = w.batch(variable, 0).tokens() as f64;
+        if variable && w.batch > 1 {
+            assert!(tokens < (w.batch * w.steps) as f64, "{tokens}");
+        } else {
+            assert_eq!(tokens, (w.batch * w.steps) as f64);
+        }
+        // the time is printed to the microsecond, tokens/s to the unit, GFLOP/s to 0.1
+        let rounding = 0.6e-3 / ms + 1e-6;
+        let tokens_per_s = number(row, "tokens_per_s");
+        let implied = tokens_per_s * ms / 1e3;
+        assert!(
+            (implied - tokens).abs() <= rounding * tokens + 1.0,
+            "{tokens} valid positions, but {tokens_per_s} tokens/s in {ms} ms: {row}"
+        );
+        let (g, i, h, c) = (cell.gates(), w.input, w.hidden, w.classes);
+        let flops_per_token = 6.0 * (g * (i * h + h * h) + h * c) as f64;
+        let gflops = number(row, "gflops");
+        let want = tokens_per_s * flops_per_token / 1e9;
+        assert!(
+            (gflops - want).abs() <= 0.051 + 1e-4 * want,
+            "{gflops} GFLOP/s where {tokens_per_s} tokens/s of {flops_per_token} flops make {want}: {row}"
+        );
+        // the CPU path records no GPU work
+        assert_eq!(number(row, "host_record_ms"), 0.0, "{row}");
+        assert_eq!(row["dispatches"].as_u64(), Some(0), "{row}");
+    }
+}
+
+/// The lines of `bench --matmul`: `count` lines for each `(m, n, k)` in order, on
+/// `device`, each with a positive time and the TFLOP/s that `2·m·n·k` flops in that time
+/// make (the time printed to 0.1 µs, TFLOP/s to 0.001).
+fn check_matmul_lines(text: &str, shapes: &[(usize, usize, usize, usize)], device: &Device) {
+    let rows = rows(text);
+    let want: Vec<(usize, usize, usize)> = shapes
+        .iter()
+        .flat_map(|&(m, n, k, count)| std::iter::repeat_n((m, n, k), count))
+        .collect();
+    assert_eq!(rows.len(), want.len(), "{text}");
+    for (row, (m, n, k)) in rows.iter().zip(want) {
+        assert_eq!(row["impl"], "unfold", "{row}");
+        assert_eq!(row["device"], device.describe(), "{row}");
+        assert_eq!(row["matmul"], format!("{m}x{n}x{k}"), "{row}");
+        let ms = number(row, "ms");
+        assert!(ms.is_finite() && ms > 0.0, "{row}");
+        let tflops = number(row, "tflops");
+        let want = 2.0 * (m * n * k) as f64 / (ms * 1e9);
+        assert!(
+            (tflops - want).abs() <= 0.00051 + want * 0.6e-4 / ms,
+            "{tflops} TFLOP/s where {m}x{n}x{k} in {ms} ms make {want}: {row}"
+        );
+    }
 }
 
 #[test]
@@ -22,20 +122,7 @@ fn training_steps_on_the_cpu() {
         "1",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
-    let lines = json_lines(&text);
-    assert_eq!(lines.len(), 2, "fixed and variable length: {text}");
-    for line in lines {
-        for field in [
-            "\"config\": \"latency\"",
-            "\"time_loop\": \"Auto\"",
-            "\"cell\": \"tanh\"",
-            "\"train_step_ms\": ",
-            "\"gflops\": ",
-        ] {
-            assert!(line.contains(field), "{line} lacks {field}");
-        }
-    }
+    check_step_lines(&stdout(&out), "latency", Cell::Tanh);
 }
 
 #[test]
@@ -45,21 +132,16 @@ fn each_line_records_the_cell() {
         "--device",
         "cpu",
         "--configs",
-        "latency",
+        "small",
         "--reps",
         "1",
         "--cell",
         "lstm",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
-    let lines = json_lines(&text);
-    assert_eq!(lines.len(), 2, "fixed and variable length: {text}");
-    for line in lines {
-        assert!(line.contains("\"cell\": \"lstm\""), "{line}");
-        let row: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
-        assert_eq!(row["cell"], "lstm");
-    }
+    // an LSTM's step does four times a tanh cell's recurrent products; sixteen
+    // sequences of different lengths make the variable-length batch smaller
+    check_step_lines(&stdout(&out), "small", Cell::Lstm);
     let out = unfold(&["bench", "--device", "cpu", "--cell", "elman"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("elman"), "{}", stderr(&out));
@@ -75,11 +157,35 @@ fn devices_lists_adapters_without_window_system_noise() {
         .output()
         .expect("the unfold binary runs");
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("auto picks: "), "{}", stdout(&out));
     assert!(
         !stderr(&out).contains("XDG_RUNTIME_DIR"),
         "{}",
         stderr(&out)
+    );
+    // one line per adapter, then the device `--device auto` takes: the one the library
+    // picks in this environment (the tests' adapter when WGPU_ADAPTER_NAME names it)
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    let auto = Device::auto();
+    assert_eq!(
+        lines.last().copied(),
+        Some(format!("auto picks: {}", auto.describe()).as_str()),
+        "{text}"
+    );
+    let adapters = &lines[..lines.len() - 1];
+    if let Some(gpu) = common::gpu() {
+        // "GPU name (backend, type)" is listed as "name (backend, type)"
+        let listed = gpu.describe().trim_start_matches("GPU ").to_string();
+        assert!(adapters.contains(&listed.as_str()), "{listed}: {text}");
+        if auto.is_gpu() {
+            assert_eq!(auto.describe(), gpu.describe(), "{text}");
+        }
+    } else {
+        assert!(!auto.is_gpu(), "{text}");
+    }
+    assert!(
+        !adapters.is_empty(),
+        "an adapter or how to install one: {text}"
     );
 }
 
@@ -101,6 +207,7 @@ fn matrix_products_on_the_cpu_and_each_gpu_tiling() {
         text.contains("\"matmul\": \"3x5x7\", \"plan\": \"ndarray\""),
         "{text}"
     );
+    check_matmul_lines(&text, &[(8, 8, 8, 1), (3, 5, 7, 1)], &Device::cpu());
     if common::gpu().is_none() {
         return;
     }
@@ -130,7 +237,9 @@ fn matrix_products_on_the_cpu_and_each_gpu_tiling() {
                 .to_string()
         })
         .collect();
-    let mut want = vec!["auto: Tile64 splits 4".to_string()];
+    // the library's own choice for the shape, as the GPU path would run it
+    let auto = GemmPlan::choose(70, 9, 600);
+    let mut want = vec![format!("auto: {:?} splits {}", auto.tile, auto.splits)];
     for tile in ["Tile64", "Tile128"] {
         want.extend([1, 2, 4, 8].map(|s| format!("{tile} splits {s}")));
     }
@@ -143,6 +252,8 @@ fn matrix_products_on_the_cpu_and_each_gpu_tiling() {
         .map(String::from),
     );
     assert_eq!(plans, want, "{text}");
+    let gpu = common::gpu().expect("the GPU the bench ran on");
+    check_matmul_lines(&text, &[(70, 9, 600, 9), (9, 70, 40, 3)], &gpu);
 }
 
 #[test]

@@ -597,12 +597,49 @@ fn verify_passes_under_every_shader_check_setting() {
     assert_clean_failure(&out, "--unchecked-shaders");
 }
 
+/// The per-step lines of `unfold verify`: for each step, the CPU's and the GPU's loss and
+/// the largest relative differences of the outputs, the gradients and the parameters.
+fn verify_steps(text: &str) -> Vec<([f64; 2], [f64; 3])> {
+    let after = |line: &str, key: &str| -> f64 {
+        line.split(key)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no number after {key:?} in {line:?}"))
+    };
+    text.lines()
+        .filter(|l| l.starts_with("step "))
+        .map(|l| {
+            (
+                [after(l, "loss cpu "), after(l, " gpu ")],
+                [
+                    after(l, "outputs "),
+                    after(l, "gradients "),
+                    after(l, "parameters "),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// The number `verify` reports as the largest relative difference in its last line.
+fn reported_difference(text: &str) -> f64 {
+    text.split("largest relative difference ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no largest relative difference in {text:?}"))
+}
+
 #[test]
 fn verify_fails_at_zero_tolerance() {
     if common::gpu().is_none() {
         return;
     }
-    // f32 sums in another order on the GPU: not bit-identical, so tolerance 0 must fail
+    // f32 sums in another order on the GPU: not bit-identical, so tolerance 0 must fail,
+    // and for that reason only: the copies agree to f32 rounding (differences small but
+    // not all zero, the losses equal to their printed digits), the difference reported is
+    // the largest one printed, and a tolerance above it passes
     let out = unfold(&["verify", "--steps", "2", "--tolerance", "0"]);
     assert_clean_failure(&out, "verification failed: largest relative difference");
     assert!(
@@ -610,4 +647,65 @@ fn verify_fails_at_zero_tolerance() {
         "{}",
         stderr(&out)
     );
+    let text = stdout(&out);
+    let steps = verify_steps(&text);
+    assert_eq!(steps.len(), 2, "one line per step: {text}");
+    let mut largest = 0.0f64;
+    for ([loss_cpu, loss_gpu], differences) in &steps {
+        assert!(
+            (loss_cpu - loss_gpu).abs() <= 2e-6 * loss_cpu.abs().max(1.0),
+            "losses {loss_cpu} and {loss_gpu}: {text}"
+        );
+        for d in differences {
+            assert!(d.is_finite() && (0.0..1e-4).contains(d), "{d}: {text}");
+            largest = largest.max(*d);
+        }
+    }
+    assert!(largest > 0.0, "bit-identical to the CPU path? {text}");
+    let reported = reported_difference(&stderr(&out));
+    // printed to three digits in the message, two in the step lines
+    assert!(
+        (reported - largest).abs() <= 0.006 * largest,
+        "{reported} reported, {largest} printed: {text}"
+    );
+    let tolerance = format!("{:e}", 2.0 * reported);
+    let out = unfold(&["verify", "--steps", "2", "--tolerance", &tolerance]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("is within the tolerance {tolerance}")),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn verify_wide_on_the_gpu() {
+    if common::gpu().is_none() {
+        return;
+    }
+    // hidden 512, past the persistent loop, through the tiled matrix products (one step:
+    // about 5 s on lavapipe, most of it this case's three passes of 512-wide products)
+    let out = unfold(&[
+        "verify",
+        "--config",
+        "wide",
+        "--steps",
+        "1",
+        "--time-loop",
+        "tiled-steps",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("wide: input 16, hidden 512, output 10, 1 layers"),
+        "{text}"
+    );
+    let steps = verify_steps(&text);
+    assert_eq!(steps.len(), 1, "{text}");
+    let largest = steps[0].1.into_iter().fold(0.0f64, f64::max);
+    assert!(largest > 0.0, "bit-identical to the CPU path? {text}");
+    assert!(largest < 1e-4, "{text}");
+    assert!(text.contains("ok: largest relative difference"), "{text}");
+    let reported = reported_difference(&text);
+    assert!((reported - largest).abs() <= 0.006 * largest, "{text}");
 }

@@ -212,6 +212,22 @@ fn hidden_past_the_persistent_loop_matches_cpu() {
             );
         }
     }
+    // a second bidirectional layer reads 520 features a step, and the loop the library
+    // picks itself (Auto) past the persistent loop's hidden size; that loop is refused
+    let deep = config(Cell::Gru, true, (3, 260, 2), 2).head(Head::LastStep);
+    let batch = common::random_batch(&deep, &[2, 3], true, 9);
+    let (mut cpu, mut dev) = pair(&deep, &gpu, TimeLoop::Auto, 9);
+    compare_pass(
+        "gru 2 layers hidden 260 Auto",
+        &mut cpu,
+        &mut dev,
+        &batch,
+        None,
+    );
+    let e = dev
+        .set_time_loop(TimeLoop::Persistent)
+        .expect_err("a persistent loop of 260 units");
+    assert!(e.to_string().contains("at most 256"), "{e}");
     // the persistent loop at its widest: an LSTM's 1024 gate columns per step
     let config = config(Cell::Lstm, false, (2, 256, 2), 1);
     let batch = common::random_batch(&config, &[3, 2], true, 7);

@@ -19,24 +19,51 @@ fn adapter_limits_give_a_clear_error() {
     let inputs = vec![Array2::zeros((steps, 1))];
     let batch = SequenceBatch::new(inputs, Targets::Classes(vec![vec![0; steps]])).expect("batch");
     let limit = unfold::internals::gpu::max_storage_binding(&gpu).expect("gpu device");
+    // the buffer that does not fit: one layer's states, worked out here
+    let states_bytes = steps as u64 * 1024 * 4;
     match rnn.forward(&batch) {
-        Err(Error::ExceedsDeviceLimit {
-            what,
-            needed,
-            limit: l,
-            ..
-        }) => {
-            assert!(needed > l);
+        Err(e @ Error::ExceedsDeviceLimit { .. }) => {
+            let message = e.to_string();
+            let Error::ExceedsDeviceLimit {
+                what,
+                needed,
+                limit: l,
+                hint,
+            } = e
+            else {
+                unreachable!()
+            };
             assert_eq!(l, limit);
-            assert!(what.contains("single sequence"), "{what}");
+            assert_eq!(needed, states_bytes, "{what}");
+            assert!(needed > l);
+            assert!(
+                what.contains("one layer's states") && what.contains("single sequence"),
+                "{what}"
+            );
+            assert!(hint.contains("shorter sequences"), "{hint}");
+            // the message says what needs how much, and what the adapter allows
+            assert!(
+                message.contains(&format!(
+                    "needs {needed} but the adapter allows at most {l}"
+                )),
+                "{message}"
+            );
         }
-        Ok(_) => assert!(
-            limit >= steps as u64 * 1024 * 4,
-            "a sequence over the limit ran"
-        ),
+        Ok(_) => assert!(limit >= states_bytes, "a sequence over the limit ran"),
         Err(e) => panic!("unexpected error {e}"),
     }
     assert_eq!(rnn.params().expect("params"), params);
+    // the refusal left the model whole: a batch that fits runs, as on the CPU
+    let small = common::random_batch(rnn.config(), &[5, 2], false, 3);
+    let got = rnn.forward(&small).expect("a batch that fits");
+    let mut cpu = Rnn::new(rnn.config().clone(), params, &unfold::Device::cpu()).expect("cpu");
+    let want = cpu.forward(&small).expect("cpu forward");
+    common::assert_close(
+        "outputs after a refused batch",
+        &common::flat(&got.outputs),
+        &common::flat(&want.outputs),
+        1e-4,
+    );
 }
 
 /// `Device::gpu_at(i)` takes the `i`-th of the adapters like `Device::gpu`'s (its backend
