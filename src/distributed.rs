@@ -847,8 +847,19 @@ fn agree<C: Communicator, T>(comm: &C, local: Result<T>, what: &str) -> Result<T
 /// Every rank's message, if it has one, as "rank r: message", on every rank
 /// (collective: two all-gathers).
 fn exchange_messages<C: Communicator>(comm: &C, mine: Option<String>) -> Vec<String> {
+    all_gather_strings(comm, &mine.unwrap_or_default())
+        .into_iter()
+        .enumerate()
+        .filter(|(_, text)| !text.is_empty())
+        .map(|(r, text)| format!("rank {r}: {text}"))
+        .collect()
+}
+
+/// Every rank's `mine`, in rank order, on every rank (collective: two all-gathers; text
+/// that is not UTF-8 after the exchange is replaced, as `String::from_utf8_lossy` does).
+pub fn all_gather_strings<C: Communicator>(comm: &C, mine: &str) -> Vec<String> {
     let size = comm.size() as usize;
-    let bytes = mine.unwrap_or_default().into_bytes();
+    let bytes = mine.as_bytes();
     let len = bytes.len() as i32;
     let mut lens = vec![0i32; size];
     comm.all_gather_into(&len, &mut lens[..]);
@@ -863,14 +874,12 @@ fn exchange_messages<C: Communicator>(comm: &C, mine: Option<String>) -> Vec<Str
     let mut all = vec![0u8; lens.iter().sum::<i32>() as usize];
     {
         let mut partition = mpi::datatype::PartitionMut::new(&mut all[..], &lens[..], &displs[..]);
-        comm.all_gather_varcount_into(&bytes[..], &mut partition);
+        comm.all_gather_varcount_into(bytes, &mut partition);
     }
     (0..size)
-        .filter(|&r| lens[r] > 0)
         .map(|r| {
             let at = displs[r] as usize;
-            let text = String::from_utf8_lossy(&all[at..at + lens[r] as usize]);
-            format!("rank {r}: {text}")
+            String::from_utf8_lossy(&all[at..at + lens[r] as usize]).into_owned()
         })
         .collect()
 }

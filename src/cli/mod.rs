@@ -25,6 +25,7 @@ mod train;
 mod verify;
 
 use clap::{Parser, Subcommand};
+use std::path::Path;
 use std::process::ExitCode;
 
 /// Errors of the command line: the library's, and the commands' own messages.
@@ -112,4 +113,18 @@ fn flush_subnormals() {
         const DENORMALS_ARE_ZERO: u32 = 0x0040;
         _mm_setcsr(_mm_getcsr() | FLUSH_TO_ZERO | DENORMALS_ARE_ZERO);
     }
+}
+
+/// Fails now, not after minutes of training, when `dir` cannot take the files a command
+/// writes there (atomically, through a temporary file in the same directory).
+pub fn ensure_writable(dir: &Path) -> CliResult<()> {
+    let probe = dir.join(".unfold-write-probe");
+    unfold::internals::write_atomically(&probe, b"probe").map_err(|e| {
+        format!(
+            "the output directory {} is not writable: {e}",
+            dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }

@@ -161,13 +161,6 @@ pub fn prepare_out_dir(out: Option<&Path>) -> CliResult<PathBuf> {
         path: out.clone(),
         source,
     })?;
-    let probe = out.join(".unfold-write-probe");
-    write_atomically(&probe, b"probe").map_err(|e| {
-        format!(
-            "the output directory {} is not writable: {e}",
-            out.display()
-        )
-    })?;
-    let _ = std::fs::remove_file(&probe);
+    crate::cli::ensure_writable(&out)?;
     Ok(out)
 }

@@ -216,31 +216,9 @@ fn agree_in<T>(job: Job, local: CliResult<T>, what: &str) -> CliResult<T> {
     }
     // every rank's message (empty where it succeeded)
     let mine = local.err().map(|e| e.to_string()).unwrap_or_default();
-    let bytes = mine.into_bytes();
-    let mut lens = vec![0i32; job.size];
-    world.all_gather_into(&(bytes.len() as i32), &mut lens[..]);
-    let displs: Vec<i32> = lens
-        .iter()
-        .scan(0, |at, &l| {
-            let d = *at;
-            *at += l;
-            Some(d)
-        })
-        .collect();
-    let mut buf = vec![0u8; lens.iter().sum::<i32>() as usize];
-    {
-        let mut partition = unfold::distributed::mpi::datatype::PartitionMut::new(
-            &mut buf[..],
-            &lens[..],
-            &displs[..],
-        );
-        world.all_gather_varcount_into(&bytes[..], &mut partition);
-    }
+    let messages = unfold::distributed::all_gather_strings(&world, &mine);
     let failed: Vec<usize> = (0..job.size).filter(|&r| all[r] != 0).collect();
-    let message = |r: usize| {
-        let at = displs[r] as usize;
-        String::from_utf8_lossy(&buf[at..at + lens[r] as usize]).into_owned()
-    };
+    let message = |r: usize| messages[r].clone();
     let first = message(failed[0]);
     let text = if failed.len() == job.size && failed.iter().all(|&r| message(r) == first) {
         first

@@ -12,7 +12,6 @@ use crate::cli::parallel::{self, Model};
 use crate::cli::CliResult;
 use clap::ValueEnum;
 use std::path::PathBuf;
-use unfold::internals::write_atomically;
 use unfold::text::{read_text, Corpus, TokenStreams, BUNDLED_NAME, BUNDLED_TEXT};
 use unfold::{Device, Optimizer, RnnConfig, RnnParams, RnnState};
 
@@ -252,13 +251,6 @@ fn prepare_out_dir(args: &TrainArgs) -> CliResult<PathBuf> {
         .into());
     }
     // fail now, not after the first minutes of training
-    let probe = out.join(".unfold-write-probe");
-    write_atomically(&probe, b"probe").map_err(|e| {
-        format!(
-            "the output directory {} is not writable: {e}",
-            out.display()
-        )
-    })?;
-    let _ = std::fs::remove_file(&probe);
+    crate::cli::ensure_writable(&out)?;
     Ok(out)
 }
