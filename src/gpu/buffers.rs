@@ -150,8 +150,23 @@ pub(super) fn check_fits(ctx: &GpuContext, what: &str, floats: usize) -> Result<
     Ok(())
 }
 
-/// Sizes of the work buffers of a batch capacity that depend on the cell and head.
+/// The model's sizes and those of the work buffers of a batch capacity that depend on
+/// the cell and head: what [`BatchBuffers::check`] checks and [`BatchBuffers::new`]
+/// allocates.
 struct Sizes {
+    /// Input features, hidden units, outputs, layers.
+    i: usize,
+    h: usize,
+    o: usize,
+    l: usize,
+    /// Width of a layer's output (directions × hidden).
+    dh: usize,
+    /// Gate blocks of the cell.
+    g: usize,
+    /// 1 for a gated cell (LSTM, GRU), else 0.
+    gated: usize,
+    /// Layers × directions.
+    units: usize,
     /// Rows of the readout: every position (per-step head) or every sequence.
     rows: usize,
     /// Floats of a layer's saved gates and `c` or `W_hn h + b_hn` (gated cells).
@@ -167,6 +182,14 @@ impl Sizes {
         let gated = (g > 1) as usize;
         let gru = (config.cell == crate::Cell::Gru) as usize;
         Sizes {
+            i: config.input_size,
+            h: config.hidden_size,
+            o: config.output_size,
+            l: config.num_layers,
+            dh,
+            g,
+            gated,
+            units: config.num_units(),
             rows: if config.head == Head::PerStep {
                 tokens
             } else {
@@ -187,23 +210,19 @@ impl BatchBuffers {
         config: &RnnConfig,
         (tokens, batch, x_tokens): (usize, usize, usize),
     ) -> Result<()> {
-        let (i, h, o, l) = (
-            config.input_size,
-            config.hidden_size,
-            config.output_size,
-            config.num_layers,
-        );
-        let (dh, g, gated) = (
-            config.state_width(),
-            config.cell.gates(),
-            config.cell.gates() > 1,
-        );
         let Sizes {
+            i,
+            h,
+            o,
+            l,
+            dh,
+            g,
+            gated,
+            units,
             rows,
             saved,
             dgates,
         } = Sizes::new(config, tokens, batch);
-        let units = config.num_units();
         for (what, n) in [
             ("the packed inputs (tokens x input_size)", x_tokens * i),
             (
@@ -224,7 +243,7 @@ impl BatchBuffers {
             ("the final states", 2 * units * batch * h),
             (
                 "the step products of tiled steps (2 x batch x gates x hidden_size)",
-                gated as usize * 2 * batch * g * h,
+                gated * 2 * batch * g * h,
             ),
             (
                 "the packing tables",
@@ -255,23 +274,19 @@ impl BatchBuffers {
         (tokens, batch, x_tokens): (usize, usize, usize),
     ) -> Result<Self> {
         Self::check(ctx, config, (tokens, batch, x_tokens))?;
-        let (i, h, o, l) = (
-            config.input_size,
-            config.hidden_size,
-            config.output_size,
-            config.num_layers,
-        );
-        let (dh, g, gated) = (
-            config.state_width(),
-            config.cell.gates(),
-            config.cell.gates() > 1,
-        );
         let Sizes {
+            i,
+            h,
+            o,
+            l,
+            dh,
+            g,
+            gated,
+            units,
             rows,
             saved,
             dgates,
         } = Sizes::new(config, tokens, batch);
-        let units = config.num_units();
         // every product a step records, for the scratch its K splits need (a split that
         // does not fit runs unsplit)
         let (t32, b32, r32) = (tokens as u32, batch as u32, rows as u32);
@@ -313,7 +328,7 @@ impl BatchBuffers {
             d_inputs: None,
             dgates: storage(ctx, "dgates", dgates),
             hprev: storage(ctx, "hprev", tokens * h),
-            step_scratch: storage(ctx, "step scratch", gated as usize * 2 * batch * g * h),
+            step_scratch: storage(ctx, "step scratch", gated * 2 * batch * g * h),
             last: storage(ctx, "last", batch * dh),
             d_last: storage(ctx, "d_last", batch * dh),
             out: storage(ctx, "out", rows * o),
