@@ -570,14 +570,7 @@ impl<C: Communicator> DataParallel<C> {
         let counts: Vec<i32> = (0..self.size)
             .map(|r| (units * rows(r) * hidden) as i32)
             .collect();
-        let displs: Vec<i32> = counts
-            .iter()
-            .scan(0, |at, &c| {
-                let d = *at;
-                *at += c;
-                Some(d)
-            })
-            .collect();
+        let displs = displacements(&counts);
         let gather = |pick: &dyn Fn(&RnnState) -> ndarray::Array3<f32>| {
             let send: Vec<f32> = local
                 .map(|s| pick(s).iter().copied().collect())
@@ -855,6 +848,19 @@ fn exchange_messages<C: Communicator>(comm: &C, mine: Option<String>) -> Vec<Str
         .collect()
 }
 
+/// Where each rank's part starts in a variable-count gather of parts of `counts`
+/// elements: the exclusive running sum.
+fn displacements(counts: &[i32]) -> Vec<i32> {
+    counts
+        .iter()
+        .scan(0, |at, &c| {
+            let d = *at;
+            *at += c;
+            Some(d)
+        })
+        .collect()
+}
+
 /// Every rank's `mine`, in rank order, on every rank (collective: two all-gathers; text
 /// that is not UTF-8 after the exchange is replaced, as `String::from_utf8_lossy` does).
 pub fn all_gather_strings<C: Communicator>(comm: &C, mine: &str) -> Vec<String> {
@@ -863,14 +869,7 @@ pub fn all_gather_strings<C: Communicator>(comm: &C, mine: &str) -> Vec<String> 
     let len = bytes.len() as i32;
     let mut lens = vec![0i32; size];
     comm.all_gather_into(&len, &mut lens[..]);
-    let displs: Vec<i32> = lens
-        .iter()
-        .scan(0, |at, &l| {
-            let d = *at;
-            *at += l;
-            Some(d)
-        })
-        .collect();
+    let displs = displacements(&lens);
     let mut all = vec![0u8; lens.iter().sum::<i32>() as usize];
     {
         let mut partition = mpi::datatype::PartitionMut::new(&mut all[..], &lens[..], &displs[..]);
