@@ -1,8 +1,10 @@
 //! The CPU path's matrix products: `c = alpha·a·b + beta·c` on views of any strides.
 //!
 //! `f32` (training) goes through the `gemm` crate's kernels (sarah-quinones' `gemm-f32`:
-//! AVX-512 with its `x86-v4` feature, AVX2/FMA, NEON, chosen at run time), on two
-//! threads (rayon) when a product is large enough to pay for waking the second one.
+//! AVX-512 with its `x86-v4` feature, AVX2/FMA, NEON, chosen at run time), a product
+//! large enough to pay for a second thread cut into one piece per core, each piece on
+//! one of the CPU path's threads (`pool.rs`; 1.2–2.3× gemm's own rayon split on the
+//! `small` shapes, whose woken threads often started late).
 //! Measured on the anchor shapes it is 1.1–1.5× ndarray's `matrixmultiply` on one thread
 //! on most products and 5–8× on the one-row step products of `latency` (BENCHMARKS.md).
 //! We depend on `gemm-f32` itself rather than the `gemm` front crate, which would also
@@ -11,6 +13,7 @@
 //!
 //! `f64` is only for gradient checks and stays on ndarray's `general_mat_mul`.
 
+use super::pool;
 use crate::real::Real;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
@@ -86,28 +89,83 @@ fn product<F: Real>(
         b.as_ptr() as *const f32,
         c.as_mut_ptr() as *mut f32,
     );
-    let parallelism = if may_split && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_WORK {
-        gemm_common::Parallelism::Rayon(0)
+    let parts = if may_split && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_WORK {
+        pool::cores()
     } else {
-        gemm_common::Parallelism::None
+        1
     };
-    // SAFETY: `F` is `f32` (checked above), so the pointer casts are identities; every
-    // pointer and stride comes from a view of the shape checked above, so each element
-    // the kernel addresses (row·rs + col·cs from its view's pointer, negative strides
-    // included) lies inside that view; `c` is borrowed mutably, so it overlaps neither
-    // `a` nor `b`.
-    unsafe {
-        f32_product(
-            (m, n, k),
-            (c_ptr, c_rs, c_cs),
-            (a_ptr, a_rs, a_cs),
-            (b_ptr, b_rs, b_cs),
-            alpha,
-            beta,
-            parallelism,
-        )
-    }
+    // the destination's longer side in `parts` pieces of whole 16-element blocks, one per
+    // thread: rows of `c` with their rows of `a`, or columns with their columns of `b`
+    let by_rows = m >= n;
+    let long = if by_rows { m } else { n };
+    let parts = parts.min(long.div_ceil(16)).max(1);
+    let edge = |t: usize| {
+        if t == parts {
+            long
+        } else {
+            (long * t / parts / 16 * 16).min(long)
+        }
+    };
+    let operands = Operands {
+        a: (a_ptr, a_rs, a_cs),
+        b: (b_ptr, b_rs, b_cs),
+        c: (c_ptr, c_rs, c_cs),
+    };
+    // the whole struct, not its fields (which alone are not `Sync`), goes to the threads
+    let operands = &operands;
+    pool::run(parts, &|t| {
+        let (start, end) = (edge(t), edge(t + 1));
+        if start == end {
+            return;
+        }
+        let Operands { a, b, c } = *operands;
+        let o = |(ptr, rs, cs): (*const f32, isize, isize), along_rows: bool| {
+            (
+                ptr.wrapping_offset(start as isize * if along_rows { rs } else { cs }),
+                rs,
+                cs,
+            )
+        };
+        let (a, b, c, shape) = if by_rows {
+            let c = o((c.0 as *const f32, c.1, c.2), true);
+            (o(a, true), b, c, (end - start, n, k))
+        } else {
+            let c = o((c.0 as *const f32, c.1, c.2), false);
+            (a, o(b, false), c, (m, end - start, k))
+        };
+        // SAFETY: `F` is `f32` (checked above), so the pointer casts are identities; every
+        // pointer and stride comes from a view of the shape checked above and this part
+        // keeps to rows (or columns) `start..end` of `c` and the matching ones of `a` (or
+        // `b`), so each element the kernel addresses (row·rs + col·cs from its view's
+        // pointer, negative strides included) lies inside that view; `c` is borrowed
+        // mutably, so it overlaps neither `a` nor `b`, and the parts' pieces of `c` are
+        // disjoint.
+        unsafe {
+            f32_product(
+                shape,
+                (c.0 as *mut f32, c.1, c.2),
+                a,
+                b,
+                alpha,
+                beta,
+                gemm_common::Parallelism::None,
+            )
+        }
+    });
 }
+
+/// The operands of one product as (pointer, row stride, column stride), shared by the
+/// threads that compute its pieces.
+#[derive(Clone, Copy)]
+struct Operands {
+    a: (*const f32, isize, isize),
+    b: (*const f32, isize, isize),
+    c: (*mut f32, isize, isize),
+}
+
+// SAFETY: the pointers come from views borrowed for the whole product; each thread
+// writes only its own piece of `c` (see `product`).
+unsafe impl Sync for Operands {}
 
 /// `c = alpha·a·b + beta·c` through `gemm-f32`; `(pointer, row stride, column stride)`
 /// per operand, sizes non-zero. What the `gemm` front crate's `gemm` does before its

@@ -13,6 +13,7 @@
 mod cell;
 mod gemm;
 mod loss;
+mod pool;
 mod step_product;
 mod team;
 

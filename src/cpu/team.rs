@@ -12,7 +12,6 @@
 use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 
 /// A matrix with contiguous rows, shared by the threads of a time loop (see the module
 /// documentation for the rule its `unsafe` accessors rely on).
@@ -205,7 +204,7 @@ impl Split {
         const MIN_LOOP_WORK: usize = 1 << 23;
         /// Fewer sequences per thread than this make products too thin to split by rows.
         const MIN_ROWS_PER_THREAD: usize = 4;
-        let cores = cores();
+        let cores = super::pool::cores();
         let rows = lengths.len();
         let per_row = gates * hidden * hidden;
         if rows.saturating_mul(per_row) >= MIN_STEP_WORK {
@@ -236,12 +235,6 @@ impl Split {
     }
 }
 
-/// The cores this process may run on.
-fn cores() -> usize {
-    static CORES: OnceLock<usize> = OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
 /// `threads` contiguous ranges of packed ranks (sequences sorted longest first, with
 /// these `lengths`) with about equal steps each, so that the threads finish together.
 fn rank_ranges(lengths: &[usize], threads: usize) -> Vec<Range<usize>> {
@@ -265,10 +258,10 @@ fn rank_ranges(lengths: &[usize], threads: usize) -> Vec<Range<usize>> {
     ranges
 }
 
-/// Runs `work(units, ranks)` on the threads of `split` (the calling one among them): by
-/// units, each on its own range of `hidden` units (in multiples of 16, a cache line of
-/// f32; the last takes the rest) and every rank; by rows, each on its own ranks and
-/// every unit.
+/// Runs `work(units, ranks)` on the threads of `split` (the calling one among them, the
+/// others from `pool.rs`): by units, each on its own range of `hidden` units (in
+/// multiples of 16, a cache line of f32; the last takes the rest) and every rank; by
+/// rows, each on its own ranks and every unit.
 pub(super) fn run(split: &Split, hidden: usize, work: impl Fn(Range<usize>, Range<usize>) + Sync) {
     let threads = split.threads();
     let part = |t: usize| match split {
@@ -283,21 +276,9 @@ pub(super) fn run(split: &Split, hidden: usize, work: impl Fn(Range<usize>, Rang
         }
         Split::Rows(ranges) => (0..hidden, ranges[t].clone()),
     };
-    if threads <= 1 {
-        let (units, ranks) = part(0);
-        return work(units, ranks);
-    }
-    let work = &work;
-    let part = &part;
-    std::thread::scope(|s| {
-        for t in 1..threads {
-            s.spawn(move || {
-                let (units, ranks) = part(t);
-                work(units, ranks)
-            });
-        }
-        let (units, ranks) = part(0);
-        work(units, ranks);
+    super::pool::run(threads, &|t| {
+        let (units, ranks) = part(t);
+        work(units, ranks)
     });
 }
 
@@ -332,7 +313,7 @@ mod tests {
 
     #[test]
     fn small_loops_split_by_rows_large_steps_by_units() {
-        if cores() < 2 {
+        if super::super::pool::cores() < 2 {
             return;
         }
         // `small` LSTM: 16 sequences of 128 steps, 128 units
