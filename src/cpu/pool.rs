@@ -8,8 +8,7 @@
 //! core and started only when that one finished: 1–2 ms late on half of the time loops of
 //! `small` on a 2-core machine, which then took as long as on one thread. So a worker
 //! here spins after each part, giving its core away to anything else runnable, for
-//! [`SPIN`] before it sleeps: OpenMP runtimes do the same (for longer) for the same
-//! reason.
+//! [`SPIN`] before it sleeps, as OpenMP runtimes do (for longer) for the same reason.
 
 use std::any::Any;
 use std::cell::UnsafeCell;
@@ -20,9 +19,11 @@ use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 /// How long an idle worker waits for the next part, spinning, before it sleeps: longer
-/// than the gaps between a training step's parallel pieces, short enough that an idle
-/// process stops using its cores at once to a person watching.
-const SPIN: Duration = Duration::from_millis(5);
+/// than most gaps between a training step's parallel pieces, and short, because a
+/// spinning worker that the kernel placed on the calling thread's core slows the serial
+/// work there (5 ms made `latency`'s one-thread loop 2× slower in half of the runs;
+/// 200 µs costs it nothing measurable and keeps `small`'s gain).
+const SPIN: Duration = Duration::from_micros(200);
 
 /// The job a worker runs: `work(part)`, its lifetime erased. [`run`] does not return
 /// before every worker that took part is done with it.
