@@ -8,11 +8,13 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-/// A tiny Elman model (the checkpoint mechanics do not depend on the cell; the cells have
-/// their own tests below).
-const TINY: [&str; 12] = [
+/// A tiny one-layer Elman model (the checkpoint mechanics do not depend on the cell; the
+/// cells have their own tests below).
+const TINY: [&str; 14] = [
     "--cell",
     "tanh",
+    "--layers",
+    "1",
     "--hidden",
     "16",
     "--seq-len",
@@ -46,12 +48,16 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
 }
 
-/// `unfold train` with the tiny settings and `extra` arguments (whose `--cell` replaces
-/// the tiny one); must succeed.
+/// `unfold train` with the tiny settings and `extra` arguments (whose `--cell` and
+/// `--layers` replace the tiny ones, as a resumed checkpoint's do); must succeed.
 fn train(extra: &[&str]) -> Output {
     let mut args = vec!["train"];
-    let own_cell = extra.contains(&"--cell") || extra.contains(&"--resume");
-    args.extend_from_slice(if own_cell { &TINY[2..] } else { &TINY });
+    let resume = extra.contains(&"--resume");
+    let own_cell = resume || extra.contains(&"--cell");
+    let own_layers = resume || extra.contains(&"--layers");
+    args.extend_from_slice(if own_cell { &[] } else { &TINY[..2] });
+    args.extend_from_slice(if own_layers { &[] } else { &TINY[2..4] });
+    args.extend_from_slice(&TINY[4..]);
     args.extend_from_slice(extra);
     let out = unfold(&args);
     assert!(out.status.success(), "train failed: {}", stderr(&out));

@@ -107,6 +107,8 @@ fn train_args(text: &Path) -> Vec<String> {
         "constant",
         "--hidden",
         "16",
+        "--layers",
+        "1",
         "--seq-len",
         "16",
         "--batch",

@@ -61,11 +61,11 @@ pub struct TrainArgs {
     /// Hidden units per layer [default: 384, or the checkpoint's].
     #[arg(long)]
     hidden: Option<usize>,
-    /// Recurrent layers [default: 1, or the checkpoint's].
+    /// Recurrent layers [default: 2, or the checkpoint's].
     #[arg(long)]
     layers: Option<usize>,
-    /// Probability of dropping each input of layers 2.. on training steps [default: 0,
-    /// or the checkpoint's].
+    /// Probability of dropping each input of layers 2.. on training steps [default: 0.3
+    /// with more than one layer, else 0; or the checkpoint's].
     #[arg(long)]
     dropout: Option<f32>,
     /// Steps of back-propagation through time per chunk; the state carries on from one
