@@ -298,7 +298,9 @@ mod tests {
             (17, 33, 65),
             (64, 31, 200),
             (130, 70, 3),
+            // above PARALLEL_MIN_WORK: cut into pieces by rows, and by columns
             (257, 129, 96),
+            (37, 301, 190),
         ];
         let mut seed = 1;
         for &(m, n, k) in &shapes {
@@ -346,6 +348,24 @@ mod tests {
             c.slice_mut(s![10..40, 70..76])
                 .reversed_axes()
                 .reversed_axes(),
+        );
+        // large enough to be cut into pieces, on reversed and strided views, both ways
+        let a = filled(150, 240, 10, false);
+        let b = filled(240, 300, 11, true);
+        let mut c = filled(300, 300, 12, false);
+        check(
+            1.0,
+            a.slice(s![..;-1, ..;2]),
+            b.slice(s![..120, ..;-2]),
+            1.0,
+            c.slice_mut(s![..;-2, 3..153]),
+        );
+        check(
+            -1.0,
+            b.slice(s![..;-2, ..]).reversed_axes(),
+            a.slice(s![..120, ..;-1]),
+            0.5,
+            c.slice_mut(s![..;-1, 30..270;-1]),
         );
     }
 
