@@ -99,13 +99,6 @@ fn product<F: Real>(
     let by_rows = m >= n;
     let long = if by_rows { m } else { n };
     let parts = parts.min(long.div_ceil(16)).max(1);
-    let edge = |t: usize| {
-        if t == parts {
-            long
-        } else {
-            (long * t / parts / 16 * 16).min(long)
-        }
-    };
     let operands = Operands {
         a: (a_ptr, a_rs, a_cs),
         b: (b_ptr, b_rs, b_cs),
@@ -114,7 +107,7 @@ fn product<F: Real>(
     // the whole struct, not its fields (which alone are not `Sync`), goes to the threads
     let operands = &operands;
     pool::run(parts, &|t| {
-        let (start, end) = (edge(t), edge(t + 1));
+        let std::ops::Range { start, end } = pool::piece(long, parts, t);
         if start == end {
             return;
         }
@@ -140,17 +133,7 @@ fn product<F: Real>(
         // pointer, negative strides included) lies inside that view; `c` is borrowed
         // mutably, so it overlaps neither `a` nor `b`, and the parts' pieces of `c` are
         // disjoint.
-        unsafe {
-            f32_product(
-                shape,
-                (c.0 as *mut f32, c.1, c.2),
-                a,
-                b,
-                alpha,
-                beta,
-                gemm_common::Parallelism::None,
-            )
-        }
+        unsafe { f32_product(shape, (c.0 as *mut f32, c.1, c.2), a, b, alpha, beta) }
     });
 }
 
@@ -167,7 +150,7 @@ struct Operands {
 // writes only its own piece of `c` (see `product`).
 unsafe impl Sync for Operands {}
 
-/// `c = alpha·a·b + beta·c` through `gemm-f32`; `(pointer, row stride, column stride)`
+/// `c = alpha·a·b + beta·c` through `gemm-f32` on the calling thread; `(pointer, row stride, column stride)`
 /// per operand, sizes non-zero. What the `gemm` front crate's `gemm` does before its
 /// dispatch: the kernels prefer a column-major destination, so a row-major product is
 /// computed as its transpose `cᵀ = bᵀ·aᵀ` (no data moves, only strides).
@@ -182,7 +165,6 @@ unsafe fn f32_product(
     (b, b_rs, b_cs): (*const f32, isize, isize),
     alpha: f32,
     beta: f32,
-    parallelism: gemm_common::Parallelism,
 ) {
     let (m, n, c_rs, c_cs, a, a_rs, a_cs, b, b_rs, b_cs) = if c_cs.abs() < c_rs.abs() {
         (n, m, c_cs, c_rs, b, b_cs, b_rs, a, a_cs, a_rs)
@@ -228,7 +210,7 @@ unsafe fn f32_product(
         false,
         false,
         false,
-        parallelism,
+        gemm_common::Parallelism::None,
     );
 }
 

@@ -109,6 +109,20 @@ pub(super) fn run(parts: usize, work: &(dyn Fn(usize) + Sync)) {
     }
 }
 
+/// Piece `t` of `0..len` cut into `parts` nearly equal pieces at multiples of 16 (a cache
+/// line of f32), the last taking the rest: how a loop's hidden units or a product's rows
+/// are shared among threads. Pieces may be empty when `len` is small.
+pub(super) fn piece(len: usize, parts: usize, t: usize) -> std::ops::Range<usize> {
+    let edge = |t: usize| {
+        if t >= parts {
+            len
+        } else {
+            (len * t / parts / 16 * 16).min(len)
+        }
+    };
+    edge(t)..edge(t + 1)
+}
+
 /// One round of waiting: a spin hint, and every 64th round the core given to any other
 /// thread that is ready to run.
 fn pause(spins: &mut u32) {

@@ -265,15 +265,7 @@ fn rank_ranges(lengths: &[usize], threads: usize) -> Vec<Range<usize>> {
 pub(super) fn run(split: &Split, hidden: usize, work: impl Fn(Range<usize>, Range<usize>) + Sync) {
     let threads = split.threads();
     let part = |t: usize| match split {
-        Split::Units(_) => {
-            let edge = |t: usize| (hidden * t / threads / 16 * 16).min(hidden);
-            let end = if t + 1 == threads {
-                hidden
-            } else {
-                edge(t + 1)
-            };
-            (edge(t)..end, 0..usize::MAX)
-        }
+        Split::Units(_) => (super::pool::piece(hidden, threads, t), 0..usize::MAX),
         Split::Rows(ranges) => (0..hidden, ranges[t].clone()),
     };
     super::pool::run(threads, &|t| {
