@@ -25,7 +25,7 @@ use cell::{backward_units, forward_units, UnitsBackward, UnitsForward};
 use gemm::mat_mul;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayViewMut2, Axis, Zip};
 use std::ops::Range;
-use step_product::step_product;
+use step_product::{step_product, Panels};
 
 pub use loss::{cross_entropy, pack_classes, pack_values, squared_error};
 
@@ -59,9 +59,10 @@ struct UnitBuffers<F> {
     c: Array2<F>,
     c_prev: Array2<F>,
     hn: Array2<F>,
-    /// `W_hhᵀ` `[hidden, gates·hidden]`, stored row-major for the step's product: its
-    /// rows are what each step streams through, contiguous (the products' kernels run
-    /// 1.2–2× faster on it than on `W_hh` read transposed).
+    /// `W_hhᵀ` `[hidden, gates·hidden]` packed for the step product's kernel; where it
+    /// cannot run, stored row-major for the general product instead, which runs 1.2–2×
+    /// faster on it than on `W_hh` read transposed.
+    w_hh_panels: Panels,
     w_hh_t: Array2<F>,
     /// Initial states in packed order `[batch, hidden]` (when given).
     h0: Option<Array2<F>>,
@@ -102,6 +103,8 @@ pub struct Workspace<F> {
     dc: Array2<F>,
     dgx: Array2<F>,
     dgh: Array2<F>,
+    /// `W_hh` packed for the backward step product (see `UnitBuffers`).
+    w_hh_panels: Panels,
     classes: Vec<u32>,
     values: Array2<F>,
 }
@@ -371,8 +374,11 @@ fn unit_forward<F: Real>(
     resize(&mut unit.c, c_rows, h);
     resize(&mut unit.c_prev, c_rows, h);
     resize(&mut unit.hn, hn_rows, h);
-    resize(&mut unit.w_hh_t, h, g);
-    unit.w_hh_t.assign(&layer.w_hh.t());
+    unit.w_hh_panels.pack(&layer.w_hh.t(), h);
+    if !unit.w_hh_panels.packed() {
+        resize(&mut unit.w_hh_t, h, g);
+        unit.w_hh_t.assign(&layer.w_hh.t());
+    }
     // the recurrent product lands in the gates, so their bias carries b_hh too (but for
     // GRU's n block, whose recurrent part stays apart)
     let in_gates = if cell == Cell::Gru { 2 * h } else { g };
@@ -414,7 +420,12 @@ fn unit_forward<F: Real>(
     }
     let split = team::Split::of(split, &p.sorted_lengths, h, gates);
     let barrier = split.barrier();
-    let w_hh_t = &unit.w_hh_t;
+    let panels = &unit.w_hh_panels;
+    let w_hh_t = if panels.packed() {
+        layer.w_hh.t()
+    } else {
+        unit.w_hh_t.view()
+    };
     let b_hn = if cell == Cell::Gru {
         layer.b_hh.slice(s![2 * h..]).to_vec()
     } else {
@@ -452,14 +463,13 @@ fn unit_forward<F: Real>(
                 // gates (GRU's n block into hn): in one piece per destination when the
                 // thread has every unit, else a piece per gate block
                 let product = |cols: Range<usize>| {
-                    let w = w_hh_t.slice(s![.., cols.clone()]);
                     if cols.start < in_gates {
-                        let mut dst = gates_m.view_mut(off + a..off + b, cols);
-                        step_product(&h_rows, &w, true, &mut dst);
+                        let mut dst = gates_m.view_mut(off + a..off + b, cols.clone());
+                        step_product(&h_rows, &w_hh_t, panels, cols, true, &mut dst);
                     } else {
                         let local = cols.start - in_gates..cols.end - in_gates;
                         let mut dst = hn.view_mut(off + a..off + b, local);
-                        step_product(&h_rows, &w, false, &mut dst);
+                        step_product(&h_rows, &w_hh_t, panels, cols, false, &mut dst);
                     }
                 };
                 if units.len() == h {
@@ -610,6 +620,7 @@ pub fn backward_layers<F: Real>(
                 dc: &mut ws.dc,
                 dgx: &mut ws.dgx,
                 dgh: &mut ws.dgh,
+                w_hh_panels: &mut ws.w_hh_panels,
             };
             unit_backward(
                 config.cell,
@@ -655,6 +666,7 @@ struct StepGradients<'a, F> {
     dc: &'a mut Array2<F>,
     dgx: &'a mut Array2<F>,
     dgh: &'a mut Array2<F>,
+    w_hh_panels: &'a mut Panels,
 }
 
 /// One unit backwards: walks its steps in reverse, turning the gradient with respect to
@@ -689,7 +701,9 @@ fn unit_backward<F: Real>(
     resize(b.dgh, if gru { tokens } else { 0 }, g);
     let split = team::Split::of(split, &p.sorted_lengths, h, gates);
     let barrier = split.barrier();
-    let w_hh = &layer.w_hh;
+    let w_hh = layer.w_hh.view();
+    b.w_hh_panels.pack(&w_hh, h);
+    let panels = &*b.w_hh_panels;
     let [dh, dc, dgx, dgh] = [
         b.dh.view_mut(),
         b.dc.view_mut(),
@@ -761,10 +775,11 @@ fn unit_backward<F: Real>(
                 if a == b {
                     continue;
                 }
-                let w = w_hh.slice(s![.., units.clone()]);
                 step_product(
                     &d_rec.view(off + a..off + b, 0..g),
-                    &w,
+                    &w_hh,
+                    panels,
+                    units.clone(),
                     true,
                     &mut dh.view_mut(prev_off + a..prev_off + b, units.clone()),
                 );
