@@ -13,6 +13,11 @@
 //! - `time_step/h{hidden}`: one dependent time step, a forward pass over one sequence of
 //!   `UNFOLD_BENCH_STEPS` steps (default 1000; 64 on a software adapter); throughput in
 //!   steps, so 1 / (elem/s) is the time per step; each GPU time loop separately.
+//! - `step_product/{m}x{k}x{cols}`: the CPU time loop's per-step product on one thread
+//!   (`m` rows of states against `cols` columns of `W_hh` of depth `k`, as one thread of
+//!   a `ref` or `small` LSTM step sees it), on `W_hh` packed once into panels against
+//!   the general product, which packs at every call; throughput in floating-point
+//!   operations.
 //!
 //! Every GPU iteration waits for the GPU (a read-back, or a wait on the submission), so
 //! the clock stops only after the GPU has finished.
@@ -286,5 +291,56 @@ fn time_step(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, train_step, forward, matmul, time_step);
+/// One thread's step products in the CPU time loops: `(m, k, width, blocks)` multiplies
+/// `m` rows by the first `width / 2` columns of each of `blocks` gate blocks of `width`
+/// (two threads split the units): `ref` LSTM forward and backward, `small` LSTM forward
+/// and backward (split by rows: all units, eight rows each).
+fn step_product(c: &mut Criterion) {
+    use unfold::internals::cpu::step_product::{step_product, Panels};
+    for (m, k, width, blocks, cols) in [
+        (64, 512, 512, 4, 256),
+        (64, 2048, 512, 1, 256),
+        (8, 128, 128, 4, 128),
+        (8, 512, 128, 1, 128),
+    ] {
+        let (a, b) = unfold::internals::workloads::matmul_operands(m, width * blocks, k);
+        let mut group = c.benchmark_group(format!("step_product/{m}x{k}x{}", cols * blocks));
+        group
+            .throughput(Throughput::Elements(2 * (m * k * cols * blocks) as u64))
+            .sampling_mode(SamplingMode::Flat)
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(2));
+        let mut packed = Panels::default();
+        packed.pack(&b.view(), width);
+        for (name, panels) in [("panels", &packed), ("general", &Panels::default())] {
+            let mut out = Array2::<f32>::zeros((m, cols));
+            group.bench_function(name, |bench| {
+                bench.iter(|| {
+                    for blk in 0..blocks {
+                        let cols = blk * width..blk * width + cols;
+                        step_product(
+                            &a.view(),
+                            &b.view(),
+                            panels,
+                            cols,
+                            true,
+                            &mut out.view_mut(),
+                        );
+                    }
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(
+    benches,
+    train_step,
+    forward,
+    matmul,
+    time_step,
+    step_product
+);
 criterion_main!(benches);

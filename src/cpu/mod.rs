@@ -14,7 +14,7 @@ mod cell;
 mod gemm;
 mod loss;
 mod pool;
-mod step_product;
+pub mod step_product;
 mod team;
 
 use crate::batch::{Packing, SequenceBatch};

@@ -22,7 +22,7 @@ const LINE: usize = 16;
 /// of 16 contiguous and the columns past the block's end zero. Empty (`packed` false)
 /// where the kernel cannot run: other element types, no AVX-512.
 #[derive(Debug, Default)]
-pub(crate) struct Panels {
+pub struct Panels {
     buf: Vec<f32>,
     /// The first float of `buf` on a cache-line boundary.
     start: usize,
@@ -35,7 +35,7 @@ pub(crate) struct Panels {
 impl Panels {
     /// Packs `b` `[k, blocks·width]` (any strides) when the kernel can run here; otherwise
     /// leaves the panels empty and every product takes the general path.
-    pub(crate) fn pack<F: Real>(&mut self, b: &ArrayView2<F>, width: usize) {
+    pub fn pack<F: Real>(&mut self, b: &ArrayView2<F>, width: usize) {
         self.packed = false;
         let (k, n) = b.dim();
         if !kernel_available::<F>() || width == 0 || n % width != 0 {
@@ -68,7 +68,7 @@ impl Panels {
     }
 
     /// Whether the last [`pack`](Self::pack) packed its matrix.
-    pub(crate) fn packed(&self) -> bool {
+    pub fn packed(&self) -> bool {
         self.packed
     }
 
@@ -99,7 +99,7 @@ fn kernel_available<F: 'static>() -> bool {
 ///
 /// # Panics
 /// If the shapes do not match, or `panels` hold a matrix of another shape.
-pub(crate) fn step_product<F: Real>(
+pub fn step_product<F: Real>(
     a: &ArrayView2<F>,
     b: &ArrayView2<F>,
     panels: &Panels,

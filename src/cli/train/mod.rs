@@ -58,7 +58,7 @@ pub struct TrainArgs {
     /// Recurrent cell [default: gru, or the checkpoint's].
     #[arg(long, value_enum)]
     cell: Option<CellChoice>,
-    /// Hidden units per layer [default: 384, or the checkpoint's].
+    /// Hidden units per layer [default: 448, or the checkpoint's].
     #[arg(long)]
     hidden: Option<usize>,
     /// Recurrent layers [default: 2, or the checkpoint's].
