@@ -241,7 +241,10 @@ fn agree_in<T>(job: Job, local: CliResult<T>, what: &str) -> CliResult<T> {
 /// The command's end on this rank. In a job, an error that only this rank has (rank 0
 /// could not write a checkpoint, a GPU failed outside a step) cannot simply return: the
 /// other ranks would wait for it forever. It is printed naming the rank, and the whole job
-/// is aborted; the checkpoint written last stays whole.
+/// is aborted; the checkpoint written last stays whole. An error every rank has is
+/// printed by every rank, and the ranks meet once more before any of them exits: mpirun
+/// ends the whole job as soon as one rank exits with a failure, which would cut off the
+/// ranks still printing.
 pub fn finish(result: CliResult<ExitCode>) -> CliResult<ExitCode> {
     #[cfg(feature = "mpi")]
     if let (Some(job), Err(e)) = (job(), &result) {
@@ -252,6 +255,9 @@ pub fn finish(result: CliResult<ExitCode>) -> CliResult<ExitCode> {
             );
             world().abort(1);
         }
+        eprintln!("error: {e}");
+        world().barrier();
+        return Ok(ExitCode::FAILURE);
     }
     result
 }
