@@ -118,6 +118,10 @@ pub struct RnnConfig {
     /// Probability of zeroing each input of layers 1.. on training steps (PyTorch's
     /// inter-layer dropout); 0 disables it.
     pub dropout: f32,
+    /// Probability of zeroing each of the top layer's states before the readout reads
+    /// them, on training steps; 0 disables it (and an encoder, with no readout, has
+    /// nothing to drop).
+    pub output_dropout: f32,
 }
 
 impl RnnConfig {
@@ -132,6 +136,7 @@ impl RnnConfig {
             head: Head::PerStep,
             bidirectional: false,
             dropout: 0.0,
+            output_dropout: 0.0,
         }
     }
 
@@ -172,6 +177,28 @@ impl RnnConfig {
     pub fn dropout(mut self, p: f32) -> Self {
         self.dropout = p;
         self
+    }
+
+    /// Sets the dropout probability on the top layer's states before the readout
+    /// (training steps only).
+    pub fn output_dropout(mut self, p: f32) -> Self {
+        self.output_dropout = p;
+        self
+    }
+
+    /// Whether training steps draw dropout masks: between layers, or before the readout.
+    pub(crate) fn drops(&self) -> bool {
+        self.drops_between() || self.drops_output()
+    }
+
+    /// Whether training steps drop the inputs of layers 1...
+    pub(crate) fn drops_between(&self) -> bool {
+        self.dropout > 0.0 && self.num_layers > 1
+    }
+
+    /// Whether training steps drop the top layer's states before the readout.
+    pub(crate) fn drops_output(&self) -> bool {
+        self.output_dropout > 0.0 && self.head != Head::None
     }
 
     /// 2 if bidirectional, else 1.
@@ -254,12 +281,17 @@ impl RnnConfig {
                 ),
             });
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::InvalidConfig {
-                what: "dropout",
-                expected: "in [0, 1)",
-                got: self.dropout.to_string(),
-            });
+        for (what, p) in [
+            ("dropout", self.dropout),
+            ("output_dropout", self.output_dropout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(Error::InvalidConfig {
+                    what,
+                    expected: "in [0, 1)",
+                    got: p.to_string(),
+                });
+            }
         }
         Ok(())
     }
@@ -616,6 +648,7 @@ impl<F: Real> RnnParams<F> {
             head,
             bidirectional,
             dropout: 0.0,
+            output_dropout: 0.0,
         };
         if !self.layers.len().is_multiple_of(directions) {
             return Err(Error::shape(

@@ -155,7 +155,7 @@ impl Rnn {
 
     /// This training pass's dropout key, if the model drops anything.
     fn draw_dropout(&mut self) -> Option<u64> {
-        if self.config.dropout == 0.0 || self.config.num_layers < 2 {
+        if !self.config.drops() {
             return None;
         }
         self.dropout_step += 1;

@@ -84,6 +84,10 @@ pub struct Workspace<F> {
     masks: Vec<Array2<F>>,
     dropped: Vec<Array2<F>>,
     dropout_used: bool,
+    /// On a training step with output dropout: the mask over the top layer's states
+    /// `[tokens, directions·hidden]`, and the states after it (what the readout reads).
+    out_mask: Option<Array2<F>>,
+    top_dropped: Array2<F>,
     units: Vec<UnitBuffers<F>>,
     /// How the time loops share their work among threads, when fixed (tests); by size
     /// otherwise.
@@ -127,49 +131,94 @@ fn row<F: Real>(a: &Array2<F>, r: usize) -> &[F] {
         .expect("rows of standard-layout arrays are contiguous")
 }
 
-/// The dropout masks of one training step: for every layer from 1, `[tokens,
-/// directions·hidden]` of 0 (dropped, probability `p`) or `1/(1-p)`, in packed row order.
-/// Each entry is drawn by [`dropout_keeps`] from its own key (the step's `key`, the layer,
-/// the packed row and the unit), not from a stream, so any path — the CPU, the GPU, a
-/// kernel computing it in place — draws the same masks.
-pub(crate) fn dropout_masks(config: &RnnConfig, tokens: usize, key: u64) -> Vec<Array2<f32>> {
-    let p = config.dropout;
-    let keep = 1.0 / (1.0 - p);
-    (1..config.num_layers)
-        .map(|layer| {
-            Array2::from_shape_fn((tokens, config.state_width()), |(row, unit)| {
-                if dropout_keeps(key, layer as u32, row as u32, unit as u32, p) {
-                    keep
-                } else {
-                    0.0
-                }
-            })
-        })
+/// The masks a training step draws, as `(layer, probability)`: the inputs of layers 1..
+/// with dropout between layers, then the top layer's states before the readout (as
+/// layer `num_layers`) with output dropout.
+pub(crate) fn mask_layers(config: &RnnConfig) -> Vec<(usize, f32)> {
+    let between = (1..config.num_layers)
+        .filter(|_| config.drops_between())
+        .map(|layer| (layer, config.dropout));
+    let output = config
+        .drops_output()
+        .then_some((config.num_layers, config.output_dropout));
+    between.chain(output).collect()
+}
+
+/// Every mask of one training step, in the order of [`mask_layers`] (see
+/// [`dropout_mask`]).
+pub(crate) fn dropout_masks(
+    config: &RnnConfig,
+    tokens: usize,
+    key: u64,
+    row_of: impl Fn(usize) -> u32 + Copy,
+) -> Vec<Array2<f32>> {
+    mask_layers(config)
+        .into_iter()
+        .map(|layer| dropout_mask(config, tokens, key, layer, row_of))
         .collect()
+}
+
+/// Layer `layer`'s dropout mask on one training step: `[tokens, directions·hidden]` of 0
+/// (dropped, probability `p`) or `1/(1-p)`, in packed row order; `row_of` maps a row to
+/// the row of the whole batch it is drawn for (a chunk of a split batch draws the whole
+/// batch's masks). Each entry is drawn by [`dropout_keeps`] from its own key (the step's
+/// `key`, the layer, the row and the unit), not from a stream, so any path — the CPU, the
+/// GPU, a kernel computing it in place — draws the same masks. A last-step head reads the
+/// output mask's entries at the rows it gathers.
+pub(crate) fn dropout_mask<F: Real>(
+    config: &RnnConfig,
+    tokens: usize,
+    key: u64,
+    (layer, p): (usize, f32),
+    row_of: impl Fn(usize) -> u32,
+) -> Array2<F> {
+    let (keep, width) = (F::from_f32(1.0 / (1.0 - p)), config.state_width());
+    let mut mask = Array2::zeros((tokens, width));
+    for (r, mut row) in mask.outer_iter_mut().enumerate() {
+        // the hash of everything but the unit, once per row
+        let seed = row_seed(key, layer as u32, row_of(r));
+        for (unit, m) in row.iter_mut().enumerate() {
+            if keeps(seed, unit as u32, p) {
+                *m = keep;
+            }
+        }
+    }
+    mask
 }
 
 /// Whether dropout with probability `p` keeps input `unit` of packed row `row` of layer
 /// `layer` on the training step keyed `key`: a counter-based draw (a 32-bit integer hash
 /// of the five numbers, so that a WGSL kernel can compute it too) compared against `p`
-/// with 24 bits.
+/// with 24 bits. [`dropout_mask`] draws the same, a row at a time.
+#[cfg(test)]
 pub(crate) fn dropout_keeps(key: u64, layer: u32, row: u32, unit: u32, p: f32) -> bool {
-    // the finaliser of MurmurHash3, chained over the key's halves and the counters
-    fn mix(mut h: u32, v: u32) -> u32 {
-        h ^= v
-            .wrapping_mul(0xcc9e_2d51)
-            .rotate_left(15)
-            .wrapping_mul(0x1b87_3593);
-        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
-        h ^= h >> 16;
-        h = h.wrapping_mul(0x85eb_ca6b);
-        h ^= h >> 13;
-        h = h.wrapping_mul(0xc2b2_ae35);
-        h ^ (h >> 16)
-    }
-    let h = [key as u32, (key >> 32) as u32, layer, row, unit]
+    keeps(row_seed(key, layer, row), unit, p)
+}
+
+/// The finaliser of MurmurHash3, chained over the key's halves and the counters.
+fn mix(mut h: u32, v: u32) -> u32 {
+    h ^= v
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// The hash of [`dropout_keeps`]'s numbers before the unit.
+fn row_seed(key: u64, layer: u32, row: u32) -> u32 {
+    [key as u32, (key >> 32) as u32, layer, row]
         .into_iter()
-        .fold(0x9747_b28c, mix);
-    (h >> 8) as f32 * (1.0 / (1u32 << 24) as f32) >= p
+        .fold(0x9747_b28c, mix)
+}
+
+/// [`dropout_keeps`] from the row's [`row_seed`].
+fn keeps(seed: u32, unit: u32, p: f32) -> bool {
+    (mix(seed, unit) >> 8) as f32 * (1.0 / (1u32 << 24) as f32) >= p
 }
 
 /// The key of training step `step` of a model whose dropout seed is `seed`.
@@ -232,10 +281,11 @@ pub fn forward_layers<F: Real>(
     let tokens_in = batch.token_ids().is_some();
     ws.outs.resize_with(config.num_layers, Default::default);
     ws.units.resize_with(config.num_units(), Default::default);
-    ws.dropout_used = dropout.is_some() && config.dropout > 0.0 && config.num_layers > 1;
-    if ws.dropout_used {
-        let masks = dropout_masks(config, tokens, dropout.unwrap_or_default());
-        ws.masks = masks.into_iter().map(|m| m.mapv(F::from_f32)).collect();
+    ws.dropout_used = dropout.is_some() && config.drops_between();
+    if let Some(key) = dropout.filter(|_| ws.dropout_used) {
+        ws.masks = (1..config.num_layers)
+            .map(|l| dropout_mask(config, tokens, key, (l, config.dropout), |r| r as u32))
+            .collect();
         ws.dropped
             .resize_with(config.num_layers - 1, Default::default);
     }
@@ -286,7 +336,17 @@ pub fn forward<F: Real>(
 ) -> F {
     forward_layers(config, params, batch, initial, dropout, ws);
     let p = batch.packing();
-    let top = &ws.outs[config.num_layers - 1];
+    ws.out_mask = dropout.filter(|_| config.drops_output()).map(|key| {
+        let layer = (config.num_layers, config.output_dropout);
+        dropout_mask(config, p.tokens(), key, layer, |r| r as u32)
+    });
+    if let Some(mask) = &ws.out_mask {
+        ws.top_dropped = &ws.outs[config.num_layers - 1] * mask;
+    }
+    let top = match ws.out_mask {
+        Some(_) => &ws.top_dropped,
+        None => &ws.outs[config.num_layers - 1],
+    };
     let per_step = config.head == Head::PerStep;
     let head_in = if per_step {
         top
@@ -312,6 +372,15 @@ pub fn forward<F: Real>(
             &mut ws.values,
         ),
         None => F::nan(),
+    }
+}
+
+/// The top layer's states as the readout reads them: after the output dropout mask on a
+/// training step that has one.
+fn readout_states<'a, F: Real>(config: &RnnConfig, ws: &'a Workspace<F>) -> &'a Array2<F> {
+    match ws.out_mask {
+        Some(_) => &ws.top_dropped,
+        None => &ws.outs[config.num_layers - 1],
     }
 }
 
@@ -542,12 +611,11 @@ pub fn backward<F: Real>(
 ) -> RnnParams<F> {
     let p = batch.packing();
     let h = config.hidden_size;
-    let top = config.num_layers - 1;
     let mut grads = RnnParams::<F>::zeros(config);
 
     // readout
     let head_in = if config.head == Head::PerStep {
-        &ws.outs[top]
+        readout_states(config, ws)
     } else {
         &ws.last
     };
@@ -581,6 +649,11 @@ pub fn backward<F: Real>(
             }
         }
         Head::None => ws.dh.fill(F::zero()),
+    }
+    if let Some(mask) = &ws.out_mask {
+        Zip::from(&mut ws.dh)
+            .and(mask)
+            .for_each(|d, &m| *d = *d * m);
     }
     backward_layers(config, params, batch, ws, &mut grads, false);
     grads
@@ -1062,9 +1135,11 @@ mod tests {
             let config = RnnConfig::new(3, 50, 2)
                 .num_layers(3)
                 .bidirectional(true)
-                .dropout(p);
-            let masks = dropout_masks(&config, 400, dropout_key(7, 1));
-            assert_eq!(masks.len(), 2);
+                .dropout(p)
+                .output_dropout(p);
+            let masks = dropout_masks(&config, 400, dropout_key(7, 1), |r| r as u32);
+            // between layers 0-1 and 1-2, and before the readout
+            assert_eq!(masks.len(), 3);
             for m in &masks {
                 let n = m.len() as f64;
                 let dropped = m.iter().filter(|&&v| v == 0.0).count() as f64;
@@ -1078,10 +1153,24 @@ mod tests {
                 assert!(m.iter().all(|&v| v == 0.0 || v == keep));
             }
             assert_ne!(masks[0], masks[1], "layers draw independently");
+            assert_ne!(masks[1], masks[2], "the output mask too");
+            // entry by entry what `dropout_keeps` draws
+            for ((row, unit), &m) in masks[2].indexed_iter().step_by(37) {
+                let kept = dropout_keeps(dropout_key(7, 1), 3, row as u32, unit as u32, p);
+                assert_eq!(m != 0.0, kept);
+            }
         }
         // other steps and seeds draw other masks; the same key the same ones
         let c = RnnConfig::new(3, 8, 2).num_layers(2).dropout(0.5);
-        let at = |seed, step| dropout_masks(&c, 20, dropout_key(seed, step));
+        let at = |seed, step| dropout_masks(&c, 20, dropout_key(seed, step), |r| r as u32);
+        // what a model draws: between layers if it has several, before a readout if
+        // it has one
+        let only_output = RnnConfig::new(3, 8, 2).dropout(0.5).output_dropout(0.2);
+        assert_eq!(mask_layers(&only_output), vec![(1, 0.2)]);
+        assert_eq!(mask_layers(&c), vec![(1, 0.5)]);
+        let encoder = c.clone().output_dropout(0.2).head(crate::Head::None);
+        assert_eq!(mask_layers(&encoder), vec![(1, 0.5)]);
+        assert!(!RnnConfig::new(3, 8, 2).num_layers(2).drops());
         assert_eq!(at(1, 1), at(1, 1));
         assert_ne!(at(1, 1), at(1, 2));
         assert_ne!(at(1, 1), at(2, 1));

@@ -74,9 +74,12 @@ pub(super) struct BatchBuffers {
     /// before the time loop), then `c` (LSTM) or `W_hn h + b_hn` (GRU) `[tokens, D·H]`.
     pub saved: Vec<wgpu::Buffer>,
     /// Per layer from 1, with dropout: its input after the mask `[tokens, D·H]`; and
-    /// the masks of every layer from 1.
+    /// the masks (`crate::cpu::mask_layers`: of every layer from 1, then of the
+    /// readout's input).
     pub dropped: Vec<wgpu::Buffer>,
     pub masks: wgpu::Buffer,
+    /// With output dropout: the top layer's states after their mask `[tokens, D·H]`.
+    pub top_dropped: wgpu::Buffer,
     /// The gradient with respect to a layer's output, and the one formed for the layer
     /// below: `[tokens, D·H]`.
     pub g: wgpu::Buffer,
@@ -239,7 +242,7 @@ impl BatchBuffers {
             ),
             ("the outputs (rows x output_size)", rows * o),
             ("the per-row losses and class targets", rows),
-            ("the dropout masks", (l - 1) * tokens * dh),
+            ("the dropout masks", l * tokens * dh),
             ("the final states", 2 * units * batch * h),
             (
                 "the step products of tiled steps (2 x batch x gates x hidden_size)",
@@ -311,7 +314,13 @@ impl BatchBuffers {
         }
         let scratch_floats =
             gemm::scratch_for(&shapes).min((ctx.max_storage_binding() / 4) as usize);
-        let dropout_layers = if config.dropout > 0.0 { l - 1 } else { 0 };
+        let dropout_layers = if config.drops_between() { l - 1 } else { 0 };
+        let out_dropped = if config.drops_output() {
+            tokens * dh
+        } else {
+            0
+        };
+        let masks = crate::cpu::mask_layers(config).len();
         Ok(BatchBuffers {
             tokens,
             batch,
@@ -322,7 +331,8 @@ impl BatchBuffers {
             dropped: (0..dropout_layers)
                 .map(|_| storage(ctx, "dropped", tokens * dh))
                 .collect(),
-            masks: storage(ctx, "masks", dropout_layers * tokens * dh),
+            masks: storage(ctx, "masks", masks * tokens * dh),
+            top_dropped: storage(ctx, "top_dropped", out_dropped),
             g: storage(ctx, "g", tokens * dh),
             g_below: storage(ctx, "g_below", tokens * dh),
             d_inputs: None,
@@ -478,28 +488,13 @@ impl Dropout<'_> {
         Dropout { key, rows: None }
     }
 
-    /// Every layer's mask from 1 `[tokens, D·H]`, one after the other.
+    /// Every mask of the pass `[tokens, D·H]` (`crate::cpu::mask_layers`: between
+    /// layers, then before the readout), one after the other.
     fn masks(&self, config: &RnnConfig, tokens: usize) -> Vec<f32> {
-        let Some(rows) = self.rows else {
-            let masks = crate::cpu::dropout_masks(config, tokens, self.key);
-            return masks.iter().flat_map(|m| m.iter().copied()).collect();
-        };
-        debug_assert_eq!(rows.len(), tokens);
-        let (p, width) = (config.dropout, config.state_width() as u32);
-        let keep = 1.0 / (1.0 - p);
-        let mut out = Vec::with_capacity((config.num_layers - 1) * tokens * width as usize);
-        for layer in 1..config.num_layers as u32 {
-            for &row in rows {
-                out.extend((0..width).map(|unit| {
-                    if crate::cpu::dropout_keeps(self.key, layer, row, unit, p) {
-                        keep
-                    } else {
-                        0.0
-                    }
-                }));
-            }
-        }
-        out
+        debug_assert!(self.rows.is_none_or(|rows| rows.len() == tokens));
+        let row_of = |r: usize| self.rows.map_or(r as u32, |rows| rows[r]);
+        let masks = crate::cpu::dropout_masks(config, tokens, self.key, row_of);
+        masks.iter().flat_map(|m| m.iter().copied()).collect()
     }
 }
 

@@ -80,8 +80,24 @@ const SPLIT_SUBMISSION_DISPATCHES: usize = 64;
 #[derive(Clone, Copy, Debug, Default)]
 struct Pass {
     initial: bool,
+    /// Masks between layers.
     dropout: bool,
+    /// A mask on the top layer's states before the readout.
+    out_dropout: bool,
     input_grads: bool,
+}
+
+impl Pass {
+    /// A pass from `initial` states (or zeros) with the masks of `dropout` that
+    /// `config` draws (none without).
+    fn new(config: &RnnConfig, initial: bool, dropout: Option<Dropout<'_>>) -> Self {
+        Pass {
+            initial,
+            dropout: dropout.is_some() && config.drops_between(),
+            out_dropout: dropout.is_some() && config.drops_output(),
+            input_grads: false,
+        }
+    }
 }
 
 impl GpuRnn {
@@ -277,6 +293,18 @@ impl GpuRnn {
         )
     }
 
+    /// The mask on the top layer's states before the readout `[tokens, D·H]` (after
+    /// those between layers).
+    fn output_mask(&self, p: &Packing) -> Matrix<'_> {
+        let width = self.dirs() * self.hidden();
+        let between = crate::cpu::mask_layers(&self.config).len() as u32 - 1;
+        Matrix::new(
+            &self.work().masks,
+            between * p.tokens() as u32 * width,
+            width,
+        )
+    }
+
     /// Layer `l`'s time loop over `p`, reading its output gradient from `g` backward.
     fn layer_loop<'a>(
         &'a self,
@@ -351,23 +379,12 @@ impl GpuRnn {
         let k = &self.ctx.kernels;
         let w = self.work();
         let p = batch.packing();
-        let (h, gh, dirs) = (self.hidden(), self.gate_width(), self.dirs());
+        let (gh, dirs) = (self.gate_width(), self.dirs());
         let tokens = p.tokens() as u32;
         for l in 0..self.config.num_layers {
             if l > 0 && pass.dropout {
                 // the layer's input: the layer below's output times its mask
-                let mask = self.mask(l, p);
-                rec.dispatch_1d(
-                    &k.apply_mask,
-                    RowsParams {
-                        rows: tokens,
-                        cols: dirs * h,
-                        extra_offset: mask.offset,
-                        ..Default::default()
-                    },
-                    &[&w.packing, &w.hs[l - 1], &w.dropped[l - 1], mask.buffer],
-                    (tokens * dirs * h) as usize,
-                );
+                self.record_times_mask(rec, p, &w.hs[l - 1], &w.dropped[l - 1], self.mask(l, p));
             }
             for d in 0..dirs as usize {
                 let u = l * dirs as usize + d;
@@ -408,15 +425,29 @@ impl GpuRnn {
         }
     }
 
-    /// The readout's input: the top layer's states (per-step head) or each sequence's
-    /// final states gathered into `last` (last-step head); and its rows.
-    fn head_input<'a>(&'a self, rec: Option<&mut Recorder<'a>>, p: &Packing) -> (Matrix<'a>, u32) {
-        let top = self.states(self.config.num_layers - 1);
+    /// The readout's input: the top layer's states (after their mask, on a pass with
+    /// output dropout; per-step head) or each sequence's final states gathered from them
+    /// into `last` (last-step head); and its rows. With `rec`, records what forms it.
+    fn head_input<'a>(
+        &'a self,
+        mut rec: Option<&mut Recorder<'a>>,
+        p: &Packing,
+        pass: Pass,
+    ) -> (Matrix<'a>, u32) {
+        let w = self.work();
+        let (h, dh) = (self.hidden(), self.dirs() * self.hidden());
+        let mut top = self.states(self.config.num_layers - 1);
+        if pass.out_dropout {
+            let dropped = Matrix::new(&w.top_dropped, 0, dh);
+            if let Some(rec) = rec.as_deref_mut() {
+                self.record_times_mask(rec, p, top.buffer, dropped.buffer, self.output_mask(p));
+            }
+            top = dropped;
+        }
         if self.config.head != Head::LastStep {
             return (top, p.tokens() as u32);
         }
-        let w = self.work();
-        let (h, dh, b) = (self.hidden(), self.dirs() * self.hidden(), p.batch() as u32);
+        let b = p.batch() as u32;
         if let Some(rec) = rec {
             for d in 0..self.dirs() {
                 rec.dispatch_1d(
@@ -439,14 +470,39 @@ impl GpuRnn {
         (Matrix::new(&w.last, 0, dh), b)
     }
 
+    /// Records `dst = src * mask` over `[tokens, D·H]` (all dense at offset 0 but the
+    /// mask's).
+    fn record_times_mask<'a>(
+        &'a self,
+        rec: &mut Recorder<'a>,
+        p: &Packing,
+        src: &'a wgpu::Buffer,
+        dst: &'a wgpu::Buffer,
+        mask: Matrix<'a>,
+    ) {
+        let w = self.work();
+        let (tokens, dh) = (p.tokens() as u32, self.dirs() * self.hidden());
+        rec.dispatch_1d(
+            &self.ctx.kernels.apply_mask,
+            RowsParams {
+                rows: tokens,
+                cols: dh,
+                extra_offset: mask.offset,
+                ..Default::default()
+            },
+            &[&w.packing, src, dst, mask.buffer],
+            (tokens * dh) as usize,
+        );
+    }
+
     /// Records the readout and the loss (into `scalars[0]`, with `d_out`).
-    fn record_head<'a>(&'a self, rec: &mut Recorder<'a>, batch: &'a SequenceBatch) {
+    fn record_head<'a>(&'a self, rec: &mut Recorder<'a>, batch: &'a SequenceBatch, pass: Pass) {
         let k = &self.ctx.kernels;
         let w = self.work();
         let p = batch.packing();
         let o = self.config.output_size as u32;
         let dh = self.dirs() * self.hidden();
-        let (head_in, rows) = self.head_input(Some(rec), p);
+        let (head_in, rows) = self.head_input(Some(rec), p, pass);
         self.product(
             rec,
             Product {
@@ -503,12 +559,12 @@ impl GpuRnn {
 
     /// Records the readout's gradients and the gradient reaching the top layer's states,
     /// into `g`.
-    fn record_head_backward<'a>(&'a self, rec: &mut Recorder<'a>, p: &Packing) {
+    fn record_head_backward<'a>(&'a self, rec: &mut Recorder<'a>, p: &Packing, pass: Pass) {
         let w = self.work();
         let lay = &self.layout;
         let o = self.config.output_size as u32;
         let (h, dh) = (self.hidden(), self.dirs() * self.hidden());
-        let (head_in, rows) = self.head_input(None, p);
+        let (head_in, rows) = self.head_input(None, p, pass);
         let d_out = Matrix::new(&w.d_out, 0, o);
         let w_out = Matrix::new(&self.params, lay.w_out, dh);
         // dW_out = d_outᵀ · head_in, db_out = Σ rows d_out
@@ -527,10 +583,27 @@ impl GpuRnn {
         self.record_column_sums(rec, d_out, rows, o, lay.b_out);
         let g = Matrix::new(&w.g, 0, dh);
         match self.config.head {
-            Head::PerStep => self.product(rec, Product::new((rows, dh, o), d_out, w_out, g)),
+            // times the output dropout's mask, on a pass with one
+            Head::PerStep => self.product(
+                rec,
+                Product {
+                    epilogue: if pass.out_dropout {
+                        Epilogue::TimesMask(self.output_mask(p))
+                    } else {
+                        Epilogue::None
+                    },
+                    ..Product::new((rows, dh, o), d_out, w_out, g)
+                },
+            ),
             Head::LastStep => {
-                // each direction's gradient at the row its final state came from
-                rec.clear(&w.g);
+                // each direction's gradient at the row its final state came from (in
+                // `top_dropped`, free by now, when a mask is still to apply)
+                let scattered = if pass.out_dropout {
+                    &w.top_dropped
+                } else {
+                    &w.g
+                };
+                rec.clear(scattered);
                 let d_last = Matrix::new(&w.d_last, 0, dh);
                 self.product(rec, Product::new((rows, dh, o), d_out, w_out, d_last));
                 for d in 0..self.dirs() {
@@ -546,9 +619,12 @@ impl GpuRnn {
                             index_offset: d * rows,
                             extra_offset: 0,
                         },
-                        &[&w.last_index, &w.d_last, &w.g],
+                        &[&w.last_index, &w.d_last, scattered],
                         (rows * h) as usize,
                     );
+                }
+                if pass.out_dropout {
+                    self.record_times_mask(rec, p, scattered, &w.g, self.output_mask(p));
                 }
             }
             Head::None => unreachable!("an encoder's gradient comes from the caller"),
@@ -976,7 +1052,7 @@ impl GpuRnn {
         };
         let mut rec = Recorder::new(&self.ctx);
         self.record_layers(&mut rec, batch, pass);
-        self.record_head(&mut rec, batch);
+        self.record_head(&mut rec, batch, pass);
         self.record_final_states(&mut rec, p);
         self.submit(rec)?;
         let w = self.work();
@@ -1030,18 +1106,14 @@ impl GpuRnn {
         self.ensure_work(batch)?;
         self.work()
             .upload(&self.ctx, &self.config, batch, initial, dropout);
-        let pass = Pass {
-            initial: initial.is_some(),
-            dropout: dropout.is_some(),
-            input_grads: false,
-        };
+        let pass = Pass::new(&self.config, initial.is_some(), dropout);
         let mut rec = Recorder::new(&self.ctx);
         self.record_layers(&mut rec, batch, pass);
-        self.record_head(&mut rec, batch);
+        self.record_head(&mut rec, batch, pass);
         if want_final {
             self.record_final_states(&mut rec, p);
         }
-        self.record_head_backward(&mut rec, p);
+        self.record_head_backward(&mut rec, p, pass);
         self.record_layers_backward(&mut rec, batch, pass);
         self.submit(rec)?;
         let finals = if want_final { self.finals_len(p) } else { 0 };
@@ -1099,14 +1171,10 @@ impl GpuRnn {
         let p = batch.packing();
         self.work()
             .upload(&self.ctx, &self.config, batch, initial, dropout);
-        let pass = Pass {
-            initial: initial.is_some(),
-            dropout: dropout.is_some(),
-            input_grads: false,
-        };
+        let pass = Pass::new(&self.config, initial.is_some(), dropout);
         let mut rec = Recorder::new(&self.ctx);
         self.record_layers(&mut rec, batch, pass);
-        self.record_head(&mut rec, batch);
+        self.record_head(&mut rec, batch, pass);
         if want_final {
             self.record_final_states(&mut rec, p);
         }
@@ -1117,7 +1185,7 @@ impl GpuRnn {
         if rec.dispatches() >= SPLIT_SUBMISSION_DISPATCHES {
             rec.submit_so_far(&mut recorder::lock(&self.cache))?;
         }
-        self.record_head_backward(&mut rec, p);
+        self.record_head_backward(&mut rec, p, pass);
         self.record_layers_backward(&mut rec, batch, pass);
         let step = self.record_update(&mut rec, optimizer);
         let dispatches = rec.dispatches();
@@ -1206,10 +1274,7 @@ impl GpuRnn {
         self.ensure_work(batch)?;
         self.work()
             .upload(&self.ctx, &self.config, batch, None, dropout);
-        let pass = Pass {
-            dropout: dropout.is_some(),
-            ..Default::default()
-        };
+        let pass = Pass::new(&self.config, false, dropout);
         let mut rec = Recorder::new(&self.ctx);
         self.record_layers(&mut rec, batch, pass);
         self.record_final_states(&mut rec, p);
@@ -1292,9 +1357,8 @@ impl GpuRnn {
         self.ctx
             .write(&self.work().g, bytemuck::cast_slice(&packed));
         let pass = Pass {
-            initial: false,
-            dropout: dropout.is_some(),
             input_grads: dense,
+            ..Pass::new(&self.config, false, dropout)
         };
         let mut rec = Recorder::new(&self.ctx);
         // the readout's gradients are zero: the loss is the caller's

@@ -60,8 +60,18 @@ fn every_cell_and_direction_matches_finite_differences() {
 
 #[test]
 fn dropout_masks_are_part_of_the_gradient() {
-    for cell in [Cell::Lstm, Cell::Gru, Cell::Tanh] {
-        let c = cfg(cell, 3, cell == Cell::Gru, Head::PerStep).dropout(0.4);
+    // between layers; before the readout of either head; both
+    for (cell, layers, head, between, output) in [
+        (Cell::Lstm, 3, Head::PerStep, 0.4, 0.0),
+        (Cell::Gru, 3, Head::PerStep, 0.4, 0.0),
+        (Cell::Tanh, 3, Head::PerStep, 0.4, 0.0),
+        (Cell::Gru, 1, Head::PerStep, 0.0, 0.3),
+        (Cell::Lstm, 2, Head::LastStep, 0.0, 0.3),
+        (Cell::Tanh, 2, Head::PerStep, 0.4, 0.3),
+    ] {
+        let c = cfg(cell, layers, cell == Cell::Gru, head)
+            .dropout(between)
+            .output_dropout(output);
         let batch = random_batch(&c, &[4, 2, 3], false, 7);
         let p = RnnParams::init(&c, 8).cast::<f64>();
         let mut ws = cpu::Workspace::default();
@@ -71,12 +81,13 @@ fn dropout_masks_are_part_of_the_gradient() {
         let plain = cpu::loss(&c, &p, &batch);
         assert!(
             (dropped - plain).abs() > 1e-6,
-            "{cell}: dropout changed nothing ({dropped} vs {plain})"
+            "{cell} {layers} {head:?}: dropout changed nothing ({dropped} vs {plain})"
         );
         let loss = |q: &RnnParams<f64>| {
             cpu::forward(&c, q, &batch, None, seed, &mut cpu::Workspace::default())
         };
-        check_every_scalar(&format!("{cell} with dropout"), &p, &grads, loss);
+        let what = format!("{cell} {layers} {head:?} with dropout {between}/{output}");
+        check_every_scalar(&what, &p, &grads, loss);
     }
 }
 
@@ -122,8 +133,18 @@ fn dropout_applies_to_training_steps_only_and_follows_its_seed() {
         &mut Rnn::new(one.clone().dropout(0.5), p1.clone(), &dev).unwrap(),
         1,
     );
-    let without = step(&mut Rnn::new(one, p1, &dev).unwrap(), 1);
+    let without = step(&mut Rnn::new(one.clone(), p1.clone(), &dev).unwrap(), 1);
     assert_eq!(with, without);
+    // but it has a readout's input to drop
+    let out = |p| {
+        step(
+            &mut Rnn::new(one.clone().output_dropout(p), p1.clone(), &dev).unwrap(),
+            1,
+        )
+    };
+    assert_ne!(out(0.5), without);
+    assert_eq!(out(0.5), out(0.5));
+    assert_ne!(out(0.5), out(0.2));
 }
 
 #[test]
@@ -433,7 +454,18 @@ fn what_the_gated_cells_and_encoders_refuse() {
         Err(Error::ShapeMismatch { .. })
     ));
     assert_eq!(e.params().unwrap(), e_before);
-    // dropout out of range
+    // dropout out of range, before the readout too
+    assert!(matches!(
+        Rnn::new(
+            lstm.clone().output_dropout(-0.1),
+            RnnParams::init(&lstm, 1),
+            &dev
+        ),
+        Err(Error::InvalidConfig {
+            what: "output_dropout",
+            ..
+        })
+    ));
     assert!(matches!(
         Rnn::new(lstm.clone().dropout(1.0), RnnParams::init(&lstm, 1), &dev),
         Err(Error::InvalidConfig { .. })

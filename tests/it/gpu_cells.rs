@@ -311,13 +311,25 @@ fn dropout_with_the_same_seed_matches_cpu() {
     let Some(gpu) = common::gpu() else { return };
     for (k, cell) in CELLS.into_iter().enumerate() {
         let time_loop = TIME_LOOPS[k % TIME_LOOPS.len()];
-        let config = config(cell, k.is_multiple_of(2), (3, 6, 4), 3).dropout(0.4);
+        // between layers alone, before the readout too (both heads), and before the
+        // readout of one layer (no masks between layers ahead of its own)
+        let (layers, between, output, head) = match k {
+            0 => (3, 0.4, 0.0, Head::PerStep),
+            1 => (3, 0.4, 0.25, Head::PerStep),
+            2 => (2, 0.3, 0.25, Head::LastStep),
+            _ => (1, 0.0, 0.3, Head::PerStep),
+        };
+        let config = config(cell, k.is_multiple_of(2), (3, 6, 4), layers)
+            .head(head)
+            .dropout(between)
+            .output_dropout(output);
         let batch = common::random_batch(&config, &[4, 2, 3], false, 60);
         let (mut cpu, mut dev) = pair(&config, &gpu, time_loop, 61);
         cpu.set_dropout_seed(99);
         dev.set_dropout_seed(99);
         let (mut o_cpu, mut o_gpu) = (Optimizer::adam(0.01), Optimizer::adam(0.01));
-        let label = format!("{cell} {time_loop:?} dropout");
+        let label =
+            format!("{cell} {layers} layers {head:?} {time_loop:?} dropout {between}/{output}");
         for s in 0..3 {
             let want = cpu.train_step(&batch, &mut o_cpu).expect("cpu step");
             let got = dev.train_step(&batch, &mut o_gpu).expect("gpu step");

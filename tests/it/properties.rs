@@ -214,10 +214,16 @@ fn config() -> impl Strategy<Value = RnnConfig> {
             4 => prop::sample::select(vec![0.3f32, 0.99, -0.0]),
             1 => prop::sample::select(vec![1.0f32, -0.1, f32::NAN, f32::INFINITY]),
         ],
+        // before the readout
+        prop_oneof![
+            12 => Just(0.0f32),
+            4 => prop::sample::select(vec![0.2f32, 0.99]),
+            1 => prop::sample::select(vec![1.0f32, -0.5, f32::NAN]),
+        ],
         prop::bool::weighted(0.05),
     )
         .prop_map(
-            |((i, h, o), layers, cell, head, bi, dropout, encoder_outputs)| {
+            |((i, h, o), layers, cell, head, bi, dropout, output_dropout, encoder_outputs)| {
                 // an encoder has no outputs; a config written by hand may say otherwise
                 let o = if head == Head::None && !encoder_outputs {
                     0
@@ -233,6 +239,7 @@ fn config() -> impl Strategy<Value = RnnConfig> {
                     head,
                     bidirectional: bi,
                     dropout,
+                    output_dropout,
                 }
             },
         )
@@ -1081,6 +1088,7 @@ proptest! {
             head,
             bidirectional,
             dropout: 0.0,
+            output_dropout: 0.0,
         };
         // the accessors answer (saturating) and validation refuses what overflows
         let _ = (config.num_params(), config.gate_width(), config.state_width(), config.num_units());

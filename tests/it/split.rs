@@ -230,6 +230,17 @@ fn dropout_masks_are_the_whole_batch_ones() {
     let config = common::config(3, 8, 4, 3, false, false).dropout(0.3);
     let batch = common::random_batch(&config, &lengths(600, 24, 12), false, 13);
     check_case("tanh dropout", &config, &batch, None);
+    // and the mask before the readout, of each head
+    for head in [Head::PerStep, Head::LastStep] {
+        let config = config.clone().output_dropout(0.25).head(head);
+        let batch = common::random_batch(&config, &lengths(600, 24, 12), false, 14);
+        check_case(
+            &format!("tanh output dropout {head:?}"),
+            &config,
+            &batch,
+            None,
+        );
+    }
 }
 
 #[test]

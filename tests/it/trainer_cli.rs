@@ -548,7 +548,8 @@ fn an_lstm_trains_resumes_exactly_with_its_cell_state_and_samples() {
     let dir = scratch("lstm");
     let text = small_text(&dir);
     let (once, twice) = (dir.join("once"), dir.join("twice"));
-    // two layers with dropout between them: the masks must also continue exactly
+    // two layers with dropout between them and before the readout: the masks must also
+    // continue exactly
     let lstm = [
         "--cell",
         "lstm",
@@ -556,6 +557,8 @@ fn an_lstm_trains_resumes_exactly_with_its_cell_state_and_samples() {
         "2",
         "--dropout",
         "0.25",
+        "--out-dropout",
+        "0.125",
         "--schedule",
         "constant",
     ];
@@ -567,7 +570,9 @@ fn an_lstm_trains_resumes_exactly_with_its_cell_state_and_samples() {
         .concat(),
     );
     assert!(
-        stdout(&out).contains("model: 2 lstm layer(s) of 16 units, dropout 0.25 between layers"),
+        stdout(&out).contains(
+            "model: 2 lstm layer(s) of 16 units, dropout 0.25 between layers, 0.125 before the readout"
+        ),
         "{}",
         stdout(&out)
     );
@@ -588,6 +593,7 @@ fn an_lstm_trains_resumes_exactly_with_its_cell_state_and_samples() {
     let meta = record(&twice);
     assert_eq!(meta["config"]["cell"], "lstm");
     assert_eq!(meta["config"]["dropout"], 0.25);
+    assert_eq!(meta["config"]["out_dropout"], 0.125);
     assert_eq!(meta["progress"]["step"], 6);
     // the streams carry (h, c), and the weights are an LSTM's
     assert_eq!(

@@ -64,10 +64,14 @@ pub struct TrainArgs {
     /// Recurrent layers [default: 2, or the checkpoint's].
     #[arg(long)]
     layers: Option<usize>,
-    /// Probability of dropping each input of layers 2.. on training steps [default: 0.3
+    /// Probability of dropping each input of layers 2.. on training steps [default: 0.4
     /// with more than one layer, else 0; or the checkpoint's].
     #[arg(long)]
     dropout: Option<f32>,
+    /// Probability of dropping each of the top layer's states before the readout on
+    /// training steps [default: 0, or the checkpoint's].
+    #[arg(long = "out-dropout")]
+    out_dropout: Option<f32>,
     /// Steps of back-propagation through time per chunk; the state carries on from one
     /// chunk to the next [default: 100, or the checkpoint's].
     #[arg(long = "seq-len")]

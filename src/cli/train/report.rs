@@ -19,11 +19,14 @@ pub fn print_header(t: &Trainer, device: &str, resumed_from: Option<&Path>) {
         t.corpus.train().len(),
         t.corpus.held_out().len()
     );
-    let dropout = if hyper.dropout > 0.0 {
+    let mut dropout = if hyper.dropout > 0.0 {
         format!(", dropout {} between layers", hyper.dropout)
     } else {
         String::new()
     };
+    if hyper.out_dropout > 0.0 {
+        dropout += &format!(", {} before the readout", hyper.out_dropout);
+    }
     println!(
         "model: {} {} layer(s) of {} units{dropout}, {} parameters, on {device}",
         hyper.layers,
