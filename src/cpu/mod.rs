@@ -161,9 +161,9 @@ pub(crate) fn dropout_masks(
 /// Layer `layer`'s dropout mask on one training step: `[tokens, directions·hidden]` of 0
 /// (dropped, probability `p`) or `1/(1-p)`, in packed row order; `row_of` maps a row to
 /// the row of the whole batch it is drawn for (a chunk of a split batch draws the whole
-/// batch's masks). Each entry is drawn by [`dropout_keeps`] from its own key (the step's
-/// `key`, the layer, the row and the unit), not from a stream, so any path — the CPU, the
-/// GPU, a kernel computing it in place — draws the same masks. A last-step head reads the
+/// batch's masks). Each entry is drawn by [`keeps`] from its own key (the step's `key`,
+/// the layer, the row and the unit), not from a stream, so any path — the CPU, the GPU, a
+/// kernel computing it in place — draws the same masks. A last-step head reads the
 /// output mask's entries at the rows it gathers.
 pub(crate) fn dropout_mask<F: Real>(
     config: &RnnConfig,
@@ -187,9 +187,7 @@ pub(crate) fn dropout_mask<F: Real>(
 }
 
 /// Whether dropout with probability `p` keeps input `unit` of packed row `row` of layer
-/// `layer` on the training step keyed `key`: a counter-based draw (a 32-bit integer hash
-/// of the five numbers, so that a WGSL kernel can compute it too) compared against `p`
-/// with 24 bits. [`dropout_mask`] draws the same, a row at a time.
+/// `layer` on the training step keyed `key` (one entry of a [`dropout_mask`]).
 #[cfg(test)]
 pub(crate) fn dropout_keeps(key: u64, layer: u32, row: u32, unit: u32, p: f32) -> bool {
     keeps(row_seed(key, layer, row), unit, p)
@@ -209,14 +207,17 @@ fn mix(mut h: u32, v: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// The hash of [`dropout_keeps`]'s numbers before the unit.
+/// The hash of the step's key and the layer and row of a mask entry: what [`keeps`] draws
+/// the row's entries from.
 fn row_seed(key: u64, layer: u32, row: u32) -> u32 {
     [key as u32, (key >> 32) as u32, layer, row]
         .into_iter()
         .fold(0x9747_b28c, mix)
 }
 
-/// [`dropout_keeps`] from the row's [`row_seed`].
+/// Whether dropout with probability `p` keeps unit `unit` of the row hashed to `seed`: a
+/// counter-based draw (a 32-bit integer hash of the key's halves, the layer, the row and
+/// the unit, so that a WGSL kernel can compute it too) compared against `p` with 24 bits.
 fn keeps(seed: u32, unit: u32, p: f32) -> bool {
     (mix(seed, unit) >> 8) as f32 * (1.0 / (1u32 << 24) as f32) >= p
 }
