@@ -146,12 +146,12 @@ pub(crate) fn mask_layers(config: &RnnConfig) -> Vec<(usize, f32)> {
 
 /// Every mask of one training step, in the order of [`mask_layers`] (see
 /// [`dropout_mask`]).
-pub(crate) fn dropout_masks(
+pub(crate) fn dropout_masks<F: Real>(
     config: &RnnConfig,
     tokens: usize,
     key: u64,
     row_of: impl Fn(usize) -> u32 + Copy,
-) -> Vec<Array2<f32>> {
+) -> Vec<Array2<F>> {
     mask_layers(config)
         .into_iter()
         .map(|layer| dropout_mask(config, tokens, key, layer, row_of))
@@ -283,10 +283,15 @@ pub fn forward_layers<F: Real>(
     ws.outs.resize_with(config.num_layers, Default::default);
     ws.units.resize_with(config.num_units(), Default::default);
     ws.dropout_used = dropout.is_some() && config.drops_between();
-    if let Some(key) = dropout.filter(|_| ws.dropout_used) {
-        ws.masks = (1..config.num_layers)
-            .map(|l| dropout_mask(config, tokens, key, (l, config.dropout), |r| r as u32))
-            .collect();
+    // between layers first, then (last) before the readout
+    ws.masks = dropout.map_or_else(Vec::new, |key| {
+        dropout_masks(config, tokens, key, |r| r as u32)
+    });
+    ws.out_mask = match dropout {
+        Some(_) if config.drops_output() => ws.masks.pop(),
+        _ => None,
+    };
+    if ws.dropout_used {
         ws.dropped
             .resize_with(config.num_layers - 1, Default::default);
     }
@@ -337,17 +342,10 @@ pub fn forward<F: Real>(
 ) -> F {
     forward_layers(config, params, batch, initial, dropout, ws);
     let p = batch.packing();
-    ws.out_mask = dropout.filter(|_| config.drops_output()).map(|key| {
-        let layer = (config.num_layers, config.output_dropout);
-        dropout_mask(config, p.tokens(), key, layer, |r| r as u32)
-    });
     if let Some(mask) = &ws.out_mask {
         ws.top_dropped = &ws.outs[config.num_layers - 1] * mask;
     }
-    let top = match ws.out_mask {
-        Some(_) => &ws.top_dropped,
-        None => &ws.outs[config.num_layers - 1],
-    };
+    let top = readout_states(&ws.outs, ws.out_mask.as_ref(), &ws.top_dropped);
     let per_step = config.head == Head::PerStep;
     let head_in = if per_step {
         top
@@ -378,11 +376,21 @@ pub fn forward<F: Real>(
 
 /// The top layer's states as the readout reads them: after the output dropout mask on a
 /// training step that has one.
-fn readout_states<'a, F: Real>(config: &RnnConfig, ws: &'a Workspace<F>) -> &'a Array2<F> {
-    match ws.out_mask {
-        Some(_) => &ws.top_dropped,
-        None => &ws.outs[config.num_layers - 1],
+/// (The workspace's `outs`, `out_mask` and `top_dropped`.)
+fn readout_states<'a, F: Real>(
+    outs: &'a [Array2<F>],
+    out_mask: Option<&Array2<F>>,
+    top_dropped: &'a Array2<F>,
+) -> &'a Array2<F> {
+    match out_mask {
+        Some(_) => top_dropped,
+        None => outs.last().expect("a model has at least one layer"),
     }
+}
+
+/// `a *= mask`, element by element: a gradient through a dropout mask.
+fn times_mask<F: Real>(a: &mut Array2<F>, mask: &Array2<F>) {
+    Zip::from(a).and(mask).for_each(|d, &m| *d = *d * m);
 }
 
 /// Each sequence's final top-layer states in packed order, `[batch, directions·hidden]`:
@@ -616,7 +624,7 @@ pub fn backward<F: Real>(
 
     // readout
     let head_in = if config.head == Head::PerStep {
-        readout_states(config, ws)
+        readout_states(&ws.outs, ws.out_mask.as_ref(), &ws.top_dropped)
     } else {
         &ws.last
     };
@@ -652,9 +660,7 @@ pub fn backward<F: Real>(
         Head::None => ws.dh.fill(F::zero()),
     }
     if let Some(mask) = &ws.out_mask {
-        Zip::from(&mut ws.dh)
-            .and(mask)
-            .for_each(|d, &m| *d = *d * m);
+        times_mask(&mut ws.dh, mask);
     }
     backward_layers(config, params, batch, ws, &mut grads, false);
     grads
@@ -712,9 +718,7 @@ pub fn backward_layers<F: Real>(
         }
         if below {
             if l > 0 && ws.dropout_used {
-                Zip::from(&mut ws.d_below)
-                    .and(&ws.masks[l - 1])
-                    .for_each(|d, &m| *d = *d * m);
+                times_mask(&mut ws.d_below, &ws.masks[l - 1]);
             }
             std::mem::swap(&mut ws.dh, &mut ws.d_below);
         }
@@ -1138,7 +1142,8 @@ mod tests {
                 .bidirectional(true)
                 .dropout(p)
                 .output_dropout(p);
-            let masks = dropout_masks(&config, 400, dropout_key(7, 1), |r| r as u32);
+            let masks: Vec<Array2<f32>> =
+                dropout_masks(&config, 400, dropout_key(7, 1), |r| r as u32);
             // between layers 0-1 and 1-2, and before the readout
             assert_eq!(masks.len(), 3);
             for m in &masks {
@@ -1163,7 +1168,9 @@ mod tests {
         }
         // other steps and seeds draw other masks; the same key the same ones
         let c = RnnConfig::new(3, 8, 2).num_layers(2).dropout(0.5);
-        let at = |seed, step| dropout_masks(&c, 20, dropout_key(seed, step), |r| r as u32);
+        let at = |seed, step| -> Vec<Array2<f32>> {
+            dropout_masks(&c, 20, dropout_key(seed, step), |r| r as u32)
+        };
         // what a model draws: between layers if it has several, before a readout if
         // it has one
         let only_output = RnnConfig::new(3, 8, 2).dropout(0.5).output_dropout(0.2);

@@ -493,7 +493,8 @@ impl Dropout<'_> {
     fn masks(&self, config: &RnnConfig, tokens: usize) -> Vec<f32> {
         debug_assert!(self.rows.is_none_or(|rows| rows.len() == tokens));
         let row_of = |r: usize| self.rows.map_or(r as u32, |rows| rows[r]);
-        let masks = crate::cpu::dropout_masks(config, tokens, self.key, row_of);
+        let masks: Vec<ndarray::Array2<f32>> =
+            crate::cpu::dropout_masks(config, tokens, self.key, row_of);
         masks.iter().flat_map(|m| m.iter().copied()).collect()
     }
 }
