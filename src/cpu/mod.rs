@@ -52,9 +52,16 @@ struct UnitBuffers<F> {
     /// `[tokens, gates·hidden]`: the input projection, then the gates after their
     /// nonlinearities.
     gates: Array2<F>,
-    /// `[tokens, hidden]`: the state each step started from (previous step, initial
-    /// state or zeros).
-    h_prev: Array2<F>,
+    /// `[tokens, inputs + 1 + hidden]`: per row the unit's input (none for token ids), a
+    /// one, and the state the step started from (previous step, initial state or zeros):
+    /// the left operand of the input projection with its bias (`[in | 1]`, written once,
+    /// not a bias row per output) and of every weight gradient at once (all of it).
+    operand: Array2<F>,
+    /// Columns of `operand` before its column of ones.
+    inputs: usize,
+    /// `[W_ih | b]` `[gates·hidden, inputs + 1]`: the input projection's weights and
+    /// bias as the right operand of `[in | 1]` (feature inputs).
+    w_in: Array2<F>,
     /// LSTM: `c(t)` and `c(t-1)`; GRU: `W_hn h(t-1) + b_hn` in `hn`. Empty otherwise.
     c: Array2<F>,
     c_prev: Array2<F>,
@@ -109,6 +116,8 @@ pub struct Workspace<F> {
     dgh: Array2<F>,
     /// `W_hh` packed for the backward step product (see `UnitBuffers`).
     w_hh_panels: Panels,
+    /// A unit's weight gradients as one product forms them (see `unit_backward`).
+    weight_grads: Array2<F>,
     classes: Vec<u32>,
     values: Array2<F>,
 }
@@ -443,7 +452,12 @@ fn unit_forward<F: Real>(
     let g = layer.w_hh.nrows();
     let gates = g / h;
     resize(&mut unit.gates, tokens, g);
-    resize(&mut unit.h_prev, tokens, h);
+    let inputs = match input {
+        LayerInput::Dense(x) => x.ncols(),
+        LayerInput::Tokens(_) => 0,
+    };
+    unit.inputs = inputs;
+    resize(&mut unit.operand, tokens, inputs + 1 + h);
     let (c_rows, hn_rows) = match cell {
         Cell::Lstm => (tokens, 0),
         Cell::Gru => (0, tokens),
@@ -465,8 +479,24 @@ fn unit_forward<F: Real>(
         bias.slice_mut(s![..in_gates]),
         layer.b_hh.slice(s![..in_gates]),
     );
+    unit.operand.column_mut(inputs).fill(F::one());
     match input {
-        LayerInput::Dense(x) => linear(x.view(), &layer.w_ih, &bias, &mut unit.gates.view_mut()),
+        // [in | 1]·[W_ih | b]ᵀ: the bias comes with the product, which writes the gates
+        // once (a bias row per output first, then the product added, cost as much as the
+        // product where the input is narrow)
+        LayerInput::Dense(x) => {
+            unit.operand.slice_mut(s![.., ..inputs]).assign(*x);
+            resize(&mut unit.w_in, g, inputs + 1);
+            unit.w_in.slice_mut(s![.., ..inputs]).assign(&layer.w_ih);
+            unit.w_in.column_mut(inputs).assign(&bias);
+            mat_mul(
+                F::one(),
+                &unit.operand.slice(s![.., ..inputs + 1]),
+                &unit.w_in.t(),
+                F::zero(),
+                &mut unit.gates.view_mut(),
+            );
+        }
         LayerInput::Tokens(ids) => {
             for (mut row, &id) in unit.gates.rows_mut().into_iter().zip(*ids) {
                 Zip::from(&mut row)
@@ -482,7 +512,7 @@ fn unit_forward<F: Real>(
         let (off, n) = (p.offsets[t], p.batch_sizes[t]);
         let m = previous_rows(p, t, reverse).map_or(0, |(_, m)| m);
         for j in m..n {
-            let mut dst = unit.h_prev.row_mut(off + j);
+            let mut dst = unit.operand.slice_mut(s![off + j, inputs + 1..]);
             match &unit.h0 {
                 Some(h0) => dst.assign(&h0.row(j)),
                 None => dst.fill(F::zero()),
@@ -511,7 +541,7 @@ fn unit_forward<F: Real>(
     };
     let [gates_m, h_prev, c, c_prev, hn, states] = [
         unit.gates.view_mut(),
-        unit.h_prev.view_mut(),
+        unit.operand.slice_mut(s![.., inputs + 1..]),
         unit.c.view_mut(),
         unit.c_prev.view_mut(),
         unit.hn.view_mut(),
@@ -701,6 +731,7 @@ pub fn backward_layers<F: Real>(
                 dgx: &mut ws.dgx,
                 dgh: &mut ws.dgh,
                 w_hh_panels: &mut ws.w_hh_panels,
+                weights: &mut ws.weight_grads,
             };
             unit_backward(
                 config.cell,
@@ -745,6 +776,7 @@ struct StepGradients<'a, F> {
     dgx: &'a mut Array2<F>,
     dgh: &'a mut Array2<F>,
     w_hh_panels: &'a mut Panels,
+    weights: &'a mut Array2<F>,
 }
 
 /// One unit backwards: walks its steps in reverse, turning the gradient with respect to
@@ -782,6 +814,8 @@ fn unit_backward<F: Real>(
     let w_hh = layer.w_hh.view();
     b.w_hh_panels.pack(&w_hh, h);
     let panels = &*b.w_hh_panels;
+    // this unit's columns of h(t-1) in its operand
+    let h_cols = |u: Range<usize>| unit.inputs + 1 + u.start..unit.inputs + 1 + u.end;
     let [dh, dc, dgx, dgh] = [
         b.dh.view_mut(),
         b.dc.view_mut(),
@@ -825,7 +859,7 @@ fn unit_backward<F: Real>(
                         cell,
                         UnitsBackward {
                             gates: [0, 1, 2, 3].map(read),
-                            h_prev: part(&unit.h_prev, r, units.clone()),
+                            h_prev: part(&unit.operand, r, h_cols(units.clone())),
                             c_prev: part(&unit.c_prev, r, units.clone()),
                             c: part(&unit.c, r, units.clone()),
                             hn: part(&unit.hn, r, units.clone()),
@@ -864,35 +898,51 @@ fn unit_backward<F: Real>(
             }
         }
     });
-    let dgh = if gru { &*b.dgh } else { &*b.dgx };
-    match input {
-        LayerInput::Tokens(ids) => {
-            // a column lookup's gradient: each row's gradient added into its token's column
-            for (g_row, &id) in b.dgx.rows().into_iter().zip(*ids) {
-                Zip::from(grads.w_ih.column_mut(id as usize))
-                    .and(&g_row)
-                    .for_each(|w, &g| *w = *w + g);
-            }
+    // the weight gradients, one product over all steps each: dgxᵀ·[in | 1] gives dW_ih
+    // and db_ih, dghᵀ·[1 | h(t-1)] gives db_hh and dW_hh (rows that started from zeros
+    // add nothing), and where dgh is dgx (but for GRU) dgxᵀ·[in | 1 | h(t-1)] gives all
+    // four in one pass over dgx; token inputs' dW_ih is added row by row
+    let (inputs, tokens_in) = (unit.inputs, matches!(input, LayerInput::Tokens(_)));
+    if let LayerInput::Tokens(ids) = input {
+        for (g_row, &id) in b.dgx.rows().into_iter().zip(*ids) {
+            Zip::from(grads.w_ih.column_mut(id as usize))
+                .and(&g_row)
+                .for_each(|w, &g| *w = *w + g);
         }
-        // dW_ih = Σ_t dgx(t)ᵀ · in(t), one product over all steps
-        LayerInput::Dense(x) => mat_mul(
-            F::one(),
-            &b.dgx.t(),
-            &x.view(),
-            F::one(),
-            &mut grads.w_ih.view_mut(),
-        ),
     }
-    add_into(grads.b_ih.view_mut(), b.dgx.sum_axis(Axis(0)).view());
-    // dW_hh = Σ_t dgh(t)ᵀ · h(t-1); rows that started from zeros add nothing
-    mat_mul(
-        F::one(),
-        &dgh.t(),
-        &unit.h_prev.view(),
-        F::one(),
-        &mut grads.w_hh.view_mut(),
-    );
-    add_into(grads.b_hh.view_mut(), dgh.sum_axis(Axis(0)).view());
+    // `left`ᵀ times columns `cols` of the operand, added into the input side's gradients
+    // and / or the recurrent side's, the column of ones giving each side's bias
+    let mut gradient = |left: &Array2<F>, cols: Range<usize>, input: bool, recurrent: bool| {
+        resize(b.weights, g, cols.len());
+        mat_mul(
+            F::one(),
+            &left.t(),
+            &unit.operand.slice(s![.., cols.clone()]),
+            F::zero(),
+            &mut b.weights.view_mut(),
+        );
+        let at = |c: usize| c - cols.start;
+        if input {
+            if !tokens_in {
+                add_into(grads.w_ih.view_mut(), b.weights.slice(s![.., ..inputs]));
+            }
+            add_into(grads.b_ih.view_mut(), b.weights.column(at(inputs)));
+        }
+        if recurrent {
+            add_into(grads.b_hh.view_mut(), b.weights.column(at(inputs)));
+            add_into(
+                grads.w_hh.view_mut(),
+                b.weights.slice(s![.., at(inputs + 1)..]),
+            );
+        }
+    };
+    let all = unit.operand.ncols();
+    if gru {
+        gradient(b.dgx, 0..inputs + 1, true, false);
+        gradient(b.dgh, inputs..all, false, true);
+    } else {
+        gradient(b.dgx, 0..all, true, true);
+    }
     if let Some(d_below) = d_below {
         mat_mul(
             F::one(),
