@@ -610,10 +610,12 @@ impl Rnn {
 }
 
 fn all_finite(grads: &RnnParams) -> bool {
-    grads
-        .tensors()
-        .iter()
-        .all(|(_, t)| t.iter().all(|g| g.is_finite()))
+    // a whole chunk at a time without stopping early, so that the test vectorises (an
+    // early exit per scalar made it 2 ms of a 1.3 M-parameter step)
+    grads.tensors().iter().all(|(_, t)| {
+        t.chunks(1024)
+            .all(|c| c.iter().fold(true, |ok, g| ok & g.is_finite()))
+    })
 }
 
 pub(crate) fn check_finite_step(loss: f32, grads_finite: bool) -> Result<()> {

@@ -62,9 +62,9 @@ struct UnitBuffers<F> {
     /// `[W_ih | b]` `[gates·hidden, inputs + 1]`: the input projection's weights and
     /// bias as the right operand of `[in | 1]` (feature inputs).
     w_in: Array2<F>,
-    /// LSTM: `c(t)` and `c(t-1)`; GRU: `W_hn h(t-1) + b_hn` in `hn`. Empty otherwise.
+    /// LSTM: `c(t)` (a step reads `c(t-1)` at the previous step's row, not from a copy);
+    /// GRU: `W_hn h(t-1) + b_hn` in `hn`. Empty otherwise.
     c: Array2<F>,
-    c_prev: Array2<F>,
     hn: Array2<F>,
     /// `W_hhᵀ` `[hidden, gates·hidden]` packed for the step product's kernel; where it
     /// cannot run, stored row-major for the general product instead, which runs 1.2–2×
@@ -108,9 +108,9 @@ pub struct Workspace<F> {
     /// and the one being formed for the layer below (or the inputs).
     dh: Array2<F>,
     d_below: Array2<F>,
-    /// One unit's gradients: with respect to its states and cell states `[tokens,
-    /// hidden]`, and its input projection and recurrent product `[tokens, gates·hidden]`.
-    dh_unit: Array2<F>,
+    /// One unit's gradients (its states' are formed in place in `dh`): with respect to
+    /// its cell states `[tokens, hidden]`, and its input projection and recurrent product
+    /// `[tokens, gates·hidden]`.
     dc: Array2<F>,
     dgx: Array2<F>,
     dgh: Array2<F>,
@@ -464,7 +464,6 @@ fn unit_forward<F: Real>(
         Cell::Tanh | Cell::Relu => (0, 0),
     };
     resize(&mut unit.c, c_rows, h);
-    resize(&mut unit.c_prev, c_rows, h);
     resize(&mut unit.hn, hn_rows, h);
     unit.w_hh_panels.pack(&layer.w_hh.t(), h);
     if !unit.w_hh_panels.packed() {
@@ -517,15 +516,9 @@ fn unit_forward<F: Real>(
                 Some(h0) => dst.assign(&h0.row(j)),
                 None => dst.fill(F::zero()),
             }
-            if cell == Cell::Lstm {
-                let mut dst = unit.c_prev.row_mut(off + j);
-                match &unit.c0 {
-                    Some(c0) => dst.assign(&c0.row(j)),
-                    None => dst.fill(F::zero()),
-                }
-            }
         }
     }
+    let zeros = vec![F::zero(); h];
     let split = team::Split::of(split, &p.sorted_lengths, h, gates);
     let barrier = split.barrier();
     let panels = &unit.w_hh_panels;
@@ -539,11 +532,11 @@ fn unit_forward<F: Real>(
     } else {
         Vec::new()
     };
-    let [gates_m, h_prev, c, c_prev, hn, states] = [
+    let c0 = unit.c0.as_ref();
+    let [gates_m, h_prev, c, hn, states] = [
         unit.gates.view_mut(),
         unit.operand.slice_mut(s![.., inputs + 1..]),
         unit.c.view_mut(),
-        unit.c_prev.view_mut(),
         unit.hn.view_mut(),
         states,
     ]
@@ -591,6 +584,7 @@ fn unit_forward<F: Real>(
                     }
                 }
                 let next = next_rows(p, t, reverse);
+                let prev = previous_rows(p, t, reverse);
                 for j in a..b {
                     let r = off + j;
                     let block = |b: usize| {
@@ -609,7 +603,10 @@ fn unit_forward<F: Real>(
                             hn: hn.get_mut(r, units.clone()),
                             b_hn: b_hn.get(units.clone()).unwrap_or(&[]),
                             h_prev: h_prev.get(r, units.clone()),
-                            c_prev: c_prev.get(r, units.clone()),
+                            c_prev: match prev.filter(|&(_, m)| j < m) {
+                                Some((prev_off, _)) => c.get(prev_off + j, units.clone()),
+                                None => initial_c(c0, &zeros, j, units.clone()),
+                            },
                             h: &mut *h_out,
                             c: &mut *c_out,
                         },
@@ -619,14 +616,25 @@ fn unit_forward<F: Real>(
                         h_prev
                             .get_mut(next_off + j, units.clone())
                             .copy_from_slice(h_out);
-                        c_prev
-                            .get_mut(next_off + j, units.clone())
-                            .copy_from_slice(c_out);
                     }
                 }
             }
         }
     });
+}
+
+/// `c(t-1)` of a row that starts from the initial state: rank `j`'s initial cell state
+/// (packed order), or `zeros` without one; columns `units`. Empty for cells without `c`.
+fn initial_c<'a, F: Real>(
+    c0: Option<&'a Array2<F>>,
+    zeros: &'a [F],
+    j: usize,
+    units: Range<usize>,
+) -> &'a [F] {
+    match c0 {
+        Some(c0) => &row(c0, j)[units],
+        None => &zeros[units],
+    }
 }
 
 /// Where a step's states are read next: `(first row, count)` of the next step's rows that
@@ -726,7 +734,6 @@ pub fn backward_layers<F: Real>(
                 _ => LayerInput::Dense(&ws.outs[l - 1]),
             };
             let scratch = StepGradients {
-                dh: &mut ws.dh_unit,
                 dc: &mut ws.dc,
                 dgx: &mut ws.dgx,
                 dgh: &mut ws.dgh,
@@ -741,7 +748,7 @@ pub fn backward_layers<F: Real>(
                 d == 1,
                 &ws.units[u],
                 ws.loop_split,
-                ws.dh.slice(s![.., d * h..(d + 1) * h]),
+                ws.dh.slice_mut(s![.., d * h..(d + 1) * h]),
                 scratch,
                 &mut grads.layers[u],
                 below.then_some(&mut ws.d_below),
@@ -771,7 +778,6 @@ fn add_into<F: Real, D: ndarray::Dimension>(
 
 /// A unit's gradient buffers (see [`Workspace`]).
 struct StepGradients<'a, F> {
-    dh: &'a mut Array2<F>,
     dc: &'a mut Array2<F>,
     dgx: &'a mut Array2<F>,
     dgh: &'a mut Array2<F>,
@@ -780,8 +786,8 @@ struct StepGradients<'a, F> {
 }
 
 /// One unit backwards: walks its steps in reverse, turning the gradient with respect to
-/// its states from outside the recurrence (`dh_ext`: readout or layer above) into the
-/// gradients with respect to its input projection and recurrent product, then forms the
+/// its states from outside the recurrence (`dh`: readout or layer above; in place, adding
+/// what reaches each state through the recurrence) into the gradients with respect to its input projection and recurrent product, then forms the
 /// weight gradients as one product over all steps each, and adds the gradient with
 /// respect to its input into `d_below`. The walk is split by hidden units over threads
 /// as the forward one is (`team.rs`).
@@ -794,17 +800,15 @@ fn unit_backward<F: Real>(
     reverse: bool,
     unit: &UnitBuffers<F>,
     split: Option<team::FixedSplit>,
-    dh_ext: ArrayView2<F>,
+    dh: ArrayViewMut2<F>,
     b: StepGradients<F>,
     grads: &mut LayerParams<F>,
     d_below: Option<&mut Array2<F>>,
 ) {
-    let (tokens, h) = (p.tokens(), dh_ext.ncols());
+    let (tokens, h) = (p.tokens(), dh.ncols());
     let g = layer.w_hh.nrows();
     let gates = g / h;
     let (lstm, gru) = (cell == Cell::Lstm, cell == Cell::Gru);
-    resize(b.dh, tokens, h);
-    b.dh.assign(&dh_ext);
     resize(b.dc, if lstm { tokens } else { 0 }, h);
     b.dc.fill(F::zero());
     resize(b.dgx, tokens, g);
@@ -814,15 +818,11 @@ fn unit_backward<F: Real>(
     let w_hh = layer.w_hh.view();
     b.w_hh_panels.pack(&w_hh, h);
     let panels = &*b.w_hh_panels;
+    let zeros = vec![F::zero(); h];
     // this unit's columns of h(t-1) in its operand
     let h_cols = |u: Range<usize>| unit.inputs + 1 + u.start..unit.inputs + 1 + u.end;
-    let [dh, dc, dgx, dgh] = [
-        b.dh.view_mut(),
-        b.dc.view_mut(),
-        b.dgx.view_mut(),
-        b.dgh.view_mut(),
-    ]
-    .map(team::Shared::new);
+    let [dh, dc, dgx, dgh] =
+        [dh, b.dc.view_mut(), b.dgx.view_mut(), b.dgh.view_mut()].map(team::Shared::new);
     // what the step products read: dgh for GRU, dgx (the same values) otherwise
     let d_rec = if gru { dgh } else { dgx };
     team::run(&split, h, |units, ranks| {
@@ -860,7 +860,10 @@ fn unit_backward<F: Real>(
                         UnitsBackward {
                             gates: [0, 1, 2, 3].map(read),
                             h_prev: part(&unit.operand, r, h_cols(units.clone())),
-                            c_prev: part(&unit.c_prev, r, units.clone()),
+                            c_prev: match prev_row {
+                                Some(pr) => part(&unit.c, pr, units.clone()),
+                                None => initial_c(unit.c0.as_ref(), &zeros, j, units.clone()),
+                            },
                             c: part(&unit.c, r, units.clone()),
                             hn: part(&unit.hn, r, units.clone()),
                             dh: dh.get(r, units.clone()),

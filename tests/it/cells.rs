@@ -149,12 +149,15 @@ fn dropout_applies_to_training_steps_only_and_follows_its_seed() {
 
 #[test]
 fn initial_states_carry_h_and_c_into_the_gradient() {
-    for cell in [Cell::Lstm, Cell::Gru] {
-        let c = cfg(cell, 2, false, Head::PerStep);
+    // both directions: the reverse one starts rows from the initial state at every step
+    // where a sequence ends
+    for (cell, bidirectional) in [(Cell::Lstm, false), (Cell::Gru, false), (Cell::Lstm, true)] {
+        let c = cfg(cell, 2, bidirectional, Head::PerStep);
         let batch = random_batch(&c, &[3, 1, 2], true, 12);
         let p = RnnParams::init(&c, 13).cast::<f64>();
         let mut rng = SplitMix64::new(14);
-        let mut state = || Array3::from_shape_simple_fn((2, 3, 4), || 0.5 * rng.normal());
+        let units = c.num_units();
+        let mut state = || Array3::from_shape_simple_fn((units, 3, 4), || 0.5 * rng.normal());
         let initial = RnnState {
             h: state(),
             c: (cell == Cell::Lstm).then(&mut state),
@@ -172,7 +175,8 @@ fn initial_states_carry_h_and_c_into_the_gradient() {
                 &mut cpu::Workspace::default(),
             )
         };
-        check_every_scalar(&format!("{cell} from an initial state"), &p, &grads, loss);
+        let what = format!("{cell} bidirectional {bidirectional} from an initial state");
+        check_every_scalar(&what, &p, &grads, loss);
         // and the state matters
         assert!((loss(&p) - cpu::loss(&c, &p, &batch)).abs() > 1e-6);
     }
