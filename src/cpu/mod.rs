@@ -915,31 +915,33 @@ fn unit_backward<F: Real>(
     }
     // `left`ᵀ times columns `cols` of the operand, added into the input side's gradients
     // and / or the recurrent side's, the column of ones giving each side's bias
+    let all = unit.operand.ncols();
+    resize(b.weights, g, all);
     let mut gradient = |left: &Array2<F>, cols: Range<usize>, input: bool, recurrent: bool| {
-        resize(b.weights, g, cols.len());
+        let mut weights = b.weights.slice_mut(s![.., ..cols.len()]);
         mat_mul(
             F::one(),
             &left.t(),
             &unit.operand.slice(s![.., cols.clone()]),
             F::zero(),
-            &mut b.weights.view_mut(),
+            &mut weights,
         );
+        let weights = weights.view();
         let at = |c: usize| c - cols.start;
         if input {
             if !tokens_in {
-                add_into(grads.w_ih.view_mut(), b.weights.slice(s![.., ..inputs]));
+                add_into(grads.w_ih.view_mut(), weights.slice(s![.., ..inputs]));
             }
-            add_into(grads.b_ih.view_mut(), b.weights.column(at(inputs)));
+            add_into(grads.b_ih.view_mut(), weights.column(at(inputs)));
         }
         if recurrent {
-            add_into(grads.b_hh.view_mut(), b.weights.column(at(inputs)));
+            add_into(grads.b_hh.view_mut(), weights.column(at(inputs)));
             add_into(
                 grads.w_hh.view_mut(),
-                b.weights.slice(s![.., at(inputs + 1)..]),
+                weights.slice(s![.., at(inputs + 1)..]),
             );
         }
     };
-    let all = unit.operand.ncols();
     if gru {
         gradient(b.dgx, 0..inputs + 1, true, false);
         gradient(b.dgh, inputs..all, false, true);
