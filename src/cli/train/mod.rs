@@ -64,7 +64,7 @@ pub struct TrainArgs {
     /// Recurrent layers [default: 2, or the checkpoint's].
     #[arg(long)]
     layers: Option<usize>,
-    /// Probability of dropping each input of layers 2.. on training steps [default: 0.4
+    /// Probability of dropping each input of layers 2.. on training steps [default: 0.5
     /// with more than one layer, else 0; or the checkpoint's].
     #[arg(long)]
     dropout: Option<f32>,
