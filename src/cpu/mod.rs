@@ -725,14 +725,10 @@ pub fn backward_layers<F: Real>(
             resize(&mut ws.d_below, p.tokens(), config.layer_input_size(l));
             ws.d_below.fill(F::zero());
         }
+        // the unit's operand holds a dense input; token ids are read here
+        let token_ids = (l == 0 && tokens_in).then_some(&ws.token_ids[..]);
         for d in 0..dirs {
             let u = l * dirs + d;
-            let input = match l {
-                0 if tokens_in => LayerInput::Tokens(&ws.token_ids),
-                0 => LayerInput::Dense(&ws.x),
-                _ if ws.dropout_used => LayerInput::Dense(&ws.dropped[l - 1]),
-                _ => LayerInput::Dense(&ws.outs[l - 1]),
-            };
             let scratch = StepGradients {
                 dc: &mut ws.dc,
                 dgx: &mut ws.dgx,
@@ -744,7 +740,7 @@ pub fn backward_layers<F: Real>(
                 config.cell,
                 &params.layers[u],
                 p,
-                &input,
+                token_ids,
                 d == 1,
                 &ws.units[u],
                 ws.loop_split,
@@ -787,16 +783,18 @@ struct StepGradients<'a, F> {
 
 /// One unit backwards: walks its steps in reverse, turning the gradient with respect to
 /// its states from outside the recurrence (`dh`: readout or layer above; in place, adding
-/// what reaches each state through the recurrence) into the gradients with respect to its input projection and recurrent product, then forms the
-/// weight gradients as one product over all steps each, and adds the gradient with
-/// respect to its input into `d_below`. The walk is split by hidden units over threads
+/// what reaches each state through the recurrence) into the gradients with respect to
+/// its input projection and recurrent product, then forms the weight gradients as one
+/// product over all steps each from the operand the forward pass left in `unit` (token
+/// inputs, `token_ids`, by a scatter-add), and adds the gradient with respect to its input
+/// into `d_below`. The walk is split by hidden units over threads
 /// as the forward one is (`team.rs`).
 #[allow(clippy::too_many_arguments)]
 fn unit_backward<F: Real>(
     cell: Cell,
     layer: &LayerParams<F>,
     p: &Packing,
-    input: &LayerInput<F>,
+    token_ids: Option<&[u32]>,
     reverse: bool,
     unit: &UnitBuffers<F>,
     split: Option<team::FixedSplit>,
@@ -905,9 +903,9 @@ fn unit_backward<F: Real>(
     // and db_ih, dghᵀ·[1 | h(t-1)] gives db_hh and dW_hh (rows that started from zeros
     // add nothing), and where dgh is dgx (but for GRU) dgxᵀ·[in | 1 | h(t-1)] gives all
     // four in one pass over dgx; token inputs' dW_ih is added row by row
-    let (inputs, tokens_in) = (unit.inputs, matches!(input, LayerInput::Tokens(_)));
-    if let LayerInput::Tokens(ids) = input {
-        for (g_row, &id) in b.dgx.rows().into_iter().zip(*ids) {
+    let inputs = unit.inputs;
+    if let Some(ids) = token_ids {
+        for (g_row, &id) in b.dgx.rows().into_iter().zip(ids) {
             Zip::from(grads.w_ih.column_mut(id as usize))
                 .and(&g_row)
                 .for_each(|w, &g| *w = *w + g);
@@ -929,7 +927,7 @@ fn unit_backward<F: Real>(
         let weights = weights.view();
         let at = |c: usize| c - cols.start;
         if input {
-            if !tokens_in {
+            if token_ids.is_none() {
                 add_into(grads.w_ih.view_mut(), weights.slice(s![.., ..inputs]));
             }
             add_into(grads.b_ih.view_mut(), weights.column(at(inputs)));
