@@ -91,4 +91,12 @@ section "unfold train (char-level LM on the bundled text) for half a minute on t
     timeout 60 "$RUN/unfold" train --device gpu --minutes 0.5 --out /tmp/unfold-charlm 2>&1 | tr '\r' '\n' | grep -E "held-out|done:" | tail -3
     timeout 20 "$RUN/unfold" sample --checkpoint /tmp/unfold-charlm --device gpu --prime "Anne" --len 200 --seed 1 2>&1 | tail -3
 }
+section "scaling curves: step time against T and B·H², memory against T, unfold and cuDNN" 150 && {
+    timeout 300 python3 "$RUN/scaling.py" --unfold "$RUN/unfold" --python python3 --device gpu \
+        --cell "${SCALING_CELL:-tanh}" --hiddens 256,512,1024 --reps 10 --timeout 60 \
+        --out "$OUT/scaling" 2>&1 | grep -v "^  "
+    # the rows alone come back (8 files at most): `scaling.py --plot-only` redraws here
+    mv "$OUT/scaling/scaling.jsonl" "$OUT/" 2>/dev/null
+    rm -rf "$OUT/scaling"
+}
 echo "--- [${SECONDS}s] done"

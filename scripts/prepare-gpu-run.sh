@@ -13,6 +13,6 @@ bench=$(cargo bench --no-run --bench train_step --message-format=json 2>/dev/nul
     | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | tail -1)
 cp "$bench" devrun/train_step_bench
 cp /usr/lib/x86_64-linux-gnu/libvulkan.so.1 devrun/
-cp scripts/torch_rnn_bench.py scripts/torch_matmul_bench.py devrun/
+cp scripts/torch_rnn_bench.py scripts/torch_matmul_bench.py scripts/scaling.py devrun/
 strip devrun/unfold devrun/tests/* devrun/train_step_bench
 du -sh devrun

@@ -10,8 +10,15 @@ lengths uniform in [T/2, T] with the first sequence at T, run through
 Prints one JSON line per (workload, lengths) with the median step time; the fields match
 `unfold bench`'s where they mean the same thing, so `scripts/compare_bench.py` reads both.
 
-    python3 scripts/torch_rnn_bench.py [cuda|cpu] [latency|small|ref|large] [fixed|variable]
-        [--cell tanh|relu|lstm|gru] [--bidirectional] [--threads N] [--reps N]
+    python3 scripts/torch_rnn_bench.py [cuda|cpu] [latency|small|ref|large|BxTxIxHxC]
+        [fixed|variable] [--cell tanh|relu|lstm|gru] [--bidirectional] [--threads N] [--reps N]
+
+A workload written BxTxIxHxC (batch, steps, input, hidden, classes) is any shape, as
+`unfold bench --configs` takes it. Each line also records the memory the step held:
+on CUDA the peak of PyTorch's allocated tensors over the warm-up and timed steps, on the
+CPU how far the process's peak resident memory rose above its resident memory at the
+start of the workload (a clean figure for a process's first workload), as `unfold
+bench` records its own.
 
 Without a workload: all four on CUDA (each also once with TF32 on, for reference), the
 first three on the CPU (large is slow there). Without a device: cuda if available.
@@ -34,7 +41,8 @@ MODULES = {"tanh": "RNN", "relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("device", nargs="?", choices=["cuda", "cpu"])
-    ap.add_argument("workload", nargs="?", choices=list(WORKLOADS))
+    ap.add_argument("workload", nargs="?", type=workload_arg,
+                    help="latency, small, ref, large, or BxTxIxHxC")
     ap.add_argument("lengths", nargs="?", choices=["fixed", "variable"])
     ap.add_argument("--cell", default="tanh", choices=list(MODULES))
     ap.add_argument("--bidirectional", action="store_true",
@@ -44,6 +52,36 @@ def parse_args():
     ap.add_argument("--reps", type=int, default=0,
                     help="timed steps, after 5 warm-up steps (default: 20 on cuda, 5 on cpu)")
     return ap.parse_args()
+
+
+def workload_arg(spec):
+    """An anchor's name, or a shape BxTxIxHxC (named by the anchor it equals, if any)."""
+    if spec in WORKLOADS:
+        return spec
+    try:
+        dims = tuple(int(d) for d in spec.split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) != 5 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{spec!r}: expected latency, small, ref, large or BxTxIxHxC")
+    for name, shape in WORKLOADS.items():
+        if shape == dims:
+            return name
+    WORKLOADS[spec] = dims
+    return spec
+
+
+def process_memory(field):
+    """A memory figure of /proc/self/status (VmRSS:, VmHWM:) in bytes; 0 where none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def make_rnn(torch, cell, i, h, bidirectional):
@@ -58,7 +96,10 @@ def time_step(torch, dev, name, cell, bidirectional, tf32, variable, reps):
     b, t, i, h, c = WORKLOADS[name]
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
+    resident_before = process_memory("VmRSS:")
     torch.manual_seed(0)
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     rnn = make_rnn(torch, cell, i, h, bidirectional).to(dev)
     readout = torch.nn.Linear(2 * h if bidirectional else h, c).to(dev)
     sgd = torch.optim.SGD([*rnn.parameters(), *readout.parameters()], lr=0.01)
@@ -103,6 +144,11 @@ def time_step(torch, dev, name, cell, bidirectional, tf32, variable, reps):
     median = sorted(times)[len(times) // 2]
     tokens = int(lengths.sum())
     device = torch.cuda.get_device_name() if dev == "cuda" else f"cpu x{torch.get_num_threads()}"
+    if dev == "cuda":
+        memory = (torch.cuda.max_memory_allocated(), "device, peak allocated")
+    else:
+        memory = (max(0, process_memory("VmHWM:") - resident_before),
+                  "process, peak resident growth")
     return {
         "anchor": f"torch.nn.{MODULES[cell]}",
         "impl": "torch",
@@ -116,6 +162,8 @@ def time_step(torch, dev, name, cell, bidirectional, tf32, variable, reps):
         "variable": variable,
         "train_step_ms": round(median * 1e3, 3),
         "tokens_per_s": round(tokens / median),
+        "memory_bytes": memory[0],
+        "memory": memory[1],
     }
 
 

@@ -66,6 +66,55 @@ impl Workload {
         ANCHORS.iter().copied().find(|w| w.name == name)
     }
 
+    /// An anchor by name, or any shape written `BxTxIxHxC` (batch, steps, input, hidden,
+    /// classes; every size at least 1, e.g. `64x4096x128x512x128`), named `custom` unless
+    /// it is an anchor's.
+    pub fn parse(spec: &str) -> crate::Result<Workload> {
+        let spec = spec.trim();
+        if let Some(anchor) = Workload::named(spec) {
+            return Ok(anchor);
+        }
+        let dims = parse_sizes(spec).filter(|d| d.len() == 5);
+        match dims.as_deref() {
+            Some(&[batch, steps, input, hidden, classes]) => {
+                let custom = Workload {
+                    name: "custom",
+                    batch,
+                    steps,
+                    input,
+                    hidden,
+                    classes,
+                };
+                // an anchor's shape written out is that anchor
+                Ok(ANCHORS
+                    .into_iter()
+                    .find(|a| Workload { name: "custom", ..*a } == custom)
+                    .unwrap_or(custom))
+            }
+            _ => Err(crate::Error::InvalidConfig {
+                what: "a workload",
+                expected: "latency, small, ref, large, or BxTxIxHxC with every size at least 1",
+                got: spec.to_string(),
+            }),
+        }
+    }
+
+    /// The anchor's name, or `BxTxIxHxC` for any other shape.
+    pub fn label(&self) -> String {
+        if self.name != "custom" {
+            return self.name.to_string();
+        }
+        let Workload {
+            batch,
+            steps,
+            input,
+            hidden,
+            classes,
+            ..
+        } = self;
+        format!("{batch}x{steps}x{input}x{hidden}x{classes}")
+    }
+
     /// The model of this workload: one tanh layer, per-step head.
     pub fn config(&self) -> RnnConfig {
         RnnConfig::new(self.input, self.hidden, self.classes)
@@ -164,16 +213,18 @@ pub fn parse_matmul_shapes(list: &str) -> crate::Result<Vec<(usize, usize, usize
                 expected: "MxNxK with every size at least 1, e.g. 4096x4096x4096",
                 got: s.to_string(),
             };
-            let dims: Vec<usize> = s
-                .trim()
-                .split('x')
-                .map(|d| d.parse().map_err(|_| bad()))
-                .collect::<crate::Result<_>>()?;
-            match dims[..] {
-                [m, n, k] if m > 0 && n > 0 && k > 0 => Ok((m, n, k)),
+            match parse_sizes(s.trim()).as_deref() {
+                Some(&[m, n, k]) => Ok((m, n, k)),
                 _ => Err(bad()),
             }
         })
+        .collect()
+}
+
+/// Sizes written `AxBx…`, every one at least 1; `None` if any is not.
+fn parse_sizes(spec: &str) -> Option<Vec<usize>> {
+    spec.split('x')
+        .map(|d| d.parse().ok().filter(|&n: &usize| n > 0))
         .collect()
 }
 
@@ -189,6 +240,22 @@ mod tests {
         );
         for bad in ["", "64x512", "0x1x1", "1x1x1x1", "axbxc", "4096x4096x4096,"] {
             assert!(parse_matmul_shapes(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn workloads_parse_by_name_or_shape_and_bad_ones_are_refused() {
+        assert_eq!(Workload::parse(" ref ").unwrap(), Workload::named("ref").unwrap());
+        let w = Workload::parse("64x4096x128x512x128").unwrap();
+        assert_eq!(
+            (w.batch, w.steps, w.input, w.hidden, w.classes),
+            (64, 4096, 128, 512, 128)
+        );
+        assert_eq!(w.label(), "64x4096x128x512x128");
+        assert_eq!(Workload::named("large").unwrap().label(), "large");
+        assert_eq!(Workload::parse("64x100x128x512x128").unwrap().label(), "ref");
+        for bad in ["", "huge", "64x100x128x512", "64x100x128x0x128", "1x1x1x1x1x1", "ax1x1x1x1"] {
+            assert!(Workload::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }
 }

@@ -14,9 +14,13 @@ use unfold::{Cell, Device, Optimizer, Rnn, RnnParams, SequenceBatch};
 pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
-    /// Comma-separated: latency, small, ref, large.
+    /// Comma-separated: latency, small, ref, large, or any shape written BxTxIxHxC
+    /// (batch, steps, input, hidden, classes; e.g. 64x4096x128x512x128).
     #[arg(long, default_value = "latency,small,ref")]
     configs: String,
+    /// Which batches of each workload: fixed-length, variable-length, or both.
+    #[arg(long, value_enum, default_value = "both")]
+    lengths: Lengths,
     /// The recurrent cell of the workloads.
     #[arg(long, value_enum, default_value = "tanh")]
     cell: CellChoice,
@@ -50,9 +54,14 @@ pub fn run(args: BenchArgs) -> CliResult<ExitCode> {
                 cell: args.cell.into(),
                 bidirectional: args.bidirectional,
             };
-            for name in args.configs.split(',') {
-                let w = workload(name)?;
-                for variable in [false, true] {
+            let variable_modes: &[bool] = match args.lengths {
+                Lengths::Fixed => &[false],
+                Lengths::Variable => &[true],
+                Lengths::Both => &[false, true],
+            };
+            for spec in args.configs.split(',') {
+                let w = Workload::parse(spec)?;
+                for &variable in variable_modes {
                     bench_steps(&device, &w, model, variable, reps, args.time_loop.into())?;
                 }
             }
@@ -61,12 +70,11 @@ pub fn run(args: BenchArgs) -> CliResult<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn workload(name: &str) -> unfold::Result<Workload> {
-    Workload::named(name.trim()).ok_or_else(|| unfold::Error::InvalidConfig {
-        what: "--configs",
-        expected: "a list of latency, small, ref, large",
-        got: name.to_string(),
-    })
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Lengths {
+    Fixed,
+    Variable,
+    Both,
 }
 
 /// What a workload's layer is: its cell and whether it reads both ways.
@@ -90,6 +98,7 @@ fn bench_steps(
         cell,
         bidirectional,
     } = model;
+    let resident_before = process_memory("VmRSS:");
     let batch = w.batch(variable, 0);
     let config = w.config().cell(cell).bidirectional(bidirectional);
     let mut rnn = Rnn::new(config.clone(), RnnParams::init(&config, 0), device)?;
@@ -110,10 +119,11 @@ fn bench_steps(
     }
     let med = median(times);
     let dispatches = rnn.last_step_profile().map_or(0, |(_, d)| d);
+    let (memory, memory_kind) = step_memory(device, resident_before);
     println!(
-        "{{\"impl\": \"unfold\", \"device\": {:?}, \"time_loop\": \"{time_loop:?}\", \"cell\": \"{cell}\", \"bidirectional\": {bidirectional}, \"config\": {:?}, \"B\": {}, \"T\": {}, \"I\": {}, \"H\": {}, \"C\": {}, \"variable\": {variable}, \"train_step_ms\": {:.3}, \"tokens_per_s\": {:.0}, \"gflops\": {:.1}, \"host_record_ms\": {:.3}, \"dispatches\": {dispatches}}}",
+        "{{\"impl\": \"unfold\", \"device\": {:?}, \"time_loop\": \"{time_loop:?}\", \"cell\": \"{cell}\", \"bidirectional\": {bidirectional}, \"config\": {:?}, \"B\": {}, \"T\": {}, \"I\": {}, \"H\": {}, \"C\": {}, \"variable\": {variable}, \"train_step_ms\": {:.3}, \"tokens_per_s\": {:.0}, \"gflops\": {:.1}, \"host_record_ms\": {:.3}, \"dispatches\": {dispatches}, \"memory_bytes\": {memory}, \"memory\": {memory_kind:?}}}",
         device.describe(),
-        w.name,
+        w.label(),
         w.batch,
         w.steps,
         w.input,
@@ -125,6 +135,31 @@ fn bench_steps(
         median(host) * 1e3,
     );
     Ok(())
+}
+
+/// The memory a training step holds, and what was measured: on a GPU, the bytes of
+/// device memory in live allocations after the steps (every buffer the model keeps
+/// between steps, which is all it allocates); on the CPU, how far the process's peak
+/// resident memory rose above `resident_before` (Linux; 0 elsewhere), a clean figure
+/// for the first workload of a process.
+fn step_memory(device: &Device, resident_before: u64) -> (u64, &'static str) {
+    if device.is_gpu() {
+        let bytes = unfold::internals::gpu::device_memory_in_use(device);
+        return (bytes.unwrap_or(0), "device, live allocations");
+    }
+    let peak = process_memory("VmHWM:");
+    (peak.saturating_sub(resident_before), "process, peak resident growth")
+}
+
+/// A memory figure of `/proc/self/status` (`VmRSS:`, `VmHWM:`) in bytes; 0 where there
+/// is none.
+fn process_memory(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kib.unwrap_or(0) * 1024
 }
 
 /// Floating-point operations of one training step: [`Workload::train_flops`], with each

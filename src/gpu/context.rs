@@ -299,6 +299,14 @@ impl GpuContext {
         })
     }
 
+    /// Bytes in live device-memory allocations (wgpu's allocator report); `None` where
+    /// the backend keeps no report.
+    pub fn memory_in_use(&self) -> Option<u64> {
+        self.device
+            .generate_allocator_report()
+            .map(|r| r.total_allocated_bytes)
+    }
+
     /// What went to and from this device so far.
     pub fn transfers(&self) -> Transfers {
         *self.count()

@@ -175,6 +175,16 @@ pub fn live_resources(device: &crate::Device) -> Option<LiveResources> {
     }
 }
 
+/// Bytes of device memory in live allocations on `device` (every buffer of every model on
+/// it, as wgpu's memory allocator counts them); `None` for the CPU and where the backend
+/// does not say.
+pub fn device_memory_in_use(device: &crate::Device) -> Option<u64> {
+    match &device.kind {
+        crate::device::DeviceKind::Gpu(ctx) => ctx.memory_in_use(),
+        crate::device::DeviceKind::Cpu => None,
+    }
+}
+
 /// What went to and from `device` so far, every model on it together (`None` for the
 /// CPU); see [`Transfers`].
 pub fn transfers(device: &crate::Device) -> Option<Transfers> {
