@@ -205,7 +205,7 @@ def fmt(v):
 
 
 def panel(y0, title, x_label, y_label, series):
-    """One panel's SVG: `series` is [(label, colour, dashed, [(x, y), ...]), ...]."""
+    """One panel's SVG: `series` is [(label, colour, dash pattern or "", [(x, y), ...])]."""
     pts = [p for s in series for p in s[3] if p[0] > 0 and p[1] > 0]
     if not pts:
         return ""
@@ -232,11 +232,11 @@ def panel(y0, title, x_label, y_label, series):
         out.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{fmt(v)}</text>')
     out.append(f'<text x="{LEFT + pw / 2}" y="{y0 + H_PANEL - 10}" text-anchor="middle" font-size="12">{x_label}</text>')
     out.append(f'<text transform="translate(18 {y0 + TOP + ph / 2}) rotate(-90)" text-anchor="middle" font-size="12">{y_label}</text>')
-    for n, (label, colour, dashed, line) in enumerate(series):
+    for n, (label, colour, pattern, line) in enumerate(series):
         line = sorted(p for p in line if p[0] > 0 and p[1] > 0)
         if not line:
             continue
-        dash = ' stroke-dasharray="5 4"' if dashed else ""
+        dash = f' stroke-dasharray="{pattern}"' if pattern else ""
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in line)
         out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
         for x, y in line:
@@ -264,17 +264,18 @@ def plot(rows):
     for impl in IMPLS:
         t_pts = [(k[1], v[impl]["train_step_ms"]) for k, v in shapes.items()
                  if impl in v and (k[0], k[2], k[3], k[4]) == T_SHAPE]
-        t_series.append((label.get(impl, impl), COLORS[impl], False, t_pts))
+        t_series.append((label.get(impl, impl), COLORS[impl], "", t_pts))
         mem_pts = [(k[1], v[impl].get("memory_bytes", 0) / 2**20) for k, v in shapes.items()
                    if impl in v and (k[0], k[2], k[3], k[4]) == T_SHAPE]
-        mem_series.append((label.get(impl, impl), COLORS[impl], False, mem_pts))
-        # one line per batch size, dashed for the smaller batches
+        mem_series.append((label.get(impl, impl), COLORS[impl], "", mem_pts))
+        # one line per batch size: solid for the largest, shorter dashes for smaller ones
         batches = sorted({k[0] for k in shapes if (k[1], k[2], k[4]) == SIZE_SHAPE})
-        for b in batches:
+        for n, b in enumerate(batches):
+            pattern = "" if b == batches[-1] else f"{2 + 3 * n} 3"
             pts = [(k[0] * k[3] ** 2, v[impl]["train_step_ms"]) for k, v in shapes.items()
                    if impl in v and (k[1], k[2], k[4]) == SIZE_SHAPE and k[0] == b]
-            size_series.append((f"{label.get(impl, impl)}, B {b}", COLORS[impl],
-                                b != batches[-1], pts))
+            size_series.append((f"{label.get(impl, impl)}, B {b}", COLORS[impl], pattern,
+                                pts))
     cell = next(iter(rows), {}).get("cell", "tanh")
     b, i, h, c = T_SHAPE
     t, si, sc = SIZE_SHAPE

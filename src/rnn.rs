@@ -577,6 +577,96 @@ impl Rnn {
         Ok(())
     }
 
+    /// Measures on this model's GPU how to run a training pass over batches shaped like
+    /// `batch` fastest, and keeps what it finds. For each matrix product the pass records
+    /// (its shape not yet tuned on this device), every tiling and K split is timed on
+    /// operands of that shape and the fastest kept for every later product of that shape
+    /// by any model on the same [`Device`] (its clones included); a shape whose trials
+    /// would take longer than `budget` (estimated from one run) keeps its plan. Then,
+    /// where the model's time loop is [`TimeLoop::Auto`] and the persistent loop does not
+    /// apply, whole passes under a fused dispatch per step and under tiled steps are
+    /// timed, and the faster is set as the model's time loop.
+    ///
+    /// The parameters, optimizer state and dropout masks are untouched; results change
+    /// only by rounding (a different K split sums in another order). On the CPU there is
+    /// nothing to tune: an empty report.
+    pub fn autotune(
+        &mut self,
+        batch: &SequenceBatch,
+        budget: std::time::Duration,
+    ) -> Result<crate::gpu::Autotune> {
+        use crate::gpu;
+        let mut report = gpu::Autotune::default();
+        let ctx = match &self.backend {
+            Backend::Cpu { .. } => return Ok(report),
+            Backend::Gpu(g) => g.context().clone(),
+        };
+        gpu::watch_products(&ctx);
+        let pass = self.loss_and_gradients(batch);
+        let shapes = gpu::watched_products(&ctx);
+        pass?;
+        for shape in shapes {
+            if shape.m == 0 || shape.n == 0 || shape.k == 0 || gpu::is_tuned(&ctx, shape) {
+                continue;
+            }
+            match gpu::tune_product(&ctx, shape, budget)? {
+                Some(tuned) => report.products.push(tuned),
+                None => report.skipped.push(shape),
+            }
+        }
+        if let Backend::Gpu(g) = &mut self.backend {
+            // the next pass sizes its split scratch for the plans kept
+            g.release_work();
+            self.held = None;
+            let batch_size = batch.packing().batch();
+            if g.time_loop == TimeLoop::Auto
+                && !gpu::runs_persistent(&ctx, TimeLoop::Auto, self.config.hidden_size, batch_size)
+            {
+                report.time_loops = self.time_the_loops(batch, budget)?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Times whole passes over `batch` under a fused dispatch per step and under tiled
+    /// steps (fastest of three after one to warm up; none when one pass would take more
+    /// than an eighth of `budget`) and keeps the faster; fastest first.
+    fn time_the_loops(
+        &mut self,
+        batch: &SequenceBatch,
+        budget: std::time::Duration,
+    ) -> Result<Vec<(TimeLoop, std::time::Duration)>> {
+        let mut timed = Vec::new();
+        for time_loop in [TimeLoop::PerStep, TimeLoop::TiledSteps] {
+            self.set_time_loop(time_loop)?;
+            let start = std::time::Instant::now();
+            self.loss_and_gradients(batch)?;
+            if start.elapsed() > budget / 8 {
+                self.set_time_loop(TimeLoop::Auto)?;
+                return Ok(Vec::new());
+            }
+            let mut best = std::time::Duration::MAX;
+            for _ in 0..3 {
+                let start = std::time::Instant::now();
+                self.loss_and_gradients(batch)?;
+                best = best.min(start.elapsed());
+            }
+            timed.push((time_loop, best));
+        }
+        timed.sort_by_key(|&(_, t)| t);
+        self.set_time_loop(timed[0].0)?;
+        Ok(timed)
+    }
+
+    /// How the GPU path walks the time steps (see [`Rnn::set_time_loop`];
+    /// [`TimeLoop::Auto`] on the CPU).
+    pub fn time_loop(&self) -> TimeLoop {
+        match &self.backend {
+            Backend::Cpu { .. } => TimeLoop::Auto,
+            Backend::Gpu(g) => g.time_loop,
+        }
+    }
+
     /// Runs `op` on the backend, noting what it moved to and from a GPU.
     fn counted<R>(&mut self, op: impl FnOnce(&RnnConfig, &mut Backend) -> Result<R>) -> Result<R> {
         let before = self.device_transfers();

@@ -88,7 +88,12 @@ impl Workload {
                 // an anchor's shape written out is that anchor
                 Ok(ANCHORS
                     .into_iter()
-                    .find(|a| Workload { name: "custom", ..*a } == custom)
+                    .find(|a| {
+                        Workload {
+                            name: "custom",
+                            ..*a
+                        } == custom
+                    })
                     .unwrap_or(custom))
             }
             _ => Err(crate::Error::InvalidConfig {
@@ -245,7 +250,10 @@ mod tests {
 
     #[test]
     fn workloads_parse_by_name_or_shape_and_bad_ones_are_refused() {
-        assert_eq!(Workload::parse(" ref ").unwrap(), Workload::named("ref").unwrap());
+        assert_eq!(
+            Workload::parse(" ref ").unwrap(),
+            Workload::named("ref").unwrap()
+        );
         let w = Workload::parse("64x4096x128x512x128").unwrap();
         assert_eq!(
             (w.batch, w.steps, w.input, w.hidden, w.classes),
@@ -253,8 +261,18 @@ mod tests {
         );
         assert_eq!(w.label(), "64x4096x128x512x128");
         assert_eq!(Workload::named("large").unwrap().label(), "large");
-        assert_eq!(Workload::parse("64x100x128x512x128").unwrap().label(), "ref");
-        for bad in ["", "huge", "64x100x128x512", "64x100x128x0x128", "1x1x1x1x1x1", "ax1x1x1x1"] {
+        assert_eq!(
+            Workload::parse("64x100x128x512x128").unwrap().label(),
+            "ref"
+        );
+        for bad in [
+            "",
+            "huge",
+            "64x100x128x512",
+            "64x100x128x0x128",
+            "1x1x1x1x1x1",
+            "ax1x1x1x1",
+        ] {
             assert!(Workload::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }

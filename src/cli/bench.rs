@@ -42,6 +42,11 @@ pub struct BenchArgs {
     /// on the adapter first).
     #[arg(long)]
     unchecked_shaders: bool,
+    /// With --device gpu: before timing, measure every tiling of each product a step
+    /// records (and, under --time-loop auto, both step-wise time loops) and keep the
+    /// fastest (`Rnn::autotune`); at most this many seconds of trials per product shape.
+    #[arg(long, value_name = "SECONDS")]
+    autotune: Option<f64>,
 }
 
 pub fn run(args: BenchArgs) -> CliResult<ExitCode> {
@@ -62,7 +67,11 @@ pub fn run(args: BenchArgs) -> CliResult<ExitCode> {
             for spec in args.configs.split(',') {
                 let w = Workload::parse(spec)?;
                 for &variable in variable_modes {
-                    bench_steps(&device, &w, model, variable, reps, args.time_loop.into())?;
+                    let how = How {
+                        time_loop: args.time_loop.into(),
+                        autotune: args.autotune,
+                    };
+                    bench_steps(&device, &w, model, variable, reps, how)?;
                 }
             }
         }
@@ -84,6 +93,14 @@ struct Model {
     bidirectional: bool,
 }
 
+/// How the steps run: the time loop asked for, and the autotuning budget per product
+/// shape in seconds (`None`: no tuning).
+#[derive(Clone, Copy)]
+struct How {
+    time_loop: TimeLoop,
+    autotune: Option<f64>,
+}
+
 /// One JSON line: the median time of `reps` training steps (after 3 warm-up steps) of
 /// workload `w` with `model`, fixed or variable length.
 fn bench_steps(
@@ -92,7 +109,10 @@ fn bench_steps(
     model: Model,
     variable: bool,
     reps: usize,
-    time_loop: TimeLoop,
+    How {
+        time_loop,
+        autotune,
+    }: How,
 ) -> unfold::Result<()> {
     let Model {
         cell,
@@ -103,6 +123,23 @@ fn bench_steps(
     let config = w.config().cell(cell).bidirectional(bidirectional);
     let mut rnn = Rnn::new(config.clone(), RnnParams::init(&config, 0), device)?;
     rnn.set_time_loop(time_loop)?;
+    if let Some(seconds) = autotune {
+        let budget = std::time::Duration::try_from_secs_f64(seconds).map_err(|_| {
+            unfold::Error::InvalidConfig {
+                what: "--autotune",
+                expected: "a number of seconds, at least 0",
+                got: seconds.to_string(),
+            }
+        })?;
+        let report = rnn.autotune(&batch, budget)?;
+        eprintln!("{}: {}", w.label(), describe_tuning(&report));
+    }
+    // what autotuning kept (the CPU has no time loop to report but the one asked for)
+    let time_loop = if device.is_gpu() {
+        rnn.time_loop()
+    } else {
+        time_loop
+    };
     let mut sgd = Optimizer::sgd(0.01);
     for _ in 0..3 {
         rnn.train_step(&batch, &mut sgd)?;
@@ -121,7 +158,7 @@ fn bench_steps(
     let dispatches = rnn.last_step_profile().map_or(0, |(_, d)| d);
     let (memory, memory_kind) = step_memory(device, resident_before);
     println!(
-        "{{\"impl\": \"unfold\", \"device\": {:?}, \"time_loop\": \"{time_loop:?}\", \"cell\": \"{cell}\", \"bidirectional\": {bidirectional}, \"config\": {:?}, \"B\": {}, \"T\": {}, \"I\": {}, \"H\": {}, \"C\": {}, \"variable\": {variable}, \"train_step_ms\": {:.3}, \"tokens_per_s\": {:.0}, \"gflops\": {:.1}, \"host_record_ms\": {:.3}, \"dispatches\": {dispatches}, \"memory_bytes\": {memory}, \"memory\": {memory_kind:?}}}",
+        "{{\"impl\": \"unfold\", \"device\": {:?}, \"time_loop\": \"{time_loop:?}\", \"cell\": \"{cell}\", \"bidirectional\": {bidirectional}, \"config\": {:?}, \"B\": {}, \"T\": {}, \"I\": {}, \"H\": {}, \"C\": {}, \"variable\": {variable}, \"train_step_ms\": {:.3}, \"tokens_per_s\": {:.0}, \"gflops\": {:.1}, \"host_record_ms\": {:.3}, \"dispatches\": {dispatches}, \"memory_bytes\": {memory}, \"memory\": {memory_kind:?}, \"autotuned\": {}}}",
         device.describe(),
         w.label(),
         w.batch,
@@ -133,8 +170,44 @@ fn bench_steps(
         batch.tokens() as f64 / med,
         train_flops(w, model, &batch) / med / 1e9,
         median(host) * 1e3,
+        autotune.is_some(),
     );
     Ok(())
+}
+
+/// What autotuning measured and kept, in a few lines.
+fn describe_tuning(report: &unfold::internals::gpu::Autotune) -> String {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let mut lines = vec![format!(
+        "{} product shapes tuned, {} left (over budget)",
+        report.products.len(),
+        report.skipped.len()
+    )];
+    for t in &report.products {
+        let s = t.shape;
+        let (before, chosen) = (t.before, t.chosen);
+        lines.push(format!(
+            "  {}x{}x{}{}{}: {:?} split {} {:.3} ms -> {:?} split {} {:.3} ms",
+            s.m,
+            s.n,
+            s.k,
+            if s.transpose_a { " Aᵀ" } else { "" },
+            if s.transpose_b { " Bᵀ" } else { "" },
+            before.0.tile,
+            before.0.splits,
+            ms(before.1),
+            chosen.0.tile,
+            chosen.0.splits,
+            ms(chosen.1)
+        ));
+    }
+    for (time_loop, pass) in &report.time_loops {
+        lines.push(format!(
+            "  time loop {time_loop:?}: {:.2} ms per pass",
+            ms(*pass)
+        ));
+    }
+    lines.join("\n")
 }
 
 /// The memory a training step holds, and what was measured: on a GPU, the bytes of
@@ -148,7 +221,10 @@ fn step_memory(device: &Device, resident_before: u64) -> (u64, &'static str) {
         return (bytes.unwrap_or(0), "device, live allocations");
     }
     let peak = process_memory("VmHWM:");
-    (peak.saturating_sub(resident_before), "process, peak resident growth")
+    (
+        peak.saturating_sub(resident_before),
+        "process, peak resident growth",
+    )
 }
 
 /// A memory figure of `/proc/self/status` (`VmRSS:`, `VmHWM:`) in bytes; 0 where there

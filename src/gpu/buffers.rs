@@ -313,7 +313,7 @@ impl BatchBuffers {
             ]);
         }
         let scratch_floats =
-            gemm::scratch_for(&shapes).min((ctx.max_storage_binding() / 4) as usize);
+            gemm::scratch_for(ctx, &shapes).min((ctx.max_storage_binding() / 4) as usize);
         let dropout_layers = if config.drops_between() { l - 1 } else { 0 };
         let out_dropped = if config.drops_output() {
             tokens * dh

@@ -17,6 +17,9 @@ pub struct GpuContext {
     pub(crate) kernels: Kernels,
     /// What went to and from the device so far (see [`Transfers`]).
     transfers: std::sync::Mutex<Transfers>,
+    /// The tilings measured fastest on this device, and the shapes recorded while
+    /// [`crate::Rnn::autotune`] watches (see `gemm::Tuning`).
+    pub(crate) tuning: std::sync::Mutex<super::gemm::Tuning>,
 }
 
 /// Live wgpu handles of one device (see [`GpuContext::live_resources`]).
@@ -263,6 +266,7 @@ impl GpuContext {
             limits,
             kernels,
             transfers: Default::default(),
+            tuning: Default::default(),
         })
     }
 

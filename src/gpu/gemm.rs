@@ -8,7 +8,9 @@ use super::GpuContext;
 use crate::device::DeviceKind;
 use crate::{Cell, Device, Error, Result};
 use ndarray::{Array2, ArrayView2};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// The block of C that one workgroup computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -106,11 +108,96 @@ impl GemmPlan {
     }
 }
 
-/// Scratch floats for the largest of these `(m, n, k)` products under their chosen plans.
-pub(crate) fn scratch_for(shapes: &[(u32, u32, u32)]) -> usize {
+/// A product's shape as a tiling sees it: `op(A)` `m × k`, `op(B)` `k × n`, and whether
+/// each operand is read transposed (which changes how its loads fall in memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProductShape {
+    /// Rows of `op(A)` and C.
+    pub m: u32,
+    /// Columns of `op(B)` and C.
+    pub n: u32,
+    /// The depth the product sums over.
+    pub k: u32,
+    /// A is stored as `k × m` and read transposed.
+    pub transpose_a: bool,
+    /// B is stored as `n × k` and read transposed.
+    pub transpose_b: bool,
+}
+
+impl ProductShape {
+    fn of(params: &MatmulParams) -> ProductShape {
+        ProductShape {
+            m: params.m,
+            n: params.n,
+            k: params.k,
+            transpose_a: params.flags & TRANS_A != 0,
+            transpose_b: params.flags & TRANS_B != 0,
+        }
+    }
+}
+
+/// What [`crate::Rnn::autotune`] learned on one device: the plan measured fastest for
+/// each product shape it tried (kept for every model on the device, for as long as the
+/// device lives), and while it watches a pass, the shapes that pass records.
+#[derive(Default)]
+pub(crate) struct Tuning {
+    plans: HashMap<ProductShape, GemmPlan>,
+    watched: Option<HashSet<ProductShape>>,
+}
+
+fn tuning(ctx: &GpuContext) -> MutexGuard<'_, Tuning> {
+    // a map and a set: a panic while one was held leaves nothing half-done
+    ctx.tuning.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The plan a product of `shape` runs with on `ctx`'s device: the tuned one, if any,
+/// else [`GemmPlan::choose`]'s.
+fn plan_for(ctx: &GpuContext, shape: ProductShape) -> GemmPlan {
+    let mut tuning = tuning(ctx);
+    if let Some(watched) = &mut tuning.watched {
+        watched.insert(shape);
+    }
+    tuning
+        .plans
+        .get(&shape)
+        .copied()
+        .unwrap_or_else(|| GemmPlan::choose(shape.m, shape.n, shape.k))
+}
+
+/// Starts noting the shape of every product recorded on `ctx`'s device.
+pub(crate) fn watch_products(ctx: &GpuContext) {
+    tuning(ctx).watched = Some(HashSet::new());
+}
+
+/// Stops noting product shapes; those noted since [`watch_products`], in order.
+pub(crate) fn watched_products(ctx: &GpuContext) -> Vec<ProductShape> {
+    let mut shapes: Vec<_> = tuning(ctx).watched.take().into_iter().flatten().collect();
+    shapes.sort();
+    shapes
+}
+
+/// Whether a plan for `shape` was already measured on `ctx`'s device.
+pub(crate) fn is_tuned(ctx: &GpuContext, shape: ProductShape) -> bool {
+    tuning(ctx).plans.contains_key(&shape)
+}
+
+/// Scratch floats for the largest of these `(m, n, k)` products under the plans they may
+/// run with on `ctx`'s device (built-in or tuned, either way round).
+pub(crate) fn scratch_for(ctx: &GpuContext, shapes: &[(u32, u32, u32)]) -> usize {
+    let tuning = tuning(ctx);
     shapes
         .iter()
-        .map(|&(m, n, k)| GemmPlan::choose(m, n, k).scratch_floats(m, n, k))
+        .map(|&(m, n, k)| {
+            let tuned = tuning
+                .plans
+                .iter()
+                .filter(|(s, _)| (s.m, s.n, s.k) == (m, n, k))
+                .map(|(_, plan)| plan.scratch_floats(m, n, k));
+            tuned
+                .chain([GemmPlan::choose(m, n, k).scratch_floats(m, n, k)])
+                .max()
+                .unwrap_or(0)
+        })
         .max()
         .unwrap_or(0)
 }
@@ -288,9 +375,10 @@ impl<'a> Product<'a> {
 }
 
 /// Records `C = alpha·op(A)·op(B) + beta·C (+ bias)` (and its epilogue) under the plan
-/// its shape chooses. `buffers` are A, B, bias, C as the kernel binds them (with
-/// [`A_IN_C`], A's entry is ignored). A split that `scratch` (with room for
-/// `scratch_floats` floats) cannot hold runs unsplit instead.
+/// its shape runs with on this device (tuned, or [`GemmPlan::choose`]'s). `buffers` are
+/// A, B, bias, C as the kernel binds them (with [`A_IN_C`], A's entry is ignored). A
+/// split that `scratch` (with room for `scratch_floats` floats) cannot hold runs unsplit
+/// instead.
 pub(crate) fn record_product<'a>(
     rec: &mut Recorder<'a>,
     kernels: &'a Kernels,
@@ -298,7 +386,7 @@ pub(crate) fn record_product<'a>(
     buffers: [&'a wgpu::Buffer; 4],
     scratch: (&'a wgpu::Buffer, usize),
 ) {
-    let plan = GemmPlan::choose(params.m, params.n, params.k);
+    let plan = plan_for(rec.ctx(), ProductShape::of(&params));
     record_planned(rec, kernels, plan, params, buffers, scratch);
 }
 
@@ -393,6 +481,17 @@ impl ResidentProduct {
                 got: device.describe(),
             });
         };
+        Self::on(ctx, a, b, (transpose_a, transpose_b), plan)
+    }
+
+    /// [`ResidentProduct::new`] on a context.
+    fn on(
+        ctx: &Arc<GpuContext>,
+        a: ArrayView2<f32>,
+        b: ArrayView2<f32>,
+        (transpose_a, transpose_b): (bool, bool),
+        plan: Option<GemmPlan>,
+    ) -> Result<ResidentProduct> {
         // the shape of op(X): X's, or reversed
         let op = |x: &ArrayView2<f32>, t: bool| if t { (x.ncols(), x.nrows()) } else { x.dim() };
         let (m, k) = op(&a, transpose_a);
@@ -413,31 +512,6 @@ impl ResidentProduct {
             })
         };
         let (m32, n32, k32) = (as_u32(m)?, as_u32(n)?, as_u32(k)?);
-        let plan = plan.unwrap_or_else(|| GemmPlan::choose(m32, n32, k32));
-        if plan.splits == 0 {
-            return Err(Error::InvalidConfig {
-                what: "GemmPlan::splits",
-                expected: "at least 1",
-                got: "0".into(),
-            });
-        }
-        let scratch_floats = plan.scratch_floats(m32, n32, k32);
-        let max_groups = ctx.limits.max_compute_workgroups_per_dimension;
-        let size = plan.tile.size();
-        for (what, needed) in [
-            ("workgroups along N", n32.div_ceil(size)),
-            ("workgroups along M", m32.div_ceil(size)),
-            ("K splits", plan.splits),
-        ] {
-            if needed > max_groups {
-                return Err(Error::ExceedsDeviceLimit {
-                    what: what.into(),
-                    needed: needed as u64,
-                    limit: max_groups as u64,
-                    hint: "use smaller matrices",
-                });
-            }
-        }
         let upload = |label: &str, x: ArrayView2<f32>| -> Result<wgpu::Buffer> {
             let data: Vec<f32> = x.as_standard_layout().iter().copied().collect();
             let buffer = super::buffers::storage_checked(ctx, label, data.len())?;
@@ -449,7 +523,6 @@ impl ResidentProduct {
         let a_buf = upload("matmul a", a)?;
         let b_buf = upload("matmul b", b)?;
         let c = super::buffers::storage_checked(ctx, "matmul c", m * n)?;
-        let scratch = super::buffers::storage_checked(ctx, "matmul scratch", scratch_floats)?;
         let flags = if transpose_a { TRANS_A } else { 0 } | if transpose_b { TRANS_B } else { 0 };
         let params = MatmulParams {
             m: m32,
@@ -462,17 +535,58 @@ impl ResidentProduct {
             alpha: 1.0,
             ..Default::default()
         };
-        Ok(ResidentProduct {
+        let default = plan_for(ctx, ProductShape::of(&params));
+        let mut product = ResidentProduct {
             ctx: ctx.clone(),
-            plan,
+            plan: default,
             params,
             a: a_buf,
             b: b_buf,
             c,
-            scratch,
-            scratch_floats,
+            scratch: super::buffers::storage(ctx, "matmul scratch", 0),
+            scratch_floats: 0,
             cache: Default::default(),
-        })
+        };
+        product.set_plan(plan.unwrap_or(default))?;
+        Ok(product)
+    }
+
+    /// Runs the product under `plan` from now on (its tiling and split).
+    pub fn set_plan(&mut self, plan: GemmPlan) -> Result<()> {
+        let ctx = &self.ctx;
+        let MatmulParams { m, n, k, .. } = self.params;
+        if plan.splits == 0 {
+            return Err(Error::InvalidConfig {
+                what: "GemmPlan::splits",
+                expected: "at least 1",
+                got: "0".into(),
+            });
+        }
+        let max_groups = ctx.limits.max_compute_workgroups_per_dimension;
+        let size = plan.tile.size();
+        for (what, needed) in [
+            ("workgroups along N", n.div_ceil(size)),
+            ("workgroups along M", m.div_ceil(size)),
+            ("K splits", plan.splits),
+        ] {
+            if needed > max_groups {
+                return Err(Error::ExceedsDeviceLimit {
+                    what: what.into(),
+                    needed: needed as u64,
+                    limit: max_groups as u64,
+                    hint: "use smaller matrices",
+                });
+            }
+        }
+        let scratch_floats = plan.scratch_floats(m, n, k);
+        if scratch_floats > self.scratch_floats {
+            self.scratch = super::buffers::storage_checked(ctx, "matmul scratch", scratch_floats)?;
+            self.scratch_floats = scratch_floats;
+            // the groups bound the old scratch
+            self.cache = Default::default();
+        }
+        self.plan = plan;
+        Ok(())
     }
 
     /// The tiling and split this product runs with.
@@ -506,4 +620,110 @@ impl ResidentProduct {
             .unwrap_or_default();
         Array2::from_shape_vec((m, n), data).map_err(|e| Error::Gpu(format!("read-back: {e}")))
     }
+}
+
+/// One product shape as [`crate::Rnn::autotune`] measured it: the plan it ran with
+/// before and the plan kept, each with its time per product.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TunedProduct {
+    /// The product's shape.
+    pub shape: ProductShape,
+    /// The plan it ran with before, and its time per product.
+    pub before: (GemmPlan, Duration),
+    /// The plan kept, and its time per product.
+    pub chosen: (GemmPlan, Duration),
+}
+
+/// A measured plan replaces the built-in one only when faster by this fraction: less
+/// is timing noise.
+const TUNE_MARGIN: f64 = 0.03;
+/// Each timing repeats the product in one submission until it takes about this long,
+/// so that the submission's round trip does not swamp small products.
+const TUNE_TIMING: Duration = Duration::from_millis(1);
+const TUNE_MAX_REPEATS: u32 = 32;
+/// Timings per plan; the fastest counts.
+const TUNE_TIMINGS: u32 = 3;
+
+/// The plans worth measuring for `shape`, `first` first: each tiling unsplit and split
+/// 2 to 16 ways where K is deep enough, each distinct split (number of K ranges) once,
+/// the 128×128 tile only where it covers at least one whole tile.
+fn candidates(shape: ProductShape, first: GemmPlan, limits: &wgpu::Limits) -> Vec<GemmPlan> {
+    let ProductShape { m, n, k, .. } = shape;
+    let mut plans = vec![first];
+    let mut seen = HashSet::from([(first.tile, first.k_chunk(k).1)]);
+    for tile in [Tile::Tile64, Tile::Tile128] {
+        if tile == Tile::Tile128 && (m < 128 || n < 128) {
+            continue;
+        }
+        for splits in [1, 2, 4, 8, 16] {
+            let plan = GemmPlan { tile, splits };
+            let ranges = plan.k_chunk(k).1;
+            let floats = plan.scratch_floats(m, n, k) as u64 * 4;
+            if floats <= limits.max_storage_buffer_binding_size && seen.insert((tile, ranges)) {
+                plans.push(plan);
+            }
+        }
+    }
+    plans
+}
+
+/// Measures the product of `shape` on `ctx`'s device under each candidate plan and keeps
+/// the fastest for that shape on this device (the built-in plan unless another beats it
+/// by [`TUNE_MARGIN`]). `None`, and nothing kept, when trying every plan would take more
+/// than `budget` (estimated from one run of the built-in plan).
+pub(crate) fn tune_product(
+    ctx: &Arc<GpuContext>,
+    shape: ProductShape,
+    budget: Duration,
+) -> Result<Option<TunedProduct>> {
+    let ProductShape { m, n, k, .. } = shape;
+    let (a, b) = crate::internals::workloads::matmul_operands(m as usize, n as usize, k as usize);
+    // stored as the model stores them: a transposed operand is kept as its transpose
+    let a = if shape.transpose_a { a.t() } else { a.view() };
+    let b = if shape.transpose_b { b.t() } else { b.view() };
+    let mut product = ResidentProduct::on(ctx, a, b, (shape.transpose_a, shape.transpose_b), None)?;
+    let before = product.plan();
+    let plans = candidates(shape, before, &ctx.limits);
+    product.run(1)?;
+    let once = timed(|| product.run(1))?;
+    let repeats = (TUNE_TIMING.as_secs_f64() / once.as_secs_f64().max(1e-9))
+        .ceil()
+        .clamp(1.0, TUNE_MAX_REPEATS as f64) as u32;
+    let estimate = once * plans.len() as u32 * (1 + TUNE_TIMINGS * repeats);
+    if estimate > budget {
+        return Ok(None);
+    }
+    let mut times = Vec::with_capacity(plans.len());
+    for &plan in &plans {
+        product.set_plan(plan)?;
+        product.run(1)?;
+        let mut best = Duration::MAX;
+        for _ in 0..TUNE_TIMINGS {
+            best = best.min(timed(|| product.run(repeats as usize))? / repeats);
+        }
+        times.push((plan, best));
+    }
+    let before = times[0];
+    let fastest = *times
+        .iter()
+        .min_by_key(|(_, t)| *t)
+        .expect("one plan at least");
+    let chosen = if fastest.1.as_secs_f64() < before.1.as_secs_f64() * (1.0 - TUNE_MARGIN) {
+        fastest
+    } else {
+        before
+    };
+    tuning(ctx).plans.insert(shape, chosen.0);
+    Ok(Some(TunedProduct {
+        shape,
+        before,
+        chosen,
+    }))
+}
+
+/// How long `run` takes.
+fn timed(run: impl FnOnce() -> Result<()>) -> Result<Duration> {
+    let start = Instant::now();
+    run()?;
+    Ok(start.elapsed())
 }

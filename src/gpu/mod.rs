@@ -25,7 +25,8 @@ mod time_loop;
 
 pub(crate) use buffers::Dropout;
 pub use context::{describe_adapter, list_adapters, GpuContext, LiveResources, Transfers};
-pub use gemm::{GemmPlan, ResidentProduct, Tile};
+pub(crate) use gemm::{is_tuned, tune_product, watch_products, watched_products};
+pub use gemm::{GemmPlan, ProductShape, ResidentProduct, Tile, TunedProduct};
 pub use kernels::ShaderChecks;
 pub(crate) use model::GpuRnn;
 
@@ -47,6 +48,32 @@ pub enum TimeLoop {
     /// tiles, K split when that pays), the step's element-wise work done as results are
     /// stored (any hidden size): for steps with many outputs.
     TiledSteps,
+}
+
+/// What [`crate::Rnn::autotune`] measured and chose.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Autotune {
+    /// Each product shape measured, with the plan it ran with and the one kept.
+    pub products: Vec<TunedProduct>,
+    /// Shapes left on their plan because trying every tiling would have taken longer
+    /// than the budget.
+    pub skipped: Vec<ProductShape>,
+    /// The time loops tried on the whole pass (forward and backward, seconds each,
+    /// fastest first), the first of them kept; empty when the model's time loop was not
+    /// [`TimeLoop::Auto`] or the persistent loop applies.
+    pub time_loops: Vec<(TimeLoop, std::time::Duration)>,
+}
+
+/// Whether `time_loop` runs a layer of `hidden` units over `batch` sequences as one
+/// persistent dispatch on `ctx`'s adapter.
+pub(crate) fn runs_persistent(
+    ctx: &GpuContext,
+    time_loop: TimeLoop,
+    hidden: usize,
+    batch: usize,
+) -> bool {
+    time_loop::Strategy::choose(time_loop, hidden, batch, &ctx.limits)
+        == time_loop::Strategy::Persistent
 }
 
 /// Outputs per step (batch × hidden) from which [`TimeLoop::Auto`] uses tiled steps when

@@ -185,6 +185,19 @@ impl GpuRnn {
         Ok(())
     }
 
+    /// The device's context.
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    /// Drops the work buffers: the next pass allocates them anew, sized for the plans
+    /// the products run with then (a tuned split may need more scratch).
+    pub fn release_work(&mut self) {
+        recorder::lock(&self.cache).clear();
+        self.work = None;
+        self.encoded = None;
+    }
+
     fn work(&self) -> &BatchBuffers {
         self.work.as_ref().expect("ensure_work ran")
     }

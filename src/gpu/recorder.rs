@@ -77,6 +77,11 @@ pub(crate) struct Recorder<'a> {
 }
 
 impl<'a> Recorder<'a> {
+    /// The context the dispatches are for.
+    pub fn ctx(&self) -> &'a GpuContext {
+        self.ctx
+    }
+
     pub fn new(ctx: &'a GpuContext) -> Self {
         // every kernel's uniform block fits one slot; slots start at aligned offsets
         let align = ctx.limits.min_uniform_buffer_offset_alignment.max(16) as usize;

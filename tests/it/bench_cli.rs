@@ -283,6 +283,78 @@ fn the_time_loop_is_reported_and_bad_ones_refused() {
 }
 
 #[test]
+fn any_workload_shape_runs_with_its_memory_and_bad_ones_are_refused() {
+    let out = unfold(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--configs",
+        "3x5x4x6x2,64x100x128x512x128",
+        "--lengths",
+        "fixed",
+        "--reps",
+        "1",
+        "--cell",
+        "gru",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('{')).collect();
+    // one line per workload (fixed lengths only), the anchor's shape named as the anchor
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].contains("\"config\": \"3x5x4x6x2\""), "{text}");
+    assert!(lines[0].contains("\"B\": 3, \"T\": 5, \"I\": 4, \"H\": 6, \"C\": 2"));
+    assert!(lines[0].contains("\"variable\": false"));
+    assert!(lines[1].contains("\"config\": \"ref\""), "{text}");
+    // ref's buffers alone are tens of MB: the process grew by at least that (Linux)
+    let memory: u64 = lines[1]
+        .split("\"memory_bytes\": ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .expect("a memory figure");
+    assert!(memory > 10 << 20, "{memory} bytes for ref: {text}");
+    for bad in ["3x5x4x6", "3x5x0x6x2", "huge"] {
+        let out = unfold(&["bench", "--device", "cpu", "--configs", bad]);
+        assert_clean_failure(&out, "BxTxIxHxC");
+    }
+}
+
+#[test]
+fn autotuning_reports_what_it_kept() {
+    let Some(_gpu) = common::gpu() else { return };
+    let out = unfold(&[
+        "bench",
+        "--device",
+        "gpu",
+        "--configs",
+        "4x6x5x300x3",
+        "--lengths",
+        "variable",
+        "--reps",
+        "1",
+        "--autotune",
+        "20",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (text, report) = (stdout(&out), stderr(&out));
+    assert!(text.contains("\"autotuned\": true"), "{text}");
+    assert!(text.contains("\"variable\": true") && !text.contains("\"variable\": false"));
+    assert!(report.contains("product shapes tuned"), "{report}");
+    // hidden 300 is past the persistent loop: both step-wise loops were timed, and the
+    // one reported is the one kept (the faster)
+    let first = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("time loop "))
+        .and_then(|l| l.split(':').next())
+        .expect("time loops timed");
+    assert!(
+        text.contains(&format!("\"time_loop\": \"{first}\"")),
+        "{text}\n{report}"
+    );
+}
+
+#[test]
 fn a_bad_shape_is_refused() {
     let out = unfold(&["bench", "--device", "cpu", "--matmul", "64x64"]);
     assert_clean_failure(&out, "MxNxK");

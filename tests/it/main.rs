@@ -4,6 +4,7 @@
 mod alloc_watch;
 mod common;
 
+mod autotune;
 mod bad_input;
 mod bench_cli;
 mod cells;
