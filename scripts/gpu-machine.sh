@@ -70,6 +70,10 @@ section "time loops for hidden > 256 (ref, large): a fused dispatch per step aga
     for loop in per-step tiled-steps; do
         timeout 60 "$RUN/unfold" bench --device gpu --configs ref,large --reps 10 --time-loop "$loop"
     done | tee "$OUT/time_loops.jsonl"
+section "after autotuning (Rnn::autotune, 2 s per product shape): ref and large, Elman and LSTM" 50 &&
+    for cell in tanh lstm; do
+        timeout 120 "$RUN/unfold" bench --device gpu --cell "$cell" --configs ref,large --reps 10 --autotune 2
+    done | tee -a "$OUT/time_loops.jsonl"
 tables
 
 section "one dependent time step on the GPU (criterion; µs per step = 1 / throughput)" 60 &&
