@@ -585,7 +585,8 @@ impl Rnn {
     /// would take longer than `budget` (estimated from one run) keeps its plan. Then,
     /// where the model's time loop is [`TimeLoop::Auto`] and the persistent loop does not
     /// apply, whole passes under a fused dispatch per step and under tiled steps are
-    /// timed, and the faster is set as the model's time loop.
+    /// timed (where one pass takes at most an eighth of `budget`), and the faster is set
+    /// as the model's time loop.
     ///
     /// The parameters, optimizer state and dropout masks are untouched; results change
     /// only by rounding (a different K split sums in another order). On the CPU there is
