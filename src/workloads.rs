@@ -74,28 +74,19 @@ impl Workload {
         if let Some(anchor) = Workload::named(spec) {
             return Ok(anchor);
         }
-        let dims = parse_sizes(spec).filter(|d| d.len() == 5);
-        match dims.as_deref() {
-            Some(&[batch, steps, input, hidden, classes]) => {
-                let custom = Workload {
+        match parse_sizes(spec).as_deref() {
+            // an anchor's shape written out is that anchor
+            Some(&[batch, steps, input, hidden, classes]) => Ok(ANCHORS
+                .into_iter()
+                .find(|a| a.sizes() == [batch, steps, input, hidden, classes])
+                .unwrap_or(Workload {
                     name: "custom",
                     batch,
                     steps,
                     input,
                     hidden,
                     classes,
-                };
-                // an anchor's shape written out is that anchor
-                Ok(ANCHORS
-                    .into_iter()
-                    .find(|a| {
-                        Workload {
-                            name: "custom",
-                            ..*a
-                        } == custom
-                    })
-                    .unwrap_or(custom))
-            }
+                })),
             _ => Err(crate::Error::InvalidConfig {
                 what: "a workload",
                 expected: "latency, small, ref, large, or BxTxIxHxC with every size at least 1",
@@ -104,20 +95,23 @@ impl Workload {
         }
     }
 
+    /// Batch, steps, input, hidden, classes.
+    fn sizes(&self) -> [usize; 5] {
+        [
+            self.batch,
+            self.steps,
+            self.input,
+            self.hidden,
+            self.classes,
+        ]
+    }
+
     /// The anchor's name, or `BxTxIxHxC` for any other shape.
     pub fn label(&self) -> String {
         if self.name != "custom" {
             return self.name.to_string();
         }
-        let Workload {
-            batch,
-            steps,
-            input,
-            hidden,
-            classes,
-            ..
-        } = self;
-        format!("{batch}x{steps}x{input}x{hidden}x{classes}")
+        self.sizes().map(|n| n.to_string()).join("x")
     }
 
     /// The model of this workload: one tanh layer, per-step head.

@@ -64,13 +64,25 @@ pub fn run(args: BenchArgs) -> CliResult<ExitCode> {
                 Lengths::Variable => &[true],
                 Lengths::Both => &[false, true],
             };
+            let autotune = args
+                .autotune
+                .map(|seconds| {
+                    std::time::Duration::try_from_secs_f64(seconds).map_err(|_| {
+                        unfold::Error::InvalidConfig {
+                            what: "--autotune",
+                            expected: "a number of seconds, at least 0",
+                            got: seconds.to_string(),
+                        }
+                    })
+                })
+                .transpose()?;
+            let how = How {
+                time_loop: args.time_loop.into(),
+                autotune,
+            };
             for spec in args.configs.split(',') {
                 let w = Workload::parse(spec)?;
                 for &variable in variable_modes {
-                    let how = How {
-                        time_loop: args.time_loop.into(),
-                        autotune: args.autotune,
-                    };
                     bench_steps(&device, &w, model, variable, reps, how)?;
                 }
             }
@@ -94,11 +106,11 @@ struct Model {
 }
 
 /// How the steps run: the time loop asked for, and the autotuning budget per product
-/// shape in seconds (`None`: no tuning).
+/// shape (`None`: no tuning).
 #[derive(Clone, Copy)]
 struct How {
     time_loop: TimeLoop,
-    autotune: Option<f64>,
+    autotune: Option<std::time::Duration>,
 }
 
 /// One JSON line: the median time of `reps` training steps (after 3 warm-up steps) of
@@ -123,14 +135,7 @@ fn bench_steps(
     let config = w.config().cell(cell).bidirectional(bidirectional);
     let mut rnn = Rnn::new(config.clone(), RnnParams::init(&config, 0), device)?;
     rnn.set_time_loop(time_loop)?;
-    if let Some(seconds) = autotune {
-        let budget = std::time::Duration::try_from_secs_f64(seconds).map_err(|_| {
-            unfold::Error::InvalidConfig {
-                what: "--autotune",
-                expected: "a number of seconds, at least 0",
-                got: seconds.to_string(),
-            }
-        })?;
+    if let Some(budget) = autotune {
         let report = rnn.autotune(&batch, budget)?;
         eprintln!("{}: {}", w.label(), describe_tuning(&report));
     }
