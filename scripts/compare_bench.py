@@ -13,8 +13,10 @@ import json, sys
 NAN = float("nan")
 
 def load(path):
+    """The JSON rows of a file, less kernel profiles (`unfold bench --profile`)."""
     with open(path) as f:
-        return [json.loads(l) for l in f if l.strip().startswith("{")]
+        rows = [json.loads(l) for l in f if l.strip().startswith("{")]
+    return [r for r in rows if "profile" not in r]
 
 def same_workload(a, b):
     """Same config and lengths, the same cell where both rows record one, and the same

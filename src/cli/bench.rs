@@ -47,11 +47,32 @@ pub struct BenchArgs {
     /// fastest (`Rnn::autotune`); at most this many seconds of trials per product shape.
     #[arg(long, value_name = "SECONDS")]
     autotune: Option<f64>,
+    /// With --device gpu: after timing, one more step with every dispatch timed on the
+    /// GPU; where its time went (per phase, kernel and product shape) as JSON lines
+    /// ("profile" rows) and a table on stderr.
+    #[arg(long)]
+    profile: bool,
 }
 
 pub fn run(args: BenchArgs) -> CliResult<ExitCode> {
     let device = pick_checked(args.device, args.unchecked_shaders)?;
     let reps = args.reps.max(1);
+    if args.profile && (!device.is_gpu() || args.matmul.is_some()) {
+        return Err(unfold::Error::InvalidConfig {
+            what: "--profile",
+            expected: "training steps on a GPU (--device gpu, without --matmul)",
+            got: format!(
+                "{}{}",
+                device.describe(),
+                if args.matmul.is_some() {
+                    " with --matmul"
+                } else {
+                    ""
+                }
+            ),
+        }
+        .into());
+    }
     match &args.matmul {
         Some(shapes) => bench_matmul(&device, shapes, reps)?,
         None => {
@@ -79,6 +100,7 @@ pub fn run(args: BenchArgs) -> CliResult<ExitCode> {
             let how = How {
                 time_loop: args.time_loop.into(),
                 autotune,
+                profile: args.profile,
             };
             for spec in args.configs.split(',') {
                 let w = Workload::parse(spec)?;
@@ -105,12 +127,13 @@ struct Model {
     bidirectional: bool,
 }
 
-/// How the steps run: the time loop asked for, and the autotuning budget per product
-/// shape (`None`: no tuning).
+/// How the steps run: the time loop asked for, the autotuning budget per product shape
+/// (`None`: no tuning), and whether one more step is profiled.
 #[derive(Clone, Copy)]
 struct How {
     time_loop: TimeLoop,
     autotune: Option<std::time::Duration>,
+    profile: bool,
 }
 
 /// One JSON line: the median time of `reps` training steps (after 3 warm-up steps) of
@@ -124,6 +147,7 @@ fn bench_steps(
     How {
         time_loop,
         autotune,
+        profile,
     }: How,
 ) -> unfold::Result<()> {
     let Model {
@@ -177,7 +201,79 @@ fn bench_steps(
         median(host) * 1e3,
         autotune.is_some(),
     );
+    if profile {
+        let (_, kernels) =
+            unfold::internals::gpu::profile(device, || rnn.train_step(&batch, &mut sgd))?;
+        let case = format!(
+            "{} ({cell}{}, {} lengths, {time_loop:?}; {} ms a step untimed)",
+            w.label(),
+            if bidirectional {
+                ", both directions"
+            } else {
+                ""
+            },
+            if variable { "variable" } else { "fixed" },
+            (med * 1e3 * 100.0).round() / 100.0,
+        );
+        print_profile(&kernels, &case, |row| {
+            format!(
+                "{{\"profile\": {:?}, \"cell\": \"{cell}\", \"bidirectional\": {bidirectional}, \"variable\": {variable}, \"time_loop\": \"{time_loop:?}\", {row}}}",
+                w.label()
+            )
+        });
+    }
     Ok(())
+}
+
+/// A kernel profile: one JSON line per row (each made whole by `line` from the row's own
+/// fields) on stdout, and a table on stderr, headed by `case`.
+fn print_profile(
+    profile: &unfold::internals::gpu::KernelProfile,
+    case: &str,
+    line: impl Fn(String) -> String,
+) {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let share =
+        |d: std::time::Duration| d.as_secs_f64() / profile.dispatch_time.as_secs_f64().max(1e-12);
+    eprintln!(
+        "where the GPU's time went, {case}: {:.3} ms in {} dispatches, {:.3} ms from first to last timestamp",
+        ms(profile.dispatch_time),
+        profile.dispatches,
+        ms(profile.gpu_time)
+    );
+    eprintln!(
+        "  {:<36} {:<24} {:>6} {:>9} {:>9} {:>6} {:>8}  detail",
+        "phase", "kernel", "calls", "total ms", "mean µs", "share", "GFLOP/s"
+    );
+    for r in &profile.rows {
+        let rate = r.flops_per_second().map(|f| f / 1e9);
+        eprintln!(
+            "  {:<36} {:<24} {:>6} {:>9.3} {:>9.1} {:>5.1}% {:>8}  {}",
+            r.phase,
+            r.kernel,
+            r.calls,
+            ms(r.total),
+            r.mean().as_secs_f64() * 1e6,
+            share(r.total) * 100.0,
+            rate.map_or(String::new(), |g| format!("{g:.1}")),
+            r.detail
+        );
+        println!(
+            "{}",
+            line(format!(
+                "\"phase\": {:?}, \"kernel\": {:?}, \"detail\": {:?}, \"calls\": {}, \"total_ms\": {:.4}, \"mean_us\": {:.2}, \"longest_us\": {:.2}, \"share\": {:.4}, \"gflops\": {}",
+                r.phase,
+                r.kernel,
+                r.detail,
+                r.calls,
+                ms(r.total),
+                r.mean().as_secs_f64() * 1e6,
+                r.longest.as_secs_f64() * 1e6,
+                share(r.total),
+                rate.map_or("null".into(), |g| format!("{g:.3}"))
+            ))
+        );
+    }
 }
 
 /// What autotuning measured and kept, in a few lines.

@@ -20,6 +20,9 @@ pub struct GpuContext {
     /// The tilings measured fastest on this device, and the shapes recorded while
     /// [`crate::Rnn::autotune`] watches (see `gemm::Tuning`).
     pub(crate) tuning: std::sync::Mutex<super::gemm::Tuning>,
+    /// Whether dispatches are timed, and the timed submissions not yet read (see
+    /// `profile`).
+    pub(crate) profiler: std::sync::Mutex<super::profile::Profiler>,
 }
 
 /// Live wgpu handles of one device (see [`GpuContext::live_resources`]).
@@ -247,7 +250,8 @@ impl GpuContext {
         }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("unfold"),
-            required_features: wgpu::Features::empty(),
+            // timestamps, where offered, for kernel profiles (they cost nothing unused)
+            required_features: adapter.features() & super::profile::FEATURES,
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -267,6 +271,7 @@ impl GpuContext {
             kernels,
             transfers: Default::default(),
             tuning: Default::default(),
+            profiler: Default::default(),
         })
     }
 

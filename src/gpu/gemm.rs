@@ -406,6 +406,7 @@ fn record_planned<'a>(
     let (m, n, k) = (params.m, params.n, params.k);
     let groups = [n.div_ceil(size), m.div_ceil(size), 1];
     let needed = plan.scratch_floats(m, n, k);
+    let flops = 2.0 * m as f64 * n as f64 * k as f64;
     if needed == 0 || needed > scratch_floats {
         let whole = MatmulParams {
             k_chunk: 0,
@@ -414,6 +415,9 @@ fn record_planned<'a>(
             ..params
         };
         rec.dispatch(kernel, whole, &[a, b, bias, c], groups);
+        if rec.profiling() {
+            rec.note(describe_product(rec, &params, plan.tile, 1), flops);
+        }
         return;
     }
     let (k_chunk, ranges) = plan.k_chunk(k);
@@ -434,6 +438,9 @@ fn record_planned<'a>(
         &[a, b, bias, scratch],
         [groups[0], groups[1], ranges],
     );
+    if rec.profiling() {
+        rec.note(describe_product(rec, &params, plan.tile, ranges), flops);
+    }
     let sum = MatmulParams {
         k_chunk: 0,
         splits: ranges,
@@ -446,6 +453,39 @@ fn record_planned<'a>(
         &[scratch, b, bias, c],
         (m * n) as usize,
     );
+    if rec.profiling() {
+        let rows = product_rows(rec, m);
+        rec.note(format!("{rows}×{n}, {ranges} partial products"), 0.0);
+    }
+}
+
+/// A product's rows in a profile: `m`, or "rows" in a time loop, whose steps' products
+/// are counted together.
+fn product_rows(rec: &Recorder<'_>, m: u32) -> String {
+    if rec.in_steps() {
+        "rows".into()
+    } else {
+        m.to_string()
+    }
+}
+
+/// A product for a profile: `m×n×k` (`ᵀ` on an operand read transposed), its tile and
+/// K ranges.
+fn describe_product(rec: &Recorder<'_>, params: &MatmulParams, tile: Tile, ranges: u32) -> String {
+    let shape = ProductShape::of(params);
+    let t = |transposed, name| if transposed { name } else { "" };
+    format!(
+        "{}×{}×{}{}{}, {}×{} tiles, {} K range{}",
+        product_rows(rec, shape.m),
+        shape.n,
+        shape.k,
+        t(shape.transpose_a, " Aᵀ"),
+        t(shape.transpose_b, " Bᵀ"),
+        tile.size(),
+        tile.size(),
+        ranges,
+        if ranges == 1 { "" } else { "s" }
+    )
 }
 
 /// `C = op(A)·op(B)` with A, B and C kept on the GPU, run as many times as asked in one

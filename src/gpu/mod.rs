@@ -19,6 +19,7 @@ mod context;
 mod gemm;
 mod kernels;
 mod model;
+mod profile;
 mod recorder;
 pub mod shaders;
 mod time_loop;
@@ -29,6 +30,7 @@ pub(crate) use gemm::{is_tuned, tune_product, watch_products, watched_products};
 pub use gemm::{GemmPlan, ProductShape, ResidentProduct, Tile, TunedProduct};
 pub use kernels::ShaderChecks;
 pub(crate) use model::GpuRnn;
+pub use profile::{KernelProfile, KernelTime};
 
 /// How the GPU path walks the time steps of a layer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -210,6 +212,30 @@ pub fn device_memory_in_use(device: &crate::Device) -> Option<u64> {
         crate::device::DeviceKind::Gpu(ctx) => ctx.memory_in_use(),
         crate::device::DeviceKind::Cpu => None,
     }
+}
+
+/// Runs `work` (training steps, forward passes, … of models on `device`) with every GPU
+/// dispatch timed, and returns its result with where the GPU's time went: per phase of
+/// the step (input products, each layer's time loop forward and backward, weight
+/// gradients, readout and loss, update), kernel and product shape. The timestamps change
+/// nothing computed; they add a little to each dispatch. Everything submitted on the
+/// device meanwhile counts, from any thread. An error for the CPU, for an adapter without
+/// timestamp queries inside compute passes, and when the device is being profiled
+/// already.
+pub fn profile<T>(
+    device: &crate::Device,
+    work: impl FnOnce() -> crate::Result<T>,
+) -> crate::Result<(T, KernelProfile)> {
+    let crate::device::DeviceKind::Gpu(ctx) = &device.kind else {
+        return Err(crate::Error::Unsupported(
+            "a kernel profile of the CPU path (it has no GPU dispatches; use perf)".into(),
+        ));
+    };
+    ctx.start_profile()?;
+    let result = work();
+    // always stop (and wait), so that a failed run leaves the device unprofiled
+    let profile = ctx.finish_profile();
+    Ok((result?, profile?))
 }
 
 /// What went to and from `device` so far, every model on it together (`None` for the

@@ -395,6 +395,7 @@ impl GpuRnn {
         let (gh, dirs) = (self.gate_width(), self.dirs());
         let tokens = p.tokens() as u32;
         for l in 0..self.config.num_layers {
+            rec.phase(format_args!("layer {l}: input projection"));
             if l > 0 && pass.dropout {
                 // the layer's input: the layer below's output times its mask
                 self.record_times_mask(rec, p, &w.hs[l - 1], &w.dropped[l - 1], self.mask(l, p));
@@ -433,6 +434,7 @@ impl GpuRnn {
                     );
                 }
             }
+            rec.steps_phase(format_args!("layer {l}: time loop, forward"));
             self.layer_loop(l, p, pass, &self.dummies[1])
                 .record_forward(rec);
         }
@@ -515,6 +517,7 @@ impl GpuRnn {
         let p = batch.packing();
         let o = self.config.output_size as u32;
         let dh = self.dirs() * self.hidden();
+        rec.phase(format_args!("readout and loss"));
         let (head_in, rows) = self.head_input(Some(rec), p, pass);
         self.product(
             rec,
@@ -578,6 +581,7 @@ impl GpuRnn {
         let o = self.config.output_size as u32;
         let (h, dh) = (self.hidden(), self.dirs() * self.hidden());
         let (head_in, rows) = self.head_input(None, p, pass);
+        rec.phase(format_args!("readout, backward"));
         let d_out = Matrix::new(&w.d_out, 0, o);
         let w_out = Matrix::new(&self.params, lay.w_out, dh);
         // dW_out = d_outᵀ · head_in, db_out = Σ rows d_out
@@ -663,6 +667,7 @@ impl GpuRnn {
         let dense = batch.token_ids().is_none();
         let (mut g, mut g_below) = (&w.g, &w.g_below);
         for l in (0..self.config.num_layers).rev() {
+            rec.steps_phase(format_args!("layer {l}: time loop, backward"));
             self.layer_loop(l, p, pass, g).record_backward(rec);
             let input = self.layer_input(l, pass);
             let in_size = self.config.layer_input_size(l) as u32;
@@ -670,6 +675,7 @@ impl GpuRnn {
             for d in 0..dirs {
                 let u = l * dirs + d;
                 let (dgx, dgh) = (self.dgx(g, d), self.dgh(g, d, p));
+                rec.phase(format_args!("layer {l}: weight gradients"));
                 if l == 0 && !dense {
                     // tokens: each column of dW_ih sums the rows that looked it up
                     let e = EmbedParams {
@@ -704,6 +710,7 @@ impl GpuRnn {
                 if below {
                     // the gradient reaching the layer's input: Σ_d dgx_d · W_ih_d, times
                     // the dropout mask the input went through
+                    rec.phase(format_args!("layer {l}: gradient for the layer below"));
                     let last = d + 1 == dirs;
                     let target = match l {
                         0 => w.d_inputs.as_ref().expect("ensure_input_grads ran"),
@@ -902,6 +909,7 @@ impl GpuRnn {
         };
         let k = &self.ctx.kernels;
         let n = self.layout.len;
+        rec.phase(format_args!("gradient norm and update"));
         let norm = ReduceParams {
             out_offset: NORM,
             flag_offset: GRADS_FINITE,
@@ -986,6 +994,7 @@ impl GpuRnn {
         let w = self.work();
         let (h, dirs, b) = (self.hidden(), self.dirs(), p.batch() as u32);
         let units = self.config.num_units() as u32;
+        rec.phase(format_args!("final states"));
         for l in 0..self.config.num_layers {
             for d in 0..dirs {
                 let u = l as u32 * dirs + d;

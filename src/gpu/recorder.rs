@@ -8,6 +8,7 @@
 //! see [`BindGroupCache`]).
 
 use super::kernels::Kernel;
+use super::profile::{DispatchNote, Timestamps};
 use super::GpuContext;
 use crate::{Error, Result};
 use bytemuck::Pod;
@@ -74,6 +75,13 @@ pub(crate) struct Recorder<'a> {
     slot_size: usize,
     /// Dispatches already submitted by [`Recorder::submit_so_far`].
     submitted_dispatches: usize,
+    /// While the device is profiled: the phase being recorded, and a note per dispatch
+    /// recorded since the last submission (see `profile`).
+    profiling: bool,
+    phase: String,
+    /// The phase is a time loop, whose products run on as many rows as a step has.
+    step_rows: bool,
+    notes: Vec<DispatchNote>,
 }
 
 impl<'a> Recorder<'a> {
@@ -92,6 +100,48 @@ impl<'a> Recorder<'a> {
             uniform_data: Vec::new(),
             slot_size,
             submitted_dispatches: 0,
+            profiling: ctx.profiling(),
+            phase: String::new(),
+            step_rows: false,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Whether the dispatches are being profiled (notes are worth making).
+    pub fn profiling(&self) -> bool {
+        self.profiling
+    }
+
+    /// Names the part of the work the dispatches recorded from now on belong to, for a
+    /// profile (nothing is kept when the device is not profiled).
+    pub fn phase(&mut self, name: std::fmt::Arguments<'_>) {
+        self.start_phase(name, false);
+    }
+
+    /// [`Recorder::phase`] for a time loop: its products' row counts vary from step to
+    /// step (variable lengths), so a profile counts them together whatever their rows.
+    pub fn steps_phase(&mut self, name: std::fmt::Arguments<'_>) {
+        self.start_phase(name, true);
+    }
+
+    fn start_phase(&mut self, name: std::fmt::Arguments<'_>, step_rows: bool) {
+        if self.profiling {
+            self.phase = name.to_string();
+            self.step_rows = step_rows;
+        }
+    }
+
+    /// Whether the phase being recorded is a time loop's (see [`Recorder::steps_phase`]).
+    pub fn in_steps(&self) -> bool {
+        self.step_rows
+    }
+
+    /// Says what the last dispatch computes and how many floating-point operations it
+    /// does, for a profile (call only when [`Recorder::profiling`]).
+    pub fn note(&mut self, detail: String, flops: f64) {
+        if let Some(last) = self.notes.last_mut() {
+            last.detail = detail;
+            last.flops = flops;
         }
     }
 
@@ -124,6 +174,12 @@ impl<'a> Recorder<'a> {
             slot,
             workgroups,
         });
+        if self.profiling {
+            self.notes.push(DispatchNote {
+                phase: self.phase.clone(),
+                ..Default::default()
+            });
+        }
     }
 
     /// A one-dimensional dispatch of `threads` threads in workgroups of 256, folded into
@@ -175,6 +231,7 @@ impl<'a> Recorder<'a> {
         self.submitted_dispatches = self.dispatches();
         self.commands.clear();
         self.uniform_data.clear();
+        self.notes.clear();
         Ok(index)
     }
 
@@ -251,6 +308,21 @@ impl<'a> Recorder<'a> {
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("unfold step"),
         });
+        let dispatches = keys.iter().filter(|k| k.is_some()).count();
+        // profiled: a timestamp before each pass's first dispatch and after every dispatch
+        let mut timestamps = (self.profiling && self.ctx.profiling()).then(|| {
+            let passes = self
+                .commands
+                .iter()
+                .zip(std::iter::once(None).chain(self.commands.iter().map(Some)))
+                .filter(|(c, before)| {
+                    matches!(c, Command::Dispatch { .. })
+                        && !matches!(before, Some(Command::Dispatch { .. }))
+                })
+                .count();
+            Timestamps::new(device, (dispatches + passes) as u32)
+        });
+        let mut notes = self.notes.iter();
         let mut i = 0;
         while i < self.commands.len() {
             match &self.commands[i] {
@@ -259,6 +331,7 @@ impl<'a> Recorder<'a> {
                         label: Some("unfold"),
                         timestamp_writes: None,
                     });
+                    let mut before = timestamps.as_mut().map(|t| t.write(&mut pass));
                     while let Some(Command::Dispatch {
                         kernel,
                         slot,
@@ -270,6 +343,12 @@ impl<'a> Recorder<'a> {
                         pass.set_pipeline(&kernel.pipeline);
                         pass.set_bind_group(0, group, &[slot * self.slot_size as u32]);
                         pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+                        if let (Some(t), Some(start)) = (timestamps.as_mut(), before) {
+                            let after = t.write(&mut pass);
+                            let note = notes.next().cloned().unwrap_or_default();
+                            t.note(kernel.name, note, start, after);
+                            before = Some(after);
+                        }
                         i += 1;
                     }
                 }
@@ -279,8 +358,13 @@ impl<'a> Recorder<'a> {
                 }
             }
         }
+        if let Some(t) = &timestamps {
+            t.resolve(&mut encoder);
+        }
         let index = self.ctx.queue.submit([encoder.finish()]);
-        let dispatches = keys.iter().filter(|k| k.is_some()).count();
+        if let Some(t) = timestamps {
+            self.ctx.profiler().push(t);
+        }
         self.ctx
             .note_submission(dispatches, self.uniform_data.len());
         if let Some(e) = pollster::block_on(scope.pop()) {

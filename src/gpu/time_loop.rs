@@ -275,14 +275,15 @@ impl<'a> LayerLoop<'a> {
     }
 
     /// A dispatch over `steps`: `units_per_group` units by 16 rows per workgroup, both
-    /// directions (workgroup z).
+    /// directions (workgroup z). `product`: the kernel does the step's recurrent product
+    /// (else only its element-wise part), for a profile's count of its work.
     fn dispatch_rows(
         &self,
         rec: &mut Recorder<'a>,
         kernel: &'a super::kernels::Kernel,
         steps: [StepRows; 2],
         units_per_group: u32,
-        backward: bool,
+        (backward, product): (bool, bool),
     ) {
         let rows = steps.iter().map(|s| s.rows).max().unwrap_or(0);
         rec.dispatch(
@@ -295,6 +296,45 @@ impl<'a> LayerLoop<'a> {
                 self.dirs,
             ],
         );
+        if rec.profiling() {
+            // the rows the product runs on: those continuing a state (forward; all of
+            // them with an initial state), those continued by a later step (backward)
+            let product_rows: u32 = steps[..self.dirs as usize]
+                .iter()
+                .map(|s| match (backward, self.has_initial) {
+                    (true, _) => s.next_rows,
+                    (false, true) => s.rows,
+                    (false, false) => s.prev_rows,
+                })
+                .sum();
+            let flops = if product {
+                self.product_flops(product_rows)
+            } else {
+                0.0
+            };
+            rec.note(self.describe_loop(), flops);
+        }
+    }
+
+    /// Floating-point operations of the recurrent product on `rows` rows: `G·H × H`
+    /// multiply-adds each.
+    fn product_flops(&self, rows: u32) -> f64 {
+        2.0 * rows as f64 * (self.gates() * self.hidden) as f64 * self.hidden as f64
+    }
+
+    /// The loop's dispatches in a profile: the cell, its size, the sequences.
+    fn describe_loop(&self) -> String {
+        format!(
+            "{} H {}, {} sequences{}",
+            self.cell,
+            self.hidden,
+            self.packing.batch(),
+            if self.dirs == 2 {
+                ", both directions"
+            } else {
+                ""
+            }
+        )
     }
 
     /// Records the forward walk: every step of both directions, leaving `h` in `states`
@@ -339,6 +379,7 @@ impl<'a> LayerLoop<'a> {
                     &self.bindings(self.buffers.w_hh_t, false),
                     [self.packing.batch() as u32, self.dirs, 1],
                 );
+                self.note_persistent(rec, false);
             }
             Strategy::PerStep => {
                 // a workgroup covers 16 gate columns: all gates of 16 / G units
@@ -349,7 +390,7 @@ impl<'a> LayerLoop<'a> {
                         &ck.step_forward,
                         self.steps_at(s, false),
                         units,
-                        false,
+                        (false, true),
                     );
                 }
             }
@@ -360,11 +401,29 @@ impl<'a> LayerLoop<'a> {
                         self.record_tiled_product(rec, d, step);
                     }
                     if !self.elman() {
-                        self.dispatch_rows(rec, &ck.cell_forward_rows, steps, 16, false);
+                        self.dispatch_rows(rec, &ck.cell_forward_rows, steps, 16, (false, false));
                     }
                 }
             }
         }
+    }
+
+    /// Notes the persistent loop's dispatch for a profile: every step of every sequence,
+    /// the product on each row that continues a state (forward) or is continued
+    /// (backward).
+    fn note_persistent(&self, rec: &mut Recorder<'a>, backward: bool) {
+        if !rec.profiling() {
+            return;
+        }
+        let (tokens, batch) = (self.packing.tokens() as u32, self.packing.batch() as u32);
+        // every row but each sequence's first (forward, from a zero state) or last
+        // (backward) has a product
+        let rows = if self.has_initial && !backward {
+            tokens
+        } else {
+            tokens - batch
+        };
+        rec.note(self.describe_loop(), self.product_flops(rows * self.dirs));
     }
 
     /// The recurrent product of direction `d`'s `step` through the tiled kernels, in two
@@ -432,10 +491,17 @@ impl<'a> LayerLoop<'a> {
                     &self.bindings(self.buffers.params, true),
                     [self.packing.batch() as u32, self.dirs, 1],
                 );
+                self.note_persistent(rec, true);
             }
             Strategy::PerStep => {
                 for s in 0..self.packing.max_len() {
-                    self.dispatch_rows(rec, &ck.step_backward, self.steps_at(s, true), 16, true);
+                    self.dispatch_rows(
+                        rec,
+                        &ck.step_backward,
+                        self.steps_at(s, true),
+                        16,
+                        (true, true),
+                    );
                 }
             }
             Strategy::Tiled => {
@@ -445,7 +511,7 @@ impl<'a> LayerLoop<'a> {
                         self.record_tiled_gradient(rec, d, step);
                     }
                     if !self.elman() {
-                        self.dispatch_rows(rec, &ck.cell_backward_rows, steps, 16, true);
+                        self.dispatch_rows(rec, &ck.cell_backward_rows, steps, 16, (true, false));
                     }
                 }
             }

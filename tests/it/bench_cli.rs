@@ -355,6 +355,56 @@ fn autotuning_reports_what_it_kept() {
 }
 
 #[test]
+fn a_profile_says_where_each_phase_of_a_step_went() {
+    let refused = unfold(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--configs",
+        "latency",
+        "--profile",
+    ]);
+    assert_clean_failure(&refused, "--profile");
+    let Some(_gpu) = common::gpu() else { return };
+    let out = unfold(&[
+        "bench",
+        "--device",
+        "gpu",
+        "--configs",
+        "4x6x5x40x3",
+        "--lengths",
+        "fixed",
+        "--reps",
+        "1",
+        "--profile",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = rows(&stdout(&out));
+    let (kernels, steps): (Vec<&Value>, Vec<&Value>) =
+        rows.iter().partition(|r| r.get("profile").is_some());
+    assert_eq!(steps.len(), 1, "one timed workload");
+    assert!(!kernels.is_empty());
+    for r in &kernels {
+        assert_eq!(r["profile"], "4x6x5x40x3", "{r}");
+        assert!(
+            number(r, "calls") >= 1.0 && number(r, "total_ms") >= 0.0,
+            "{r}"
+        );
+        assert!(r["kernel"].as_str().is_some_and(|k| !k.is_empty()), "{r}");
+    }
+    let share: f64 = kernels.iter().map(|r| number(r, "share")).sum();
+    assert!((share - 1.0).abs() < 1e-2, "shares add up to {share}");
+    for phase in ["layer 0: time loop, forward", "gradient norm and update"] {
+        assert!(kernels.iter().any(|r| r["phase"] == phase), "no {phase}");
+    }
+    assert!(
+        stderr(&out).contains("where the GPU's time went"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn a_bad_shape_is_refused() {
     let out = unfold(&["bench", "--device", "cpu", "--matmul", "64x64"]);
     assert_clean_failure(&out, "MxNxK");

@@ -22,6 +22,7 @@ mod gpu_parity;
 mod gradcheck;
 mod learning;
 mod parameter_sharing;
+mod profile;
 mod properties;
 mod shaders;
 mod split;
