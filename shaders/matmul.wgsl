@@ -5,9 +5,11 @@
 // read in place from the flat parameter buffer and weight gradients are written in place
 // into the flat gradient buffer. Any shape works: loads and stores are bounds-checked.
 //
-// Two tilings of the same product (the host picks one from the shape, src/gpu/gemm.rs):
-// - matmul_tile64: a 64x64 tile of C per workgroup, 16x16 threads with a 4x4 block each,
-//   K in slices of 16. Many small workgroups: for products with few output tiles.
+// Three tilings of the same product (the host picks one from the shape, src/gpu/gemm.rs):
+// - matmul_tile: a square tile of C per workgroup, TILE_THREADS x TILE_THREADS threads
+//   with a 4x4 block each, K in slices of 16; compiled twice, as the 64x64 tile (16x16
+//   threads) and the 32x32 one (8x8). Many small workgroups: for products with few output
+//   tiles (the 32x32 one fills a large GPU with a time step's product without splitting K).
 // - matmul_tile128: a 128x128 tile, 16x16 threads with an 8x8 block each (64 accumulators,
 //   twice the multiply-adds per workgroup-memory read), K in slices of 8 staged through
 //   two workgroup buffers: the next slice is fetched into registers while the current one
@@ -161,46 +163,55 @@ fn b_slot(idx: u32, k_depth: u32, tile: u32) -> vec2<u32> {
 }
 
 // Where operand column v (a group of 4 rows of A or 4 columns of B) of slice row k sits in
-// workgroup memory: XOR-swizzled with k, so that staging along K (operands whose K is
-// contiguous) spreads a warp's stores over all banks instead of piling them on a few;
-// the compute loop's reads stay contiguous (a permutation within aligned groups).
-fn swizzle(v: u32, k: u32) -> u32 {
-    return v ^ (k & 15u);
+// workgroup memory: XOR-swizzled with k (its low bits, `mask`, one less than the number of
+// groups or 16), so that staging along K (operands whose K is contiguous) spreads a warp's
+// stores over all banks instead of piling them on a few; the compute loop's reads stay
+// contiguous (a permutation within aligned groups).
+fn swizzle(v: u32, k: u32, mask: u32) -> u32 {
+    return v ^ (k & mask);
 }
 
-// ---- 64x64 tiles ----
+// ---- 64x64 and 32x32 tiles ----
 
-const TILE64: u32 = 64u;
-const KSLICE64: u32 = 16u;
+// Threads along each side of the workgroup (16 or 8, a power of two); the tile is 4 times
+// that on a side.
+override TILE_THREADS: u32 = 16u;
+const KSLICE: u32 = 16u;
+// vec4 slots of a staged slice (an array sized by an override cannot be nested)
+override TILE_SLOTS: u32 = KSLICE * TILE_THREADS;
 
-// [k][m / 4] and [k][n / 4]: each thread reads its 4 rows and 4 columns as one vec4 each
-var<workgroup> a_tile64: array<array<vec4<f32>, 16>, 16>;
-var<workgroup> b_tile64: array<array<vec4<f32>, 16>, 16>;
+// [k][m / 4] and [k][n / 4], flattened: each thread reads its 4 rows and 4 columns as one
+// vec4 each
+var<workgroup> a_tile: array<vec4<f32>, TILE_SLOTS>;
+var<workgroup> b_tile: array<vec4<f32>, TILE_SLOTS>;
 
-@compute @workgroup_size(16, 16)
-fn matmul_tile64(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row0 = wg.y * TILE64;
-    let col0 = wg.x * TILE64;
-    let tid = lid.y * 16u + lid.x;
+@compute @workgroup_size(TILE_THREADS, TILE_THREADS)
+fn matmul_tile(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tile = 4u * TILE_THREADS;
+    let threads = TILE_THREADS * TILE_THREADS;
+    let mask = min(TILE_THREADS, 16u) - 1u;
+    let row0 = wg.y * tile;
+    let col0 = wg.x * tile;
+    let tid = lid.y * TILE_THREADS + lid.x;
     let ks = k_range(wg.z);
     // accumulators in registers: row i of this thread's 4x4 block is acc_i
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-    for (var k0 = ks.x; k0 < ks.y; k0 += KSLICE64) {
-        // 256 threads stage 16x64 elements of each operand, 4 each
-        for (var e = 0u; e < 4u; e++) {
-            let idx = tid + e * 256u;
-            let sa = a_slot(idx, KSLICE64, TILE64);
-            a_tile64[sa.x][swizzle(sa.y / 4u, sa.x)][sa.y % 4u] = load_a(row0 + sa.y, k0 + sa.x, ks.y);
-            let sb = b_slot(idx, KSLICE64, TILE64);
-            b_tile64[sb.x][swizzle(sb.y / 4u, sb.x)][sb.y % 4u] = load_b(k0 + sb.x, col0 + sb.y, ks.y);
+    for (var k0 = ks.x; k0 < ks.y; k0 += KSLICE) {
+        // the threads stage 16 x tile elements of each operand, 64 / TILE_THREADS each
+        for (var e = 0u; e < 64u / TILE_THREADS; e++) {
+            let idx = tid + e * threads;
+            let sa = a_slot(idx, KSLICE, tile);
+            a_tile[sa.x * TILE_THREADS + swizzle(sa.y / 4u, sa.x, mask)][sa.y % 4u] = load_a(row0 + sa.y, k0 + sa.x, ks.y);
+            let sb = b_slot(idx, KSLICE, tile);
+            b_tile[sb.x * TILE_THREADS + swizzle(sb.y / 4u, sb.x, mask)][sb.y % 4u] = load_b(k0 + sb.x, col0 + sb.y, ks.y);
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < KSLICE64; kk++) {
-            let av = a_tile64[kk][swizzle(lid.y, kk)];
-            let bv = b_tile64[kk][swizzle(lid.x, kk)];
+        for (var kk = 0u; kk < KSLICE; kk++) {
+            let av = a_tile[kk * TILE_THREADS + swizzle(lid.y, kk, mask)];
+            let bv = b_tile[kk * TILE_THREADS + swizzle(lid.x, kk, mask)];
             acc0 = fma(vec4<f32>(av.x), bv, acc0);
             acc1 = fma(vec4<f32>(av.y), bv, acc1);
             acc2 = fma(vec4<f32>(av.z), bv, acc2);
@@ -247,9 +258,9 @@ fn stage128(buf: u32, tid: u32, s: Staged) {
     for (var e = 0u; e < 4u; e++) {
         let idx = tid + e * 256u;
         let sa = a_slot(idx, KSLICE128, TILE128);
-        a_tile128[buf][sa.x][swizzle(sa.y / 4u, sa.x)][sa.y % 4u] = s.a[e];
+        a_tile128[buf][sa.x][swizzle(sa.y / 4u, sa.x, 15u)][sa.y % 4u] = s.a[e];
         let sb = b_slot(idx, KSLICE128, TILE128);
-        b_tile128[buf][sb.x][swizzle(sb.y / 4u, sb.x)][sb.y % 4u] = s.b[e];
+        b_tile128[buf][sb.x][swizzle(sb.y / 4u, sb.x, 15u)][sb.y % 4u] = s.b[e];
     }
 }
 
@@ -280,10 +291,10 @@ fn matmul_tile128(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
             next = fetch128(tid, row0, col0, k0 + KSLICE128, ks.y);
         }
         for (var kk = 0u; kk < KSLICE128; kk++) {
-            let alo = a_tile128[buf][kk][swizzle(lid.y, kk)];
-            let ahi = a_tile128[buf][kk][swizzle(lid.y + 16u, kk)];
-            let bl = b_tile128[buf][kk][swizzle(lid.x, kk)];
-            let bh = b_tile128[buf][kk][swizzle(lid.x + 16u, kk)];
+            let alo = a_tile128[buf][kk][swizzle(lid.y, kk, 15u)];
+            let ahi = a_tile128[buf][kk][swizzle(lid.y + 16u, kk, 15u)];
+            let bl = b_tile128[buf][kk][swizzle(lid.x, kk, 15u)];
+            let bh = b_tile128[buf][kk][swizzle(lid.x + 16u, kk, 15u)];
             c0l = fma(vec4<f32>(alo.x), bl, c0l); c0h = fma(vec4<f32>(alo.x), bh, c0h);
             c1l = fma(vec4<f32>(alo.y), bl, c1l); c1h = fma(vec4<f32>(alo.y), bh, c1h);
             c2l = fma(vec4<f32>(alo.z), bl, c2l); c2h = fma(vec4<f32>(alo.z), bh, c2h);

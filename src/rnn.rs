@@ -579,7 +579,9 @@ impl Rnn {
 
     /// Measures on this model's GPU how to run a training pass over batches shaped like
     /// `batch` fastest, and keeps what it finds. For each matrix product the pass records
-    /// (its shape not yet tuned on this device), every tiling and K split is timed on
+    /// (its shape not yet tuned on this device; where the time loops are compared, as
+    /// below, a pass under tiled steps records its step products too), every tiling and
+    /// K split is timed on
     /// operands of that shape and the fastest kept for every later product of that shape
     /// by any model on the same [`Device`] (its clones included); a shape whose trials
     /// would take longer than `budget` (estimated from one run) keeps its plan. Then,
@@ -602,8 +604,19 @@ impl Rnn {
             Backend::Cpu { .. } => return Ok(report),
             Backend::Gpu(g) => g.context().clone(),
         };
+        let batch_size = batch.packing().batch();
+        let compare_loops = self.time_loop() == TimeLoop::Auto
+            && !gpu::runs_persistent(&ctx, TimeLoop::Auto, self.config.hidden_size, batch_size);
         gpu::watch_products(&ctx);
-        let pass = self.loss_and_gradients(batch);
+        let mut pass = self.loss_and_gradients(batch).map(drop);
+        if compare_loops && pass.is_ok() {
+            // a pass under tiled steps too, so that its step products are tuned before
+            // the loops are compared
+            pass = self
+                .set_time_loop(TimeLoop::TiledSteps)
+                .and_then(|()| self.loss_and_gradients(batch).map(drop))
+                .and(self.set_time_loop(TimeLoop::Auto));
+        }
         let shapes = gpu::watched_products(&ctx);
         pass?;
         for shape in shapes {
@@ -619,12 +632,9 @@ impl Rnn {
             // the next pass sizes its split scratch for the plans kept
             g.release_work();
             self.held = None;
-            let batch_size = batch.packing().batch();
-            if g.time_loop == TimeLoop::Auto
-                && !gpu::runs_persistent(&ctx, TimeLoop::Auto, self.config.hidden_size, batch_size)
-            {
-                report.time_loops = self.time_the_loops(batch, budget)?;
-            }
+        }
+        if compare_loops {
+            report.time_loops = self.time_the_loops(batch, budget)?;
         }
         Ok(report)
     }

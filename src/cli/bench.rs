@@ -377,11 +377,13 @@ fn bench_matmul(device: &Device, shapes: &str, reps: usize) -> unfold::Result<()
         }
         // each tiling unsplit, and split 2, 4 and 8 ways where K is long enough for that
         let split_counts: &[u32] = if k >= 512 { &[1, 2, 4, 8] } else { &[1] };
-        let forced = [Tile::Tile64, Tile::Tile128].into_iter().flat_map(|tile| {
-            split_counts
-                .iter()
-                .map(move |&splits| Some(GemmPlan { tile, splits }))
-        });
+        let forced = [Tile::Tile32, Tile::Tile64, Tile::Tile128]
+            .into_iter()
+            .flat_map(|tile| {
+                split_counts
+                    .iter()
+                    .map(move |&splits| Some(GemmPlan { tile, splits }))
+            });
         for plan in std::iter::once(None).chain(forced) {
             let mut product =
                 ResidentProduct::new(device, a.view(), b.view(), (false, false), plan)?;

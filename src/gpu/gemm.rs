@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 /// The block of C that one workgroup computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Tile {
+    /// 32×32, a 4×4 block per thread, 64 threads: the most workgroups, for products whose
+    /// output is too small to fill the GPU with larger tiles (a time step's), without
+    /// splitting K. Only [`crate::Rnn::autotune`] or a forced plan choose it.
+    Tile32,
     /// 64×64, a 4×4 block per thread: many small workgroups.
     Tile64,
     /// 128×128, an 8×8 block per thread, double-buffered: for large products.
@@ -25,6 +29,7 @@ impl Tile {
     /// The tile's side in elements.
     pub fn size(self) -> u32 {
         match self {
+            Tile::Tile32 => 32,
             Tile::Tile64 => 64,
             Tile::Tile128 => 128,
         }
@@ -399,6 +404,7 @@ fn record_planned<'a>(
     (scratch, scratch_floats): (&'a wgpu::Buffer, usize),
 ) {
     let kernel = match plan.tile {
+        Tile::Tile32 => &kernels.matmul_tile32,
         Tile::Tile64 => &kernels.matmul_tile64,
         Tile::Tile128 => &kernels.matmul_tile128,
     };
@@ -684,14 +690,15 @@ const TUNE_MAX_REPEATS: u32 = 32;
 /// Timings per plan; the fastest counts.
 const TUNE_TIMINGS: u32 = 3;
 
-/// The plans worth measuring for `shape`, `first` first: each tiling unsplit and split
-/// 2 to 16 ways where K is deep enough, each distinct split (number of K ranges) once,
-/// the 128×128 tile only where it covers at least one whole tile.
+/// The plans worth measuring for `shape`, `first` first: each tiling (32×32, 64×64,
+/// 128×128) unsplit and split 2 to 16 ways where K is deep enough, each distinct split
+/// (number of K ranges) once, the 128×128 tile only where it covers at least one whole
+/// tile.
 fn candidates(shape: ProductShape, first: GemmPlan, limits: &wgpu::Limits) -> Vec<GemmPlan> {
     let ProductShape { m, n, k, .. } = shape;
     let mut plans = vec![first];
     let mut seen = HashSet::from([(first.tile, first.k_chunk(k).1)]);
-    for tile in [Tile::Tile64, Tile::Tile128] {
+    for tile in [Tile::Tile32, Tile::Tile64, Tile::Tile128] {
         if tile == Tile::Tile128 && (m < 128 || n < 128) {
             continue;
         }

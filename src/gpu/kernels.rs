@@ -175,6 +175,7 @@ pub(crate) struct EmbedParams {
 
 /// Every pipeline unfold uses.
 pub(crate) struct Kernels {
+    pub matmul_tile32: Kernel,
     pub matmul_tile64: Kernel,
     pub matmul_tile128: Kernel,
     pub matmul_sum_splits: Kernel,
@@ -325,11 +326,24 @@ impl Kernels {
             };
         use std::mem::size_of;
         let kernels = Kernels {
-            matmul_tile64: kernel(
+            // one kernel at two sizes: TILE_THREADS² threads of a 4×4 block each
+            matmul_tile32: Kernel::new(
+                device,
                 &matmul,
-                "matmul_tile64",
-                size_of::<MatmulParams>(),
+                "matmul_tile",
+                size_of::<MatmulParams>() as u64,
                 &[Read, Read, Read, Write],
+                checks,
+                &[("TILE_THREADS", 8.0)],
+            ),
+            matmul_tile64: Kernel::new(
+                device,
+                &matmul,
+                "matmul_tile",
+                size_of::<MatmulParams>() as u64,
+                &[Read, Read, Read, Write],
+                checks,
+                &[("TILE_THREADS", 16.0)],
             ),
             matmul_tile128: kernel(
                 &matmul,

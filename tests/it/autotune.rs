@@ -82,6 +82,16 @@ fn the_time_loop_is_chosen_by_measurement_and_kept() {
     );
     assert!(report.time_loops[0].1 <= report.time_loops[1].1);
     assert_eq!(rnn.time_loop(), loops[0], "the faster loop is kept");
+    // the tiled steps' own products (a step's rows by W_hhᵀ) were tuned before the loops
+    // were compared, although the first pass (per step under Auto) records none
+    assert!(
+        report
+            .products
+            .iter()
+            .any(|t| (t.shape.m, t.shape.n, t.shape.k) == (2, 260, 260) && t.shape.transpose_b),
+        "{:?}",
+        report.products
+    );
     let (tuned_loss, tuned_grads) = rnn.loss_and_gradients(&batch).unwrap();
     common::assert_close("loss", &[tuned_loss], &[loss], 1e-5);
     common::assert_params_close("gradients", &tuned_grads, &grads, 1e-5);

@@ -240,12 +240,13 @@ fn matrix_products_on_the_cpu_and_each_gpu_tiling() {
     // the library's own choice for the shape, as the GPU path would run it
     let auto = GemmPlan::choose(70, 9, 600);
     let mut want = vec![format!("auto: {:?} splits {}", auto.tile, auto.splits)];
-    for tile in ["Tile64", "Tile128"] {
+    for tile in ["Tile32", "Tile64", "Tile128"] {
         want.extend([1, 2, 4, 8].map(|s| format!("{tile} splits {s}")));
     }
     want.extend(
         [
             "auto: Tile64 splits 1",
+            "Tile32 splits 1",
             "Tile64 splits 1",
             "Tile128 splits 1",
         ]
@@ -253,7 +254,7 @@ fn matrix_products_on_the_cpu_and_each_gpu_tiling() {
     );
     assert_eq!(plans, want, "{text}");
     let gpu = common::gpu().expect("the GPU the bench ran on");
-    check_matmul_lines(&text, &[(70, 9, 600, 9), (9, 70, 40, 3)], &gpu);
+    check_matmul_lines(&text, &[(70, 9, 600, 13), (9, 70, 40, 4)], &gpu);
 }
 
 #[test]

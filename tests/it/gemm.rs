@@ -22,7 +22,15 @@ fn stored(x: &Array2<f32>, transposed: bool) -> Array2<f32> {
     }
 }
 
-const PLANS: [GemmPlan; 5] = [
+const PLANS: [GemmPlan; 7] = [
+    GemmPlan {
+        tile: Tile::Tile32,
+        splits: 1,
+    },
+    GemmPlan {
+        tile: Tile::Tile32,
+        splits: 4,
+    },
     GemmPlan {
         tile: Tile::Tile64,
         splits: 1,
