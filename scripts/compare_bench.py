@@ -7,7 +7,8 @@ Training steps: config, length mode, cell, unfold ms, PyTorch ms (TF32 off), rat
 unfold faster). Rows are matched on (config, lengths, cell); a row without a "cell" (from
 before cells were recorded) matches any cell. Matrix products (when given): shape,
 unfold's tilings against torch.mm. Time loops (when given): the same workloads under each
-`--time-loop`, and after `--autotune` (the time loop it kept, marked "tuned")."""
+`--time-loop`, after `--autotune` (the time loop it kept, marked "tuned"), and with
+`--upload-each-step` (marked); kernel profiles (`--profile` rows) are left out."""
 import json, sys
 
 NAN = float("nan")
@@ -59,6 +60,7 @@ if len(sys.argv) > 5:
     print("|---|---|---|---|---|---|---|---|")
     for r in load(sys.argv[5]):
         tm = torch_ms(r)
-        loop = r["time_loop"] + (" (tuned)" if r.get("autotuned") else "")
+        loop = r["time_loop"] + (" (tuned)" if r.get("autotuned") else "") + (
+            " (batch uploaded every step)" if r.get("batch_upload") == "every step" else "")
         print(f"| {r['config']} | {lengths(r)} | {r.get('cell', 'tanh')} | {loop} | "
               f"{r['train_step_ms']:.2f} | {tm:.2f} | {r['train_step_ms'] / tm:.2f} | {r['dispatches']} |")

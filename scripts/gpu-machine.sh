@@ -70,6 +70,8 @@ section "time loops for hidden > 256 (ref, large): a fused dispatch per step aga
     for loop in per-step tiled-steps; do
         timeout 60 "$RUN/unfold" bench --device gpu --configs ref,large --reps 10 --time-loop "$loop"
     done | tee "$OUT/time_loops.jsonl"
+section "ref and large with every step uploading its batch (the tables above reuse one, as PyTorch's benchmark does)" 20 &&
+    timeout 60 "$RUN/unfold" bench --device gpu --configs ref,large --reps 10 --upload-each-step | tee -a "$OUT/time_loops.jsonl"
 section "where a step's GPU time goes (a timestamp per dispatch): ref and large, Elman and LSTM" 40 &&
     for cell in tanh lstm; do
         timeout 90 "$RUN/unfold" bench --device gpu --cell "$cell" --configs ref,large --reps 3 --profile

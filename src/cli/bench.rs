@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// ("profile" rows) and a table on stderr.
     #[arg(long)]
     profile: bool,
+    /// Alternate between two batches of the workload, so that every step uploads its
+    /// batch (by default the steps reuse one batch, which a GPU model keeps on the device
+    /// after the first step, as PyTorch's benchmark keeps its tensors there).
+    #[arg(long)]
+    upload_each_step: bool,
 }
 
 pub fn run(args: BenchArgs) -> CliResult<ExitCode> {
@@ -101,6 +106,7 @@ pub fn run(args: BenchArgs) -> CliResult<ExitCode> {
                 time_loop: args.time_loop.into(),
                 autotune,
                 profile: args.profile,
+                upload_each_step: args.upload_each_step,
             };
             for spec in args.configs.split(',') {
                 let w = Workload::parse(spec)?;
@@ -128,12 +134,14 @@ struct Model {
 }
 
 /// How the steps run: the time loop asked for, the autotuning budget per product shape
-/// (`None`: no tuning), and whether one more step is profiled.
+/// (`None`: no tuning), whether one more step is profiled, and whether the steps
+/// alternate between two batches (each step uploads its own).
 #[derive(Clone, Copy)]
 struct How {
     time_loop: TimeLoop,
     autotune: Option<std::time::Duration>,
     profile: bool,
+    upload_each_step: bool,
 }
 
 /// One JSON line: the median time of `reps` training steps (after 3 warm-up steps) of
@@ -148,6 +156,7 @@ fn bench_steps(
         time_loop,
         autotune,
         profile,
+        upload_each_step,
     }: How,
 ) -> unfold::Result<()> {
     let Model {
@@ -169,14 +178,24 @@ fn bench_steps(
     } else {
         time_loop
     };
+    // the batch, or two of the same content built apart, which the steps alternate
+    // between so that each uploads its batch
+    let batches = if upload_each_step {
+        let targets = batch.targets().cloned().expect("workloads have targets");
+        let twin = SequenceBatch::new(batch.inputs().to_vec(), targets)?;
+        vec![batch.clone(), twin]
+    } else {
+        vec![batch.clone()]
+    };
     let mut sgd = Optimizer::sgd(0.01);
-    for _ in 0..3 {
-        rnn.train_step(&batch, &mut sgd)?;
+    for i in 0..3 {
+        rnn.train_step(&batches[i % batches.len()], &mut sgd)?;
     }
     let (mut times, mut host) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
-    for _ in 0..reps {
+    for i in 0..reps {
+        let step_batch = &batches[(i + 1) % batches.len()];
         let t0 = Instant::now();
-        rnn.train_step(&batch, &mut sgd)?;
+        rnn.train_step(step_batch, &mut sgd)?;
         times.push(t0.elapsed().as_secs_f64());
         host.push(
             rnn.last_step_profile()
@@ -187,7 +206,7 @@ fn bench_steps(
     let dispatches = rnn.last_step_profile().map_or(0, |(_, d)| d);
     let (memory, memory_kind) = step_memory(device, resident_before);
     println!(
-        "{{\"impl\": \"unfold\", \"device\": {:?}, \"time_loop\": \"{time_loop:?}\", \"cell\": \"{cell}\", \"bidirectional\": {bidirectional}, \"config\": {:?}, \"B\": {}, \"T\": {}, \"I\": {}, \"H\": {}, \"C\": {}, \"variable\": {variable}, \"train_step_ms\": {:.3}, \"tokens_per_s\": {:.0}, \"gflops\": {:.1}, \"host_record_ms\": {:.3}, \"dispatches\": {dispatches}, \"memory_bytes\": {memory}, \"memory\": {memory_kind:?}, \"autotuned\": {}}}",
+        "{{\"impl\": \"unfold\", \"device\": {:?}, \"time_loop\": \"{time_loop:?}\", \"cell\": \"{cell}\", \"bidirectional\": {bidirectional}, \"config\": {:?}, \"B\": {}, \"T\": {}, \"I\": {}, \"H\": {}, \"C\": {}, \"variable\": {variable}, \"train_step_ms\": {:.3}, \"tokens_per_s\": {:.0}, \"gflops\": {:.1}, \"host_record_ms\": {:.3}, \"dispatches\": {dispatches}, \"memory_bytes\": {memory}, \"memory\": {memory_kind:?}, \"autotuned\": {}, \"batch_upload\": {:?}}}",
         device.describe(),
         w.label(),
         w.batch,
@@ -200,6 +219,11 @@ fn bench_steps(
         train_flops(w, model, &batch) / med / 1e9,
         median(host) * 1e3,
         autotune.is_some(),
+        if upload_each_step {
+            "every step"
+        } else {
+            "first step"
+        },
     );
     if profile {
         let (_, kernels) =

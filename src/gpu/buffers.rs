@@ -379,20 +379,57 @@ impl BatchBuffers {
             && (!dense || self.x_tokens >= p.tokens())
     }
 
-    /// Uploads `batch` (packed inputs or token tables, targets, packing tables), the
-    /// initial states, and the masks of `dropout` (on training passes).
+    /// Uploads `batch` (packed inputs or token tables, targets, packing tables) unless
+    /// these buffers hold it already (`held`: the same batch, laid out for an initial
+    /// state or not as now), the initial states, and the masks of `dropout` (on training
+    /// passes). Counted as one upload when anything is written.
     pub fn upload(
         &self,
         ctx: &GpuContext,
         config: &RnnConfig,
         batch: &SequenceBatch,
+        held: bool,
         initial: Option<&RnnState>,
         dropout: Option<Dropout<'_>>,
     ) {
         let p = batch.packing();
-        let q = &ctx.queue;
+        if held && initial.is_none() && dropout.is_none() {
+            return;
+        }
         // one upload, of up to eight writes
         ctx.note_upload();
+        if let Some(state) = initial {
+            // h of every layer and direction, then c, each [batch, hidden] in packed order
+            let mut packed: Vec<f32> = Vec::with_capacity(2 * state.h.len());
+            for s in std::iter::once(&state.h).chain(&state.c) {
+                for unit in s.outer_iter() {
+                    for &i in &p.order {
+                        packed.extend(unit.index_axis(Axis(0), i).iter());
+                    }
+                }
+            }
+            ctx.write(&self.initial, bytemuck::cast_slice(&packed));
+        }
+        if let Some(dropout) = dropout {
+            let flat = dropout.masks(config, p.tokens());
+            ctx.write(&self.masks, bytemuck::cast_slice(&flat));
+        }
+        if !held {
+            self.upload_batch(ctx, config, batch, initial.is_some());
+        }
+    }
+
+    /// The batch's part of [`BatchBuffers::upload`]: what depends on the batch alone (and
+    /// on whether its rows start from an initial state).
+    fn upload_batch(
+        &self,
+        ctx: &GpuContext,
+        config: &RnnConfig,
+        batch: &SequenceBatch,
+        has_initial: bool,
+    ) {
+        let p = batch.packing();
+        let q = &ctx.queue;
         if let Some(ids) = batch.packed_token_ids() {
             // ids, then for each token the range of its rows in the rows sorted by token
             let vocab = config.input_size;
@@ -417,22 +454,6 @@ impl BatchBuffers {
                 pack_inputs(batch, view.slice(..));
                 ctx.note_write(bytes as usize);
             }
-        }
-        if let Some(state) = initial {
-            // h of every layer and direction, then c, each [batch, hidden] in packed order
-            let mut packed: Vec<f32> = Vec::with_capacity(2 * state.h.len());
-            for s in std::iter::once(&state.h).chain(&state.c) {
-                for unit in s.outer_iter() {
-                    for &i in &p.order {
-                        packed.extend(unit.index_axis(Axis(0), i).iter());
-                    }
-                }
-            }
-            ctx.write(&self.initial, bytemuck::cast_slice(&packed));
-        }
-        if let Some(dropout) = dropout {
-            let flat = dropout.masks(config, p.tokens());
-            ctx.write(&self.masks, bytemuck::cast_slice(&flat));
         }
         let per_step = config.head == Head::PerStep;
         match batch.targets() {
@@ -465,7 +486,7 @@ impl BatchBuffers {
                 .collect::<Vec<_>>(),
         );
         ctx.write(&self.packing, bytemuck::cast_slice(&packing));
-        let prev = previous_rows(p, config.num_directions(), initial.is_some());
+        let prev = previous_rows(p, config.num_directions(), has_initial);
         ctx.write(&self.prev_index, bytemuck::cast_slice(&prev));
     }
 }

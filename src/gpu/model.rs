@@ -59,6 +59,11 @@ pub(crate) struct GpuRnn {
     /// the last [`GpuRnn::apply_gradients`] uploaded it: gradients equal to these need no
     /// upload. `None` when unknown.
     grads_held: Option<Vec<f32>>,
+    /// The batch (its id) whose inputs, targets and packing tables the work buffers hold,
+    /// and whether its rows were laid out for an initial state: a call on the same batch
+    /// uploads only what changes per call (initial states, dropout masks). `None` after
+    /// the work buffers were replaced.
+    batch_held: Option<(u64, bool)>,
 }
 
 const PARTIALS: usize = 256;
@@ -147,6 +152,7 @@ impl GpuRnn {
             time_loop: TimeLoop::Auto,
             encoded: None,
             grads_held: None,
+            batch_held: None,
         })
     }
 
@@ -181,6 +187,7 @@ impl GpuRnn {
         recorder::lock(&self.cache).clear();
         self.work = None;
         self.encoded = None;
+        self.batch_held = None;
         self.work = Some(BatchBuffers::new(&self.ctx, &self.config, dims)?);
         Ok(())
     }
@@ -196,6 +203,7 @@ impl GpuRnn {
         recorder::lock(&self.cache).clear();
         self.work = None;
         self.encoded = None;
+        self.batch_held = None;
     }
 
     fn work(&self) -> &BatchBuffers {
@@ -1050,6 +1058,21 @@ impl GpuRnn {
         }
     }
 
+    /// Uploads what a pass over `batch` needs (see [`BatchBuffers::upload`]): the batch
+    /// itself only if the work buffers do not hold it already, laid out for `initial`.
+    fn upload(
+        &mut self,
+        batch: &SequenceBatch,
+        initial: Option<&RnnState>,
+        dropout: Option<Dropout<'_>>,
+    ) {
+        let key = (batch.id(), initial.is_some());
+        let held = self.batch_held == Some(key);
+        self.work()
+            .upload(&self.ctx, &self.config, batch, held, initial, dropout);
+        self.batch_held = Some(key);
+    }
+
     fn submit(&self, rec: Recorder<'_>) -> Result<()> {
         rec.submit(&mut recorder::lock(&self.cache))?;
         Ok(())
@@ -1066,8 +1089,7 @@ impl GpuRnn {
         let p = batch.packing();
         self.encoded = None;
         self.ensure_work(batch)?;
-        self.work()
-            .upload(&self.ctx, &self.config, batch, initial, None);
+        self.upload(batch, initial, None);
         let pass = Pass {
             initial: initial.is_some(),
             ..Default::default()
@@ -1126,8 +1148,7 @@ impl GpuRnn {
         self.encoded = None;
         self.grads_held = None;
         self.ensure_work(batch)?;
-        self.work()
-            .upload(&self.ctx, &self.config, batch, initial, dropout);
+        self.upload(batch, initial, dropout);
         let pass = Pass::new(&self.config, initial.is_some(), dropout);
         let mut rec = Recorder::new(&self.ctx);
         self.record_layers(&mut rec, batch, pass);
@@ -1191,8 +1212,7 @@ impl GpuRnn {
         start: std::time::Instant,
     ) -> Result<(f32, Option<RnnState>)> {
         let p = batch.packing();
-        self.work()
-            .upload(&self.ctx, &self.config, batch, initial, dropout);
+        self.upload(batch, initial, dropout);
         let pass = Pass::new(&self.config, initial.is_some(), dropout);
         let mut rec = Recorder::new(&self.ctx);
         self.record_layers(&mut rec, batch, pass);
@@ -1294,8 +1314,7 @@ impl GpuRnn {
         let p = batch.packing();
         self.encoded = None;
         self.ensure_work(batch)?;
-        self.work()
-            .upload(&self.ctx, &self.config, batch, None, dropout);
+        self.upload(batch, None, dropout);
         let pass = Pass::new(&self.config, false, dropout);
         let mut rec = Recorder::new(&self.ctx);
         self.record_layers(&mut rec, batch, pass);
@@ -1365,8 +1384,7 @@ impl GpuRnn {
         // batch's or being made
         self.encoded = None;
         if !resident {
-            self.work()
-                .upload(&self.ctx, &self.config, batch, None, dropout);
+            self.upload(batch, None, dropout);
         }
         let width = self.config.state_width();
         let mut packed: Vec<f32> = Vec::with_capacity(p.tokens() * width);

@@ -406,6 +406,35 @@ fn a_profile_says_where_each_phase_of_a_step_went() {
 }
 
 #[test]
+fn the_rows_say_whether_each_step_uploaded_its_batch() {
+    for device in ["cpu"].into_iter().chain(common::gpu().map(|_| "gpu")) {
+        for (flag, want) in [
+            (None, "first step"),
+            (Some("--upload-each-step"), "every step"),
+        ] {
+            let mut args = vec![
+                "bench",
+                "--device",
+                device,
+                "--configs",
+                "3x4x2x5x3",
+                "--lengths",
+                "fixed",
+                "--reps",
+                "2",
+            ];
+            args.extend(flag);
+            let out = unfold(&args);
+            assert!(out.status.success(), "{}", stderr(&out));
+            let rows = rows(&stdout(&out));
+            assert_eq!(rows.len(), 1);
+            assert_eq!(rows[0]["batch_upload"], want, "{device} {flag:?}");
+            assert!(number(&rows[0], "train_step_ms") > 0.0);
+        }
+    }
+}
+
+#[test]
 fn a_bad_shape_is_refused() {
     let out = unfold(&["bench", "--device", "cpu", "--matmul", "64x64"]);
     assert_clean_failure(&out, "MxNxK");

@@ -8,7 +8,7 @@ use crate::common;
 
 use unfold::internals::TimeLoop;
 use unfold::rng::SplitMix64;
-use unfold::{Device, Optimizer, Rnn, RnnConfig, SequenceBatch};
+use unfold::{Cell, Device, Optimizer, Rnn, RnnConfig, RnnState, SequenceBatch};
 
 const TOL: f64 = 1e-4;
 
@@ -237,6 +237,68 @@ fn buffers_are_reused_across_batch_shapes() {
         let (_, got_g) = dev.loss_and_gradients(&batch).expect("gpu");
         common::assert_params_close(&format!("batch {k}"), &got_g, &want_g, TOL);
     }
+}
+
+#[test]
+fn a_batch_the_device_holds_is_not_uploaded_again_and_never_stale() {
+    let Some(gpu) = common::gpu() else { return };
+    // an LSTM (h and c initial states); the table of the rows each step continues from
+    // differs with and without an initial state
+    let config = common::config(3, 6, 4, 2, false, false).cell(Cell::Lstm);
+    let params = common::params(&config, 8);
+    let mut cpu = Rnn::new(config.clone(), params.clone(), &Device::cpu()).expect("cpu");
+    let mut dev = Rnn::new(config.clone(), params, &gpu).expect("gpu");
+    let a = common::random_batch(&config, &[5, 2, 4], false, 60);
+    let b = common::random_batch(&config, &[3, 6], false, 61);
+    let mut rng = unfold::rng::SplitMix64::new(62);
+    let mut state = || {
+        unfold::ndarray::Array3::from_shape_simple_fn((config.num_units(), 3, 6), || {
+            0.5 * rng.normal()
+        })
+    };
+    let initial = RnnState {
+        h: state(),
+        c: Some(state()),
+    };
+    let (mut o_cpu, mut o_dev) = (Optimizer::sgd(0.2), Optimizer::sgd(0.2));
+    // (batch, initial state, whether the batch is uploaded: where the device does not
+    // hold it, laid out for an initial state or not as now); the initial state is
+    // uploaded whenever there is one
+    let calls = [
+        (&a, None, true),
+        (&a, None, false),
+        (&b, None, true),
+        (&a.clone(), None, true),
+        (&a, Some(&initial), true),
+        (&a, Some(&initial), false),
+        (&a, None, true),
+        (&b, None, true),
+    ];
+    // the batch's writes: inputs, targets and three tables
+    let batch_writes = 5;
+    for (k, (batch, init, batch_up)) in calls.into_iter().enumerate() {
+        let want = cpu
+            .train_step_from(batch, init, &mut o_cpu)
+            .expect("cpu step");
+        let got = dev
+            .train_step_from(batch, init, &mut o_dev)
+            .expect("gpu step");
+        let label = format!("call {k}");
+        common::assert_close(&label, &[got.0], &[want.0], TOL);
+        let moved = unfold::internals::gpu::last_transfers(&dev).expect("a GPU model");
+        let writes = batch_up as usize * batch_writes + init.is_some() as usize;
+        assert_eq!(
+            (moved.uploads, moved.upload_writes),
+            ((writes > 0) as usize, writes),
+            "{label}: {moved:?}"
+        );
+    }
+    common::assert_params_close(
+        "after the calls",
+        &dev.params().expect("gpu"),
+        &cpu.params().expect("cpu"),
+        TOL,
+    );
 }
 
 #[test]
