@@ -76,9 +76,9 @@ section "where a step's GPU time goes (a timestamp per dispatch): ref and large,
     for cell in tanh lstm; do
         timeout 90 "$RUN/unfold" bench --device gpu --cell "$cell" --configs ref,large --reps 3 --profile
     done | tee -a "$OUT/time_loops.jsonl"
-section "after autotuning (Rnn::autotune, 2 s per product shape): ref and large, Elman and LSTM" 50 &&
+section "after autotuning (Rnn::autotune, 2 s per product shape): ref and large, Elman and LSTM, with the tuned step's profile" 50 &&
     for cell in tanh lstm; do
-        timeout 120 "$RUN/unfold" bench --device gpu --cell "$cell" --configs ref,large --reps 10 --autotune 2
+        timeout 120 "$RUN/unfold" bench --device gpu --cell "$cell" --configs ref,large --reps 10 --autotune 2 --profile
     done | tee -a "$OUT/time_loops.jsonl"
 tables
 

@@ -279,20 +279,8 @@ fn read_timestamps(ctx: &GpuContext, t: &Timestamps) -> Result<Vec<u64>> {
     if t.next == 0 {
         return Ok(Vec::new());
     }
-    let slice = t.staging.slice(..t.next as u64 * wgpu::QUERY_SIZE as u64);
-    let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-    slice.map_async(wgpu::MapMode::Read, move |r| {
-        let _ = sender.send(r);
-    });
-    ctx.wait()?;
-    pollster::block_on(receiver.receive())
-        .ok_or_else(|| Error::Gpu("reading the timestamps was cancelled".into()))?
-        .map_err(|e| Error::Gpu(format!("mapping the timestamps: {e}")))?;
-    let view = slice
-        .get_mapped_range()
-        .map_err(|e| Error::Gpu(format!("reading the timestamps: {e}")))?;
-    let stamps = bytemuck::pod_collect_to_vec::<u8, u64>(&view);
-    drop(view);
-    t.staging.unmap();
-    Ok(stamps)
+    let bytes = t.next as u64 * wgpu::QUERY_SIZE as u64;
+    super::recorder::read_mapped(ctx, &t.staging, ..bytes, |view| {
+        bytemuck::pod_collect_to_vec::<u8, u64>(view)
+    })
 }

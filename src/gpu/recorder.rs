@@ -404,27 +404,41 @@ pub(crate) fn read_back(
     }
     ctx.queue.submit([encoder.finish()]);
     ctx.note_read_back(regions.iter().map(|(_, _, n)| n * 4).sum());
+    read_mapped(ctx, &staging, .., |view| {
+        let mut out = Vec::with_capacity(regions.len());
+        let mut at = 0usize;
+        for (_, _, n) in regions {
+            out.push(bytemuck::pod_collect_to_vec::<u8, f32>(
+                &view[at..at + n * 4],
+            ));
+            at += (n * 4).next_multiple_of(8);
+        }
+        out
+    })
+}
+
+/// Maps `range` of `buffer` (a mappable read-back buffer) once the work submitted so far
+/// is done, hands its bytes to `read`, and unmaps it.
+pub(crate) fn read_mapped<T>(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    range: impl std::ops::RangeBounds<wgpu::BufferAddress>,
+    read: impl FnOnce(&[u8]) -> T,
+) -> Result<T> {
+    let slice = buffer.slice(range);
     let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-    staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+    slice.map_async(wgpu::MapMode::Read, move |r| {
         let _ = sender.send(r);
     });
     ctx.wait()?;
     pollster::block_on(receiver.receive())
         .ok_or_else(|| Error::Gpu("read-back was cancelled".into()))?
         .map_err(|e| Error::Gpu(format!("mapping the read-back buffer: {e}")))?;
-    let view = staging
-        .slice(..)
+    let view = slice
         .get_mapped_range()
         .map_err(|e| Error::Gpu(format!("reading the mapped buffer: {e}")))?;
-    let mut out = Vec::with_capacity(regions.len());
-    let mut at = 0usize;
-    for (_, _, n) in regions {
-        out.push(bytemuck::pod_collect_to_vec::<u8, f32>(
-            &view[at..at + n * 4],
-        ));
-        at += (n * 4).next_multiple_of(8);
-    }
+    let out = read(&view);
     drop(view);
-    staging.unmap();
+    buffer.unmap();
     Ok(out)
 }
