@@ -111,6 +111,39 @@ fn a_profiled_step_computes_the_same_and_times_every_dispatch() {
 }
 
 #[test]
+fn a_long_submission_is_timed_across_several_query_sets() {
+    let Some(gpu) = common::gpu() else { return };
+    // one sequence of 4,200 steps, a dispatch each way per step: the forward pass's
+    // submission alone needs more timestamps than one query set holds (4,096)
+    let config = RnnConfig::new(2, 3, 2);
+    let steps = 4200;
+    let batch = common::random_batch(&config, &[steps], false, 5);
+    let mut rnn = Rnn::new(config.clone(), RnnParams::init(&config, 6), &gpu).unwrap();
+    rnn.set_time_loop(TimeLoop::PerStep).unwrap();
+    let start = std::time::Instant::now();
+    let (_, p) = profile(&gpu, || rnn.loss_and_gradients(&batch)).unwrap();
+    let wall = start.elapsed();
+    let submitted = unfold::internals::gpu::last_transfers(&rnn).unwrap();
+    assert_eq!(p.dispatches, submitted.dispatches);
+    assert!(p.dispatches > 2 * steps, "{}", p.dispatches);
+    // timestamps read from the wrong place (zeros, or another set's) would span more
+    // than the call took
+    assert!(
+        p.gpu_time <= wall,
+        "{:?} of GPU time in {wall:?}",
+        p.gpu_time
+    );
+    assert!(p.dispatch_time <= p.gpu_time);
+    let forward = p
+        .rows
+        .iter()
+        .find(|r| r.phase == "layer 0: time loop, forward")
+        .expect("the forward loop");
+    assert_eq!(forward.calls, steps);
+    assert_eq!(forward.flops, 2.0 * ((steps - 1) * 3 * 3) as f64);
+}
+
+#[test]
 fn a_profile_needs_a_gpu_and_one_at_a_time() {
     let unsupported = |r: Result<((), KernelProfile), Error>| match r {
         Err(Error::Unsupported(why)) => why,
