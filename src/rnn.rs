@@ -581,14 +581,13 @@ impl Rnn {
     /// `batch` fastest, and keeps what it finds. For each matrix product the pass records
     /// (its shape not yet tuned on this device; where the time loops are compared, as
     /// below, a pass under tiled steps records its step products too), every tiling and
-    /// K split is timed on
-    /// operands of that shape and the fastest kept for every later product of that shape
-    /// by any model on the same [`Device`] (its clones included); a shape whose trials
-    /// would take longer than `budget` (estimated from one run) keeps its plan. Then,
-    /// where the model's time loop is [`TimeLoop::Auto`] and the persistent loop does not
-    /// apply, whole passes under a fused dispatch per step and under tiled steps are
-    /// timed (where one pass takes at most an eighth of `budget`), and the faster is set
-    /// as the model's time loop.
+    /// K split is timed on operands of that shape and the fastest kept for every later
+    /// product of that shape by any model on the same [`Device`] (its clones included); a
+    /// shape whose trials would take longer than `budget` (estimated from one run) keeps
+    /// its plan. Then, where the model's time loop is [`TimeLoop::Auto`] and the
+    /// persistent loop does not apply, whole passes under a fused dispatch per step and
+    /// under tiled steps are timed (where one pass takes at most an eighth of `budget`),
+    /// and the faster is set as the model's time loop.
     ///
     /// The parameters, optimizer state and dropout masks are untouched; results change
     /// only by rounding (a different K split sums in another order). On the CPU there is
