@@ -53,6 +53,11 @@ for cell in ${CELLS:-tanh lstm gru}; do
         timeout 150 python3 "$RUN/torch_rnn_bench.py" cuda --cell "$cell" | tee -a "$OUT/torch_cuda.jsonl"
 done
 tables
+# the profile first of the rest: where large loses is what the GPU work needs to know
+section "where a step's GPU time goes (a timestamp per dispatch): ref and large, Elman and LSTM" 40 &&
+    for cell in tanh lstm; do
+        timeout 90 "$RUN/unfold" bench --device gpu --cell "$cell" --configs ref,large --reps 3 --profile
+    done | tee -a "$OUT/time_loops.jsonl"
 section "bidirectional LSTM (small, ref), unfold then cuDNN" 40 && {
     timeout 90 "$RUN/unfold" bench --device gpu --cell lstm --bidirectional --configs small,ref --reps 20 | tee -a "$OUT/unfold_gpu.jsonl"
     for cfg in small ref; do
@@ -69,13 +74,9 @@ section "matrix products alone: unfold's tilings, then torch.mm (TF32 off)" 40 &
 section "time loops for hidden > 256 (ref, large): a fused dispatch per step against tiled steps" 30 &&
     for loop in per-step tiled-steps; do
         timeout 60 "$RUN/unfold" bench --device gpu --configs ref,large --reps 10 --time-loop "$loop"
-    done | tee "$OUT/time_loops.jsonl"
+    done | tee -a "$OUT/time_loops.jsonl"
 section "ref and large with every step uploading its batch (the tables above reuse one, as PyTorch's benchmark does)" 20 &&
     timeout 60 "$RUN/unfold" bench --device gpu --configs ref,large --reps 10 --upload-each-step | tee -a "$OUT/time_loops.jsonl"
-section "where a step's GPU time goes (a timestamp per dispatch): ref and large, Elman and LSTM" 40 &&
-    for cell in tanh lstm; do
-        timeout 90 "$RUN/unfold" bench --device gpu --cell "$cell" --configs ref,large --reps 3 --profile
-    done | tee -a "$OUT/time_loops.jsonl"
 section "after autotuning (Rnn::autotune, 2 s per product shape): ref and large, Elman and LSTM, with the tuned step's profile" 50 &&
     for cell in tanh lstm; do
         timeout 120 "$RUN/unfold" bench --device gpu --cell "$cell" --configs ref,large --reps 10 --autotune 2 --profile
