@@ -693,13 +693,18 @@ const TUNE_TIMINGS: u32 = 3;
 /// The plans worth measuring for `shape`, `first` first: each tiling (32×32, 64×64,
 /// 128×128) unsplit and split 2 to 16 ways where K is deep enough, each distinct split
 /// (number of K ranges) once, the 128×128 tile only where it covers at least one whole
-/// tile.
+/// tile, and no tiling that would need more workgroups along a side than the adapter
+/// dispatches.
 fn candidates(shape: ProductShape, first: GemmPlan, limits: &wgpu::Limits) -> Vec<GemmPlan> {
     let ProductShape { m, n, k, .. } = shape;
     let mut plans = vec![first];
     let mut seen = HashSet::from([(first.tile, first.k_chunk(k).1)]);
     for tile in [Tile::Tile32, Tile::Tile64, Tile::Tile128] {
-        if tile == Tile::Tile128 && (m < 128 || n < 128) {
+        let side = tile.size();
+        let groups = m.div_ceil(side).max(n.div_ceil(side));
+        if tile == Tile::Tile128 && (m < 128 || n < 128)
+            || groups > limits.max_compute_workgroups_per_dimension
+        {
             continue;
         }
         for splits in [1, 2, 4, 8, 16] {
