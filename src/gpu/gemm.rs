@@ -779,3 +779,48 @@ fn timed(run: impl FnOnce() -> Result<()>) -> Result<Duration> {
     run()?;
     Ok(start.elapsed())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(m: u32, n: u32, k: u32) -> ProductShape {
+        ProductShape {
+            m,
+            n,
+            k,
+            transpose_a: false,
+            transpose_b: false,
+        }
+    }
+
+    #[test]
+    fn candidates_fit_the_adapter_and_try_each_split_once() {
+        let limits = wgpu::Limits {
+            max_compute_workgroups_per_dimension: 100,
+            ..wgpu::Limits::default()
+        };
+        // 5,000 rows: 157 tiles of 32 along M, past the limit; 79 of 64 and 40 of 128
+        let s = shape(5000, 200, 1024);
+        let first = GemmPlan::choose(s.m, s.n, s.k);
+        let plans = candidates(s, first, &limits);
+        assert_eq!(plans[0], first);
+        assert!(plans.iter().all(|p| p.tile != Tile::Tile32), "{plans:?}");
+        for tile in [Tile::Tile64, Tile::Tile128] {
+            let ranges: Vec<u32> = plans
+                .iter()
+                .filter(|p| p.tile == tile)
+                .map(|p| p.k_chunk(s.k).1)
+                .collect();
+            let mut distinct = ranges.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), ranges.len(), "{tile:?}: {ranges:?}");
+            assert_eq!(distinct, [1, 2, 4, 8, 16], "{tile:?}");
+        }
+        // a small product: every tiling but the 128×128 one, which would be mostly idle
+        let plans = candidates(shape(8, 300, 300), GemmPlan::choose(8, 300, 300), &limits);
+        assert!(plans.iter().any(|p| p.tile == Tile::Tile32));
+        assert!(plans.iter().all(|p| p.tile != Tile::Tile128), "{plans:?}");
+    }
+}
