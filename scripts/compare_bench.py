@@ -8,16 +8,48 @@ unfold faster). Rows are matched on (config, lengths, cell); a row without a "ce
 before cells were recorded) matches any cell. Matrix products (when given): shape,
 unfold's tilings against torch.mm. Time loops (when given): the same workloads under each
 `--time-loop`, after `--autotune` (the time loop it kept, marked "tuned"), and with
-`--upload-each-step` (marked); kernel profiles (`--profile` rows) are left out."""
+`--upload-each-step` (marked); then, from the kernel profiles among them (`--profile`
+rows), each profiled step's GPU time per phase and its five longest kernels."""
 import json, sys
 
 NAN = float("nan")
 
+def load_all(path):
+    with open(path) as f:
+        return [json.loads(l) for l in f if l.strip().startswith("{")]
+
 def load(path):
     """The JSON rows of a file, less kernel profiles (`unfold bench --profile`)."""
-    with open(path) as f:
-        rows = [json.loads(l) for l in f if l.strip().startswith("{")]
-    return [r for r in rows if "profile" not in r]
+    return [r for r in load_all(path) if "profile" not in r]
+
+def profile_tables(rows):
+    """Per profiled step: GPU time per phase, and the kernels that took most of it."""
+    steps = {}
+    for r in rows:
+        key = (r["profile"], r["cell"] + (" (bi)" if r.get("bidirectional") else ""),
+               "variable" if r["variable"] else "fixed",
+               r["time_loop"] + (" (tuned)" if r.get("autotuned") else ""))
+        steps.setdefault(key, []).append(r)
+    for (config, cell, lengths, loop), kernels in steps.items():
+        total = sum(k["total_ms"] for k in kernels)
+        print()
+        print(f"GPU time of one step, {config} {cell} {lengths}, {loop}: {total:.2f} ms in "
+              f"{sum(k['calls'] for k in kernels)} dispatches")
+        print()
+        print("| phase | ms | share |")
+        print("|---|---|---|")
+        phases = {}
+        for k in kernels:
+            phases[k["phase"]] = phases.get(k["phase"], 0.0) + k["total_ms"]
+        for phase, ms in phases.items():
+            print(f"| {phase} | {ms:.3f} | {ms / total:.0%} |")
+        print()
+        print("| the five longest | calls | ms | µs each | GFLOP/s | detail |")
+        print("|---|---|---|---|---|---|")
+        for k in sorted(kernels, key=lambda k: -k["total_ms"])[:5]:
+            rate = "" if k["gflops"] is None else f"{k['gflops']:.0f}"
+            print(f"| {k['phase']}: {k['kernel']} | {k['calls']} | {k['total_ms']:.3f} | "
+                  f"{k['mean_us']:.1f} | {rate} | {k['detail']} |")
 
 def same_workload(a, b):
     """Same config and lengths, the same cell where both rows record one, and the same
@@ -64,3 +96,4 @@ if len(sys.argv) > 5:
             " (batch uploaded every step)" if r.get("batch_upload") == "every step" else "")
         print(f"| {r['config']} | {lengths(r)} | {r.get('cell', 'tanh')} | {loop} | "
               f"{r['train_step_ms']:.2f} | {tm:.2f} | {r['train_step_ms'] / tm:.2f} | {r['dispatches']} |")
+    profile_tables([r for r in load_all(sys.argv[5]) if "profile" in r])

@@ -241,8 +241,9 @@ fn bench_steps(
         );
         print_profile(&kernels, &case, |row| {
             format!(
-                "{{\"profile\": {:?}, \"cell\": \"{cell}\", \"bidirectional\": {bidirectional}, \"variable\": {variable}, \"time_loop\": \"{time_loop:?}\", {row}}}",
-                w.label()
+                "{{\"profile\": {:?}, \"cell\": \"{cell}\", \"bidirectional\": {bidirectional}, \"variable\": {variable}, \"time_loop\": \"{time_loop:?}\", \"autotuned\": {}, {row}}}",
+                w.label(),
+                autotune.is_some()
             )
         });
     }

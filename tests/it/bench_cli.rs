@@ -387,6 +387,7 @@ fn a_profile_says_where_each_phase_of_a_step_went() {
     assert!(!kernels.is_empty());
     for r in &kernels {
         assert_eq!(r["profile"], "4x6x5x40x3", "{r}");
+        assert_eq!(r["autotuned"], false, "{r}");
         assert!(
             number(r, "calls") >= 1.0 && number(r, "total_ms") >= 0.0,
             "{r}"
