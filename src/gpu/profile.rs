@@ -235,8 +235,8 @@ impl GpuContext {
     /// Stops timing, waits for the work submitted since [`GpuContext::start_profile`] and
     /// sums its dispatches' times.
     pub(crate) fn finish_profile(&self) -> Result<KernelProfile> {
+        // each submission's read-back waits for the work before it
         let pending = self.profiler().pending.take().unwrap_or_default();
-        self.wait()?;
         let tick = self.queue.get_timestamp_period() as f64;
         let ns = |ticks: u64| std::time::Duration::from_nanos((ticks as f64 * tick).round() as u64);
         let mut profile = KernelProfile::default();

@@ -300,7 +300,7 @@ fn any_workload_shape_runs_with_its_memory_and_bad_ones_are_refused() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('{')).collect();
+    let lines = json_lines(&text);
     // one line per workload (fixed lengths only), the anchor's shape named as the anchor
     assert_eq!(lines.len(), 2, "{text}");
     assert!(lines[0].contains("\"config\": \"3x5x4x6x2\""), "{text}");
