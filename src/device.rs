@@ -71,6 +71,43 @@ impl Device {
         })
     }
 
+    /// [`Device::gpu`] with every matrix product in mixed precision, where the adapter
+    /// offers cooperative matrices (tensor cores on NVIDIA; Mesa's lavapipe from 25.x on
+    /// emulates them): f16 operands, f32 accumulation, f32 everywhere else (parameters,
+    /// optimizer state, the recurrent cells' arithmetic, the per-step and persistent time
+    /// loops, which are not products). Like TF32 or automatic mixed precision in
+    /// PyTorch, results differ from the f32 path by about f16's precision (2⁻¹¹ relative
+    /// per operand); unlike plain f16, each staged 64×32 block of an operand is scaled by
+    /// a power of two before it is rounded, so small gradients do not flush to zero and
+    /// no loss scaling is needed. [`crate::Rnn::autotune`] on this device only tunes how
+    /// products split, never their precision.
+    ///
+    /// An [`crate::Error::Unsupported`] where the adapter lacks cooperative matrices with
+    /// f16 operands and an f32 accumulator at 16×16×16 or 8×8×8, f16 in shaders,
+    /// subgroups, or a fixed subgroup size.
+    ///
+    /// # Safety
+    ///
+    /// wgpu 30 exposes cooperative matrices as an experimental feature and documents
+    /// that its implementation may have bugs that are undefined behaviour when hit. This
+    /// crate's one kernel that uses them is checked against the CPU path on lavapipe; by
+    /// calling this the caller accepts wgpu's caveat for its adapter and driver. Use
+    /// [`Device::gpu`] for f32 throughout.
+    pub unsafe fn gpu_mixed_precision() -> Result<Device> {
+        // SAFETY: the caller accepts the contract above, which is that of
+        // `GpuContext::new_mixed_precision`.
+        let ctx = unsafe { GpuContext::new_mixed_precision()? };
+        Ok(Device {
+            kind: DeviceKind::Gpu(Arc::new(ctx)),
+        })
+    }
+
+    /// Whether this device runs its matrix products in mixed precision
+    /// ([`Device::gpu_mixed_precision`]).
+    pub fn is_mixed_precision(&self) -> bool {
+        matches!(&self.kind, DeviceKind::Gpu(ctx) if ctx.coop.is_some())
+    }
+
     /// [`Device::gpu`] if a hardware adapter exists, else [`Device::cpu`]. A software
     /// adapter (type `Cpu`, such as lavapipe) is only used when asked for by
     /// `WGPU_ADAPTER_NAME`: on the same cores the CPU path is far faster.

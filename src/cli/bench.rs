@@ -42,6 +42,13 @@ pub struct BenchArgs {
     /// on the adapter first).
     #[arg(long)]
     unchecked_shaders: bool,
+    /// With --device gpu: every matrix product on cooperative matrices (tensor cores),
+    /// f16 operands scaled per block, f32 accumulation (`Device::gpu_mixed_precision`;
+    /// an error where the adapter has none). wgpu marks cooperative matrices
+    /// experimental: a bug in them may be undefined behaviour. With --matmul, adds the
+    /// cooperative-matrix tiling to the f32 ones.
+    #[arg(long)]
+    mixed_precision: bool,
     /// With --device gpu: before timing, measure every tiling of each product a step
     /// records (and, under --time-loop auto, both step-wise time loops) and keep the
     /// fastest (`Rnn::autotune`); at most this many seconds of trials per product shape.
@@ -60,7 +67,7 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> CliResult<ExitCode> {
-    let device = pick_checked(args.device, args.unchecked_shaders)?;
+    let device = pick_checked(args.device, args.unchecked_shaders, args.mixed_precision)?;
     let reps = args.reps.max(1);
     if args.profile && (!device.is_gpu() || args.matmul.is_some()) {
         return Err(unfold::Error::InvalidConfig {
@@ -402,8 +409,10 @@ fn bench_matmul(device: &Device, shapes: &str, reps: usize) -> unfold::Result<()
         }
         // each tiling unsplit, and split 2, 4 and 8 ways where K is long enough for that
         let split_counts: &[u32] = if k >= 512 { &[1, 2, 4, 8] } else { &[1] };
+        let coop = device.is_mixed_precision().then_some(Tile::Coop64);
         let forced = [Tile::Tile32, Tile::Tile64, Tile::Tile128]
             .into_iter()
+            .chain(coop)
             .flat_map(|tile| {
                 split_counts
                     .iter()

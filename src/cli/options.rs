@@ -69,14 +69,35 @@ pub fn pick_gpu(unchecked: bool) -> unfold::Result<Device> {
     unsafe { Device::gpu_without_bounds_checks() }
 }
 
-/// `--device` for a command that also takes `--unchecked-shaders`: the GPU without bounds
-/// checks needs `--device gpu`.
-pub fn pick_checked(choice: DeviceChoice, unchecked: bool) -> unfold::Result<Device> {
-    match (choice, unchecked) {
-        (_, false) => pick(choice),
-        (DeviceChoice::Gpu, true) => pick_gpu(true),
-        _ => Err(unfold::Error::InvalidConfig {
+/// The GPU with its matrix products in mixed precision (`--mixed-precision` of `bench`).
+/// Says so on stderr.
+pub fn pick_mixed_precision() -> unfold::Result<Device> {
+    // SAFETY: the user opted in on the command line, as documented at the flag: wgpu's
+    // cooperative matrices are experimental, and the flag's help passes on its caveat.
+    let device = unsafe { Device::gpu_mixed_precision()? };
+    eprintln!("unfold: using {}", device.describe());
+    Ok(device)
+}
+
+/// `--device` for a command that also takes `--unchecked-shaders` (and, with `mixed`,
+/// `--mixed-precision`): either needs `--device gpu`, and they do not combine.
+pub fn pick_checked(choice: DeviceChoice, unchecked: bool, mixed: bool) -> unfold::Result<Device> {
+    let flag = if mixed {
+        "--mixed-precision"
+    } else {
+        "--unchecked-shaders"
+    };
+    match (choice, unchecked, mixed) {
+        (_, false, false) => pick(choice),
+        (DeviceChoice::Gpu, true, false) => pick_gpu(true),
+        (DeviceChoice::Gpu, false, true) => pick_mixed_precision(),
+        (DeviceChoice::Gpu, true, true) => Err(unfold::Error::InvalidConfig {
             what: "--unchecked-shaders",
+            expected: "without --mixed-precision (the cooperative-matrix kernel is compiled with bounds checks)",
+            got: "both".into(),
+        }),
+        _ => Err(unfold::Error::InvalidConfig {
+            what: flag,
             expected: "with --device gpu",
             got: "another device".into(),
         }),

@@ -15,6 +15,9 @@ pub struct GpuContext {
     pub(crate) info: wgpu::AdapterInfo,
     pub(crate) limits: wgpu::Limits,
     pub(crate) kernels: Kernels,
+    /// The cooperative matrices the matrix products run on, on a device created for
+    /// mixed precision ([`GpuContext::new_mixed_precision`]); `None`: f32 throughout.
+    pub(crate) coop: Option<CoopConfig>,
     /// What went to and from the device so far (see [`Transfers`]).
     transfers: std::sync::Mutex<Transfers>,
     /// The tilings measured fastest on this device, and the shapes recorded while
@@ -79,6 +82,66 @@ impl Transfers {
             uniform_bytes: self.uniform_bytes - earlier.uniform_bytes,
         }
     }
+}
+
+/// The cooperative matrices a mixed-precision device multiplies with: `fragment` ×
+/// `fragment` f16 operands into an f32 accumulator, on subgroups of `subgroup`
+/// invocations (`shaders/matmul_coop.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoopConfig {
+    /// The side of a fragment: 16 or 8.
+    pub fragment: u32,
+    /// The adapter's subgroup size (fixed: its smallest and largest are the same).
+    pub subgroup: u32,
+}
+
+/// What a mixed-precision device requests: cooperative matrices, f16 in shaders, and
+/// subgroups (the kernel's subgroup index).
+const COOP_FEATURES: wgpu::Features = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+    .union(wgpu::Features::SHADER_F16)
+    .union(wgpu::Features::SUBGROUP);
+
+/// Workgroup memory of the cooperative-matrix product: two staged f16 slices of 2,048
+/// elements, one f32 fragment per subgroup (at most 1,024 floats) and two counters.
+const COOP_WORKGROUP_BYTES: u32 = 2 * 2048 * 2 + 1024 * 4 + 8;
+
+/// The cooperative matrices `adapter` offers for the mixed-precision product, or why it
+/// cannot run it.
+fn coop_config(adapter: &wgpu::Adapter) -> std::result::Result<CoopConfig, String> {
+    let missing = COOP_FEATURES - adapter.features();
+    if !missing.is_empty() {
+        return Err(format!("it lacks {missing:?}"));
+    }
+    let offered = adapter.cooperative_matrix_properties();
+    let fragment = [16, 8]
+        .into_iter()
+        .find(|&f| {
+            offered.iter().any(|p| {
+                (p.m_size, p.n_size, p.k_size) == (f, f, f)
+                    && p.ab_type == wgpu::CooperativeScalarType::F16
+                    && p.cr_type == wgpu::CooperativeScalarType::F32
+            })
+        })
+        .ok_or_else(|| {
+            format!("it offers no 16×16×16 or 8×8×8 f16 × f16 → f32 cooperative matrix (offered: {offered:?})")
+        })?;
+    let info = adapter.get_info();
+    let subgroup = info.subgroup_max_size;
+    if subgroup == 0 || info.subgroup_min_size != subgroup {
+        return Err(format!(
+            "its subgroup size varies ({} to {subgroup}); the kernel needs a fixed one",
+            info.subgroup_min_size
+        ));
+    }
+    let limits = adapter.limits();
+    if 4 * subgroup > limits.max_compute_invocations_per_workgroup
+        || COOP_WORKGROUP_BYTES > limits.max_compute_workgroup_storage_size
+    {
+        return Err(format!(
+            "a workgroup of four subgroups of {subgroup} with {COOP_WORKGROUP_BYTES} bytes of workgroup memory exceeds its limits"
+        ));
+    }
+    Ok(CoopConfig { fragment, subgroup })
 }
 
 /// Rank of an adapter type: lower is preferred.
@@ -192,7 +255,20 @@ impl GpuContext {
     /// compiled with the run-time checks `UNFOLD_SHADER_CHECKS` asks for (`all` or
     /// `bounds`; see [`ShaderChecks::from_env`]).
     pub fn new() -> Result<Self> {
-        Self::create(ShaderChecks::from_env()?, None, None)
+        Self::create(ShaderChecks::from_env()?, None, None, false)
+    }
+
+    /// [`GpuContext::new`] with every matrix product on cooperative matrices: f16
+    /// operands (scaled by a power of two per staged block), f32 accumulation. An error
+    /// where the adapter offers no usable cooperative matrix.
+    ///
+    /// # Safety
+    ///
+    /// wgpu exposes cooperative matrices as an experimental feature, which it documents
+    /// may have bugs that are undefined behaviour when hit (see
+    /// [`crate::Device::gpu_mixed_precision`]).
+    pub unsafe fn new_mixed_precision() -> Result<Self> {
+        Self::create(ShaderChecks::from_env()?, None, None, true)
     }
 
     /// [`GpuContext::new`] on the adapter `index` (modulo their number) of the adapters
@@ -200,7 +276,7 @@ impl GpuContext {
     /// among those `WGPU_ADAPTER_NAME` matches if it is set, best first (index 0 is
     /// [`GpuContext::new`]'s). For one process per GPU on a machine with several.
     pub fn with_adapter_index(index: usize) -> Result<Self> {
-        Self::create(ShaderChecks::from_env()?, None, Some(index))
+        Self::create(ShaderChecks::from_env()?, None, Some(index), false)
     }
 
     /// [`GpuContext::new`] with kernels compiled without wgpu's index clamping and the
@@ -213,7 +289,7 @@ impl GpuContext {
     /// kernels are written so that every index is in range by construction; the caller
     /// asserts that it trusts them to be (see [`crate::Device::gpu_without_bounds_checks`]).
     pub unsafe fn new_without_bounds_checks() -> Result<Self> {
-        Self::create(ShaderChecks::None, None, None)
+        Self::create(ShaderChecks::None, None, None, false)
     }
 
     /// [`GpuContext::new`] on a device that allows storage bindings of at most `bytes`
@@ -222,7 +298,7 @@ impl GpuContext {
     /// are split as on an adapter with that limit. For testing the splitting on any
     /// adapter.
     pub fn with_storage_limit(bytes: u64) -> Result<Self> {
-        Self::create(ShaderChecks::from_env()?, Some(bytes), None)
+        Self::create(ShaderChecks::from_env()?, Some(bytes), None, false)
     }
 
     /// Creates the device (with the adapter's limits, or a smaller storage-binding limit)
@@ -232,10 +308,21 @@ impl GpuContext {
         checks: ShaderChecks,
         storage_limit: Option<u64>,
         index: Option<usize>,
+        mixed: bool,
     ) -> Result<Self> {
         let instance = new_instance();
         let adapter = choose_adapter(&instance, index)?;
         let info = adapter.get_info();
+        let coop = if mixed {
+            Some(coop_config(&adapter).map_err(|why| {
+                Error::Unsupported(format!(
+                    "mixed precision needs cooperative matrices, and {} cannot run them: {why}",
+                    describe_adapter(&info)
+                ))
+            })?)
+        } else {
+            None
+        };
         let mut limits = adapter.limits();
         if let Some(bytes) = storage_limit {
             let allowed = limits.max_storage_buffer_binding_size;
@@ -251,8 +338,20 @@ impl GpuContext {
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("unfold"),
             // timestamps, where offered, for kernel profiles (they cost nothing unused)
-            required_features: adapter.features() & super::profile::FEATURES,
+            required_features: (adapter.features() & super::profile::FEATURES)
+                | if coop.is_some() {
+                    COOP_FEATURES
+                } else {
+                    wgpu::Features::empty()
+                },
             required_limits: limits.clone(),
+            experimental_features: if coop.is_some() {
+                // SAFETY: only for a mixed-precision device, whose constructor is an
+                // `unsafe fn` that passes wgpu's caveat on to its caller
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
             ..Default::default()
         }))
         .map_err(|e| {
@@ -261,7 +360,7 @@ impl GpuContext {
                 describe_adapter(&info)
             ))
         })?;
-        let kernels = Kernels::new(&device, checks)?;
+        let kernels = Kernels::new(&device, checks, coop)?;
         Ok(GpuContext {
             instance,
             device,
@@ -269,6 +368,7 @@ impl GpuContext {
             info,
             limits,
             kernels,
+            coop,
             transfers: Default::default(),
             tuning: Default::default(),
             profiler: Default::default(),
@@ -282,7 +382,14 @@ impl GpuContext {
 
     /// The adapter in one line: name, kind and backend.
     pub fn describe(&self) -> String {
-        format!("GPU {}", describe_adapter(&self.info))
+        match self.coop {
+            Some(c) => format!(
+                "GPU {}, mixed precision ({f}×{f} f16 cooperative matrices, f32 accumulation)",
+                describe_adapter(&self.info),
+                f = c.fragment
+            ),
+            None => format!("GPU {}", describe_adapter(&self.info)),
+        }
     }
 
     /// What wgpu says about the adapter.

@@ -23,6 +23,10 @@ pub enum Tile {
     Tile64,
     /// 128×128, an 8×8 block per thread, double-buffered: for large products.
     Tile128,
+    /// 64×64 on cooperative matrices: f16 operands (scaled by a power of two per staged
+    /// block), f32 accumulation. Only on a mixed-precision device
+    /// ([`crate::Device::gpu_mixed_precision`]), where every product of a model uses it.
+    Coop64,
 }
 
 impl Tile {
@@ -30,7 +34,7 @@ impl Tile {
     pub fn size(self) -> u32 {
         match self {
             Tile::Tile32 => 32,
-            Tile::Tile64 => 64,
+            Tile::Tile64 | Tile::Coop64 => 64,
             Tile::Tile128 => 128,
         }
     }
@@ -85,14 +89,28 @@ impl GemmPlan {
                 splits: (TARGET_WORKGROUPS128 / tiles128).clamp(1, MAX_SPLITS128),
             };
         }
-        let tiles64 = (m.div_ceil(64) * n.div_ceil(64)).max(1);
-        let splits = (TARGET_WORKGROUPS / tiles64)
-            .min(k / MIN_SPLIT_DEPTH)
-            .clamp(1, MAX_SPLITS);
         GemmPlan {
             tile: Tile::Tile64,
-            splits,
+            splits: Self::splits64(m, n, k),
         }
+    }
+
+    /// The plan for a product on a mixed-precision device: 64×64 tiles on cooperative
+    /// matrices, split along K as the 64×64 tiles of [`GemmPlan::choose`] are.
+    pub fn choose_mixed(m: u32, n: u32, k: u32) -> GemmPlan {
+        GemmPlan {
+            tile: Tile::Coop64,
+            splits: Self::splits64(m, n, k),
+        }
+    }
+
+    /// K ranges for a product on 64×64 tiles: enough workgroups to fill a large GPU,
+    /// each range at least [`MIN_SPLIT_DEPTH`] deep.
+    fn splits64(m: u32, n: u32, k: u32) -> u32 {
+        let tiles64 = (m.div_ceil(64) * n.div_ceil(64)).max(1);
+        (TARGET_WORKGROUPS / tiles64)
+            .min(k / MIN_SPLIT_DEPTH)
+            .clamp(1, MAX_SPLITS)
     }
 
     /// Depth of each K range, and how many ranges that makes (at most `splits`).
@@ -155,8 +173,18 @@ fn tuning(ctx: &GpuContext) -> MutexGuard<'_, Tuning> {
     ctx.tuning.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The built-in plan for an `m × k` by `k × n` product on `ctx`'s device:
+/// [`GemmPlan::choose_mixed`]'s on a mixed-precision device, else [`GemmPlan::choose`]'s.
+fn built_in(ctx: &GpuContext, m: u32, n: u32, k: u32) -> GemmPlan {
+    if ctx.coop.is_some() {
+        GemmPlan::choose_mixed(m, n, k)
+    } else {
+        GemmPlan::choose(m, n, k)
+    }
+}
+
 /// The plan a product of `shape` runs with on `ctx`'s device: the tuned one, if any,
-/// else [`GemmPlan::choose`]'s.
+/// else the built-in one ([`built_in`]).
 fn plan_for(ctx: &GpuContext, shape: ProductShape) -> GemmPlan {
     let mut tuning = tuning(ctx);
     if let Some(watched) = &mut tuning.watched {
@@ -166,7 +194,7 @@ fn plan_for(ctx: &GpuContext, shape: ProductShape) -> GemmPlan {
         .plans
         .get(&shape)
         .copied()
-        .unwrap_or_else(|| GemmPlan::choose(shape.m, shape.n, shape.k))
+        .unwrap_or_else(|| built_in(ctx, shape.m, shape.n, shape.k))
 }
 
 /// Starts noting the shape of every product recorded on `ctx`'s device.
@@ -199,7 +227,7 @@ pub(crate) fn scratch_for(ctx: &GpuContext, shapes: &[(u32, u32, u32)]) -> usize
                 .filter(|(s, _)| (s.m, s.n, s.k) == (m, n, k))
                 .map(|(_, plan)| plan.scratch_floats(m, n, k));
             tuned
-                .chain([GemmPlan::choose(m, n, k).scratch_floats(m, n, k)])
+                .chain([built_in(ctx, m, n, k).scratch_floats(m, n, k)])
                 .max()
                 .unwrap_or(0)
         })
@@ -407,6 +435,12 @@ fn record_planned<'a>(
         Tile::Tile32 => &kernels.matmul_tile32,
         Tile::Tile64 => &kernels.matmul_tile64,
         Tile::Tile128 => &kernels.matmul_tile128,
+        // only a mixed-precision device plans it (`ResidentProduct::set_plan` refuses it
+        // elsewhere), and its kernels have it
+        Tile::Coop64 => kernels
+            .matmul_coop
+            .as_ref()
+            .unwrap_or(&kernels.matmul_tile64),
     };
     let size = plan.tile.size();
     let (m, n, k) = (params.m, params.n, params.k);
@@ -608,6 +642,12 @@ impl ResidentProduct {
                 got: "0".into(),
             });
         }
+        if plan.tile == Tile::Coop64 && ctx.coop.is_none() {
+            return Err(Error::Unsupported(format!(
+                "the cooperative-matrix tiling runs only on a mixed-precision device (Device::gpu_mixed_precision), not on {}",
+                ctx.describe()
+            )));
+        }
         let max_groups = ctx.limits.max_compute_workgroups_per_dimension;
         let size = plan.tile.size();
         for (what, needed) in [
@@ -691,15 +731,26 @@ const TUNE_MAX_REPEATS: u32 = 32;
 const TUNE_TIMINGS: u32 = 3;
 
 /// The plans worth measuring for `shape`, `first` first: each tiling (32×32, 64×64,
-/// 128×128) unsplit and split 2 to 16 ways where K is deep enough, each distinct split
-/// (number of K ranges) once, the 128×128 tile only where it covers at least one whole
-/// tile, and no tiling that would need more workgroups along a side than the adapter
-/// dispatches.
-fn candidates(shape: ProductShape, first: GemmPlan, limits: &wgpu::Limits) -> Vec<GemmPlan> {
+/// 128×128; on a mixed-precision device, `mixed`, only the cooperative-matrix one, so
+/// that tuning never changes a model's precision) unsplit and split 2 to 16 ways where K
+/// is deep enough, each distinct split (number of K ranges) once, the 128×128 tile only
+/// where it covers at least one whole tile, and no tiling that would need more
+/// workgroups along a side than the adapter dispatches.
+fn candidates(
+    shape: ProductShape,
+    first: GemmPlan,
+    limits: &wgpu::Limits,
+    mixed: bool,
+) -> Vec<GemmPlan> {
     let ProductShape { m, n, k, .. } = shape;
     let mut plans = vec![first];
     let mut seen = HashSet::from([(first.tile, first.k_chunk(k).1)]);
-    for tile in [Tile::Tile32, Tile::Tile64, Tile::Tile128] {
+    let tiles: &[Tile] = if mixed {
+        &[Tile::Coop64]
+    } else {
+        &[Tile::Tile32, Tile::Tile64, Tile::Tile128]
+    };
+    for &tile in tiles {
         let side = tile.size();
         let groups = m.div_ceil(side).max(n.div_ceil(side));
         if tile == Tile::Tile128 && (m < 128 || n < 128)
@@ -735,7 +786,7 @@ pub(crate) fn tune_product(
     let b = if shape.transpose_b { b.t() } else { b.view() };
     let mut product = ResidentProduct::on(ctx, a, b, (shape.transpose_a, shape.transpose_b), None)?;
     let before = product.plan();
-    let plans = candidates(shape, before, &ctx.limits);
+    let plans = candidates(shape, before, &ctx.limits, ctx.coop.is_some());
     product.run(1)?;
     let once = timed(|| product.run(1))?;
     let repeats = (TUNE_TIMING.as_secs_f64() / once.as_secs_f64().max(1e-9))
@@ -803,7 +854,7 @@ mod tests {
         // 5,000 rows: 157 tiles of 32 along M, past the limit; 79 of 64 and 40 of 128
         let s = shape(5000, 200, 1024);
         let first = GemmPlan::choose(s.m, s.n, s.k);
-        let plans = candidates(s, first, &limits);
+        let plans = candidates(s, first, &limits, false);
         assert_eq!(plans[0], first);
         assert!(plans.iter().all(|p| p.tile != Tile::Tile32), "{plans:?}");
         for tile in [Tile::Tile64, Tile::Tile128] {
@@ -819,8 +870,20 @@ mod tests {
             assert_eq!(distinct, [1, 2, 4, 8, 16], "{tile:?}");
         }
         // a small product: every tiling but the 128×128 one, which would be mostly idle
-        let plans = candidates(shape(8, 300, 300), GemmPlan::choose(8, 300, 300), &limits);
+        let plans = candidates(
+            shape(8, 300, 300),
+            GemmPlan::choose(8, 300, 300),
+            &limits,
+            false,
+        );
         assert!(plans.iter().any(|p| p.tile == Tile::Tile32));
         assert!(plans.iter().all(|p| p.tile != Tile::Tile128), "{plans:?}");
+        assert!(plans.iter().all(|p| p.tile != Tile::Coop64), "{plans:?}");
+        // a mixed-precision device tunes the split of its own tiling only
+        let first = GemmPlan::choose_mixed(s.m, s.n, s.k);
+        let plans = candidates(s, first, &limits, true);
+        assert_eq!(plans[0], first);
+        assert!(plans.iter().all(|p| p.tile == Tile::Coop64), "{plans:?}");
+        assert!(plans.len() > 1, "{plans:?}");
     }
 }

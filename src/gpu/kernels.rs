@@ -179,6 +179,9 @@ pub(crate) struct Kernels {
     pub matmul_tile64: Kernel,
     pub matmul_tile128: Kernel,
     pub matmul_sum_splits: Kernel,
+    /// The product on cooperative matrices (`shaders/matmul_coop.wgsl`): only on a
+    /// mixed-precision device.
+    pub matmul_coop: Option<Kernel>,
     pub cross_entropy: Kernel,
     pub squared_error: Kernel,
     pub partial_sums: Kernel,
@@ -311,7 +314,11 @@ impl Kernels {
 
     /// Compiles every kernel inside a validation error scope, so that a shader or layout
     /// mismatch is an `Err`, not a panic.
-    pub fn new(device: &wgpu::Device, checks: ShaderChecks) -> Result<Self> {
+    pub fn new(
+        device: &wgpu::Device,
+        checks: ShaderChecks,
+        coop: Option<super::context::CoopConfig>,
+    ) -> Result<Self> {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = |name: &str, source: &str| shader_module(device, checks, name, source);
         let matmul = module("matmul", shaders::MATMUL);
@@ -357,6 +364,14 @@ impl Kernels {
                 size_of::<MatmulParams>(),
                 &[Read, Read, Read, Write],
             ),
+            matmul_coop: coop.map(|c| {
+                kernel(
+                    &module("matmul_coop", &shaders::matmul_coop(c.fragment, c.subgroup)),
+                    "matmul_coop",
+                    size_of::<MatmulParams>(),
+                    &[Read, Read, Read, Write],
+                )
+            }),
             cross_entropy: kernel(
                 &loss,
                 "cross_entropy",

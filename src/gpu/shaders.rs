@@ -2,10 +2,38 @@
 //!
 //! WGSL has no includes: the cell kernels' shared prelude (`cell_common.wgsl`: their
 //! parameter block, bindings and the cells' element-wise math) is prepended to the two
-//! files that use it.
+//! files that use it, and the matrix products' (`matmul_common.wgsl`) to theirs. The
+//! cooperative-matrix product also takes a header written for the adapter
+//! ([`matmul_coop`]).
 
-/// `shaders/matmul.wgsl`
-pub const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
+/// `shaders/matmul_common.wgsl`: the matrix products' prelude on its own.
+pub const MATMUL_COMMON: &str = include_str!("../../shaders/matmul_common.wgsl");
+/// `shaders/matmul.wgsl`, with its prelude.
+pub const MATMUL: &str = concat!(
+    include_str!("../../shaders/matmul_common.wgsl"),
+    include_str!("../../shaders/matmul.wgsl")
+);
+/// `shaders/matmul_coop.wgsl` with its prelude, without the header [`matmul_coop`] adds.
+const MATMUL_COOP_BODY: &str = concat!(
+    include_str!("../../shaders/matmul_common.wgsl"),
+    include_str!("../../shaders/matmul_coop.wgsl")
+);
+
+/// `shaders/matmul_coop.wgsl` for an adapter whose cooperative matrices are `fragment` ×
+/// `fragment` (f16 operands, f32 accumulator) and whose subgroups have `subgroup`
+/// invocations: the `enable` directives, those sizes and the fragment types, then the
+/// prelude and the kernel.
+pub fn matmul_coop(fragment: u32, subgroup: u32) -> String {
+    format!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n\
+         const COOP: u32 = {fragment}u;\n\
+         const COOP_SUBGROUP: u32 = {subgroup}u;\n\
+         alias FragA = coop_mat{fragment}x{fragment}<f16, A>;\n\
+         alias FragB = coop_mat{fragment}x{fragment}<f16, B>;\n\
+         alias FragC = coop_mat{fragment}x{fragment}<f32, C>;\n\
+         {MATMUL_COOP_BODY}"
+    )
+}
 /// `shaders/cell_common.wgsl`: the cell kernels' prelude on its own.
 pub const CELL_COMMON: &str = include_str!("../../shaders/cell_common.wgsl");
 /// `shaders/recurrent.wgsl`: the time-loop kernels, with the cell prelude.
@@ -33,6 +61,7 @@ pub const EMBEDDING: &str = include_str!("../../shaders/embedding.wgsl");
 /// `(file name, source)` of every shader, for validation without an adapter (files that
 /// take the cell prelude are validated with it).
 pub const ALL: &[(&str, &str)] = &[
+    ("matmul_common.wgsl", MATMUL_COMMON),
     ("matmul.wgsl", MATMUL),
     ("cell_common.wgsl", CELL_COMMON),
     ("recurrent.wgsl", RECURRENT),
@@ -44,16 +73,47 @@ pub const ALL: &[(&str, &str)] = &[
     ("embedding.wgsl", EMBEDDING),
 ];
 
+/// `(name, source)` of the cooperative-matrix product for each adapter header it is
+/// written for (NVIDIA's 16×16 fragments and subgroups of 32, lavapipe's 8×8 and 8), for
+/// validation without an adapter ([`validate_coop`]).
+pub fn coop_variants() -> Vec<(String, String)> {
+    [(16, 32), (8, 8)]
+        .into_iter()
+        .map(|(f, s)| {
+            (
+                format!("matmul_coop.wgsl ({f}×{f}, subgroups of {s})"),
+                matmul_coop(f, s),
+            )
+        })
+        .collect()
+}
+
 /// Parses and validates a WGSL source with naga, as wgpu would before compiling it.
 pub fn validate(name: &str, source: &str) -> Result<(), String> {
+    validate_with(name, source, wgpu::naga::valid::Capabilities::empty())
+}
+
+/// [`validate`] for a source that needs what a cooperative-matrix device enables: f16,
+/// subgroups and cooperative matrices.
+pub fn validate_coop(name: &str, source: &str) -> Result<(), String> {
+    use wgpu::naga::valid::Capabilities;
+    validate_with(
+        name,
+        source,
+        Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP | Capabilities::COOPERATIVE_MATRIX,
+    )
+}
+
+fn validate_with(
+    name: &str,
+    source: &str,
+    capabilities: wgpu::naga::valid::Capabilities,
+) -> Result<(), String> {
     use wgpu::naga;
     let module = naga::front::wgsl::parse_str(source)
         .map_err(|e| format!("{name}: {}", e.emit_to_string(source)))?;
-    naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::empty(),
-    )
-    .validate(&module)
-    .map_err(|e| format!("{name}: {}", e.emit_to_string(source)))?;
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+        .validate(&module)
+        .map_err(|e| format!("{name}: {}", e.emit_to_string(source)))?;
     Ok(())
 }

@@ -21,6 +21,7 @@ mod gpu_lifetimes;
 mod gpu_parity;
 mod gradcheck;
 mod learning;
+mod mixed_precision;
 mod parameter_sharing;
 mod profile;
 mod properties;

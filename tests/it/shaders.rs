@@ -12,6 +12,26 @@ fn every_shader_validates() {
 }
 
 #[test]
+fn the_cooperative_matrix_product_validates_for_each_adapter_header() {
+    let variants = unfold::internals::gpu::shaders::coop_variants();
+    assert_eq!(
+        variants.len(),
+        2,
+        "16×16 fragments (NVIDIA) and 8×8 (lavapipe)"
+    );
+    for (name, source) in &variants {
+        if let Err(e) = unfold::internals::gpu::shaders::validate_coop(name, source) {
+            panic!("{e}");
+        }
+        // it needs the capabilities a cooperative-matrix device enables
+        assert!(
+            unfold::internals::gpu::shaders::validate(name, source).is_err(),
+            "{name} validated without f16, subgroups and cooperative matrices"
+        );
+    }
+}
+
+#[test]
 fn every_file_in_shaders_is_registered() {
     let on_disk: BTreeSet<String> =
         std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders"))
@@ -22,6 +42,12 @@ fn every_file_in_shaders_is_registered() {
     let registered: BTreeSet<String> = unfold::internals::gpu::shaders::ALL
         .iter()
         .map(|(n, _)| n.to_string())
+        // the cooperative-matrix product is validated with each adapter header
+        .chain(
+            unfold::internals::gpu::shaders::coop_variants()
+                .into_iter()
+                .map(|(n, _)| n.split(' ').next().unwrap_or_default().to_string()),
+        )
         .collect();
     assert_eq!(on_disk, registered);
 }

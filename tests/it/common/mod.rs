@@ -24,6 +24,28 @@ pub fn gpu() -> Option<Device> {
     }
 }
 
+/// A mixed-precision GPU device (matrix products on cooperative matrices) for a test:
+/// `Some` where the adapter offers them (Mesa's lavapipe from 25.x on does; Debian 12's
+/// does not). When `UNFOLD_REQUIRE_COOP=1` (as in CI's run on a newer lavapipe), a
+/// missing one fails the test instead of skipping it.
+pub fn mixed_gpu() -> Option<Device> {
+    // SAFETY: wgpu's cooperative matrices are experimental; these tests are where this
+    // crate checks its one kernel that uses them against the CPU path.
+    match unsafe { Device::gpu_mixed_precision() } {
+        Ok(d) => {
+            eprintln!("testing on {}", d.describe());
+            Some(d)
+        }
+        Err(e) => {
+            if std::env::var("UNFOLD_REQUIRE_COOP").is_ok_and(|v| v == "1") {
+                panic!("UNFOLD_REQUIRE_COOP=1 but no mixed-precision device: {e}");
+            }
+            eprintln!("skipping mixed-precision test: {e}");
+            None
+        }
+    }
+}
+
 /// The CPU, and the GPU where there is one (see [`gpu`]).
 pub fn devices() -> Vec<Device> {
     std::iter::once(Device::cpu()).chain(gpu()).collect()
