@@ -59,8 +59,10 @@ def same_workload(a, b):
         a.get("bidirectional", False) == b.get("bidirectional", False))
 
 def torch_ms(r):
-    """PyTorch's time for the workload of unfold's row r (NaN if none)."""
-    t = next((t for t in theirs if same_workload(r, t)), None)
+    """PyTorch's time for the workload of unfold's row r (NaN if none): with TF32 off, or
+    on for a row of unfold's mixed precision."""
+    pool = theirs_tf32 if r.get("precision") == "mixed" else theirs
+    t = next((t for t in pool if same_workload(r, t)), None)
     return t["train_step_ms"] if t else NAN
 
 def lengths(r):
@@ -68,6 +70,7 @@ def lengths(r):
 
 ours = load(sys.argv[1])
 theirs = [r for r in load(sys.argv[2]) if not r.get("tf32")]
+theirs_tf32 = [r for r in load(sys.argv[2]) if r.get("tf32")]
 print("| config | lengths | cell | unfold ms | PyTorch ms | unfold / PyTorch | unfold GFLOP/s | host record ms | dispatches |")
 print("|---|---|---|---|---|---|---|---|---|")
 for r in ours:
@@ -77,14 +80,21 @@ for r in ours:
           f"{r['train_step_ms'] / tm:.2f} | {r['gflops']:.0f} | {r['host_record_ms']:.2f} | {r['dispatches']} |")
 
 if len(sys.argv) > 4:
-    torch_mm = {r["matmul"]: r for r in load(sys.argv[4])}
+    # torch.mm by shape and precision (fp32, tf32, fp16); unfold's cooperative-matrix
+    # rows (f16 operands, f32 accumulation) are compared with fp16, the others with fp32
+    torch_mm = {(r["matmul"], r.get("precision", "fp32")): r for r in load(sys.argv[4])}
     print()
-    print("| m x n x k | unfold plan | unfold ms | unfold TFLOP/s | torch.mm ms | torch.mm TFLOP/s | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print("| m x n x k | unfold plan | unfold ms | unfold TFLOP/s | torch.mm | torch.mm ms | torch.mm TFLOP/s | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in load(sys.argv[3]):
-        t = torch_mm.get(r["matmul"], {"ms": NAN, "tflops": NAN})
-        print(f"| {r['matmul']} | {r['plan']} | {r['ms']:.3f} | {r['tflops']:.2f} | "
+        mode = "fp16" if "Coop" in r["plan"] else "fp32"
+        t = torch_mm.get((r["matmul"], mode), {"ms": NAN, "tflops": NAN})
+        print(f"| {r['matmul']} | {r['plan']} | {r['ms']:.3f} | {r['tflops']:.2f} | {mode} | "
               f"{t['ms']:.3f} | {t['tflops']:.2f} | {r['ms'] / t['ms']:.2f} |")
+    others = [r for r in load(sys.argv[4]) if r.get("precision") == "tf32"]
+    if others:
+        print()
+        print("torch.mm with TF32: " + ", ".join(f"{r['matmul']} {r['tflops']:.1f} TFLOP/s" for r in others))
 
 if len(sys.argv) > 5:
     print()
@@ -93,7 +103,8 @@ if len(sys.argv) > 5:
     for r in load(sys.argv[5]):
         tm = torch_ms(r)
         loop = r["time_loop"] + (" (tuned)" if r.get("autotuned") else "") + (
-            " (batch uploaded every step)" if r.get("batch_upload") == "every step" else "")
+            " (batch uploaded every step)" if r.get("batch_upload") == "every step" else "") + (
+            " (mixed precision; PyTorch with TF32)" if r.get("precision") == "mixed" else "")
         print(f"| {r['config']} | {lengths(r)} | {r.get('cell', 'tanh')} | {loop} | "
               f"{r['train_step_ms']:.2f} | {tm:.2f} | {r['train_step_ms'] / tm:.2f} | {r['dispatches']} |")
     profile_tables([r for r in load_all(sys.argv[5]) if "profile" in r])

@@ -53,6 +53,19 @@ for cell in ${CELLS:-tanh lstm gru}; do
         timeout 150 python3 "$RUN/torch_rnn_bench.py" cuda --cell "$cell" | tee -a "$OUT/torch_cuda.jsonl"
 done
 tables
+# mixed precision (part 2 of the GPU issue): its first run on tensor cores, so correctness first
+MIXED_SHAPES=4096x4096x4096,16384x1024x512,1024x1024x16384,256x1024x1024,256x4096x1024
+section "mixed precision (cooperative matrices: f16 operands, f32 accumulation): tests, products against torch.mm in fp16 and TF32, ref and large against cuDNN with TF32" 50 && {
+    echo "mixed_precision: $(UNFOLD_REQUIRE_COOP=1 timeout 60 "$RUN/tests/it" mixed_precision:: --test-threads=1 2>&1 | grep -E '^test result|panicked' | head -3)"
+    timeout 60 "$RUN/unfold" bench --device gpu --mixed-precision --matmul "$MIXED_SHAPES" --reps 20 | tee -a "$OUT/unfold_matmul.jsonl"
+    for mode in --fp16 --tf32; do
+        timeout 60 python3 "$RUN/torch_matmul_bench.py" "$MIXED_SHAPES" 20 $mode
+    done | tee -a "$OUT/torch_matmul.jsonl"
+    for cell in tanh lstm; do
+        timeout 90 "$RUN/unfold" bench --device gpu --mixed-precision --cell "$cell" --configs ref,large --reps 20
+    done | tee -a "$OUT/time_loops.jsonl"
+    tables
+}
 # the profile first of the rest: where large loses is what the GPU work needs to know
 section "where a step's GPU time goes (a timestamp per dispatch): ref and large, Elman and LSTM" 40 &&
     for cell in tanh lstm; do
@@ -68,8 +81,8 @@ section "bidirectional LSTM (small, ref), unfold then cuDNN" 40 && {
 
 SHAPES=${SHAPES:-4096x4096x4096,2048x2048x2048,1024x1024x1024,16384x1024x512,1024x1024x16384,1024x512x16384,512x512x6400,256x1024x1024,64x512x512}
 section "matrix products alone: unfold's tilings, then torch.mm (TF32 off)" 40 && {
-    timeout 90 "$RUN/unfold" bench --device gpu --matmul "$SHAPES" --reps 20 | tee "$OUT/unfold_matmul.jsonl"
-    timeout 60 python3 "$RUN/torch_matmul_bench.py" "$SHAPES" | tee "$OUT/torch_matmul.jsonl"
+    timeout 90 "$RUN/unfold" bench --device gpu --matmul "$SHAPES" --reps 20 | tee -a "$OUT/unfold_matmul.jsonl"
+    timeout 60 python3 "$RUN/torch_matmul_bench.py" "$SHAPES" | tee -a "$OUT/torch_matmul.jsonl"
 }
 section "time loops for hidden > 256 (ref, large): a fused dispatch per step against tiled steps" 30 &&
     for loop in per-step tiled-steps; do

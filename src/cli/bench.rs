@@ -45,8 +45,8 @@ pub struct BenchArgs {
     /// With --device gpu: every matrix product on cooperative matrices (tensor cores),
     /// f16 operands scaled per block, f32 accumulation (`Device::gpu_mixed_precision`;
     /// an error where the adapter has none). wgpu marks cooperative matrices
-    /// experimental: a bug in them may be undefined behaviour. With --matmul, adds the
-    /// cooperative-matrix tiling to the f32 ones.
+    /// experimental: a bug in them may be undefined behaviour. With --matmul, the
+    /// cooperative-matrix tiling's splits instead of the f32 tilings.
     #[arg(long)]
     mixed_precision: bool,
     /// With --device gpu: before timing, measure every tiling of each product a step
@@ -213,7 +213,7 @@ fn bench_steps(
     let dispatches = rnn.last_step_profile().map_or(0, |(_, d)| d);
     let (memory, memory_kind) = step_memory(device, resident_before);
     println!(
-        "{{\"impl\": \"unfold\", \"device\": {:?}, \"time_loop\": \"{time_loop:?}\", \"cell\": \"{cell}\", \"bidirectional\": {bidirectional}, \"config\": {:?}, \"B\": {}, \"T\": {}, \"I\": {}, \"H\": {}, \"C\": {}, \"variable\": {variable}, \"train_step_ms\": {:.3}, \"tokens_per_s\": {:.0}, \"gflops\": {:.1}, \"host_record_ms\": {:.3}, \"dispatches\": {dispatches}, \"memory_bytes\": {memory}, \"memory\": {memory_kind:?}, \"autotuned\": {}, \"batch_upload\": {:?}}}",
+        "{{\"impl\": \"unfold\", \"device\": {:?}, \"time_loop\": \"{time_loop:?}\", \"cell\": \"{cell}\", \"bidirectional\": {bidirectional}, \"config\": {:?}, \"B\": {}, \"T\": {}, \"I\": {}, \"H\": {}, \"C\": {}, \"variable\": {variable}, \"train_step_ms\": {:.3}, \"tokens_per_s\": {:.0}, \"gflops\": {:.1}, \"host_record_ms\": {:.3}, \"dispatches\": {dispatches}, \"memory_bytes\": {memory}, \"memory\": {memory_kind:?}, \"autotuned\": {}, \"batch_upload\": {:?}, \"precision\": {:?}}}",
         device.describe(),
         w.label(),
         w.batch,
@@ -230,6 +230,11 @@ fn bench_steps(
             "every step"
         } else {
             "first step"
+        },
+        if device.is_mixed_precision() {
+            "mixed"
+        } else {
+            "fp32"
         },
     );
     if profile {
@@ -409,15 +414,16 @@ fn bench_matmul(device: &Device, shapes: &str, reps: usize) -> unfold::Result<()
         }
         // each tiling unsplit, and split 2, 4 and 8 ways where K is long enough for that
         let split_counts: &[u32] = if k >= 512 { &[1, 2, 4, 8] } else { &[1] };
-        let coop = device.is_mixed_precision().then_some(Tile::Coop64);
-        let forced = [Tile::Tile32, Tile::Tile64, Tile::Tile128]
-            .into_iter()
-            .chain(coop)
-            .flat_map(|tile| {
-                split_counts
-                    .iter()
-                    .map(move |&splits| Some(GemmPlan { tile, splits }))
-            });
+        let tiles: &[Tile] = if device.is_mixed_precision() {
+            &[Tile::Coop64]
+        } else {
+            &[Tile::Tile32, Tile::Tile64, Tile::Tile128]
+        };
+        let forced = tiles.iter().copied().flat_map(|tile| {
+            split_counts
+                .iter()
+                .map(move |&splits| Some(GemmPlan { tile, splits }))
+        });
         for plan in std::iter::once(None).chain(forced) {
             let mut product =
                 ResidentProduct::new(device, a.view(), b.view(), (false, false), plan)?;

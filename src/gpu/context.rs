@@ -108,9 +108,20 @@ const COOP_WORKGROUP_BYTES: u32 = 2 * 2048 * 2 + 1024 * 4 + 8;
 /// The cooperative matrices `adapter` offers for the mixed-precision product, or why it
 /// cannot run it.
 fn coop_config(adapter: &wgpu::Adapter) -> std::result::Result<CoopConfig, String> {
-    let missing = COOP_FEATURES - adapter.features();
+    let missing: Vec<&str> = [
+        (
+            wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
+            "cooperative matrices (VK_KHR_cooperative_matrix)",
+        ),
+        (wgpu::Features::SHADER_F16, "f16 in shaders"),
+        (wgpu::Features::SUBGROUP, "subgroup operations"),
+    ]
+    .into_iter()
+    .filter(|(f, _)| !adapter.features().contains(*f))
+    .map(|(_, name)| name)
+    .collect();
     if !missing.is_empty() {
-        return Err(format!("it lacks {missing:?}"));
+        return Err(format!("it lacks {}", missing.join(", ")));
     }
     let offered = adapter.cooperative_matrix_properties();
     let fragment = [16, 8]

@@ -440,3 +440,39 @@ fn a_bad_shape_is_refused() {
     let out = unfold(&["bench", "--device", "cpu", "--matmul", "64x64"]);
     assert_clean_failure(&out, "MxNxK");
 }
+
+#[test]
+fn mixed_precision_needs_a_gpu_and_does_not_combine_with_unchecked_shaders() {
+    let cpu = unfold(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--mixed-precision",
+        "--configs",
+        "1x2x3x4x5",
+    ]);
+    assert_clean_failure(&cpu, "--mixed-precision");
+    let both = unfold(&[
+        "bench",
+        "--device",
+        "gpu",
+        "--mixed-precision",
+        "--unchecked-shaders",
+        "--configs",
+        "1x2x3x4x5",
+    ]);
+    assert_clean_failure(&both, "--mixed-precision");
+    // on an adapter without cooperative matrices (Debian 12's lavapipe), a clear error
+    // that says what is missing
+    if common::gpu().is_some_and(|_| common::mixed_gpu().is_none()) {
+        let out = unfold(&[
+            "bench",
+            "--device",
+            "gpu",
+            "--mixed-precision",
+            "--configs",
+            "1x2x3x4x5",
+        ]);
+        assert_clean_failure(&out, "cooperative matri");
+    }
+}
