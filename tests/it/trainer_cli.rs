@@ -936,3 +936,27 @@ fn unfold_adapter_picks_the_gpu_by_index() {
         );
     }
 }
+
+#[test]
+fn mixed_precision_training_needs_a_gpu_and_writes_nothing_when_refused() {
+    let dir = scratch("mixed_refused");
+    let text = small_text(&dir);
+    let out_dir = dir.join("run");
+    let mut args = vec![
+        "train",
+        "--data",
+        s(&text),
+        "--out",
+        s(&out_dir),
+        "--steps",
+        "2",
+        "--mixed-precision",
+    ];
+    args.extend_from_slice(&TINY);
+    // TINY picks the CPU path: mixed precision is a GPU mode
+    assert_clean_failure(&unfold(&args), "--mixed-precision");
+    assert!(
+        !out_dir.exists(),
+        "a refused run created its output directory"
+    );
+}

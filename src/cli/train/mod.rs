@@ -55,6 +55,12 @@ pub struct TrainArgs {
     minutes: Option<f64>,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
+    /// With --device gpu: every matrix product on cooperative matrices (tensor cores),
+    /// f16 operands scaled per block, f32 accumulation, parameters and optimizer state in
+    /// f32 (`Device::gpu_mixed_precision`; an error where the adapter has none). wgpu
+    /// marks cooperative matrices experimental: a bug in them may be undefined behaviour.
+    #[arg(long)]
+    mixed_precision: bool,
     /// Recurrent cell [default: gru, or the checkpoint's].
     #[arg(long, value_enum)]
     cell: Option<CellChoice>,

@@ -7,7 +7,7 @@ use super::config::{merge_config, Hyper};
 use super::metrics::Metrics;
 use super::trainer::{RunStats, Trainer};
 use super::{interrupt, TrainArgs};
-use crate::cli::options::{make_optimizer, pick, OptimizerChoice};
+use crate::cli::options::{make_optimizer, pick_checked, OptimizerChoice};
 use crate::cli::parallel::{self, Model};
 use crate::cli::CliResult;
 use clap::ValueEnum;
@@ -108,7 +108,7 @@ fn read_inputs(args: &TrainArgs) -> CliResult<Inputs> {
         chars: text.text.chars().count(),
         fingerprint: hex(text.text.as_bytes()),
     };
-    let device = pick(args.device)?;
+    let device = pick_checked(args.device, false, args.mixed_precision)?;
     let (params, meta, carried) = match resumed {
         Some(r) => continue_from(r, hyper, data, &mut optimizer)?,
         None => {
