@@ -69,8 +69,9 @@ def lengths(r):
     return "variable" if r["variable"] else "fixed"
 
 ours = load(sys.argv[1])
-theirs = [r for r in load(sys.argv[2]) if not r.get("tf32")]
+theirs = [r for r in load(sys.argv[2]) if not r.get("tf32") and not r.get("amp")]
 theirs_tf32 = [r for r in load(sys.argv[2]) if r.get("tf32")]
+theirs_amp = [r for r in load(sys.argv[2]) if r.get("amp")]
 print("| config | lengths | cell | unfold ms | PyTorch ms | unfold / PyTorch | unfold GFLOP/s | host record ms | dispatches |")
 print("|---|---|---|---|---|---|---|---|---|")
 for r in ours:
@@ -107,4 +108,19 @@ if len(sys.argv) > 5:
             " (mixed precision; PyTorch with TF32)" if r.get("precision") == "mixed" else "")
         print(f"| {r['config']} | {lengths(r)} | {r.get('cell', 'tanh')} | {loop} | "
               f"{r['train_step_ms']:.2f} | {tm:.2f} | {r['train_step_ms'] / tm:.2f} | {r['dispatches']} |")
+    mixed = [r for r in load(sys.argv[5]) if r.get("precision") == "mixed"]
+    if mixed:
+        print()
+        print("Mixed precision: unfold (f16 products, f32 accumulation) against PyTorch in fp32, with TF32, and under AMP")
+        print()
+        print("| config | lengths | cell | unfold mixed ms | PyTorch fp32 | PyTorch TF32 | PyTorch AMP | unfold / TF32 | unfold / AMP |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in mixed:
+            def ms(pool):
+                t = next((t for t in pool if same_workload(r, t)), None)
+                return t["train_step_ms"] if t else NAN
+            fp32, tf32, amp = ms(theirs), ms(theirs_tf32), ms(theirs_amp)
+            u = r["train_step_ms"]
+            print(f"| {r['config']} | {lengths(r)} | {r.get('cell', 'tanh')} | {u:.2f} | {fp32:.2f} | "
+                  f"{tf32:.2f} | {amp:.2f} | {u / tf32:.2f} | {u / amp:.2f} |")
     profile_tables([r for r in load_all(sys.argv[5]) if "profile" in r])

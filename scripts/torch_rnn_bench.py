@@ -3,7 +3,9 @@
 One step: forward through a one-layer recurrent network (nn.RNN tanh/relu, nn.LSTM or
 nn.GRU; cuDNN on CUDA, PyTorch's own CPU kernels otherwise), a linear readout at every
 step, softmax cross-entropy over the valid positions, backward, and an SGD update (lr
-0.01). fp32 throughout, TF32 off unless a line says `"tf32": true`. Variable length:
+0.01). fp32 throughout, TF32 off unless a line says `"tf32": true`; a line with `"amp":
+true` ran under automatic mixed precision (autocast to f16 on CUDA, with a gradient
+scaler), the reference for unfold's mixed precision along with TF32. Variable length:
 lengths uniform in [T/2, T] with the first sequence at T, run through
 `pack_padded_sequence`, as unfold's workloads are generated.
 
@@ -20,7 +22,7 @@ CPU how far the process's peak resident memory rose above its resident memory at
 start of the workload (a clean figure for a process's first workload), as `unfold
 bench` records its own.
 
-Without a workload: all four on CUDA (each also once with TF32 on, for reference), the
+Without a workload: all four on CUDA (each also once with TF32 on and once under AMP), the
 first three on the CPU (large is slow there). Without a device: cuda if available.
 """
 import argparse
@@ -92,7 +94,7 @@ def make_rnn(torch, cell, i, h, bidirectional):
                                             bidirectional=bidirectional)
 
 
-def time_step(torch, dev, name, cell, bidirectional, tf32, variable, reps):
+def time_step(torch, dev, name, cell, bidirectional, tf32, variable, reps, amp=False):
     b, t, i, h, c = WORKLOADS[name]
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
@@ -103,6 +105,7 @@ def time_step(torch, dev, name, cell, bidirectional, tf32, variable, reps):
     rnn = make_rnn(torch, cell, i, h, bidirectional).to(dev)
     readout = torch.nn.Linear(2 * h if bidirectional else h, c).to(dev)
     sgd = torch.optim.SGD([*rnn.parameters(), *readout.parameters()], lr=0.01)
+    scaler = torch.amp.GradScaler(dev, enabled=amp)
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(b, t, i, generator=gen).to(dev)
@@ -119,14 +122,16 @@ def time_step(torch, dev, name, cell, bidirectional, tf32, variable, reps):
 
     def step():
         sgd.zero_grad(set_to_none=True)
-        if variable:
-            packed, _ = rnn(pack(x, lengths, batch_first=True, enforce_sorted=False))
-            states, _ = unpack(packed, batch_first=True, total_length=t)
-        else:
-            states, _ = rnn(x)
-        loss = torch.nn.functional.cross_entropy(readout(states)[valid], y[valid])
-        loss.backward()
-        sgd.step()
+        with torch.autocast(dev, dtype=torch.float16, enabled=amp):
+            if variable:
+                packed, _ = rnn(pack(x, lengths, batch_first=True, enforce_sorted=False))
+                states, _ = unpack(packed, batch_first=True, total_length=t)
+            else:
+                states, _ = rnn(x)
+            loss = torch.nn.functional.cross_entropy(readout(states)[valid], y[valid])
+        scaler.scale(loss).backward()
+        scaler.step(sgd)
+        scaler.update()
 
     def wait():
         if dev == "cuda":
@@ -159,6 +164,7 @@ def time_step(torch, dev, name, cell, bidirectional, tf32, variable, reps):
         "config": name,
         "B": b, "T": t, "I": i, "H": h, "C": c,
         "tf32": tf32,
+        "amp": amp,
         "variable": variable,
         "train_step_ms": round(median * 1e3, 3),
         "tokens_per_s": round(tokens / median),
@@ -187,13 +193,15 @@ def main():
         names = [args.workload]
     else:
         names = list(WORKLOADS) if dev == "cuda" else CPU_DEFAULT
-    tf32_modes = [False, True] if dev == "cuda" and not args.workload else [False]
+    # (tf32, amp): fp32 alone, or on CUDA without a workload also TF32 and AMP
+    modes = [(False, False), (True, False), (False, True)] \
+        if dev == "cuda" and not args.workload else [(False, False)]
     length_modes = {"fixed": [False], "variable": [True]}.get(args.lengths, [False, True])
     for name in names:
-        for tf32 in tf32_modes:
+        for tf32, amp in modes:
             for variable in length_modes:
                 row = time_step(torch, dev, name, args.cell, args.bidirectional, tf32,
-                                variable, reps)
+                                variable, reps, amp)
                 print(json.dumps(row), flush=True)
 
 
