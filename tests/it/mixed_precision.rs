@@ -180,18 +180,21 @@ fn models_match_the_cpu_path_within_mixed_precision() {
     let Some(gpu) = common::mixed_gpu() else {
         return;
     };
-    for (cell, time_loop) in [
-        (Cell::Tanh, TimeLoop::TiledSteps),
-        (Cell::Lstm, TimeLoop::TiledSteps),
-        (Cell::Gru, TimeLoop::PerStep),
+    for (cell, time_loop, bidirectional) in [
+        (Cell::Tanh, TimeLoop::TiledSteps, false),
+        (Cell::Lstm, TimeLoop::TiledSteps, false),
+        (Cell::Gru, TimeLoop::PerStep, false),
+        (Cell::Gru, TimeLoop::TiledSteps, true),
     ] {
-        let config = common::config(20, 48, 7, 2, false, false).cell(cell);
+        let config = common::config(20, 48, 7, 2, false, false)
+            .cell(cell)
+            .bidirectional(bidirectional);
         let batch = common::random_batch(&config, &[9, 4, 7, 1, 9], false, 21);
         let params = common::params(&config, 22);
         let mut cpu = Rnn::new(config.clone(), params.clone(), &Device::cpu()).expect("cpu");
         let mut dev = Rnn::new(config.clone(), params, &gpu).expect("gpu");
         dev.set_time_loop(time_loop).expect("time loop");
-        let label = format!("{cell:?} {time_loop:?}");
+        let label = format!("{cell:?} {time_loop:?} bidirectional {bidirectional}");
         let (want, got) = (cpu.forward(&batch).unwrap(), dev.forward(&batch).unwrap());
         common::assert_close(
             &format!("{label} outputs"),
@@ -212,5 +215,26 @@ fn models_match_the_cpu_path_within_mixed_precision() {
             losses.push(got);
         }
         assert!(losses[3] < losses[0], "{label}: no learning: {losses:?}");
+    }
+}
+
+/// Autotuning on a mixed-precision device tries the splits of the cooperative-matrix
+/// tiling only: tuning never turns a product back to f32.
+#[test]
+fn autotune_keeps_the_products_in_mixed_precision() {
+    use unfold::Cell;
+    let Some(gpu) = common::mixed_gpu() else {
+        return;
+    };
+    let config = common::config(12, 40, 5, 1, false, false).cell(Cell::Lstm);
+    let batch = common::random_batch(&config, &[6, 3, 6], false, 31);
+    let mut rnn = Rnn::new(config.clone(), common::params(&config, 32), &gpu).unwrap();
+    let report = rnn
+        .autotune(&batch, std::time::Duration::from_secs(5))
+        .expect("autotune");
+    assert!(!report.products.is_empty(), "{report:?}");
+    for p in &report.products {
+        assert_eq!(p.before.0.tile, Tile::Coop64, "{p:?}");
+        assert_eq!(p.chosen.0.tile, Tile::Coop64, "{p:?}");
     }
 }
