@@ -3,15 +3,17 @@
 // matmul.wgsl (matmul_common.wgsl is prepended).
 //
 // The host prepends a header that this file needs and cannot write itself, since it
-// depends on the adapter (src/gpu/shaders.rs): the `enable` directives, the fragment
-// side COOP (16 on NVIDIA, 8 on lavapipe: the f16 x f16 -> f32 sizes the driver offers),
-// COOP_SUBGROUP (the adapter's fixed subgroup size) and the aliases FragA, FragB, FragC
-// (coop_mat{COOP}x{COOP}<f16, A>, <f16, B> and <f32, C>).
+// depends on the adapter and the tiling (src/gpu/shaders.rs): the `enable` directives;
+// COOP, the fragment side (16 on NVIDIA, 8 on lavapipe: the f16 x f16 -> f32 sizes the
+// driver offers), and the aliases FragA, FragB, FragC (coop_mat{COOP}x{COOP}<f16, A>,
+// <f16, B> and <f32, C>); COOP_SUBGROUP, the adapter's fixed subgroup size; and the
+// tiling: COOP_TILE (the square tile of C a workgroup computes, 64 or 128) and BLOCK_M x
+// BLOCK_N, the block of it each subgroup computes (32x32 of the 64 tile, 64x32 of the 128
+// one: four or eight subgroups).
 //
-// A workgroup is four subgroups and computes a 64x64 tile of C; subgroup s takes the
-// 32x32 block (s / 2, s % 2) of it, (32 / COOP)^2 fragments. K advances 32 at a time:
-// the workgroup stages a 64x32 slice of op(A) and a 32x64 slice of op(B) in workgroup
-// memory, as f16.
+// K advances 32 at a time: the workgroup stages a COOP_TILE x 32 slice of op(A) and a
+// 32 x COOP_TILE slice of op(B) in workgroup memory, as f16; each subgroup loads its
+// operand fragments of the slice once and multiplies them into each of its fragments of C.
 //
 // Block scaling: f16 holds magnitudes from 6e-8 to 65504 only, and gradients routinely
 // fall below that range (weight gradients are sums of terms of 1e-6 and less). Each staged
@@ -21,20 +23,24 @@
 // element keeps f16's 11 significant bits unless it is more than 2^14 times smaller than
 // the largest of its slice; infinities and NaNs are not scaled and reach C as in f32.
 
-const COOP_TILE: u32 = 64u;
-// depth of a staged K slice
+// depth of a staged K slice, and the fragment steps along it
 const COOP_K: u32 = 32u;
-// fragments along each side of a subgroup's 32x32 block
-const FRAGS: u32 = 32u / COOP;
-const COOP_THREADS: u32 = 4u * COOP_SUBGROUP;
+const K_STEPS: u32 = COOP_K / COOP;
+// subgroups along the tile's columns, and in all
+const SUBGROUPS_N: u32 = COOP_TILE / BLOCK_N;
+const SUBGROUPS: u32 = (COOP_TILE / BLOCK_M) * SUBGROUPS_N;
+const COOP_THREADS: u32 = SUBGROUPS * COOP_SUBGROUP;
+// fragments along each side of a subgroup's block
+const FRAGS_M: u32 = BLOCK_M / COOP;
+const FRAGS_N: u32 = BLOCK_N / COOP;
 // staged elements of each operand per thread and slice
 const PER_THREAD: u32 = COOP_TILE * COOP_K / COOP_THREADS;
 
 // op(A) slice [row][k] and op(B) slice [k][col], as f16
-var<workgroup> a_coop: array<f16, 2048>;
-var<workgroup> b_coop: array<f16, 2048>;
+var<workgroup> a_coop: array<f16, COOP_TILE * COOP_K>;
+var<workgroup> b_coop: array<f16, COOP_K * COOP_TILE>;
 // one fragment of C per subgroup, on its way to the epilogue
-var<workgroup> c_coop: array<f32, 1024>;
+var<workgroup> c_coop: array<f32, SUBGROUPS * COOP * COOP>;
 // the largest magnitude of the slice being staged, as the bits of a non-negative f32
 // (which order as the floats do)
 var<workgroup> a_largest: atomic<u32>;
@@ -60,12 +66,12 @@ fn matmul_coop(
 ) {
     let row0 = wg.y * COOP_TILE;
     let col0 = wg.x * COOP_TILE;
-    // this subgroup's 32x32 block inside the tile
-    let block_row = (sid / 2u) * 32u;
-    let block_col = (sid % 2u) * 32u;
+    // this subgroup's block inside the tile
+    let block_row = (sid / SUBGROUPS_N) * BLOCK_M;
+    let block_col = (sid % SUBGROUPS_N) * BLOCK_N;
     let ks = k_range(wg.z);
-    var acc: array<FragC, FRAGS * FRAGS>;
-    for (var f = 0u; f < FRAGS * FRAGS; f++) {
+    var acc: array<FragC, FRAGS_M * FRAGS_N>;
+    for (var f = 0u; f < FRAGS_M * FRAGS_N; f++) {
         acc[f] = FragC();
     }
     var a_val: array<f32, PER_THREAD>;
@@ -105,35 +111,35 @@ fn matmul_coop(
         }
         let a_back = ldexp(1.0, -a_exp);
         let b_back = ldexp(1.0, -b_exp);
-        // the slice's product, each operand fragment loaded once
-        var part: array<FragC, FRAGS * FRAGS>;
-        for (var f = 0u; f < FRAGS * FRAGS; f++) {
-            part[f] = FragC();
-        }
-        for (var kk = 0u; kk < COOP_K; kk += COOP) {
-            var fa: array<FragA, FRAGS>;
-            var fb: array<FragB, FRAGS>;
-            for (var i = 0u; i < FRAGS; i++) {
-                fa[i] = coopLoadT<FragA>(&a_coop[(block_row + i * COOP) * COOP_K + kk], COOP_K);
-                fb[i] = coopLoadT<FragB>(&b_coop[kk * COOP_TILE + block_col + i * COOP], COOP_TILE);
+        // this subgroup's operand fragments of the slice, each loaded once
+        var fa: array<FragA, FRAGS_M * K_STEPS>;
+        var fb: array<FragB, FRAGS_N * K_STEPS>;
+        for (var s = 0u; s < K_STEPS; s++) {
+            for (var i = 0u; i < FRAGS_M; i++) {
+                fa[i * K_STEPS + s] = coopLoadT<FragA>(&a_coop[(block_row + i * COOP) * COOP_K + s * COOP], COOP_K);
             }
-            for (var f = 0u; f < FRAGS * FRAGS; f++) {
-                part[f] = coopMultiplyAdd(fa[f / FRAGS], fb[f % FRAGS], part[f]);
+            for (var j = 0u; j < FRAGS_N; j++) {
+                fb[j * K_STEPS + s] = coopLoadT<FragB>(&b_coop[s * COOP * COOP_TILE + block_col + j * COOP], COOP_TILE);
             }
         }
-        for (var f = 0u; f < FRAGS * FRAGS; f++) {
+        // the slice's product into each fragment of C, scaled back on the way in
+        for (var f = 0u; f < FRAGS_M * FRAGS_N; f++) {
+            var part = FragC();
+            for (var s = 0u; s < K_STEPS; s++) {
+                part = coopMultiplyAdd(fa[(f / FRAGS_N) * K_STEPS + s], fb[(f % FRAGS_N) * K_STEPS + s], part);
+            }
             // two steps: their product may leave f32's range where each does not
-            acc[f] = acc[f] + (part[f] * a_back) * b_back;
+            acc[f] = acc[f] + (part * a_back) * b_back;
         }
         workgroupBarrier();
     }
     // each fragment goes through workgroup memory to the epilogue, one per subgroup at a time
     let mine = sid * COOP * COOP;
-    for (var f = 0u; f < FRAGS * FRAGS; f++) {
+    for (var f = 0u; f < FRAGS_M * FRAGS_N; f++) {
         coopStoreT(acc[f], &c_coop[mine], COOP);
         workgroupBarrier();
-        let row = row0 + block_row + (f / FRAGS) * COOP;
-        let col = col0 + block_col + (f % FRAGS) * COOP;
+        let row = row0 + block_row + (f / FRAGS_N) * COOP;
+        let col = col0 + block_col + (f % FRAGS_N) * COOP;
         for (var e = lane; e < COOP * COOP; e += COOP_SUBGROUP) {
             store_one(wg.z, row + e / COOP, col + e % COOP, c_coop[mine + e]);
         }

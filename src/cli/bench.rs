@@ -390,7 +390,7 @@ fn train_flops(w: &Workload, model: Model, batch: &SequenceBatch) -> f64 {
 /// `unfold bench --matmul`: one JSON line per shape and tiling (median of `reps` runs after
 /// one warm-up run), the library's own choice first.
 fn bench_matmul(device: &Device, shapes: &str, reps: usize) -> unfold::Result<()> {
-    use unfold::internals::gpu::{GemmPlan, ResidentProduct, Tile};
+    use unfold::internals::gpu::{GemmPlan, ResidentProduct};
     use unfold::ndarray::{linalg::general_mat_mul, Array2};
     for (m, n, k) in unfold::internals::workloads::parse_matmul_shapes(shapes)? {
         let (a, b) = unfold::internals::workloads::matmul_operands(m, n, k);
@@ -412,14 +412,11 @@ fn bench_matmul(device: &Device, shapes: &str, reps: usize) -> unfold::Result<()
             report("ndarray", seconds);
             continue;
         }
-        // each tiling unsplit, and split 2, 4 and 8 ways where K is long enough for that
+        // each tiling the device has (the f32 ones, or a mixed-precision device's
+        // cooperative ones) unsplit, and split 2, 4 and 8 ways where K is long enough
         let split_counts: &[u32] = if k >= 512 { &[1, 2, 4, 8] } else { &[1] };
-        let tiles: &[Tile] = if device.is_mixed_precision() {
-            &[Tile::Coop64]
-        } else {
-            &[Tile::Tile32, Tile::Tile64, Tile::Tile128]
-        };
-        let forced = tiles.iter().copied().flat_map(|tile| {
+        let tiles = unfold::internals::gpu::tilings(device);
+        let forced = tiles.into_iter().flat_map(|tile| {
             split_counts
                 .iter()
                 .map(move |&splits| Some(GemmPlan { tile, splits }))

@@ -93,6 +93,9 @@ pub struct CoopConfig {
     pub fragment: u32,
     /// The adapter's subgroup size (fixed: its smallest and largest are the same).
     pub subgroup: u32,
+    /// Whether the 128×128 tiling fits the adapter's workgroup limits (the 64×64 one
+    /// always does on a mixed-precision device).
+    pub wide: bool,
 }
 
 /// What a mixed-precision device requests: cooperative matrices, f16 in shaders, and
@@ -101,9 +104,16 @@ const COOP_FEATURES: wgpu::Features = wgpu::Features::EXPERIMENTAL_COOPERATIVE_M
     .union(wgpu::Features::SHADER_F16)
     .union(wgpu::Features::SUBGROUP);
 
-/// Workgroup memory of the cooperative-matrix product: two staged f16 slices of 2,048
-/// elements, one f32 fragment per subgroup (at most 1,024 floats) and two counters.
-const COOP_WORKGROUP_BYTES: u32 = 2 * 2048 * 2 + 1024 * 4 + 8;
+/// Whether the cooperative-matrix product with `tile` × `tile` blocks of C fits
+/// `limits` on subgroups of `subgroup` with `fragment`-sided fragments: its invocations,
+/// and its workgroup memory (two staged f16 slices 32 deep, one f32 fragment per
+/// subgroup and two counters).
+fn coop_fits(tile: u32, fragment: u32, subgroup: u32, limits: &wgpu::Limits) -> bool {
+    let subgroups = super::shaders::coop_subgroups(tile);
+    let bytes = 2 * tile * 32 * 2 + subgroups * fragment * fragment * 4 + 8;
+    subgroups * subgroup <= limits.max_compute_invocations_per_workgroup
+        && bytes <= limits.max_compute_workgroup_storage_size
+}
 
 /// The cooperative matrices `adapter` offers for the mixed-precision product, or why it
 /// cannot run it.
@@ -145,14 +155,16 @@ fn coop_config(adapter: &wgpu::Adapter) -> std::result::Result<CoopConfig, Strin
         ));
     }
     let limits = adapter.limits();
-    if 4 * subgroup > limits.max_compute_invocations_per_workgroup
-        || COOP_WORKGROUP_BYTES > limits.max_compute_workgroup_storage_size
-    {
+    if !coop_fits(64, fragment, subgroup, &limits) {
         return Err(format!(
-            "a workgroup of four subgroups of {subgroup} with {COOP_WORKGROUP_BYTES} bytes of workgroup memory exceeds its limits"
+            "a workgroup of four subgroups of {subgroup} with their staged operands exceeds its workgroup limits"
         ));
     }
-    Ok(CoopConfig { fragment, subgroup })
+    Ok(CoopConfig {
+        fragment,
+        subgroup,
+        wide: coop_fits(128, fragment, subgroup, &limits),
+    })
 }
 
 /// Rank of an adapter type: lower is preferred.

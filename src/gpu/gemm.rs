@@ -24,9 +24,20 @@ pub enum Tile {
     /// 128×128, an 8×8 block per thread, double-buffered: for large products.
     Tile128,
     /// 64×64 on cooperative matrices: f16 operands (scaled by a power of two per staged
-    /// block), f32 accumulation. Only on a mixed-precision device
-    /// ([`crate::Device::gpu_mixed_precision`]), where every product of a model uses it.
+    /// block), f32 accumulation, four subgroups of 32×32 each. Only on a mixed-precision
+    /// device ([`crate::Device::gpu_mixed_precision`]), where every product of a model
+    /// runs on this tiling or the next.
     Coop64,
+    /// 128×128 on cooperative matrices, eight subgroups of 64×32 each: for large products
+    /// on a mixed-precision device.
+    Coop128,
+}
+
+impl Tile {
+    /// Whether the tiling runs on cooperative matrices (a mixed-precision device's).
+    pub fn is_cooperative(self) -> bool {
+        matches!(self, Tile::Coop64 | Tile::Coop128)
+    }
 }
 
 impl Tile {
@@ -35,7 +46,7 @@ impl Tile {
         match self {
             Tile::Tile32 => 32,
             Tile::Tile64 | Tile::Coop64 => 64,
-            Tile::Tile128 => 128,
+            Tile::Tile128 | Tile::Coop128 => 128,
         }
     }
 }
@@ -95,12 +106,30 @@ impl GemmPlan {
         }
     }
 
-    /// The plan for a product on a mixed-precision device: 64×64 tiles on cooperative
-    /// matrices, split along K as the 64×64 tiles of [`GemmPlan::choose`] are.
-    pub fn choose_mixed(m: u32, n: u32, k: u32) -> GemmPlan {
-        GemmPlan {
-            tile: Tile::Coop64,
-            splits: Self::splits64(m, n, k),
+    /// The plan for a product on a mixed-precision device: [`GemmPlan::choose`]'s, each
+    /// f32 tiling replaced by the cooperative one of its size (64×64 for 32×32 and 64×64;
+    /// 128×128 where `wide`, the adapter having room for it, else 64×64 split as
+    /// [`GemmPlan::choose`] splits those).
+    pub fn choose_mixed(m: u32, n: u32, k: u32, wide: bool) -> GemmPlan {
+        match GemmPlan::choose(m, n, k) {
+            GemmPlan {
+                tile: Tile::Tile128,
+                splits,
+            } if wide => GemmPlan {
+                tile: Tile::Coop128,
+                splits,
+            },
+            GemmPlan {
+                tile: Tile::Tile128,
+                ..
+            } => GemmPlan {
+                tile: Tile::Coop64,
+                splits: Self::splits64(m, n, k),
+            },
+            plan => GemmPlan {
+                tile: Tile::Coop64,
+                ..plan
+            },
         }
     }
 
@@ -176,8 +205,8 @@ fn tuning(ctx: &GpuContext) -> MutexGuard<'_, Tuning> {
 /// The built-in plan for an `m × k` by `k × n` product on `ctx`'s device:
 /// [`GemmPlan::choose_mixed`]'s on a mixed-precision device, else [`GemmPlan::choose`]'s.
 fn built_in(ctx: &GpuContext, m: u32, n: u32, k: u32) -> GemmPlan {
-    if ctx.coop.is_some() {
-        GemmPlan::choose_mixed(m, n, k)
+    if let Some(coop) = ctx.coop {
+        GemmPlan::choose_mixed(m, n, k, coop.wide)
     } else {
         GemmPlan::choose(m, n, k)
     }
@@ -435,12 +464,17 @@ fn record_planned<'a>(
         Tile::Tile32 => &kernels.matmul_tile32,
         Tile::Tile64 => &kernels.matmul_tile64,
         Tile::Tile128 => &kernels.matmul_tile128,
-        // only a mixed-precision device plans it (`ResidentProduct::set_plan` refuses it
-        // elsewhere), and its kernels have it
+        // only a mixed-precision device plans these (`ResidentProduct::set_plan` refuses
+        // them elsewhere, and the 128×128 one where the adapter has no room for it), and
+        // its kernels have them
         Tile::Coop64 => kernels
-            .matmul_coop
+            .matmul_coop64
             .as_ref()
             .unwrap_or(&kernels.matmul_tile64),
+        Tile::Coop128 => kernels
+            .matmul_coop128
+            .as_ref()
+            .unwrap_or(&kernels.matmul_tile128),
     };
     let size = plan.tile.size();
     let (m, n, k) = (params.m, params.n, params.k);
@@ -642,9 +676,15 @@ impl ResidentProduct {
                 got: "0".into(),
             });
         }
-        if plan.tile == Tile::Coop64 && ctx.coop.is_none() {
+        let runs = match plan.tile {
+            Tile::Coop64 => ctx.kernels.matmul_coop64.is_some(),
+            Tile::Coop128 => ctx.kernels.matmul_coop128.is_some(),
+            _ => true,
+        };
+        if !runs {
             return Err(Error::Unsupported(format!(
-                "the cooperative-matrix tiling runs only on a mixed-precision device (Device::gpu_mixed_precision), not on {}",
+                "the cooperative-matrix tiling {:?} runs only on a mixed-precision device (Device::gpu_mixed_precision) with room for it, not on {}",
+                plan.tile,
                 ctx.describe()
             )));
         }
@@ -730,30 +770,25 @@ const TUNE_MAX_REPEATS: u32 = 32;
 /// Timings per plan; the fastest counts.
 const TUNE_TIMINGS: u32 = 3;
 
-/// The plans worth measuring for `shape`, `first` first: each tiling (32×32, 64×64,
-/// 128×128; on a mixed-precision device, `mixed`, only the cooperative-matrix one, so
-/// that tuning never changes a model's precision) unsplit and split 2 to 16 ways where K
-/// is deep enough, each distinct split (number of K ranges) once, the 128×128 tile only
-/// where it covers at least one whole tile, and no tiling that would need more
-/// workgroups along a side than the adapter dispatches.
+/// The plans worth measuring for `shape`, `first` first: each tiling of `tiles` (the
+/// f32 ones, or on a mixed-precision device the cooperative ones it has, so that tuning
+/// never changes a model's precision) unsplit and split 2 to 16 ways where K is deep
+/// enough, each distinct split (number of K ranges) once, a 128×128 tile only where it
+/// covers at least one whole tile, and no tiling that would need more workgroups along a
+/// side than the adapter dispatches.
 fn candidates(
     shape: ProductShape,
     first: GemmPlan,
     limits: &wgpu::Limits,
-    mixed: bool,
+    tiles: &[Tile],
 ) -> Vec<GemmPlan> {
     let ProductShape { m, n, k, .. } = shape;
     let mut plans = vec![first];
     let mut seen = HashSet::from([(first.tile, first.k_chunk(k).1)]);
-    let tiles: &[Tile] = if mixed {
-        &[Tile::Coop64]
-    } else {
-        &[Tile::Tile32, Tile::Tile64, Tile::Tile128]
-    };
     for &tile in tiles {
         let side = tile.size();
         let groups = m.div_ceil(side).max(n.div_ceil(side));
-        if tile == Tile::Tile128 && (m < 128 || n < 128)
+        if side == 128 && (m < 128 || n < 128)
             || groups > limits.max_compute_workgroups_per_dimension
         {
             continue;
@@ -786,7 +821,7 @@ pub(crate) fn tune_product(
     let b = if shape.transpose_b { b.t() } else { b.view() };
     let mut product = ResidentProduct::on(ctx, a, b, (shape.transpose_a, shape.transpose_b), None)?;
     let before = product.plan();
-    let plans = candidates(shape, before, &ctx.limits, ctx.coop.is_some());
+    let plans = candidates(shape, before, &ctx.limits, &tilings(ctx));
     product.run(1)?;
     let once = timed(|| product.run(1))?;
     let repeats = (TUNE_TIMING.as_secs_f64() / once.as_secs_f64().max(1e-9))
@@ -824,6 +859,16 @@ pub(crate) fn tune_product(
     }))
 }
 
+/// The tilings products may run on on `ctx`'s device: the f32 ones, or on a
+/// mixed-precision device the cooperative ones its kernels have.
+pub(crate) fn tilings(ctx: &GpuContext) -> Vec<Tile> {
+    match ctx.coop {
+        Some(coop) if coop.wide => vec![Tile::Coop64, Tile::Coop128],
+        Some(_) => vec![Tile::Coop64],
+        None => vec![Tile::Tile32, Tile::Tile64, Tile::Tile128],
+    }
+}
+
 /// How long `run` takes.
 fn timed(run: impl FnOnce() -> Result<()>) -> Result<Duration> {
     let start = Instant::now();
@@ -854,7 +899,8 @@ mod tests {
         // 5,000 rows: 157 tiles of 32 along M, past the limit; 79 of 64 and 40 of 128
         let s = shape(5000, 200, 1024);
         let first = GemmPlan::choose(s.m, s.n, s.k);
-        let plans = candidates(s, first, &limits, false);
+        let f32_tiles = [Tile::Tile32, Tile::Tile64, Tile::Tile128];
+        let plans = candidates(s, first, &limits, &f32_tiles);
         assert_eq!(plans[0], first);
         assert!(plans.iter().all(|p| p.tile != Tile::Tile32), "{plans:?}");
         for tile in [Tile::Tile64, Tile::Tile128] {
@@ -874,16 +920,41 @@ mod tests {
             shape(8, 300, 300),
             GemmPlan::choose(8, 300, 300),
             &limits,
-            false,
+            &f32_tiles,
         );
         assert!(plans.iter().any(|p| p.tile == Tile::Tile32));
         assert!(plans.iter().all(|p| p.tile != Tile::Tile128), "{plans:?}");
-        assert!(plans.iter().all(|p| p.tile != Tile::Coop64), "{plans:?}");
-        // a mixed-precision device tunes the split of its own tiling only
-        let first = GemmPlan::choose_mixed(s.m, s.n, s.k);
-        let plans = candidates(s, first, &limits, true);
+        assert!(plans.iter().all(|p| !p.tile.is_cooperative()), "{plans:?}");
+        // a mixed-precision device tunes among its own tilings only
+        let first = GemmPlan::choose_mixed(s.m, s.n, s.k, true);
+        let plans = candidates(s, first, &limits, &[Tile::Coop64, Tile::Coop128]);
         assert_eq!(plans[0], first);
-        assert!(plans.iter().all(|p| p.tile == Tile::Coop64), "{plans:?}");
-        assert!(plans.len() > 1, "{plans:?}");
+        assert!(plans.iter().all(|p| p.tile.is_cooperative()), "{plans:?}");
+        assert!(plans.iter().any(|p| p.tile == Tile::Coop128), "{plans:?}");
+        assert!(plans.len() > 2, "{plans:?}");
+    }
+
+    #[test]
+    fn mixed_precision_plans_mirror_the_f32_ones() {
+        for (m, n, k) in [
+            (4096, 4096, 4096),
+            (1024, 1024, 16384),
+            (256, 1024, 1024),
+            (8, 8, 200),
+        ] {
+            let f32_plan = GemmPlan::choose(m, n, k);
+            let wide = GemmPlan::choose_mixed(m, n, k, true);
+            assert!(wide.tile.is_cooperative());
+            assert_eq!(
+                wide.tile.size(),
+                f32_plan.tile.size().max(64),
+                "{m}x{n}x{k}"
+            );
+            assert_eq!(wide.splits, f32_plan.splits, "{m}x{n}x{k}");
+            // without room for the 128×128 tile: the 64×64 one, split to fill the GPU
+            let narrow = GemmPlan::choose_mixed(m, n, k, false);
+            assert_eq!(narrow.tile, Tile::Coop64, "{m}x{n}x{k}");
+            assert_eq!(narrow.splits, GemmPlan::splits64(m, n, k), "{m}x{n}x{k}");
+        }
     }
 }

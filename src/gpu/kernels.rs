@@ -179,9 +179,11 @@ pub(crate) struct Kernels {
     pub matmul_tile64: Kernel,
     pub matmul_tile128: Kernel,
     pub matmul_sum_splits: Kernel,
-    /// The product on cooperative matrices (`shaders/matmul_coop.wgsl`): only on a
-    /// mixed-precision device.
-    pub matmul_coop: Option<Kernel>,
+    /// The product on cooperative matrices (`shaders/matmul_coop.wgsl`), 64×64 and
+    /// 128×128 tiles: only on a mixed-precision device (the 128×128 one where it fits
+    /// the adapter's workgroup limits).
+    pub matmul_coop64: Option<Kernel>,
+    pub matmul_coop128: Option<Kernel>,
     pub cross_entropy: Kernel,
     pub squared_error: Kernel,
     pub partial_sums: Kernel,
@@ -364,9 +366,23 @@ impl Kernels {
                 size_of::<MatmulParams>(),
                 &[Read, Read, Read, Write],
             ),
-            matmul_coop: coop.map(|c| {
+            matmul_coop64: coop.map(|c| {
                 kernel(
-                    &module("matmul_coop", &shaders::matmul_coop(c.fragment, c.subgroup)),
+                    &module(
+                        "matmul_coop64",
+                        &shaders::matmul_coop(c.fragment, c.subgroup, 64),
+                    ),
+                    "matmul_coop",
+                    size_of::<MatmulParams>(),
+                    &[Read, Read, Read, Write],
+                )
+            }),
+            matmul_coop128: coop.filter(|c| c.wide).map(|c| {
+                kernel(
+                    &module(
+                        "matmul_coop128",
+                        &shaders::matmul_coop(c.fragment, c.subgroup, 128),
+                    ),
                     "matmul_coop",
                     size_of::<MatmulParams>(),
                     &[Read, Read, Read, Write],

@@ -264,3 +264,13 @@ pub fn max_storage_binding(device: &crate::Device) -> Option<u64> {
         crate::device::DeviceKind::Cpu => None,
     }
 }
+
+/// The tilings matrix products may run on on `device` (each is a [`GemmPlan`]'s `tile`):
+/// the three f32 ones, or on a mixed-precision device the cooperative-matrix ones it has
+/// (empty for the CPU).
+pub fn tilings(device: &crate::Device) -> Vec<Tile> {
+    match &device.kind {
+        crate::device::DeviceKind::Gpu(ctx) => gemm::tilings(ctx),
+        crate::device::DeviceKind::Cpu => Vec::new(),
+    }
+}

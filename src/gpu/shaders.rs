@@ -21,19 +21,35 @@ const MATMUL_COOP_BODY: &str = concat!(
 
 /// `shaders/matmul_coop.wgsl` for an adapter whose cooperative matrices are `fragment` ×
 /// `fragment` (f16 operands, f32 accumulator) and whose subgroups have `subgroup`
-/// invocations: the `enable` directives, those sizes and the fragment types, then the
-/// prelude and the kernel.
-pub fn matmul_coop(fragment: u32, subgroup: u32) -> String {
+/// invocations, computing `tile` × `tile` blocks of C (64: four subgroups of 32×32 each;
+/// 128: eight of 64×32): the `enable` directives, those sizes and the fragment types, then
+/// the prelude and the kernel.
+pub fn matmul_coop(fragment: u32, subgroup: u32, tile: u32) -> String {
+    let block_m = if tile >= 128 { 64 } else { 32 };
     format!(
         "enable f16;\nenable wgpu_cooperative_matrix;\n\
          const COOP: u32 = {fragment}u;\n\
          const COOP_SUBGROUP: u32 = {subgroup}u;\n\
+         const COOP_TILE: u32 = {tile}u;\n\
+         const BLOCK_M: u32 = {block_m}u;\n\
+         const BLOCK_N: u32 = 32u;\n\
          alias FragA = coop_mat{fragment}x{fragment}<f16, A>;\n\
          alias FragB = coop_mat{fragment}x{fragment}<f16, B>;\n\
          alias FragC = coop_mat{fragment}x{fragment}<f32, C>;\n\
          {MATMUL_COOP_BODY}"
     )
 }
+
+/// Subgroups in a workgroup of the cooperative-matrix product with `tile` × `tile`
+/// blocks of C (see [`matmul_coop`]).
+pub fn coop_subgroups(tile: u32) -> u32 {
+    if tile >= 128 {
+        8
+    } else {
+        4
+    }
+}
+
 /// `shaders/cell_common.wgsl`: the cell kernels' prelude on its own.
 pub const CELL_COMMON: &str = include_str!("../../shaders/cell_common.wgsl");
 /// `shaders/recurrent.wgsl`: the time-loop kernels, with the cell prelude.
@@ -74,18 +90,21 @@ pub const ALL: &[(&str, &str)] = &[
 ];
 
 /// `(name, source)` of the cooperative-matrix product for each adapter header it is
-/// written for (NVIDIA's 16×16 fragments and subgroups of 32, lavapipe's 8×8 and 8), for
-/// validation without an adapter ([`validate_coop`]).
+/// written for (NVIDIA's 16×16 fragments and subgroups of 32, lavapipe's 8×8 and 8) and
+/// each tiling, for validation without an adapter ([`validate_coop`]).
 pub fn coop_variants() -> Vec<(String, String)> {
-    [(16, 32), (8, 8)]
-        .into_iter()
-        .map(|(f, s)| {
-            (
-                format!("matmul_coop.wgsl ({f}×{f}, subgroups of {s})"),
-                matmul_coop(f, s),
-            )
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (f, s) in [(16, 32), (8, 8)] {
+        for tile in [64, 128] {
+            out.push((
+                format!(
+                    "matmul_coop.wgsl ({f}×{f} fragments, subgroups of {s}, {tile}×{tile} tiles)"
+                ),
+                matmul_coop(f, s, tile),
+            ));
+        }
+    }
+    out
 }
 
 /// Parses and validates a WGSL source with naga, as wgpu would before compiling it.

@@ -40,9 +40,8 @@ fn check_product(
     );
     let mut product =
         ResidentProduct::new(device, a.view(), b.view(), (ta, tb), plan).expect("product");
-    assert_eq!(
-        product.plan().tile,
-        Tile::Coop64,
+    assert!(
+        product.plan().tile.is_cooperative(),
         "{what}: {:?}",
         product.plan()
     );
@@ -94,6 +93,14 @@ fn cooperative_products_match_f32_within_f16_rounding() {
                     tile: Tile::Coop64,
                     splits: 3,
                 }),
+                Some(GemmPlan {
+                    tile: Tile::Coop128,
+                    splits: 1,
+                }),
+                Some(GemmPlan {
+                    tile: Tile::Coop128,
+                    splits: 2,
+                }),
             ] {
                 let what = format!("{m}x{n}x{k} transposed {ta}/{tb}");
                 worst = worst.max(check_product(&gpu, &sa, &sb, (ta, tb), plan, &what));
@@ -101,6 +108,23 @@ fn cooperative_products_match_f32_within_f16_rounding() {
         }
     }
     eprintln!("largest error: {worst:.3} of the f16 bound");
+    // a product large enough for the built-in plan's 128×128 tile (it needs 96 of them)
+    let (a, b) = (random(1300, 1100, &mut rng), random(1100, 1030, &mut rng));
+    let mut product =
+        ResidentProduct::new(&gpu, a.view(), b.view(), (false, false), None).expect("product");
+    let wide = unfold::internals::gpu::tilings(&gpu).contains(&Tile::Coop128);
+    assert_eq!(
+        product.plan().tile,
+        if wide { Tile::Coop128 } else { Tile::Coop64 },
+        "the built-in plan for 1300×1030×1100"
+    );
+    product.run(1).expect("run");
+    common::assert_close(
+        "1300×1030×1100 on the built-in plan",
+        &common::flat(&product.output().expect("output")),
+        &common::flat(&a.dot(&b)),
+        2e-3,
+    );
     // the products really are rounded: an f32 kernel would stay far inside the bound
     assert!(
         worst > 0.01,
@@ -158,15 +182,20 @@ fn the_cooperative_tiling_is_refused_on_an_f32_device() {
         return;
     }
     let a = Array2::<f32>::ones((4, 4));
-    let plan = GemmPlan {
-        tile: Tile::Coop64,
-        splits: 1,
-    };
-    match ResidentProduct::new(&gpu, a.view(), a.view(), (false, false), Some(plan)) {
-        Err(Error::Unsupported(msg)) => assert!(msg.contains("mixed-precision"), "{msg}"),
-        Err(e) => panic!("wrong error: {e}"),
-        Ok(_) => panic!("a cooperative-matrix plan ran on an f32 device"),
+    for tile in [Tile::Coop64, Tile::Coop128] {
+        let plan = GemmPlan { tile, splits: 1 };
+        match ResidentProduct::new(&gpu, a.view(), a.view(), (false, false), Some(plan)) {
+            Err(Error::Unsupported(msg)) => assert!(msg.contains("mixed-precision"), "{msg}"),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a cooperative-matrix plan {tile:?} ran on an f32 device"),
+        }
     }
+    assert!(
+        unfold::internals::gpu::tilings(&gpu)
+            .iter()
+            .all(|t| !t.is_cooperative()),
+        "an f32 device offers a cooperative tiling"
+    );
 }
 
 /// A model on the mixed-precision device and the same model on the CPU path: every
@@ -234,7 +263,7 @@ fn autotune_keeps_the_products_in_mixed_precision() {
         .expect("autotune");
     assert!(!report.products.is_empty(), "{report:?}");
     for p in &report.products {
-        assert_eq!(p.before.0.tile, Tile::Coop64, "{p:?}");
-        assert_eq!(p.chosen.0.tile, Tile::Coop64, "{p:?}");
+        assert!(p.before.0.tile.is_cooperative(), "{p:?}");
+        assert!(p.chosen.0.tile.is_cooperative(), "{p:?}");
     }
 }

@@ -16,8 +16,8 @@ fn the_cooperative_matrix_product_validates_for_each_adapter_header() {
     let variants = unfold::internals::gpu::shaders::coop_variants();
     assert_eq!(
         variants.len(),
-        2,
-        "16×16 fragments (NVIDIA) and 8×8 (lavapipe)"
+        4,
+        "16×16 fragments (NVIDIA) and 8×8 (lavapipe), 64×64 and 128×128 tiles"
     );
     for (name, source) in &variants {
         if let Err(e) = unfold::internals::gpu::shaders::validate_coop(name, source) {
