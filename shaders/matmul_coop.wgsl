@@ -76,6 +76,13 @@ fn matmul_coop(
     }
     var a_val: array<f32, PER_THREAD>;
     var b_val: array<f32, PER_THREAD>;
+    // workgroup memory starts undefined (the kernels are compiled without wgpu's zeroing):
+    // the maxima start from zero before any thread adds to them
+    if (tid == 0u) {
+        atomicStore(&a_largest, 0u);
+        atomicStore(&b_largest, 0u);
+    }
+    workgroupBarrier();
     for (var k0 = ks.x; k0 < ks.y; k0 += COOP_K) {
         // load this thread's share of the slice (along each operand's contiguous
         // dimension) and note its largest magnitudes

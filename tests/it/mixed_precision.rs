@@ -267,3 +267,33 @@ fn autotune_keeps_the_products_in_mixed_precision() {
         assert!(p.chosen.0.tile.is_cooperative(), "{p:?}");
     }
 }
+
+/// The kernel's per-slice maxima live in workgroup memory, which starts undefined (the
+/// kernels are compiled without wgpu's zeroing) and is shared with whatever ran before: a
+/// product right after one of huge values must not inherit their scale (its small
+/// operands would flush to zero). Without the kernel's reset at its start, the CI run
+/// of this module once failed this way on another test's product (0.45 for 4.34); that
+/// depends on which workgroup ran where before, so this test guards the reset at the end
+/// of each slice more than the one at the start.
+#[test]
+fn a_product_does_not_inherit_the_scale_of_the_one_before() {
+    let Some(gpu) = common::mixed_gpu() else {
+        return;
+    };
+    let mut rng = SplitMix64::new(14);
+    let huge = random(64, 64, &mut rng).mapv(|v| v * 1e30);
+    let (a, b) = (random(64, 33, &mut rng), random(33, 64, &mut rng));
+    for round in 0..4 {
+        let mut big =
+            ResidentProduct::new(&gpu, huge.view(), huge.view(), (false, false), None).unwrap();
+        big.run(1).unwrap();
+        check_product(
+            &gpu,
+            &a,
+            &b,
+            (false, false),
+            None,
+            &format!("round {round}"),
+        );
+    }
+}
