@@ -334,6 +334,18 @@ impl Kernels {
                 Kernel::new(device, module, name, uniform as u64, access, checks, &[])
             };
         use std::mem::size_of;
+        // the cooperative-matrix product for the adapter's fragments and `tile`-sided tiles
+        let coop_kernel = |c: super::context::CoopConfig, tile: u32| {
+            kernel(
+                &module(
+                    &format!("matmul_coop{tile}"),
+                    &shaders::matmul_coop(c.fragment, c.subgroup, tile),
+                ),
+                "matmul_coop",
+                size_of::<MatmulParams>(),
+                &[Read, Read, Read, Write],
+            )
+        };
         let kernels = Kernels {
             // one kernel at two sizes: TILE_THREADS² threads of a 4×4 block each
             matmul_tile32: Kernel::new(
@@ -366,28 +378,8 @@ impl Kernels {
                 size_of::<MatmulParams>(),
                 &[Read, Read, Read, Write],
             ),
-            matmul_coop64: coop.map(|c| {
-                kernel(
-                    &module(
-                        "matmul_coop64",
-                        &shaders::matmul_coop(c.fragment, c.subgroup, 64),
-                    ),
-                    "matmul_coop",
-                    size_of::<MatmulParams>(),
-                    &[Read, Read, Read, Write],
-                )
-            }),
-            matmul_coop128: coop.filter(|c| c.wide).map(|c| {
-                kernel(
-                    &module(
-                        "matmul_coop128",
-                        &shaders::matmul_coop(c.fragment, c.subgroup, 128),
-                    ),
-                    "matmul_coop",
-                    size_of::<MatmulParams>(),
-                    &[Read, Read, Read, Write],
-                )
-            }),
+            matmul_coop64: coop.map(|c| coop_kernel(c, 64)),
+            matmul_coop128: coop.filter(|c| c.wide).map(|c| coop_kernel(c, 128)),
             cross_entropy: kernel(
                 &loss,
                 "cross_entropy",
