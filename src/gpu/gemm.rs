@@ -2,7 +2,7 @@
 //! given shape, split K for long products with few output tiles, and [`ResidentProduct`],
 //! a product whose operands stay on the device (for benchmarks and kernel checks).
 
-use super::kernels::{self, Kernels, MatmulParams, A_IN_C, TRANS_A, TRANS_B};
+use super::kernels::{self, Kernel, Kernels, MatmulParams, A_IN_C, TRANS_A, TRANS_B};
 use super::recorder::{read_back, BindGroupCache, Recorder};
 use super::GpuContext;
 use crate::device::DeviceKind;
@@ -34,13 +34,32 @@ pub enum Tile {
 }
 
 impl Tile {
+    /// Every tiling, f32 and cooperative.
+    const ALL: [Tile; 5] = [
+        Tile::Tile32,
+        Tile::Tile64,
+        Tile::Tile128,
+        Tile::Coop64,
+        Tile::Coop128,
+    ];
+
     /// Whether the tiling runs on cooperative matrices (a mixed-precision device's).
     pub fn is_cooperative(self) -> bool {
         matches!(self, Tile::Coop64 | Tile::Coop128)
     }
-}
 
-impl Tile {
+    /// The kernel that runs the tiling on a device with `kernels`: `None` for a
+    /// cooperative tiling the device did not compile (an f32 device, or an adapter
+    /// without room for the 128×128 one).
+    fn kernel(self, kernels: &Kernels) -> Option<&Kernel> {
+        match self {
+            Tile::Tile32 => Some(&kernels.matmul_tile32),
+            Tile::Tile64 => Some(&kernels.matmul_tile64),
+            Tile::Tile128 => Some(&kernels.matmul_tile128),
+            Tile::Coop64 => kernels.matmul_coop64.as_ref(),
+            Tile::Coop128 => kernels.matmul_coop128.as_ref(),
+        }
+    }
     /// The tile's side in elements.
     pub fn size(self) -> u32 {
         match self {
@@ -460,22 +479,16 @@ fn record_planned<'a>(
     [a, b, bias, c]: [&'a wgpu::Buffer; 4],
     (scratch, scratch_floats): (&'a wgpu::Buffer, usize),
 ) {
-    let kernel = match plan.tile {
-        Tile::Tile32 => &kernels.matmul_tile32,
-        Tile::Tile64 => &kernels.matmul_tile64,
-        Tile::Tile128 => &kernels.matmul_tile128,
-        // only a mixed-precision device plans these (`ResidentProduct::set_plan` refuses
-        // them elsewhere, and the 128×128 one where the adapter has no room for it), and
-        // its kernels have them
-        Tile::Coop64 => kernels
-            .matmul_coop64
-            .as_ref()
-            .unwrap_or(&kernels.matmul_tile64),
-        Tile::Coop128 => kernels
-            .matmul_coop128
-            .as_ref()
-            .unwrap_or(&kernels.matmul_tile128),
-    };
+    // plans come from `plan_for` or a `ResidentProduct` on this device, which refuse a
+    // tiling without a kernel here; the f32 tile of the same size stands in regardless
+    let kernel = plan
+        .tile
+        .kernel(kernels)
+        .unwrap_or(if plan.tile.size() == 128 {
+            &kernels.matmul_tile128
+        } else {
+            &kernels.matmul_tile64
+        });
     let size = plan.tile.size();
     let (m, n, k) = (params.m, params.n, params.k);
     let groups = [n.div_ceil(size), m.div_ceil(size), 1];
@@ -676,12 +689,7 @@ impl ResidentProduct {
                 got: "0".into(),
             });
         }
-        let runs = match plan.tile {
-            Tile::Coop64 => ctx.kernels.matmul_coop64.is_some(),
-            Tile::Coop128 => ctx.kernels.matmul_coop128.is_some(),
-            _ => true,
-        };
-        if !runs {
+        if plan.tile.kernel(&ctx.kernels).is_none() {
             return Err(Error::Unsupported(format!(
                 "the cooperative-matrix tiling {:?} runs only on a mixed-precision device (Device::gpu_mixed_precision) with room for it, not on {}",
                 plan.tile,
@@ -862,11 +870,10 @@ pub(crate) fn tune_product(
 /// The tilings products may run on on `ctx`'s device: the f32 ones, or on a
 /// mixed-precision device the cooperative ones its kernels have.
 pub(crate) fn tilings(ctx: &GpuContext) -> Vec<Tile> {
-    match ctx.coop {
-        Some(coop) if coop.wide => vec![Tile::Coop64, Tile::Coop128],
-        Some(_) => vec![Tile::Coop64],
-        None => vec![Tile::Tile32, Tile::Tile64, Tile::Tile128],
-    }
+    Tile::ALL
+        .into_iter()
+        .filter(|t| t.is_cooperative() == ctx.coop.is_some() && t.kernel(&ctx.kernels).is_some())
+        .collect()
 }
 
 /// How long `run` takes.

@@ -25,14 +25,14 @@ const MATMUL_COOP_BODY: &str = concat!(
 /// 128: eight of 64×32): the `enable` directives, those sizes and the fragment types, then
 /// the prelude and the kernel.
 pub fn matmul_coop(fragment: u32, subgroup: u32, tile: u32) -> String {
-    let block_m = if tile >= 128 { 64 } else { 32 };
+    let (block_m, block_n) = coop_block(tile);
     format!(
         "enable f16;\nenable wgpu_cooperative_matrix;\n\
          const COOP: u32 = {fragment}u;\n\
          const COOP_SUBGROUP: u32 = {subgroup}u;\n\
          const COOP_TILE: u32 = {tile}u;\n\
          const BLOCK_M: u32 = {block_m}u;\n\
-         const BLOCK_N: u32 = 32u;\n\
+         const BLOCK_N: u32 = {block_n}u;\n\
          alias FragA = coop_mat{fragment}x{fragment}<f16, A>;\n\
          alias FragB = coop_mat{fragment}x{fragment}<f16, B>;\n\
          alias FragC = coop_mat{fragment}x{fragment}<f32, C>;\n\
@@ -40,14 +40,21 @@ pub fn matmul_coop(fragment: u32, subgroup: u32, tile: u32) -> String {
     )
 }
 
-/// Subgroups in a workgroup of the cooperative-matrix product with `tile` × `tile`
-/// blocks of C (see [`matmul_coop`]).
-pub fn coop_subgroups(tile: u32) -> u32 {
+/// The block of a `tile` × `tile` tile of C that each subgroup of the
+/// cooperative-matrix product computes, rows × columns (see [`matmul_coop`]).
+fn coop_block(tile: u32) -> (u32, u32) {
     if tile >= 128 {
-        8
+        (64, 32)
     } else {
-        4
+        (32, 32)
     }
+}
+
+/// Subgroups in a workgroup of the cooperative-matrix product with `tile` × `tile`
+/// blocks of C: one per block.
+pub fn coop_subgroups(tile: u32) -> u32 {
+    let (block_m, block_n) = coop_block(tile);
+    (tile / block_m) * (tile / block_n)
 }
 
 /// `shaders/cell_common.wgsl`: the cell kernels' prelude on its own.

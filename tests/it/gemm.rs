@@ -2,25 +2,12 @@
 //! product, over shapes off the tile grids, all four transpose combinations, and the
 //! errors of a bad product.
 
-use crate::common;
+use crate::common::{self, random_matrix as random, stored};
 
 use unfold::internals::gpu::{GemmPlan, ResidentProduct, Tile};
 use unfold::ndarray::Array2;
 use unfold::rng::SplitMix64;
 use unfold::{Device, Error};
-
-fn random(rows: usize, cols: usize, rng: &mut SplitMix64) -> Array2<f32> {
-    Array2::from_shape_fn((rows, cols), |_| rng.uniform(-1.0, 1.0))
-}
-
-/// `x` or its transpose, stored in standard layout.
-fn stored(x: &Array2<f32>, transposed: bool) -> Array2<f32> {
-    if transposed {
-        x.t().as_standard_layout().to_owned()
-    } else {
-        x.clone()
-    }
-}
 
 const PLANS: [GemmPlan; 7] = [
     GemmPlan {

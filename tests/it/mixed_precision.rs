@@ -4,16 +4,12 @@
 //! against the CPU path. These run where the adapter has cooperative matrices (CI runs
 //! them on a newer lavapipe with `UNFOLD_REQUIRE_COOP=1`).
 
-use crate::common;
+use crate::common::{self, random_matrix as random, stored};
 
 use unfold::internals::gpu::{GemmPlan, ResidentProduct, Tile};
 use unfold::ndarray::Array2;
 use unfold::rng::SplitMix64;
 use unfold::{Device, Error, Optimizer, Rnn};
-
-fn random(rows: usize, cols: usize, rng: &mut SplitMix64) -> Array2<f32> {
-    Array2::from_shape_fn((rows, cols), |_| rng.uniform(-1.0, 1.0))
-}
 
 /// f16 keeps 11 significant bits: rounding each operand moves a product of two by at
 /// most about 2⁻¹⁰ of its magnitude (2⁻¹¹ each); f32 accumulation adds far less.
@@ -79,13 +75,6 @@ fn cooperative_products_match_f32_within_f16_rounding() {
     ] {
         let (a, b) = (random(m, k, &mut rng), random(k, n, &mut rng));
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-            let stored = |x: &Array2<f32>, t: bool| {
-                if t {
-                    x.t().as_standard_layout().to_owned()
-                } else {
-                    x.clone()
-                }
-            };
             let (sa, sb) = (stored(&a, ta), stored(&b, tb));
             for plan in [
                 None,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::process::{Command, Output};
+use unfold::ndarray::Array2;
 use unfold::rng::SplitMix64;
 use unfold::{Device, Head, Nonlinearity, RnnConfig, RnnParams, SequenceBatch};
 
@@ -97,6 +98,21 @@ pub fn assert_params_close(what: &str, got: &RnnParams, want: &RnnParams, tol: f
 
 pub fn flat<D: unfold::ndarray::Dimension>(a: &unfold::ndarray::Array<f32, D>) -> Vec<f32> {
     a.iter().copied().collect()
+}
+
+/// A `rows × cols` matrix of uniform values in [-1, 1).
+pub fn random_matrix(rows: usize, cols: usize, rng: &mut SplitMix64) -> Array2<f32> {
+    Array2::from_shape_fn((rows, cols), |_| rng.uniform(-1.0, 1.0))
+}
+
+/// `x` or its transpose, stored in standard layout (an operand as a product reads it
+/// transposed or not).
+pub fn stored(x: &Array2<f32>, transposed: bool) -> Array2<f32> {
+    if transposed {
+        x.t().as_standard_layout().to_owned()
+    } else {
+        x.clone()
+    }
 }
 
 /// A random batch for `config` with the given lengths (class or value targets).
