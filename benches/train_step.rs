@@ -6,7 +6,8 @@
 //!   small, ref on the CPU; on the GPU the same with a hardware adapter, latency and small
 //!   on a software one such as lavapipe, which runs about 1 GFLOP/s);
 //!   `UNFOLD_BENCH_CELLS=tanh,relu,lstm,gru` the cells (default tanh, lstm, gru).
-//! - `matmul/{m}x{n}x{k}`: the matrix product alone, ndarray against each GPU tiling
+//! - `matmul/{m}x{n}x{k}`: the matrix product alone: the CPU path's (`cpu`, the `gemm`
+//!   crate's kernels) and ndarray's (`cpu-ndarray`) against each GPU tiling, unsplit
 //!   (`gpu` is the plan the library picks for the shape); throughput in floating-point
 //!   operations, so criterion's "elem/s" reads as FLOP/s. `UNFOLD_BENCH_MATMUL=4096x4096x4096,…`
 //!   picks the shapes.
@@ -25,7 +26,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use std::sync::OnceLock;
 use std::time::Duration;
-use unfold::internals::gpu::{GemmPlan, ResidentProduct, Tile};
+use unfold::internals::gpu::{GemmPlan, ResidentProduct};
 use unfold::internals::workloads::{Workload, ANCHORS};
 use unfold::internals::TimeLoop;
 use unfold::ndarray::Array2;
@@ -206,6 +207,12 @@ fn matmul(c: &mut Criterion) {
             group.throughput(Throughput::Elements(flops));
             let mut out = Array2::<f32>::zeros((m, n));
             group.bench_function("cpu", |bench| {
+                bench.iter(|| {
+                    unfold::internals::cpu::matmul(a.view(), b.view(), &mut out.view_mut())
+                        .expect("product on the CPU path")
+                })
+            });
+            group.bench_function("cpu-ndarray", |bench| {
                 bench.iter(|| unfold::ndarray::linalg::general_mat_mul(1.0, &a, &b, 0.0, &mut out))
             });
         }
@@ -215,27 +222,18 @@ fn matmul(c: &mut Criterion) {
         };
         let repeats = (work_per_iter / flops).clamp(1, 256) as usize;
         group.throughput(Throughput::Elements(flops * repeats as u64));
-        let plans = [
-            ("gpu", None),
-            (
-                "gpu-tile64",
-                Some(GemmPlan {
-                    tile: Tile::Tile64,
-                    splits: 1,
-                }),
-            ),
-            (
-                "gpu-tile128",
-                Some(GemmPlan {
-                    tile: Tile::Tile128,
-                    splits: 1,
-                }),
-            ),
-        ];
+        // the library's plan, then each tiling the device has, unsplit
+        let tilings = unfold::internals::gpu::tilings(gpu)
+            .into_iter()
+            .map(|tile| {
+                let name = format!("gpu-{tile:?}").to_lowercase();
+                (name, Some(GemmPlan { tile, splits: 1 }))
+            });
+        let plans = std::iter::once(("gpu".to_string(), None)).chain(tilings);
         for (name, plan) in plans {
             let mut product = ResidentProduct::new(gpu, a.view(), b.view(), (false, false), plan)
                 .expect("matrix product on the GPU");
-            group.bench_function(name, |bench| {
+            group.bench_function(&name, |bench| {
                 bench.iter(|| product.run(repeats).expect("product"))
             });
         }

@@ -388,7 +388,8 @@ fn train_flops(w: &Workload, model: Model, batch: &SequenceBatch) -> f64 {
 }
 
 /// `unfold bench --matmul`: one JSON line per shape and tiling (median of `reps` runs after
-/// one warm-up run), the library's own choice first.
+/// one warm-up run), the library's own choice first; on the CPU, the CPU path's product
+/// and ndarray's.
 fn bench_matmul(device: &Device, shapes: &str, reps: usize) -> unfold::Result<()> {
     use unfold::internals::gpu::{GemmPlan, ResidentProduct};
     use unfold::ndarray::{linalg::general_mat_mul, Array2};
@@ -404,7 +405,12 @@ fn bench_matmul(device: &Device, shapes: &str, reps: usize) -> unfold::Result<()
             )
         };
         if !device.is_gpu() {
+            // the product the CPU path runs, then ndarray's (matrixmultiply) for reference
             let mut c = Array2::<f32>::zeros((m, n));
+            let seconds = median_time(reps, || {
+                unfold::internals::cpu::matmul(a.view(), b.view(), &mut c.view_mut())
+            })?;
+            report("cpu path (gemm-f32)", seconds);
             let seconds = median_time(reps, || {
                 general_mat_mul(1.0, &a, &b, 0.0, &mut c);
                 Ok(())

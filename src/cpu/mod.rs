@@ -29,6 +29,31 @@ use step_product::{step_product, Panels};
 
 pub use loss::{cross_entropy, pack_classes, pack_values, squared_error};
 
+/// `c = a·b` through the product the CPU path runs on `f32` (the `gemm` crate's
+/// kernels, cut into one piece per core when large), for benchmarks next to other
+/// products. `c` is `[m, n]` for `a` `[m, k]` and `b` `[k, n]`; its content is
+/// overwritten.
+pub fn matmul(
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    c: &mut ArrayViewMut2<f32>,
+) -> crate::Result<()> {
+    let ((m, k), (k_b, n)) = (a.dim(), b.dim());
+    if k != k_b || c.dim() != (m, n) {
+        return Err(crate::Error::ShapeMismatch {
+            what: "a matrix product's operands and destination".into(),
+            expected: "a m × k, b k × n, c m × n".into(),
+            got: format!(
+                "a {m} × {k}, b {k_b} × {n}, c {} × {}",
+                c.nrows(),
+                c.ncols()
+            ),
+        });
+    }
+    mat_mul(1.0, &a, &b, 0.0, c);
+    Ok(())
+}
+
 /// A recurrent state: `h` `[layers·directions, batch, hidden]` and, for the LSTM, `c` of
 /// the same shape.
 #[derive(Clone, Debug, PartialEq)]
@@ -1112,6 +1137,23 @@ pub fn loss<F: Real>(config: &RnnConfig, params: &RnnParams<F>, batch: &Sequence
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The public product is the path's: it agrees with ndarray's on a product large
+    /// enough to be split across threads, and a mismatched shape is an error, not a panic.
+    #[test]
+    fn matmul_agrees_with_ndarray_and_refuses_mismatched_shapes() {
+        let a = Array2::from_shape_fn((130, 300), |(i, j)| ((i * 7 + j * 3) % 11) as f32 - 5.0);
+        let b = Array2::from_shape_fn((300, 90), |(i, j)| ((i * 5 + j) % 13) as f32 / 4.0);
+        let mut got = Array2::<f32>::from_elem((130, 90), f32::NAN);
+        matmul(a.view(), b.view(), &mut got.view_mut()).unwrap();
+        // small integers and quarters: every partial sum is exact in f32
+        assert_eq!(got, a.dot(&b));
+        let mut wrong = Array2::<f32>::zeros((130, 91));
+        let err = matmul(a.view(), b.view(), &mut wrong.view_mut()).unwrap_err();
+        assert!(matches!(err, crate::Error::ShapeMismatch { .. }), "{err}");
+        let err = matmul(a.view(), a.view(), &mut got.view_mut()).unwrap_err();
+        assert!(matches!(err, crate::Error::ShapeMismatch { .. }), "{err}");
+    }
 
     /// A time loop split over threads, by hidden units or by sequences, computes what one
     /// thread does: every cell, both directions, two layers, variable lengths (threads
