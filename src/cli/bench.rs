@@ -1,8 +1,8 @@
 //! `unfold bench`: median training-step times on the anchor workloads, or matrix products
 //! alone, as JSON lines shaped like `scripts/torch_rnn_bench.py`'s.
 
-use super::options::{pick_checked, CellChoice, DeviceChoice, TimeLoopChoice};
-use super::CliResult;
+use super::options::{at_least_one, pick_checked, CellChoice, DeviceChoice, TimeLoopChoice};
+use super::{ensure_allocatable, CliResult};
 use clap::Args;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -28,7 +28,7 @@ pub struct BenchArgs {
     #[arg(long)]
     bidirectional: bool,
     /// Timed steps per case (after 3 warm-up steps); the median is reported.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one::<usize>)]
     reps: usize,
     /// Instead of training steps: matrix products alone, `MxNxK,…` (e.g.
     /// 4096x4096x4096), with each GPU tiling, or ndarray's product on the CPU.
@@ -68,7 +68,23 @@ pub struct BenchArgs {
 
 pub fn run(args: BenchArgs) -> CliResult<ExitCode> {
     let device = pick_checked(args.device, args.unchecked_shaders, args.mixed_precision)?;
-    let reps = args.reps.max(1);
+    let reps = args.reps;
+    // what only a GPU has: the CPU path has one time loop and no product plans to tune
+    let gpu_only = [
+        ("--autotune", args.autotune.is_some()),
+        (
+            "--time-loop",
+            !matches!(args.time_loop, TimeLoopChoice::Auto),
+        ),
+    ];
+    if let Some((flag, _)) = gpu_only.iter().find(|(_, set)| *set && !device.is_gpu()) {
+        return Err(unfold::Error::InvalidConfig {
+            what: flag,
+            expected: "used on a GPU (--device gpu)",
+            got: device.describe(),
+        }
+        .into());
+    }
     if args.profile && (!device.is_gpu() || args.matmul.is_some()) {
         return Err(unfold::Error::InvalidConfig {
             what: "--profile",
@@ -117,6 +133,7 @@ pub fn run(args: BenchArgs) -> CliResult<ExitCode> {
             };
             for spec in args.configs.split(',') {
                 let w = Workload::parse(spec)?;
+                ensure_allocatable(workload_floats(&w, model), &format!("workload {spec}"))?;
                 for &variable in variable_modes {
                     bench_steps(&device, &w, model, variable, reps, how)?;
                 }
@@ -124,6 +141,21 @@ pub fn run(args: BenchArgs) -> CliResult<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// About how many f32 values a training step of `w` holds on the host: the batch's
+/// inputs, the parameters with their gradients, the states and gates of every layer, the
+/// readout (an estimate to refuse absurd shapes with, not a budget).
+fn workload_floats(w: &Workload, model: Model) -> u128 {
+    let config = w
+        .config()
+        .cell(model.cell)
+        .bidirectional(model.bidirectional);
+    let tokens = (w.batch as u128) * (w.steps as u128);
+    let per_token = (w.input + w.classes) as u128
+        + (config.num_layers * config.num_directions()) as u128
+            * (config.gate_width() + 2 * config.hidden_size) as u128;
+    tokens.saturating_mul(per_token) + 2 * config.num_params() as u128
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -316,11 +348,13 @@ fn print_profile(
 /// What autotuning measured and kept, in a few lines.
 fn describe_tuning(report: &unfold::internals::gpu::Autotune) -> String {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    let mut lines = vec![format!(
-        "{} product shapes tuned, {} left (over budget)",
-        report.products.len(),
-        report.skipped.len()
-    )];
+    let mut lines = vec![match report.skipped.len() {
+        0 => format!("{} product shapes tuned", report.products.len()),
+        left => format!(
+            "{} product shapes tuned, {left} left (over budget)",
+            report.products.len()
+        ),
+    }];
     for t in &report.products {
         let s = t.shape;
         let (before, chosen) = (t.before, t.chosen);
@@ -390,10 +424,12 @@ fn train_flops(w: &Workload, model: Model, batch: &SequenceBatch) -> f64 {
 /// `unfold bench --matmul`: one JSON line per shape and tiling (median of `reps` runs after
 /// one warm-up run), the library's own choice first; on the CPU, the CPU path's product
 /// and ndarray's.
-fn bench_matmul(device: &Device, shapes: &str, reps: usize) -> unfold::Result<()> {
+fn bench_matmul(device: &Device, shapes: &str, reps: usize) -> CliResult<()> {
     use unfold::internals::gpu::{GemmPlan, ResidentProduct};
     use unfold::ndarray::{linalg::general_mat_mul, Array2};
     for (m, n, k) in unfold::internals::workloads::parse_matmul_shapes(shapes)? {
+        let floats = [(m, k), (k, n), (m, n)].map(|(r, c)| r as u128 * c as u128);
+        ensure_allocatable(floats.iter().sum(), &format!("the product {m}x{n}x{k}"))?;
         let (a, b) = unfold::internals::workloads::matmul_operands(m, n, k);
         let flops = 2.0 * (m * n * k) as f64;
         let report = |plan: &str, seconds: f64| {

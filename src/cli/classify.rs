@@ -6,9 +6,11 @@
 
 mod results;
 
-use super::options::{make_optimizer, pick, CellChoice, DeviceChoice, OptimizerChoice, Schedule};
+use super::options::{
+    at_least_one, make_optimizer, pick, CellChoice, DeviceChoice, OptimizerChoice, Schedule,
+};
 use super::parallel::{self, Model};
-use super::CliResult;
+use super::{ensure_allocatable, CliResult};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use results::{EpochRecord, Results, Sizes, TestResult};
@@ -84,7 +86,7 @@ pub struct ClassifyArgs {
     #[arg(long, value_name = "FRACTION", default_value_t = 0.1)]
     validation: f64,
     /// Batches per length-sorting pool (1: plain shuffling).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one::<usize>)]
     pool: usize,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
@@ -296,6 +298,9 @@ fn print_header(
         rnn.config().num_params(),
         device.describe()
     );
+    if rnn.config().dropout > 0.0 && rnn.config().num_layers == 1 && parallel::is_root() {
+        eprintln!("warning: --dropout acts between layers: with one layer it does nothing");
+    }
     println!(
         "{}",
         describe_training(args, loader, &data.train, optimizer)?
@@ -329,7 +334,7 @@ fn build_model(
     args: &ClassifyArgs,
     train: &Dataset,
     device: &Device,
-) -> unfold::Result<(Rnn, Optimizer)> {
+) -> CliResult<(Rnn, Optimizer)> {
     let config = RnnConfig::new(train.num_features(), args.hidden, train.num_classes())
         .num_layers(args.layers)
         .cell(args.cell.into())
@@ -337,6 +342,8 @@ fn build_model(
         .dropout(args.dropout)
         .head(Head::LastStep);
     config.validate()?;
+    // the parameters, their gradients and an optimizer's two moments
+    ensure_allocatable(4 * config.num_params() as u128, "a model of this size")?;
     let optimizer = make_optimizer(args.optimizer, args.lr, args.clip, args.weight_decay)
         .map_err(unfold::Error::Unsupported)?;
     optimizer.validate()?;

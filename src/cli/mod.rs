@@ -68,6 +68,7 @@ enum Command {
 /// stderr with a failing exit code.
 pub fn run() -> ExitCode {
     flush_subnormals();
+    die_quietly_on_a_closed_pipe();
     let cli = Cli::parse();
     // before any thread starts and before Vulkan is loaded
     let _runtime_dir = runtime_dir::quiet_window_system_probe();
@@ -94,6 +95,39 @@ fn dispatch(command: Command) -> CliResult<ExitCode> {
         Command::Classify(args) => parallel::finish(classify::run(args)),
         Command::Verify(args) => verify::run(args),
     }
+}
+
+/// Restores the default action of SIGPIPE (end the process quietly), which Rust's runtime
+/// sets to "ignore": a write to a closed pipe then fails instead, and `println!` panics on
+/// it. With the default, `unfold sample … | head -c 100` ends like any Unix tool.
+/// Checkpoints, results and plots are written to a temporary name and renamed, so ending
+/// mid-run leaves none of them half-written.
+fn die_quietly_on_a_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Refuses, with an error instead of an abort, work that needs more memory than this
+/// machine will ever allocate: `floats` f32 values for `what` (a typo such as `--hidden
+/// 1000000` asks for terabytes, and a failed allocation aborts the process). It asks the
+/// allocator for that much at once and gives it back untouched, so a probe that succeeds
+/// costs nothing; under Linux's default overcommit one that fails exceeds RAM and swap.
+pub(crate) fn ensure_allocatable(floats: u128, what: &str) -> CliResult<()> {
+    let bytes = floats.saturating_mul(4);
+    let fits = usize::try_from(bytes)
+        .ok()
+        .is_some_and(|b| Vec::<u8>::new().try_reserve_exact(b).is_ok());
+    if fits {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} would need {:.1} GB, more memory than this machine can allocate",
+        bytes as f64 / 1e9
+    )
+    .into())
 }
 
 /// Sets flush-to-zero and denormals-are-zero (x86-64's MXCSR) for this thread and the

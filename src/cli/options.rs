@@ -132,6 +132,17 @@ impl OptimizerChoice {
     }
 }
 
+/// A count that must be at least 1 (`--reps`, `--patience`, `--eval-every`, `--pool`,
+/// `verify --steps`), as a clap value parser: 0 is refused with the reason, not taken as
+/// 1 or as "every time".
+pub fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
+    match s.parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
+        Ok(_) => Err("must be at least 1".into()),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
 /// An optimizer from the command line; a clip of 0 means no clipping. A weight decay
 /// makes Adam AdamW (decoupled); SGD and momentum do not take one.
 pub fn make_optimizer(

@@ -1,7 +1,7 @@
 //! `unfold verify`: the same training steps from the same weights on the CPU path and on
 //! the GPU, compared tensor by tensor at every step; fails past `--tolerance`.
 
-use super::options::{make_optimizer, pick_gpu, OptimizerChoice, TimeLoopChoice};
+use super::options::{at_least_one, make_optimizer, pick_gpu, OptimizerChoice, TimeLoopChoice};
 use super::CliResult;
 use clap::Args;
 use std::process::ExitCode;
@@ -26,7 +26,8 @@ const MAX_LEN: usize = 20;
 
 #[derive(Args)]
 pub struct VerifyArgs {
-    #[arg(long, default_value_t = 5)]
+    /// Training steps per config.
+    #[arg(long, default_value_t = 5, value_parser = at_least_one::<usize>)]
     steps: usize,
     /// Comma-separated: small (2 tanh layers, per-step classes), relu, lstm, gru
     /// (small with that cell), last-step, values, wide (hidden 512); or all.

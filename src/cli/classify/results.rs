@@ -147,7 +147,8 @@ impl Results {
 }
 
 /// The output directory: `out`, or a new `runs/classify-N`; created, and checked to be
-/// writable before any training.
+/// writable before any training. A directory that already holds another run's results or
+/// model is refused: they are never replaced.
 pub fn prepare_out_dir(out: Option<&Path>) -> CliResult<PathBuf> {
     let out = match out {
         Some(o) => o.to_path_buf(),
@@ -156,6 +157,16 @@ pub fn prepare_out_dir(out: Option<&Path>) -> CliResult<PathBuf> {
             .find(|p| !p.exists())
             .expect("some runs/classify-N is free"),
     };
+    if let Some(held) = [RESULTS_FILE, MODEL_FILE]
+        .iter()
+        .find(|f| out.join(f).exists())
+    {
+        return Err(format!(
+            "{} already holds a run's {held}: choose another --out, or leave it out for a new runs/classify-N",
+            out.display()
+        )
+        .into());
+    }
     std::fs::create_dir_all(&out).map_err(|source| unfold::Error::Io {
         action: "creating the output directory",
         path: out.clone(),

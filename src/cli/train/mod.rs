@@ -24,7 +24,7 @@ pub mod checkpoint;
 
 pub use eval::default_prime;
 
-use super::options::{CellChoice, DeviceChoice, OptimizerChoice, Schedule};
+use super::options::{at_least_one, CellChoice, DeviceChoice, OptimizerChoice, Schedule};
 use super::parallel;
 use super::CliResult;
 use clap::Args;
@@ -101,7 +101,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     schedule: Option<Schedule>,
     /// Stop after this many evaluations in a row without a new best held-out loss.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one::<u32>)]
     patience: Option<u32>,
     /// Largest global gradient norm, 0 for none [default: 5, or the checkpoint's].
     #[arg(long)]
@@ -120,7 +120,7 @@ pub struct TrainArgs {
     #[arg(long = "held-out")]
     held_out: Option<f64>,
     /// Evaluate, show a sample and write a checkpoint every N steps [default: every 30 s].
-    #[arg(long = "eval-every")]
+    #[arg(long = "eval-every", value_parser = at_least_one::<u64>)]
     eval_every: Option<u64>,
     /// Characters in the sample shown at each evaluation.
     #[arg(long = "sample-len", default_value_t = 120)]

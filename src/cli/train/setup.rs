@@ -2,14 +2,14 @@
 //! resumed checkpoint's), the output directory, the device and the model. Whatever is
 //! wrong fails here, before anything is written.
 
-use super::checkpoint::{hex, holds_checkpoint, load_checkpoint, DataInfo, Loaded, Meta};
+use super::checkpoint::{hex, holds_checkpoint, load_checkpoint, DataInfo, Loaded, Meta, BEST_DIR};
 use super::config::{merge_config, Hyper};
 use super::metrics::Metrics;
 use super::trainer::{RunStats, Trainer};
 use super::{interrupt, TrainArgs};
 use crate::cli::options::{make_optimizer, pick_checked, OptimizerChoice};
 use crate::cli::parallel::{self, Model};
-use crate::cli::CliResult;
+use crate::cli::{ensure_allocatable, CliResult};
 use clap::ValueEnum;
 use std::path::PathBuf;
 use unfold::text::{read_text, Corpus, TokenStreams, BUNDLED_NAME, BUNDLED_TEXT};
@@ -99,6 +99,8 @@ fn read_inputs(args: &TrainArgs) -> CliResult<Inputs> {
     let streams = TokenStreams::new(corpus.train().len(), hyper.batch, hyper.seq_len)?;
     let config = hyper.model_config(vocab)?;
     config.validate()?;
+    // the parameters, their gradients and an optimizer's two moments
+    ensure_allocatable(4 * config.num_params() as u128, "a model of this size")?;
     let mut optimizer = optimizer(&hyper)?;
     if let Some(m) = args.minutes.filter(|m| !(m.is_finite() && *m > 0.0)) {
         return Err(format!("--minutes must be a positive number, got {m}").into());
@@ -243,6 +245,22 @@ fn prepare_out_dir(args: &TrainArgs) -> CliResult<PathBuf> {
         Some(r) => std::fs::canonicalize(r).ok() == std::fs::canonicalize(&out).ok(),
         None => false,
     };
+    // a run's best checkpoint, resumed in place, would be replaced by later, worse ones
+    let run_of_best = out
+        .canonicalize()
+        .ok()
+        .filter(|dir| dir.file_name() == Some(std::ffi::OsStr::new(BEST_DIR)))
+        .and_then(|dir| dir.parent().map(PathBuf::from))
+        .filter(|run| holds_checkpoint(run));
+    if let (true, Some(run)) = (same_as_resumed, run_of_best) {
+        return Err(format!(
+            "{} is the best checkpoint of the run in {}: training in place would replace it; \
+             continue from it into another directory with --out, or continue the run with --resume {1}",
+            out.display(),
+            run.display()
+        )
+        .into());
+    }
     if !same_as_resumed && holds_checkpoint(&out) {
         return Err(format!(
             "{} already holds a checkpoint: continue it with --resume {0}, or choose another --out",
