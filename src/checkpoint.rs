@@ -25,6 +25,7 @@ impl RnnParams<f32> {
     /// exactly.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let config = self.guess_config()?;
+        self.validate(&config)?;
         self.write(&config, path.as_ref(), false)
     }
 
@@ -34,7 +35,8 @@ impl RnnParams<f32> {
     /// half-written one. The metadata records the cell, so that [`RnnParams::load_for`]
     /// can tell a checkpoint of another cell from a bad one.
     pub fn save_for(&self, config: &RnnConfig, path: impl AsRef<Path>) -> Result<()> {
-        self.validate_shapes(config)?;
+        // shapes and values: a non-finite parameter would make a file no load accepts
+        self.validate(config)?;
         self.write(config, path.as_ref(), true)
     }
 
@@ -162,6 +164,8 @@ impl RnnParams<f32> {
     /// direction count or size is refused with an error naming what the file holds and
     /// what the config asks for.
     pub fn load_for(config: &RnnConfig, path: impl AsRef<Path>) -> Result<Self> {
+        // a bad config is the caller's error, not the file's
+        config.validate()?;
         let path = path.as_ref();
         let (params, meta) = read_checkpoint(path)?;
         let mismatch = |what: String| Error::Checkpoint {
@@ -384,9 +388,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
             .write(true)
             .create_new(true)
             .open(&tmp)
-            .map_err(io("creating", &tmp))?;
-        f.write_all(bytes).map_err(io("writing", &tmp))?;
-        f.sync_all().map_err(io("syncing", &tmp))?;
+            .map_err(io("creating a temporary file to write", path))?;
+        f.write_all(bytes).map_err(io("writing", path))?;
+        f.sync_all().map_err(io("syncing", path))?;
         drop(f);
         std::fs::rename(&tmp, path).map_err(io("renaming into place", path))?;
         // make the rename itself durable; not every platform can open a directory

@@ -190,7 +190,7 @@ impl<C: Communicator> DataParallel<C> {
         };
         comm.process_at_rank(0).broadcast_into(&mut flat[..]);
         let mut params = RnnParams::zeros(&config);
-        params.assign_flat(&flat);
+        params.assign_flat(&flat)?;
         let built = Rnn::new(config.clone(), params, device);
         let mut rnn = agree(&comm, built, "could not build the model")?;
         rnn.set_dropout_seed(rank_seed(0x5eed, rank));
@@ -441,7 +441,7 @@ impl<C: Communicator> DataParallel<C> {
         }
         let update = Instant::now();
         let avg: Vec<f32> = recv[..n].iter().map(|&g| g / total).collect();
-        self.grads.assign_flat(&avg);
+        self.grads.assign_flat(&avg)?;
         // refuses non-finite sums too (the flags above catch a rank's own non-finite
         // values; a sum can still overflow)
         check_finite_step(loss, true)?;

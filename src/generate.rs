@@ -23,8 +23,26 @@ use crate::{Error, Head, Result, Rnn, RnnState, SequenceBatch};
 
 /// A token drawn from `softmax(logits / temperature)`; a temperature of 0 takes the most
 /// likely token (the first of equals). Computed in f64, shifted by the largest logit.
-pub fn sample_logits(logits: &[f32], temperature: f32, rng: &mut SplitMix64) -> u32 {
-    assert!(!logits.is_empty(), "sample_logits: no logits");
+/// A logit of −∞ is never drawn. A NaN or +∞ logit, no finite one, or a temperature that
+/// is negative or not finite is [`Error::InvalidConfig`].
+pub fn sample_logits(logits: &[f32], temperature: f32, rng: &mut SplitMix64) -> Result<u32> {
+    check_temperature(temperature)?;
+    let bad = logits.iter().find(|l| l.is_nan() || **l == f32::INFINITY);
+    if bad.is_some() || !logits.iter().any(|l| l.is_finite()) {
+        return Err(Error::InvalidConfig {
+            what: "logits",
+            expected: "numbers or -inf, at least one of them finite",
+            got: match bad {
+                Some(b) => b.to_string(),
+                None => format!("{logits:?}"),
+            },
+        });
+    }
+    Ok(draw(logits, temperature, rng))
+}
+
+/// [`sample_logits`] on checked logits and temperature.
+fn draw(logits: &[f32], temperature: f32, rng: &mut SplitMix64) -> u32 {
     let argmax = logits
         .iter()
         .enumerate()
@@ -107,7 +125,7 @@ pub fn sample_tokens(
         let logits: Vec<f32> = (0..vocab_size)
             .map(|k| forward.outputs[[0, last, k]])
             .collect();
-        let token = sample_logits(&logits, temperature, rng);
+        let token = sample_logits(&logits, temperature, rng)?;
         out.push(token);
         if out.len() == count {
             return Ok(out);

@@ -388,6 +388,11 @@ impl RnnParams<f32> {
     /// Uniform in `[-1/sqrt(hidden), 1/sqrt(hidden))` for every recurrent tensor, as
     /// PyTorch initialises its recurrent modules, and `[-1/sqrt(fan_in), ..)` for the
     /// readout, as `nn.Linear`.
+    ///
+    /// # Panics
+    /// On a config that [`RnnConfig::validate`] refuses (a parameter count that
+    /// overflows); and like any Rust allocation, parameters too large for the machine's
+    /// memory abort the process. [`RnnParams::try_init`] returns an error for both.
     pub fn init(config: &RnnConfig, seed: u64) -> Self {
         let mut rng = SplitMix64::new(seed);
         let mut uniform = |shape: (usize, usize), fan_in: usize| {
@@ -420,8 +425,33 @@ impl RnnParams<f32> {
     }
 }
 
+impl RnnParams<f32> {
+    /// [`RnnParams::init`], after checking `config` ([`RnnConfig::validate`]) and that
+    /// the machine can allocate the parameters at all (asked for at once and given back
+    /// untouched; one that fails is [`Error::InvalidConfig`] with the size, not an abort
+    /// of the process).
+    pub fn try_init(config: &RnnConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let bytes = config
+            .num_params()
+            .saturating_mul(std::mem::size_of::<f32>());
+        if Vec::<u8>::new().try_reserve_exact(bytes).is_err() {
+            return Err(Error::InvalidConfig {
+                what: "the model's size",
+                expected: "parameters this machine can allocate",
+                got: format!(
+                    "{} parameters ({:.1} GB)",
+                    config.num_params(),
+                    bytes as f64 / 1e9
+                ),
+            });
+        }
+        Ok(Self::init(config, seed))
+    }
+}
+
 impl<F: Real> RnnParams<F> {
-    /// All zeros, shaped for `config`.
+    /// All zeros, shaped for `config` (panics and aborts as [`RnnParams::init`]).
     pub fn zeros(config: &RnnConfig) -> Self {
         let (h, g) = (config.hidden_size, config.gate_width());
         RnnParams {
@@ -492,23 +522,46 @@ impl<F: Real> RnnParams<F> {
         out
     }
 
-    /// All scalars as one vector, in the order of [`RnnParams::tensors`].
+    /// All scalars as one vector, in the order of [`RnnParams::tensors`] (each array in
+    /// row-major order, whatever its memory layout).
     pub fn to_flat(&self) -> Vec<F> {
-        self.tensors()
-            .into_iter()
-            .flat_map(|(_, s)| s.iter().copied())
-            .collect()
+        let mut out = Vec::with_capacity(self.len());
+        for l in &self.layers {
+            out.extend(l.w_ih.iter().chain(&l.w_hh).chain(&l.b_ih).chain(&l.b_hh));
+        }
+        out.extend(self.w_out.iter().chain(&self.b_out));
+        out
     }
 
-    /// Overwrites every scalar from a flat vector (the inverse of [`RnnParams::to_flat`]),
-    /// which must hold exactly [`RnnParams::len`] scalars.
-    pub fn assign_flat(&mut self, flat: &[F]) {
-        let mut at = 0;
-        for t in self.tensors_mut() {
-            t.copy_from_slice(&flat[at..at + t.len()]);
-            at += t.len();
+    /// Overwrites every scalar from a flat vector (the inverse of [`RnnParams::to_flat`]).
+    /// A vector that does not hold exactly [`RnnParams::len`] scalars is
+    /// [`Error::ShapeMismatch`] and changes nothing.
+    pub fn assign_flat(&mut self, flat: &[F]) -> Result<()> {
+        if flat.len() != self.len() {
+            return Err(Error::ShapeMismatch {
+                what: "a flat parameter vector".into(),
+                expected: format!("{} scalars (RnnParams::len)", self.len()),
+                got: format!("{} scalars", flat.len()),
+            });
         }
-        debug_assert_eq!(at, flat.len());
+        let mut values = flat.iter();
+        for l in self.layers.iter_mut() {
+            for a in [&mut l.w_ih, &mut l.w_hh] {
+                a.iter_mut().zip(&mut values).for_each(|(p, &v)| *p = v);
+            }
+            for a in [&mut l.b_ih, &mut l.b_hh] {
+                a.iter_mut().zip(&mut values).for_each(|(p, &v)| *p = v);
+            }
+        }
+        self.w_out
+            .iter_mut()
+            .zip(&mut values)
+            .for_each(|(p, &v)| *p = v);
+        self.b_out
+            .iter_mut()
+            .zip(&mut values)
+            .for_each(|(p, &v)| *p = v);
+        Ok(())
     }
 
     /// The same parameters with every array in standard (row-major) layout, which

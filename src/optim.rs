@@ -214,6 +214,11 @@ impl Optimizer {
                 detail: format!("element {i} of the moments is not finite"),
             });
         }
+        if let Some((i, v)) = state.v.iter().enumerate().find(|(_, v)| **v < 0.0) {
+            return Err(Error::OptimizerMismatch(format!(
+                "element {i} of the second moments is {v}: they are running means of squared gradients, never negative, so no optimizer wrote this state"
+            )));
+        }
         self.steps = state.steps;
         self.layout = (!state.layout.is_empty()).then_some(state.layout);
         self.state = State::Cpu(CpuMoments {
@@ -574,7 +579,7 @@ mod tests {
         let config = RnnConfig::new(2, 3, 2);
         let params = RnnParams::init(&config, 7);
         let mut grads = RnnParams::zeros(&config);
-        grads.assign_flat(&vec![grad; params.len()]);
+        grads.assign_flat(&vec![grad; params.len()]).unwrap();
         (params, grads)
     }
 
@@ -748,7 +753,7 @@ mod tests {
             let (mut params, mut grads) = problem(0.0);
             let mut g = vec![0.0; n];
             g[i] = 1e32;
-            grads.assign_flat(&g);
+            grads.assign_flat(&g).unwrap();
             let p0 = bits(&params.to_flat());
             let e = opt
                 .apply_cpu(&mut params, &mut grads)

@@ -403,8 +403,8 @@ impl Rnn {
     }
 
     /// Back-propagation from a gradient on the states [`Rnn::encode`] returned
-    /// (`grad_states`, shaped like [`Encoded::states`]; values past each length are
-    /// ignored): the gradient of every parameter (the readout's zero) and of each input
+    /// (`grad_states`, shaped like [`Encoded::states`]; every value must be finite, and
+    /// those past each length have no effect): the gradient of every parameter (the readout's zero) and of each input
     /// sequence, through the recurrent layers' forward pass over `batch` with the dropout
     /// masks of the last `encode`. Right after the `encode` of the same batch (or a clone
     /// of it), with nothing in between but other `backward` passes of it — no other
@@ -478,7 +478,12 @@ impl Rnn {
             },
             e => e,
         })?;
-        check_finite_step(0.0, all_finite(&grads))?;
+        if !all_finite(&grads) {
+            return Err(Error::NonFinite {
+                what: "gradients".into(),
+                detail: "some are not finite; the parameters were not updated".into(),
+            });
+        }
         let tied = optimizer.tie(&self.config.param_layout())?;
         self.params_version += 1;
         let result = self.counted(|_, backend| match backend {

@@ -288,7 +288,8 @@ fn combine_gradients<'a>(
         }
     }
     let mut out = RnnParams::zeros(config);
-    out.assign_flat(&sum.iter().map(|&v| v as f32).collect::<Vec<f32>>());
+    out.assign_flat(&sum.iter().map(|&v| v as f32).collect::<Vec<f32>>())
+        .expect("a sum of gradients of this model");
     out
 }
 

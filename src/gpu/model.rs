@@ -1169,7 +1169,7 @@ impl GpuRnn {
             ],
         )?;
         let mut grads = RnnParams::zeros(&self.config);
-        grads.assign_flat(&data[1]);
+        grads.assign_flat(&data[1])?;
         let last = want_final.then(|| self.unpack_final_states(p, &data[2]));
         Ok((data[0][0], grads, last))
     }
@@ -1415,7 +1415,7 @@ impl GpuRnn {
             &[(&self.grads, 0, self.layout.len), (inputs, 0, input_floats)],
         )?;
         let mut params = RnnParams::zeros(&self.config);
-        params.assign_flat(&data[0]);
+        params.assign_flat(&data[0])?;
         self.grads_held = Some(std::mem::take(&mut data[0]));
         self.encoded = key;
         let inputs = if dense {
@@ -1478,7 +1478,7 @@ impl GpuRnn {
     pub fn params(&self, config: &RnnConfig) -> Result<RnnParams> {
         let data = read_back(&self.ctx, &[(&self.params, 0, self.layout.len)])?;
         let mut params = RnnParams::zeros(config);
-        params.assign_flat(&data[0]);
+        params.assign_flat(&data[0])?;
         Ok(params)
     }
 }

@@ -5,7 +5,7 @@ use crate::common;
 
 use common::{config, param_bits, params, random_batch};
 use std::path::PathBuf;
-use unfold::ndarray::{Array1, Array2};
+use unfold::ndarray::{Array1, Array2, ShapeBuilder};
 use unfold::{Device, Error, Optimizer, Rnn, RnnConfig, RnnParams, SequenceBatch, Targets};
 
 fn model(c: &RnnConfig) -> Rnn {
@@ -761,4 +761,109 @@ fn an_update_that_overflows_adams_second_moment_is_refused() {
         assert_eq!(adam.steps(), 0, "{what}: a refused step counted");
         assert_eq!(state_bits(&adam), None, "{what}: a refused step left state");
     }
+}
+
+/// The flat view of the parameters works on any memory layout, and a flat vector of the
+/// wrong length is an error that changes nothing.
+#[test]
+fn flat_parameters_of_any_layout_and_the_wrong_length() {
+    let c = config(3, 5, 2, 1, false, false);
+    let p = params(&c, 4);
+    // the same values, column-major
+    let column_major = |a: &Array2<f32>| {
+        let mut f = Array2::zeros(a.raw_dim().f());
+        f.assign(a);
+        f
+    };
+    let mut transposed = p.clone();
+    transposed.w_out = column_major(&p.w_out);
+    transposed.layers[0].w_hh = column_major(&p.layers[0].w_hh);
+    assert!(!transposed.w_out.is_standard_layout());
+    assert_eq!(transposed.to_flat(), p.to_flat());
+    let mut q = RnnParams::zeros(&c);
+    q.assign_flat(&transposed.to_flat()).unwrap();
+    assert_eq!(q, p);
+    for len in [0, p.len() - 1, p.len() + 5] {
+        let e = q
+            .assign_flat(&vec![1.0; len])
+            .expect_err("a flat vector of the wrong length");
+        assert!(matches!(e, Error::ShapeMismatch { .. }), "{e:?}");
+        assert_says(&e, &[&p.len().to_string(), &len.to_string()]);
+        assert_eq!(q, p);
+    }
+}
+
+/// A model too large for any machine is an error from `try_init`, not an abort.
+#[test]
+fn parameters_too_large_to_allocate() {
+    let huge = RnnConfig::new(4, 1 << 20, 3).cell(unfold::Cell::Lstm);
+    let e = RnnParams::try_init(&huge, 0).expect_err("17.6 TB of parameters");
+    assert!(matches!(e, Error::InvalidConfig { .. }), "{e:?}");
+    assert_says(&e, &["GB", &huge.num_params().to_string()]);
+    let e = RnnParams::try_init(&RnnConfig::new(4, 0, 3), 0).expect_err("hidden 0");
+    assert!(matches!(e, Error::InvalidConfig { .. }), "{e:?}");
+    let small = config(3, 5, 2, 1, false, false);
+    assert_eq!(
+        RnnParams::try_init(&small, 7).unwrap(),
+        RnnParams::init(&small, 7)
+    );
+}
+
+/// A checkpoint is never written with a parameter no load would accept, and loading with
+/// a bad config blames the config, not the file.
+#[test]
+fn checkpoints_of_non_finite_parameters_and_bad_configs() {
+    let dir = scratch("non-finite-save");
+    let c = config(3, 5, 2, 1, false, false);
+    let mut p = params(&c, 2);
+    let good = dir.join("good.safetensors");
+    p.save_for(&c, &good).unwrap();
+    p.w_out[[0, 0]] = f32::NAN;
+    for save in [
+        p.save_for(&c, dir.join("nan.safetensors")),
+        p.save(dir.join("nan.safetensors")),
+    ] {
+        let e = save.expect_err("NaN parameters saved");
+        assert!(matches!(e, Error::NonFinite { .. }), "{e:?}");
+        assert_says(&e, &["w_out"]);
+    }
+    assert!(!dir.join("nan.safetensors").exists());
+    let e = RnnParams::load_for(&c.clone().dropout(2.0), &good).expect_err("dropout 2");
+    assert!(matches!(e, Error::InvalidConfig { .. }), "{e:?}");
+    // the error names the file the caller gave, not the temporary one beside it
+    let missing = dir.join("no/such/dir/x.safetensors");
+    let e = params(&c, 2)
+        .save_for(&c, &missing)
+        .expect_err("no directory");
+    assert_says(&e, &[&missing.display().to_string()]);
+}
+
+/// Imported optimizer state that no optimizer could have written is refused; gradients
+/// that are not finite are refused by `apply_gradients` with a message about them.
+#[test]
+fn impossible_optimizer_state_and_non_finite_applied_gradients() {
+    let c = config(3, 5, 2, 1, false, false);
+    let n = params(&c, 1).len();
+    let mut adam = Optimizer::adam(1e-3);
+    let state = unfold::OptimizerState {
+        layout: Vec::new(),
+        steps: 3,
+        m: vec![0.0; n],
+        v: vec![-1.0; n],
+    };
+    let e = adam
+        .import_state(state)
+        .expect_err("negative second moments");
+    assert_says(&e, &["second moments", "-1"]);
+    let mut rnn = model(&c);
+    let before = param_bits(&rnn.params().unwrap());
+    let mut grads = params(&c, 3);
+    grads.layers[0].b_hh[1] = f32::INFINITY;
+    let e = rnn
+        .apply_gradients(&grads, &mut Optimizer::sgd(0.1))
+        .expect_err("infinite gradient applied");
+    assert!(matches!(e, Error::NonFinite { .. }), "{e:?}");
+    assert_says(&e, &["gradients", "not updated"]);
+    assert!(!e.to_string().contains("loss"), "{e}");
+    assert_eq!(param_bits(&rnn.params().unwrap()), before);
 }

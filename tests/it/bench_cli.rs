@@ -202,12 +202,15 @@ fn matrix_products_on_the_cpu_and_each_gpu_tiling() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert_eq!(json_lines(&text).len(), 2, "{text}");
-    assert!(
-        text.contains("\"matmul\": \"3x5x7\", \"plan\": \"ndarray\""),
-        "{text}"
-    );
-    check_matmul_lines(&text, &[(8, 8, 8, 1), (3, 5, 7, 1)], &Device::cpu());
+    // the CPU path's own product, then ndarray's, for each shape
+    assert_eq!(json_lines(&text).len(), 4, "{text}");
+    for plan in ["cpu path (gemm-f32)", "ndarray"] {
+        assert!(
+            text.contains(&format!("\"matmul\": \"3x5x7\", \"plan\": \"{plan}\"")),
+            "{text}"
+        );
+    }
+    check_matmul_lines(&text, &[(8, 8, 8, 2), (3, 5, 7, 2)], &Device::cpu());
     if common::gpu().is_none() {
         return;
     }
@@ -259,28 +262,34 @@ fn matrix_products_on_the_cpu_and_each_gpu_tiling() {
 
 #[test]
 fn the_time_loop_is_reported_and_bad_ones_refused() {
-    // (the loops themselves are checked against the CPU path in gpu_parity.rs; on
-    // lavapipe a dispatch per step makes this workload take seconds per step)
-    let out = unfold(&[
-        "bench",
-        "--device",
-        "cpu",
-        "--configs",
-        "latency",
-        "--reps",
-        "1",
-        "--time-loop",
-        "tiled-steps",
-    ]);
+    // (the loops themselves are checked against the CPU path in gpu_parity.rs)
+    let args = |device| {
+        let tiny = [
+            "--configs",
+            "2x3x4x8x5",
+            "--lengths",
+            "fixed",
+            "--reps",
+            "1",
+        ];
+        let loop_ = ["--time-loop", "tiled-steps"];
+        [&["bench", "--device", device][..], &tiny[..], &loop_[..]].concat()
+    };
+    // the CPU path has one time loop
+    assert_clean_failure(&unfold(&args("cpu")), "--time-loop");
+    let out = unfold(&["bench", "--device", "cpu", "--time-loop", "sideways"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("sideways"), "{}", stderr(&out));
+    if common::gpu().is_none() {
+        return;
+    }
+    let out = unfold(&args("gpu"));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("\"time_loop\": \"TiledSteps\""),
         "{}",
         stdout(&out)
     );
-    let out = unfold(&["bench", "--device", "cpu", "--time-loop", "sideways"]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("sideways"), "{}", stderr(&out));
 }
 
 #[test]
@@ -439,6 +448,61 @@ fn the_rows_say_whether_each_step_uploaded_its_batch() {
 fn a_bad_shape_is_refused() {
     let out = unfold(&["bench", "--device", "cpu", "--matmul", "64x64"]);
     assert_clean_failure(&out, "MxNxK");
+}
+
+/// Work no machine can hold is an error before anything is allocated, not an abort; so
+/// are counts of zero and what only a GPU has, asked of the CPU path.
+#[test]
+fn impossible_sizes_zero_counts_and_gpu_settings_on_the_cpu_are_refused() {
+    let cpu = ["bench", "--device", "cpu"];
+    let cases: [(&[&str], &str); 5] = [
+        (&["--matmul", "100000x100000x100000"], "GB"),
+        (&["--configs", "100000x100000x100000x100000x1"], "GB"),
+        (&["--configs", "latency", "--reps", "0"], "at least 1"),
+        (&["--configs", "latency", "--autotune", "1"], "--autotune"),
+        (
+            &["--configs", "latency", "--time-loop", "persistent"],
+            "--time-loop",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = unfold(&[&cpu[..], args].concat());
+        assert_clean_failure(&out, needle);
+        assert_eq!(stdout(&out), "", "{args:?}");
+    }
+}
+
+/// Output into a pipe whose reader has gone ends the process quietly, as SIGPIPE ends
+/// Unix tools (it had panicked: "failed printing to stdout").
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_the_process_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_unfold"))
+        .args([
+            "bench",
+            "--device",
+            "cpu",
+            "--matmul",
+            "8x8x8,8x8x8,8x8x8",
+            "--reps",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the unfold binary runs");
+    drop(child.stdout.take()); // the reader goes before the first line
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        out.status.signal(),
+        Some(13),
+        "SIGPIPE: {:?} {err}",
+        out.status
+    );
 }
 
 #[test]

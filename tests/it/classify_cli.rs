@@ -112,6 +112,19 @@ fn classify_smoke_run_on_the_bundled_data() {
         .map(|c| c.parse::<usize>().expect("a count"))
         .sum();
     assert_eq!(total, 370, "every test sequence counted once");
+    // a second run into the same directory is refused and replaces nothing
+    let results = std::fs::read(dir.join("results.json")).unwrap();
+    let again = unfold(&[
+        "classify",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        path(&dir),
+    ]);
+    assert_clean_failure(&again, "already holds a run's results.json");
+    assert_eq!(std::fs::read(dir.join("results.json")).unwrap(), results);
 }
 
 #[test]
@@ -240,6 +253,8 @@ fn classify_refuses_bad_settings_without_panicking() {
         (&["--cell", "elman"][..], "elman"),
         (&["--epochs", "0"][..], "--epochs"),
         (&["--schedule", "linear"][..], "linear"),
+        (&["--pool", "0"][..], "at least 1"),
+        (&["--hidden", "1000000"][..], "GB"),
     ] {
         let dir = scratch_dir("refused");
         let mut all = vec!["classify", "--epochs", "1", "--device", "cpu"];
@@ -312,7 +327,9 @@ fn classify_splits_validation_off_the_training_file_never_the_test_file() {
         "test accuracy {test_accuracy}: {text}"
     );
 
-    // no validation: the last epoch is kept
+    // no validation: the last epoch is kept (into a directory of its own: a run never
+    // replaces another's results)
+    let last = dir.join("no-validation");
     let out = unfold(&[
         "classify",
         "--train",
@@ -330,7 +347,7 @@ fn classify_splits_validation_off_the_training_file_never_the_test_file() {
         "--device",
         "cpu",
         "--out",
-        path(&dir),
+        path(&last),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);

@@ -138,14 +138,33 @@ fn the_bundled_text_is_a_few_hundred_kilobytes_of_english() {
 }
 
 #[test]
+fn sampling_refuses_what_has_no_distribution() {
+    let mut rng = SplitMix64::new(1);
+    let refused = |logits: &[f32], t: f32, rng: &mut SplitMix64| {
+        matches!(
+            sample_logits(logits, t, rng),
+            Err(unfold::Error::InvalidConfig { .. })
+        )
+    };
+    assert!(refused(&[], 1.0, &mut rng));
+    assert!(refused(&[f32::NEG_INFINITY; 3], 1.0, &mut rng));
+    assert!(refused(&[0.0, f32::NAN, 1.0], 1.0, &mut rng));
+    assert!(refused(&[0.0, f32::INFINITY], 0.0, &mut rng));
+    for t in [-1.0, f32::NAN, f32::INFINITY] {
+        assert!(refused(&[0.0, 10.0], t, &mut rng), "temperature {t}");
+    }
+    assert_eq!(sample_logits(&[0.0, 10.0], 0.0, &mut rng).unwrap(), 1);
+}
+
+#[test]
 fn sampling_follows_the_softmax() {
     let mut rng = SplitMix64::new(1);
     let logits = [0.0f32, (3.0f32).ln(), f32::NEG_INFINITY, 0.0];
-    assert_eq!(sample_logits(&logits, 0.0, &mut rng), 1);
+    assert_eq!(sample_logits(&logits, 0.0, &mut rng).unwrap(), 1);
     let mut counts = [0usize; 4];
     let n = 20_000;
     for _ in 0..n {
-        counts[sample_logits(&logits, 1.0, &mut rng) as usize] += 1;
+        counts[sample_logits(&logits, 1.0, &mut rng).unwrap() as usize] += 1;
     }
     // probabilities 1/5, 3/5, 0, 1/5
     assert_eq!(counts[2], 0);
@@ -156,7 +175,7 @@ fn sampling_follows_the_softmax() {
     // a high temperature flattens, a low one sharpens
     let count_top = |t: f32, rng: &mut SplitMix64| {
         (0..5000)
-            .filter(|_| sample_logits(&logits, t, rng) == 1)
+            .filter(|_| sample_logits(&logits, t, rng).unwrap() == 1)
             .count()
     };
     assert!(count_top(0.25, &mut rng) > count_top(4.0, &mut rng) + 1000);
@@ -184,7 +203,11 @@ fn stepping_one_token_at_a_time_matches_one_forward_pass() {
     for (i, &want) in greedy.iter().enumerate() {
         let t = prime.len() - 1 + i;
         let row: Vec<f32> = (0..vocab).map(|k| out.outputs[[0, t, k]]).collect();
-        assert_eq!(sample_logits(&row, 0.0, &mut rng), want, "position {t}");
+        assert_eq!(
+            sample_logits(&row, 0.0, &mut rng).unwrap(),
+            want,
+            "position {t}"
+        );
     }
     // the same seed gives the same sample
     let a = sample_tokens(&mut rnn, &prime, 20, 1.0, &mut SplitMix64::new(4)).unwrap();

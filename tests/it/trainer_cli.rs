@@ -51,6 +51,13 @@ fn s(p: &Path) -> &str {
 /// `unfold train` with the tiny settings and `extra` arguments (whose `--cell` and
 /// `--layers` replace the tiny ones, as a resumed checkpoint's do); must succeed.
 fn train(extra: &[&str]) -> Output {
+    let out = train_command(extra);
+    assert!(out.status.success(), "train failed: {}", stderr(&out));
+    out
+}
+
+/// [`train`], succeeding or not.
+fn train_command(extra: &[&str]) -> Output {
     let mut args = vec!["train"];
     let resume = extra.contains(&"--resume");
     let own_cell = resume || extra.contains(&"--cell");
@@ -59,9 +66,7 @@ fn train(extra: &[&str]) -> Output {
     args.extend_from_slice(if own_layers { &[] } else { &TINY[2..4] });
     args.extend_from_slice(&TINY[4..]);
     args.extend_from_slice(extra);
-    let out = unfold(&args);
-    assert!(out.status.success(), "train failed: {}", stderr(&out));
-    out
+    unfold(&args)
 }
 
 fn record(dir: &Path) -> serde_json::Value {
@@ -816,6 +821,24 @@ fn the_best_checkpoint_is_kept_and_patience_stops_a_run_that_gets_worse() {
         sampled(&["--last"]),
         "the last weights are not the best ones"
     );
+    // best/ resumed in place would be replaced by later checkpoints: refused, untouched;
+    // into another directory it is a run like any other
+    let best_dir = ck.join("best");
+    let best_before = std::fs::read(best_dir.join("model.safetensors")).unwrap();
+    let in_place = train_command(&["--data", s(&text), "--resume", s(&best_dir), "--steps", "1"]);
+    assert_clean_failure(&in_place, "is the best checkpoint of the run");
+    let elsewhere = dir.join("from-best");
+    let args = ["--data", s(&text), "--resume", s(&best_dir), "--steps", "1"];
+    let out = train(&[&args[..], &["--out", s(&elsewhere)]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let best_after = std::fs::read(ck.join("best").join("model.safetensors")).unwrap();
+    assert_eq!(best_after, best_before);
+    // patience and evaluation intervals are counts of at least one
+    for flag in ["--patience", "--eval-every"] {
+        let out = train_command(&["--data", s(&text), "--out", s(&dir.join("zero")), flag, "0"]);
+        assert_clean_failure(&out, "at least 1");
+        assert!(!dir.join("zero").exists(), "{flag} 0 wrote nothing");
+    }
 }
 
 /// `87.3k` or `1.2M` or `950` as a number.

@@ -263,7 +263,7 @@ pub fn check_every_scalar(
     let mut worst = (0.0f64, String::new());
     for i in 0..theta.len() {
         shifted[i] = theta[i] + EPS;
-        probe.assign_flat(&shifted);
+        probe.assign_flat(&shifted).unwrap();
         let up = loss(&probe);
         shifted[i] = theta[i] - EPS;
         probe.assign_flat(&shifted);
