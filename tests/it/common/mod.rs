@@ -266,7 +266,7 @@ pub fn check_every_scalar(
         probe.assign_flat(&shifted).unwrap();
         let up = loss(&probe);
         shifted[i] = theta[i] - EPS;
-        probe.assign_flat(&shifted);
+        probe.assign_flat(&shifted).unwrap();
         let down = loss(&probe);
         shifted[i] = theta[i];
         let numeric = (up - down) / (2.0 * EPS);
