@@ -15,5 +15,6 @@ pub mod gpu;
 pub mod workloads;
 
 pub use crate::checkpoint::write_atomically;
+pub use crate::model::can_allocate;
 pub use crate::real::Real;
 pub use gpu::TimeLoop;

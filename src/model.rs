@@ -435,7 +435,7 @@ impl RnnParams<f32> {
         let bytes = config
             .num_params()
             .saturating_mul(std::mem::size_of::<f32>());
-        if Vec::<u8>::new().try_reserve_exact(bytes).is_err() {
+        if !can_allocate(bytes) {
             return Err(Error::InvalidConfig {
                 what: "the model's size",
                 expected: "parameters this machine can allocate",
@@ -448,6 +448,14 @@ impl RnnParams<f32> {
         }
         Ok(Self::init(config, seed))
     }
+}
+
+/// Whether the allocator gives `bytes` at all: asked for at once and given back
+/// untouched, so a probe that succeeds costs nothing. Under Linux's default overcommit a
+/// request fails when it exceeds RAM and swap: what aborts the process when a real
+/// allocation of that size fails.
+pub fn can_allocate(bytes: usize) -> bool {
+    Vec::<u8>::new().try_reserve_exact(bytes).is_ok()
 }
 
 impl<F: Real> RnnParams<F> {

@@ -112,14 +112,12 @@ fn die_quietly_on_a_closed_pipe() {
 
 /// Refuses, with an error instead of an abort, work that needs more memory than this
 /// machine will ever allocate: `floats` f32 values for `what` (a typo such as `--hidden
-/// 1000000` asks for terabytes, and a failed allocation aborts the process). It asks the
-/// allocator for that much at once and gives it back untouched, so a probe that succeeds
-/// costs nothing; under Linux's default overcommit one that fails exceeds RAM and swap.
+/// 1000000` asks for terabytes, and a failed allocation aborts the process).
 pub(crate) fn ensure_allocatable(floats: u128, what: &str) -> CliResult<()> {
     let bytes = floats.saturating_mul(4);
     let fits = usize::try_from(bytes)
         .ok()
-        .is_some_and(|b| Vec::<u8>::new().try_reserve_exact(b).is_ok());
+        .is_some_and(unfold::internals::can_allocate);
     if fits {
         return Ok(());
     }
