@@ -423,9 +423,7 @@ impl RnnParams<f32> {
             b_out,
         }
     }
-}
 
-impl RnnParams<f32> {
     /// [`RnnParams::init`], after checking `config` ([`RnnConfig::validate`]) and that
     /// the machine can allocate the parameters at all (asked for at once and given back
     /// untouched; one that fails is [`Error::InvalidConfig`] with the size, not an abort
@@ -533,17 +531,19 @@ impl<F: Real> RnnParams<F> {
     /// All scalars as one vector, in the order of [`RnnParams::tensors`] (each array in
     /// row-major order, whatever its memory layout).
     pub fn to_flat(&self) -> Vec<F> {
-        let mut out = Vec::with_capacity(self.len());
-        for l in &self.layers {
-            out.extend(l.w_ih.iter().chain(&l.w_hh).chain(&l.b_ih).chain(&l.b_hh));
+        if !self.is_standard_layout() {
+            return self.clone().into_standard_layout().to_flat();
         }
-        out.extend(self.w_out.iter().chain(&self.b_out));
-        out
+        self.tensors()
+            .into_iter()
+            .flat_map(|(_, s)| s.iter().copied())
+            .collect()
     }
 
     /// Overwrites every scalar from a flat vector (the inverse of [`RnnParams::to_flat`]).
     /// A vector that does not hold exactly [`RnnParams::len`] scalars is
-    /// [`Error::ShapeMismatch`] and changes nothing.
+    /// [`Error::ShapeMismatch`] and changes nothing. Arrays not in standard layout are
+    /// made so (their values are all replaced anyway).
     pub fn assign_flat(&mut self, flat: &[F]) -> Result<()> {
         if flat.len() != self.len() {
             return Err(Error::ShapeMismatch {
@@ -552,24 +552,36 @@ impl<F: Real> RnnParams<F> {
                 got: format!("{} scalars", flat.len()),
             });
         }
-        let mut values = flat.iter();
-        for l in self.layers.iter_mut() {
-            for a in [&mut l.w_ih, &mut l.w_hh] {
-                a.iter_mut().zip(&mut values).for_each(|(p, &v)| *p = v);
-            }
-            for a in [&mut l.b_ih, &mut l.b_hh] {
-                a.iter_mut().zip(&mut values).for_each(|(p, &v)| *p = v);
-            }
+        if !self.is_standard_layout() {
+            *self = std::mem::replace(self, RnnParams::empty()).into_standard_layout();
         }
-        self.w_out
-            .iter_mut()
-            .zip(&mut values)
-            .for_each(|(p, &v)| *p = v);
-        self.b_out
-            .iter_mut()
-            .zip(&mut values)
-            .for_each(|(p, &v)| *p = v);
+        let mut at = 0;
+        for t in self.tensors_mut() {
+            t.copy_from_slice(&flat[at..at + t.len()]);
+            at += t.len();
+        }
         Ok(())
+    }
+
+    /// Whether every array is in standard (row-major) layout, as [`RnnParams::tensors`]
+    /// needs.
+    fn is_standard_layout(&self) -> bool {
+        self.layers.iter().all(|l| {
+            l.w_ih.is_standard_layout()
+                && l.w_hh.is_standard_layout()
+                && l.b_ih.is_standard_layout()
+                && l.b_hh.is_standard_layout()
+        }) && self.w_out.is_standard_layout()
+            && self.b_out.is_standard_layout()
+    }
+
+    /// No layers and an empty readout (a placeholder while the arrays move).
+    fn empty() -> Self {
+        RnnParams {
+            layers: Vec::new(),
+            w_out: Array2::zeros((0, 0)),
+            b_out: Array1::zeros(0),
+        }
     }
 
     /// The same parameters with every array in standard (row-major) layout, which

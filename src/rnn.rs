@@ -404,8 +404,8 @@ impl Rnn {
 
     /// Back-propagation from a gradient on the states [`Rnn::encode`] returned
     /// (`grad_states`, shaped like [`Encoded::states`]; every value must be finite, and
-    /// those past each length have no effect): the gradient of every parameter (the readout's zero) and of each input
-    /// sequence, through the recurrent layers' forward pass over `batch` with the dropout
+    /// those past each length have no effect): the gradient of every parameter (the
+    /// readout's zero) and of each input sequence, through the recurrent layers' forward pass over `batch` with the dropout
     /// masks of the last `encode`. Right after the `encode` of the same batch (or a clone
     /// of it), with nothing in between but other `backward` passes of it — no other
     /// operation, no change of the parameters — that forward pass is still on the device,

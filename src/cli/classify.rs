@@ -10,7 +10,7 @@ use super::options::{
     at_least_one, make_optimizer, pick, CellChoice, DeviceChoice, OptimizerChoice, Schedule,
 };
 use super::parallel::{self, Model};
-use super::{ensure_allocatable, CliResult};
+use super::{ensure_model_fits, CliResult};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use results::{EpochRecord, Results, Sizes, TestResult};
@@ -342,8 +342,7 @@ fn build_model(
         .dropout(args.dropout)
         .head(Head::LastStep);
     config.validate()?;
-    // the parameters, their gradients and an optimizer's two moments
-    ensure_allocatable(4 * config.num_params() as u128, "a model of this size")?;
+    ensure_model_fits(&config)?;
     let optimizer = make_optimizer(args.optimizer, args.lr, args.clip, args.weight_decay)
         .map_err(unfold::Error::Unsupported)?;
     optimizer.validate()?;

@@ -128,6 +128,12 @@ pub(crate) fn ensure_allocatable(floats: u128, what: &str) -> CliResult<()> {
     .into())
 }
 
+/// [`ensure_allocatable`] for a model to train: its parameters, their gradients and an
+/// optimizer's two moments.
+pub(crate) fn ensure_model_fits(config: &unfold::RnnConfig) -> CliResult<()> {
+    ensure_allocatable(4 * config.num_params() as u128, "a model of this size")
+}
+
 /// Sets flush-to-zero and denormals-are-zero (x86-64's MXCSR) for this thread and the
 /// threads it starts later, which inherit it. Arithmetic on subnormal floats takes a slow
 /// microcode path there, and back-propagation through hundreds of steps makes them: the

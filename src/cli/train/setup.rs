@@ -9,7 +9,7 @@ use super::trainer::{RunStats, Trainer};
 use super::{interrupt, TrainArgs};
 use crate::cli::options::{make_optimizer, pick_checked, OptimizerChoice};
 use crate::cli::parallel::{self, Model};
-use crate::cli::{ensure_allocatable, CliResult};
+use crate::cli::{ensure_model_fits, CliResult};
 use clap::ValueEnum;
 use std::path::PathBuf;
 use unfold::text::{read_text, Corpus, TokenStreams, BUNDLED_NAME, BUNDLED_TEXT};
@@ -99,8 +99,7 @@ fn read_inputs(args: &TrainArgs) -> CliResult<Inputs> {
     let streams = TokenStreams::new(corpus.train().len(), hyper.batch, hyper.seq_len)?;
     let config = hyper.model_config(vocab)?;
     config.validate()?;
-    // the parameters, their gradients and an optimizer's two moments
-    ensure_allocatable(4 * config.num_params() as u128, "a model of this size")?;
+    ensure_model_fits(&config)?;
     let mut optimizer = optimizer(&hyper)?;
     if let Some(m) = args.minutes.filter(|m| !(m.is_finite() && *m > 0.0)) {
         return Err(format!("--minutes must be a positive number, got {m}").into());
@@ -241,14 +240,13 @@ fn prepare_out_dir(args: &TrainArgs) -> CliResult<PathBuf> {
         path: out.clone(),
         source,
     })?;
+    let out_canonical = std::fs::canonicalize(&out).ok();
     let same_as_resumed = match &args.resume {
-        Some(r) => std::fs::canonicalize(r).ok() == std::fs::canonicalize(&out).ok(),
+        Some(r) => std::fs::canonicalize(r).ok() == out_canonical,
         None => false,
     };
     // a run's best checkpoint, resumed in place, would be replaced by later, worse ones
-    let run_of_best = out
-        .canonicalize()
-        .ok()
+    let run_of_best = out_canonical
         .filter(|dir| dir.file_name() == Some(std::ffi::OsStr::new(BEST_DIR)))
         .and_then(|dir| dir.parent().map(PathBuf::from))
         .filter(|run| holds_checkpoint(run));
