@@ -8,30 +8,27 @@ times torch.mm on the CPU instead (fp32, `--threads N`, default 2), next to `unf
 
     python3 torch_matmul_bench.py 4096x4096x4096,64x512x512 [reps] [--tf32 | --fp16 | --cpu [--threads N]]
 """
-import json, sys, time
+import argparse, json, time
 import torch
 
-flags = sys.argv[1:]
-args = []
-threads = 2
-i = 0
-while i < len(flags):
-    if flags[i] == "--threads":
-        threads = int(flags[i + 1])
-        i += 1
-    elif not flags[i].startswith("--"):
-        args.append(flags[i])
-    i += 1
-cpu = "--cpu" in flags
-mode = "fp16" if "--fp16" in flags else "tf32" if "--tf32" in flags else "fp32"
-if cpu and mode != "fp32":
-    sys.exit("--cpu times fp32 only")
+ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+ap.add_argument("shapes", help="comma-separated MxNxK")
+ap.add_argument("reps", nargs="?", type=int, default=20)
+mode_flags = ap.add_mutually_exclusive_group()
+mode_flags.add_argument("--tf32", action="store_true")
+mode_flags.add_argument("--fp16", action="store_true")
+mode_flags.add_argument("--cpu", action="store_true")
+ap.add_argument("--threads", type=int, default=2, help="CPU threads (with --cpu)")
+opts = ap.parse_args()
+cpu = opts.cpu
+mode = "fp16" if opts.fp16 else "tf32" if opts.tf32 else "fp32"
 torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
 torch.backends.cudnn.allow_tf32 = mode == "tf32"
 if cpu:
-    torch.set_num_threads(threads)
-shapes = [tuple(int(d) for d in s.split("x")) for s in args[0].split(",")]
-reps = int(args[1]) if len(args) > 1 else 20
+    torch.set_num_threads(opts.threads)
+shapes = [tuple(int(d) for d in s.split("x")) for s in opts.shapes.split(",")]
+reps = opts.reps
+threads = opts.threads
 dtype = torch.float16 if mode == "fp16" else torch.float32
 device = "cpu" if cpu else "cuda"
 
